@@ -1,0 +1,1 @@
+"""Tiled server configurations shipped with tomolive (read by ``tomolive serve``)."""
