@@ -1,0 +1,305 @@
+"""Tomographic reconstruction behind one function, :func:`reconstruct`.
+
+Conventions (all backends):
+
+* ``projections`` is float (n_angles, n_rows, n_cols): flat/dark-normalised and -log'd line
+  integrals, in attenuation-per-pixel x pixels.
+* ``angles`` in radians, any order, not necessarily uniform; 180 or 360 degree scans.
+* ``center`` is the rotation-axis column, pixel j's centre being at j: an axis between the
+  two middle columns of a 1024-wide detector is 511.5 (the default, ``(n_cols - 1) / 2``).
+* Geometry: an object point (x, y) (pixels, origin on the rotation axis, x along detector
+  columns at angle 0) projects at angle theta to column ``center + x cos(theta) +
+  y sin(theta)``.
+* Output: float32 (n_rows, n_cols, n_cols) indexed ``[row, y_index, x_index]`` with
+  ``x = x_index - (n_cols - 1) / 2`` and ``y = y_index - (n_cols - 1) / 2``: the grid is
+  centred on the rotation axis whatever ``center`` is.
+* Scaling: values are attenuation coefficients per pixel (a disc of mu = 0.01 / px
+  reconstructs to ~0.01 inside).
+
+Backends are registered by name in a table (:data:`BACKENDS`, :func:`register_backend`);
+``method="auto"`` takes the fastest available one (:func:`available_methods` lists them,
+fastest first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BadInputError
+from .filters import FILTERS, PADDINGS, angle_weights, filter_response, largest_gap
+
+__all__ = [
+    "BACKENDS",
+    "FILTERS",
+    "PADDINGS",
+    "Backend",
+    "angle_weights",
+    "available_methods",
+    "filter_response",
+    "reconstruct",
+    "register_backend",
+]
+
+#: Largest angular gap (modulo 180 degrees) beyond the median step that is still accepted.
+MAX_MISSING_WEDGE_DEG = 1.0
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A reconstruction method: how to run it, whether it can run here, how fast it is.
+
+    Parameters
+    ----------
+    name : str
+        The ``method=`` name.
+    run : callable
+        ``run(projections, angles, center, *, filter, filter_cutoff, padding, ncore, device,
+        **options) -> ndarray``, given validated float32 projections, float64 angles and a
+        float centre; returns float32 (n_rows, n_cols, n_cols).
+    available : callable
+        ``available() -> bool``: whether its libraries import (and its device exists).
+    speed : float
+        Rough slices/s at 1024^2 x 1500 angles on 2 CPU cores; ``auto`` picks the largest.
+    description : str
+        One line for ``available_methods`` users.
+    options : tuple of str
+        Backend-specific keyword options it accepts beyond the common ones.
+    """
+
+    name: str
+    run: Callable[..., np.ndarray]
+    available: Callable[[], bool]
+    speed: float
+    description: str = ""
+    options: tuple[str, ...] = field(default_factory=tuple)
+
+
+#: name -> Backend; add your own with :func:`register_backend`.
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> None:
+    """Add a backend to :data:`BACKENDS` under ``backend.name``.
+
+    Parameters
+    ----------
+    backend : Backend
+        The method to register.
+    replace : bool, optional
+        Allow replacing an existing entry of the same name.
+
+    Raises
+    ------
+    BadInputError
+        The name is taken (and ``replace`` is False) or is ``"auto"``.
+    """
+    if backend.name == "auto" or (backend.name in BACKENDS and not replace):
+        raise BadInputError(
+            f"backend name {backend.name!r} is reserved or already registered; "
+            "pass replace=True to override"
+        )
+    BACKENDS[backend.name] = backend
+
+
+def available_methods() -> list[str]:
+    """Names of the backends that can run here, fastest first (``auto`` takes the first).
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> "fbp" in available_methods()
+    True
+    """
+    ok = [b for b in BACKENDS.values() if b.available()]
+    return [b.name for b in sorted(ok, key=lambda b: -b.speed)]
+
+
+def _check_projections(projections: np.ndarray) -> np.ndarray:
+    arr = np.asarray(projections)
+    if arr.ndim != 3:
+        hint = " (for one sinogram pass sino[:, None, :])" if arr.ndim == 2 else ""
+        raise BadInputError(
+            "projections: expected a 3D array (n_angles, n_rows, n_cols), "
+            f"got shape {arr.shape!r}{hint}"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise BadInputError(
+            f"projections: expected float32 line integrals, got dtype {arr.dtype!r}; "
+            "normalise by flats/darks and take -log first (tomolive.preprocess)"
+        )
+    if min(arr.shape) < 1 or arr.shape[2] < 2:
+        raise BadInputError(f"projections: expected a non-empty array with n_cols >= 2, got {arr.shape!r}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise BadInputError(
+            f"projections: expected finite values, found {int((~np.isfinite(arr)).sum())} "
+            f"NaN/inf (first at [angle, row, col] = {tuple(int(i) for i in bad)!r}); "
+            "clean them first (tomolive.preprocess)"
+        )
+    return arr
+
+
+def _check_angles(angles: np.ndarray, n_angles: int) -> np.ndarray:
+    ang = np.asarray(angles, dtype=np.float64).reshape(-1)
+    if np.asarray(angles).ndim != 1 or ang.shape[0] != n_angles:
+        raise BadInputError(
+            f"angles: expected a 1D array of {n_angles} angles (one per projection), "
+            f"got shape {np.shape(angles)!r}"
+        )
+    if not np.isfinite(ang).all():
+        raise BadInputError("angles: expected finite values (radians), found NaN/inf")
+    if n_angles < 2:
+        raise BadInputError(f"angles: expected at least 2 projections, got {n_angles}")
+    gap, step, start = largest_gap(ang)
+    if np.degrees(gap - step) > MAX_MISSING_WEDGE_DEG:
+        raise BadInputError(
+            f"angles: expected views covering 180 degrees (modulo 180), but there is a "
+            f"{np.degrees(gap):.2f} degree gap starting at {np.degrees(start):.2f} degrees "
+            f"(typical step {np.degrees(step):.3f}); limited-angle, half-acquisition and "
+            "offset-axis scans are not supported yet (are the angles in radians?)"
+        )
+    return ang
+
+
+def _check_center(center: float | None, n_cols: int) -> float:
+    if center is None:
+        return (n_cols - 1) / 2.0
+    try:
+        c = float(center)
+    except (TypeError, ValueError) as err:
+        raise BadInputError(f"center: expected a number (pixels), got {center!r}") from err
+    if not np.isfinite(c) or not 0.0 <= c <= n_cols - 1:
+        raise BadInputError(
+            f"center: expected the rotation-axis column within the detector [0, {n_cols - 1}], "
+            f"got {center!r}; offset-axis (half-acquisition) scans are not supported yet"
+        )
+    return c
+
+
+def reconstruct(
+    projections: np.ndarray,
+    angles: np.ndarray,
+    center: float | None = None,
+    method: str = "auto",
+    *,
+    filter: str = "ramp",
+    filter_cutoff: float = 1.0,
+    padding: str = "edge",
+    ncore: int | None = None,
+    device: str | None = None,
+    **options: object,
+) -> np.ndarray:
+    """Reconstruct slices from parallel-beam projections.
+
+    Parameters
+    ----------
+    projections : numpy.ndarray
+        float32 (n_angles, n_rows, n_cols), normalised and -log'd (other float dtypes are
+        converted).
+    angles : numpy.ndarray
+        (n_angles,) radians; any order, need not be uniform; must cover 180 degrees modulo
+        180 (0-180 and 0-360 scans both work).
+    center : float, optional
+        Rotation-axis column in pixels, pixel j's centre at j; default ``(n_cols - 1) / 2``.
+    method : str, optional
+        ``"auto"`` (fastest available, see :func:`available_methods`) or a key of
+        :data:`BACKENDS`: ``"gridrec"`` (finufft direct Fourier), ``"fbp"`` (torch, CPU/CUDA),
+        ``"tomopy"``, ``"astra"`` when those libraries import.
+    filter : {"ramp", "shepp-logan", "cosine", "hamming", "hann", "parzen"}, optional
+        Window applied to the ramp filter.
+    filter_cutoff : float, optional
+        Fraction of Nyquist (0, 1] where the filter ends.
+    padding : {"edge", "zero"}, optional
+        How the detector is padded (to >= 2 n_cols) before filtering.
+    ncore : int, optional
+        CPU threads for the backend; default: all the backend's default.
+    device : str, optional
+        ``"cpu"`` or ``"cuda[:N]"`` for torch backends; default CUDA when available.
+    **options
+        Backend-specific options (``Backend.options``), e.g. ``rows_per_batch``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n_rows, n_cols, n_cols), indexed ``[row, y_index, x_index]`` with
+        ``x = x_index - (n_cols - 1) / 2``, ``y = y_index - (n_cols - 1) / 2`` relative to
+        the rotation axis; attenuation per pixel.
+
+    Raises
+    ------
+    BadInputError
+        Wrong shapes or dtypes, NaN/inf, fewer than 2 angles, less than 180 degrees of
+        coverage, centre off the detector, unknown method/filter/padding/option.
+
+    Examples
+    --------
+    >>> angles = np.linspace(0, np.pi, 90, endpoint=False)
+    >>> s = np.arange(32) - 15.5
+    >>> disc = 2 * 0.01 * np.sqrt(np.clip(10.0**2 - s**2, 0, None))   # mu = 0.01 / px, r = 10
+    >>> proj = np.broadcast_to(disc, (90, 1, 32)).astype(np.float32)
+    >>> img = reconstruct(proj, angles, method="fbp")
+    >>> img.shape
+    (1, 32, 32)
+    >>> bool(abs(img[0, 14:18, 14:18].mean() - 0.01) < 0.001)
+    True
+    """
+    proj = _check_projections(projections)
+    ang = _check_angles(angles, proj.shape[0])
+    c = _check_center(center, proj.shape[2])
+    if filter not in FILTERS:
+        raise BadInputError(f"filter: expected one of {FILTERS}, got {filter!r}")
+    if padding not in PADDINGS:
+        raise BadInputError(f"padding: expected one of {PADDINGS}, got {padding!r}")
+    if ncore is not None and (not isinstance(ncore, (int, np.integer)) or ncore < 1):
+        raise BadInputError(f"ncore: expected a positive integer or None, got {ncore!r}")
+    if method == "auto":
+        names = available_methods()
+        if device is not None and str(device).startswith("cuda"):
+            names = [m for m in names if m == "fbp"] + names
+        method = names[0]
+    if method not in BACKENDS:
+        raise BadInputError(f"method: expected 'auto' or one of {sorted(BACKENDS)}, got {method!r}")
+    backend = BACKENDS[method]
+    if not backend.available():
+        raise BadInputError(
+            f"method: {method!r} is registered but cannot run here (library or device missing); "
+            f"available: {available_methods()}"
+        )
+    unknown = sorted(set(options) - set(backend.options))
+    if unknown:
+        raise BadInputError(
+            f"options: {method!r} does not accept {unknown!r}; it accepts {list(backend.options)!r}"
+        )
+    out = backend.run(
+        proj, ang, c, filter=filter, filter_cutoff=float(filter_cutoff), padding=padding,
+        ncore=ncore, device=device, **options,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _register_builtin() -> None:
+    from .fbp import fbp
+
+    register_backend(
+        Backend("fbp", fbp, _torch_available, speed=0.2,
+                description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
+                options=("rows_per_batch",))
+    )
+
+
+_register_builtin()

@@ -1,0 +1,191 @@
+"""Reconstruction filters, angle weights and detector padding shared by the backends.
+
+Conventions (every backend follows them):
+
+* Frequencies are in cycles per detector pixel, Nyquist = 0.5.
+* The ramp is the band-limited Ram-Lak kernel built in real space (Kak & Slaney, eq. 61),
+  so its zero-frequency term is right for a padded, finite detector; windows multiply it.
+* Angle weights sum to pi: each projection gets half the gap to each neighbour, angles taken
+  modulo pi, so 0-360 degree and non-uniform scans are weighted correctly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+from ..errors import BadInputError
+
+#: Filter names accepted by every backend (``filter=``).
+FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", "parzen")
+
+#: Padding modes accepted by every backend (``padding=``).
+PADDINGS = ("edge", "zero")
+
+
+def padded_width(n_cols: int) -> int:
+    """Padded detector width used for filtering: the smallest fast FFT length >= 2 * n_cols.
+
+    Parameters
+    ----------
+    n_cols : int
+        Detector width in pixels.
+
+    Returns
+    -------
+    int
+        A 2, 3, 5-smooth length at least ``2 * n_cols``.
+
+    Examples
+    --------
+    >>> padded_width(1024)
+    2048
+    """
+    return int(scipy.fft.next_fast_len(2 * int(n_cols), real=True))
+
+
+def filter_response(name: str, width: int, cutoff: float = 1.0) -> np.ndarray:
+    """Frequency response of a reconstruction filter, in FFT order (float64, length ``width``).
+
+    Parameters
+    ----------
+    name : {"ramp", "shepp-logan", "cosine", "hamming", "hann", "parzen"}
+        The window applied to the ramp.
+    width : int
+        Padded detector width (number of frequency samples).
+    cutoff : float, optional
+        Fraction of the Nyquist frequency (0 < cutoff <= 1) above which the response is zero;
+        windows are stretched to end at it.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``H[k]`` ~ ``|nu_k| * window(nu_k)`` for ``nu_k = scipy.fft.fftfreq(width)``.
+
+    Raises
+    ------
+    BadInputError
+        Unknown filter name or cutoff outside (0, 1].
+
+    Examples
+    --------
+    >>> h = filter_response("ramp", 256)
+    >>> bool(abs(h[128] - 0.5) < 0.001), bool(abs(h[64] - 0.25) < 0.001)
+    (True, True)
+    """
+    if name not in FILTERS:
+        raise BadInputError(f"filter: expected one of {FILTERS}, got {name!r}")
+    if not 0.0 < float(cutoff) <= 1.0:
+        raise BadInputError(f"filter_cutoff: expected a number in (0, 1], got {cutoff!r}")
+    width = int(width)
+    # Ram-Lak kernel in real space, on a circular grid of `width` samples.
+    m = np.arange(width)
+    m = np.minimum(m, width - m)
+    h = np.zeros(width)
+    h[0] = 0.25
+    odd = m % 2 == 1
+    h[odd] = -1.0 / (np.pi * m[odd]) ** 2
+    ramp = np.real(scipy.fft.fft(h))
+    nu = np.abs(scipy.fft.fftfreq(width))
+    r = nu / (0.5 * float(cutoff))  # 0 at DC, 1 at the cutoff
+    if name == "ramp":
+        win = np.ones(width)
+    elif name == "shepp-logan":
+        win = np.sinc(r / 2.0)
+    elif name == "cosine":
+        win = np.cos(0.5 * np.pi * r)
+    elif name == "hamming":
+        win = 0.54 + 0.46 * np.cos(np.pi * r)
+    elif name == "hann":
+        win = 0.5 + 0.5 * np.cos(np.pi * r)
+    else:  # parzen
+        win = np.where(r <= 0.5, 1.0 - 6.0 * r**2 + 6.0 * r**3, 2.0 * (1.0 - r) ** 3)
+    win = np.where(r <= 1.0, win, 0.0)
+    return ramp * win
+
+
+def angle_weights(angles: np.ndarray) -> np.ndarray:
+    """Quadrature weights for the back-projection integral over angles (sum = pi).
+
+    Angles are folded modulo pi (a parallel-beam view at theta + pi is the mirror of the one
+    at theta); each view gets half the gap to each neighbour, so uniform scans over 180 or
+    360 degrees get ``pi / n_unique`` and non-uniform scans are weighted by the arc they stand
+    for.
+
+    Parameters
+    ----------
+    angles : numpy.ndarray
+        Projection angles in radians, any order.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 weights, same length as ``angles``, summing to pi.
+
+    Examples
+    --------
+    >>> w = angle_weights(np.linspace(0, 2 * np.pi, 8, endpoint=False))
+    >>> bool(np.allclose(w, np.pi / 8))
+    True
+    """
+    a = np.mod(np.asarray(angles, dtype=np.float64), np.pi)
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    gap_next = np.diff(np.concatenate([s, [s[0] + np.pi]]))
+    gap_prev = np.roll(gap_next, 1)
+    w = np.empty_like(s)
+    w[order] = 0.5 * (gap_next + gap_prev)
+    return w
+
+
+def largest_gap(angles: np.ndarray) -> tuple[float, float, float]:
+    """Largest and median gap between views modulo pi, and where the largest one starts.
+
+    Parameters
+    ----------
+    angles : numpy.ndarray
+        Projection angles in radians.
+
+    Returns
+    -------
+    (float, float, float)
+        ``(largest_gap, median_gap, start)`` in radians.
+    """
+    s = np.sort(np.mod(np.asarray(angles, dtype=np.float64), np.pi))
+    gaps = np.diff(np.concatenate([s, [s[0] + np.pi]]))
+    i = int(np.argmax(gaps))
+    return float(gaps[i]), float(np.median(gaps)), float(s[i])
+
+
+def pad_projections(sino: np.ndarray, width: int, mode: str) -> np.ndarray:
+    """Pad the last axis of ``sino`` to ``width`` for circular (FFT) filtering.
+
+    The detector stays at indices ``0 .. n_cols - 1``; the pad fills ``n_cols .. width - 1``,
+    its first half with the right-edge value and its second half with the left-edge value
+    (what the detector continues into on either side, seen circularly).
+
+    Parameters
+    ----------
+    sino : numpy.ndarray
+        (..., n_cols) float32.
+    width : int
+        Padded width, >= n_cols.
+    mode : {"edge", "zero"}
+        ``"edge"`` repeats the edge pixels (fewer truncation artefacts when the sample is wider
+        than the field of view); ``"zero"`` pads with zeros.
+
+    Returns
+    -------
+    numpy.ndarray
+        (..., width) float32.
+    """
+    if mode not in PADDINGS:
+        raise BadInputError(f"padding: expected one of {PADDINGS}, got {mode!r}")
+    n = sino.shape[-1]
+    out = np.zeros(sino.shape[:-1] + (width,), dtype=np.float32)
+    out[..., :n] = sino
+    if mode == "edge" and width > n:
+        half = n + (width - n) // 2
+        out[..., n:half] = sino[..., -1:]
+        out[..., half:] = sino[..., :1]
+    return out
