@@ -1,0 +1,113 @@
+"""Command line: ``tomolive serve | demo | ls``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        tiled_uri=getattr(args, "uri", None),
+        api_key=getattr(args, "api_key", None),
+        public=getattr(args, "public", None) or None,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the embedded Tiled server in the foreground (replaces this process)."""
+    from .server import server_command
+
+    settings, key_source = _settings(args).with_api_key()
+    command, env = server_command(settings)
+    reads = "anyone may read (--public)" if settings.public else "reads need the key too"
+    print(
+        f"tomolive: Tiled server at {settings.uri}\n"
+        f"  data:    {settings.data_dir.absolute()}\n"
+        f"  API key: {key_source}; writes need it, {reads}.\n"
+        f"  connect: from tiled.client import from_uri; c = from_uri({settings.uri!r}, api_key=...)",
+        flush=True,
+    )
+    os.execve(command[0], command, env)
+    return 0  # not reached
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Print one line per processed scan."""
+    from .store import connect, scan_rows
+
+    settings = _settings(args)
+    client = connect(settings.uri, api_key=_key_or_none(settings))
+    rows = scan_rows(client)
+    if not rows:
+        print(f"no processed scans in {settings.uri}/processed")
+        return 0
+    header = f"{'uid':36}  {'sample':16} {'scan_id':>7}  {'status':9} {'shape':16} when"
+    print(header)
+    for row in rows:
+        shape = "x".join(map(str, row["shape"])) if row["shape"] else "-"
+        print(
+            f"{row['uid']:36}  {str(row['sample'])[:16]:16} {str(row['scan_id']):>7}  "
+            f"{row['status']:9} {shape:16} {row['when']}"
+        )
+        if row["status"] in ("failed", "aborted") and row["reason"]:
+            print(f"{'':38}reason: {row['reason']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(_settings(args), size=args.size, n_angles=args.angles, output_dir=args.output)
+    return 0
+
+
+def _key_or_none(settings: Settings) -> str | None:
+    try:
+        return settings.resolved_api_key()
+    except LookupError:
+        return None  # a --public server answers reads without a key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tomolive", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the embedded Tiled server (SQLite + Zarr)")
+    serve.add_argument("--data-dir", help="catalog and arrays directory (default ./tomolive-data)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--api-key", help="API key (default: TOMOLIVE_API_KEY or the key file)")
+    serve.add_argument("--public", action="store_true", help="allow reads without a key")
+    serve.set_defaults(func=cmd_serve)
+
+    ls = sub.add_parser("ls", help="list processed scans")
+    ls.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
+    ls.add_argument("--data-dir", help="where to find the key file")
+    ls.add_argument("--api-key")
+    ls.set_defaults(func=cmd_ls)
+
+    demo = sub.add_parser("demo", help="simulate a scan and reconstruct it into a fresh server")
+    demo.add_argument("--data-dir", help="server data directory (default ./tomolive-data)")
+    demo.add_argument("--port", type=int, help="port of the demo server (default 8000)")
+    demo.add_argument("--size", type=int, default=256, help="detector width = slice size")
+    demo.add_argument("--angles", type=int, default=360, help="number of projections")
+    demo.add_argument("--output", default="demo-output", help="where the PNG goes")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
