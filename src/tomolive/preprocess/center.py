@@ -162,7 +162,9 @@ def _check_search(search: tuple[float, float] | None, n_cols: int) -> tuple[floa
 # -- registration of 0 / 180 degree pairs ------------------------------------------------
 
 
-def _partner(theta: np.ndarray, ref: int, max_residual: float) -> tuple[np.ndarray, np.ndarray] | None:
+def _partner(
+    theta: np.ndarray, ref: int, max_residual: float
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Indices and weights that estimate the projection at ``theta[ref] + pi``.
 
     Returns ``(indices, weights)`` for a linear combination of at most two projections
@@ -183,7 +185,8 @@ def _partner(theta: np.ndarray, ref: int, max_residual: float) -> tuple[np.ndarr
     same_side = [
         int(k)
         for k in order[1:6]
-        if np.sign(offset[k]) == np.sign(offset[nearest]) and abs(offset[k] - offset[nearest]) > 1e-9
+        if np.sign(offset[k]) == np.sign(offset[nearest])
+        and abs(offset[k] - offset[nearest]) > 1e-9
     ]
     candidates = [k for k in other_side if abs(offset[k]) <= 2.0 * max_residual] or same_side
     if not candidates:
@@ -279,8 +282,9 @@ def find_center_registration(
         projection; default 1.5 median angular steps, so that a partner is at most
         extrapolated by one step (extrapolation amplifies noise).
     n_pairs : int
-        Number of reference projections (spread over the first half turn) whose centres
-        are averaged (median), >= 1 (default 3).
+        Number of reference projections (those with the closest partners; among equally
+        close ones, spread over the scan) whose centres are combined by their median,
+        >= 1 (default 3).
 
     Returns
     -------
@@ -442,7 +446,8 @@ def _parabola_min(grid: np.ndarray, metric: np.ndarray) -> float:
         y0, y1, y2 = metric[k - 1 : k + 2]
         denom = y0 - 2 * y1 + y2
         if denom > 0:
-            value += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5)) * float(grid[k + 1] - grid[k])
+            spacing = float(grid[k + 1] - grid[k])
+            value += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5)) * spacing
     return value
 
 
@@ -486,7 +491,8 @@ def _vo_row(
         info.update(coarse_center=None, coarse_at_edge=False)
     fine = ndi.gaussian_filter(_sino_180(sino, theta, 720), (2, 2), mode="reflect")
     # unit steps over the whole radius, then `step` within +/- 1 px of the best one
-    grid = np.unique(np.clip(center0 + np.arange(-np.ceil(radius), np.ceil(radius) + 0.5), 0, ncol - 1))
+    reach = np.ceil(radius)
+    grid = np.unique(np.clip(center0 + np.arange(-reach, reach + 0.5), 0, ncol - 1))
     metric = _vo_metrics(fine, grid, ratio)
     center1 = _parabola_min(grid, metric)
     if confidence == 0.0:

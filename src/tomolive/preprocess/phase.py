@@ -159,7 +159,10 @@ def paganin(
     else:
         raise BadInputError(f"pad must be True, False or a number of pixels >= 0; got {pad!r}.")
     if width:
-        shape = (sfft.next_fast_len(rows + 2 * width, real=True), sfft.next_fast_len(cols + 2 * width, real=True))
+        shape = (
+            sfft.next_fast_len(rows + 2 * width, real=True),
+            sfft.next_fast_len(cols + 2 * width, real=True),
+        )
         before = (width, width)
         after = (shape[0] - rows - width, shape[1] - cols - width)
     else:
