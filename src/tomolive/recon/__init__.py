@@ -183,6 +183,19 @@ def _check_center(center: float | None, n_cols: int) -> float:
     return c
 
 
+def _auto_method(device: str | None) -> str:
+    """Fastest backend for ``device``: torch FBP on CUDA, else the fastest CPU backend."""
+    names = available_methods()
+    if device is not None and str(device).startswith("cuda"):
+        return "fbp"
+    if device is None and "fbp" in names:
+        import torch
+
+        if torch.cuda.is_available():
+            return "fbp"
+    return names[0]
+
+
 def reconstruct(
     projections: np.ndarray,
     angles: np.ndarray,
@@ -260,10 +273,7 @@ def reconstruct(
     if ncore is not None and (not isinstance(ncore, (int, np.integer)) or ncore < 1):
         raise BadInputError(f"ncore: expected a positive integer or None, got {ncore!r}")
     if method == "auto":
-        names = available_methods()
-        if device is not None and str(device).startswith("cuda"):
-            names = [m for m in names if m == "fbp"] + names
-        method = names[0]
+        method = _auto_method(device)
     if method not in BACKENDS:
         raise BadInputError(f"method: expected 'auto' or one of {sorted(BACKENDS)}, got {method!r}")
     backend = BACKENDS[method]
@@ -294,11 +304,28 @@ def _torch_available() -> bool:
 
 def _register_builtin() -> None:
     from .fbp import fbp
+    from .gridrec import finufft_available, gridrec
+    from .peers import astra_available, astra_fbp, tomopy_available, tomopy_gridrec
 
     register_backend(
-        Backend("fbp", fbp, _torch_available, speed=0.2,
+        Backend("gridrec", gridrec, finufft_available, speed=16.0,
+                description="direct Fourier inversion by finufft type-1 NUFFT (CPU), "
+                            "two slices per transform",
+                options=("interpolation", "eps", "upsampfac", "pad_factor",
+                         "pairs_per_batch", "fft_plan"))
+    )
+    register_backend(
+        Backend("fbp", fbp, _torch_available, speed=0.05,
                 description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
                 options=("rows_per_batch",))
+    )
+    register_backend(
+        Backend("tomopy", tomopy_gridrec, tomopy_available, speed=8.0,
+                description="TomoPy gridrec (padded to a power of two)")
+    )
+    register_backend(
+        Backend("astra", astra_fbp, astra_available, speed=0.3,
+                description="astra-toolbox FBP (CPU 'linear' projector, or FBP_CUDA)")
     )
 
 

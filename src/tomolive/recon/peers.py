@@ -1,0 +1,152 @@
+"""Backends that wrap other libraries (astra-toolbox, TomoPy) when they import.
+
+Both are optional peers: registered always, ``available()`` only where they import. They
+are given the same validated inputs and return the same orientation, centre convention and
+scaling as tomolive's own backends (see :mod:`tomolive.recon`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BadInputError
+from .filters import angle_weights
+
+_ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "cosine": "cosine",
+                  "hamming": "hamming", "hann": "hann", "parzen": "parzen"}
+
+
+def astra_available() -> bool:
+    """Whether astra-toolbox imports (its CPU algorithms need no GPU)."""
+    try:
+        import astra  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def tomopy_available() -> bool:
+    """Whether TomoPy imports."""
+    try:
+        import tomopy  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def _astra_cuda_usable(astra) -> bool:
+    """astra's GPU calls can kill a CPU-only interpreter (SIGFPE): ask before touching them."""
+    try:
+        return bool(astra.use_cuda())
+    except Exception:  # noqa: BLE001 - any failure means: do not use CUDA
+        return False
+
+
+def _shift_to_middle(sino: np.ndarray, center: float) -> np.ndarray:
+    """Shift (n_angles, n_cols) so the axis sits at (n_cols - 1) / 2 (cubic, edge values)."""
+    import scipy.ndimage as ndi
+
+    shift = (sino.shape[-1] - 1) / 2.0 - center
+    if abs(shift) < 1e-6:
+        return sino
+    return ndi.shift(sino, (0, shift), order=3, mode="nearest")
+
+
+def astra_fbp(
+    projections: np.ndarray,
+    angles: np.ndarray,
+    center: float,
+    *,
+    filter: str = "ramp",
+    filter_cutoff: float = 1.0,
+    padding: str = "edge",
+    ncore: int | None = None,
+    device: str | None = None,
+) -> np.ndarray:
+    """astra-toolbox FBP (``FBP`` on CPU with the 'linear' projector, ``FBP_CUDA`` on GPU).
+
+    Non-uniform angles are handled by pre-weighting each projection by its share of the
+    arc; the centre by shifting the sinogram to the detector middle. astra pads internally;
+    ``padding`` and ``ncore`` are ignored (its CPU FBP is single-threaded).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n_rows, n_cols, n_cols), indexed [row, y, x] like every backend.
+    """
+    import astra
+
+    if filter_cutoff != 1.0:
+        raise BadInputError("filter_cutoff: the astra backend supports only 1.0")
+    use_cuda = device is not None and str(device).startswith("cuda")
+    if use_cuda and not _astra_cuda_usable(astra):
+        raise BadInputError(f"device: {device!r} requested but astra has no usable CUDA device")
+    n_angles, n_rows, n = projections.shape
+    weight = (angle_weights(angles) * n_angles / np.pi).astype(np.float32)[:, None]
+    vol = astra.create_vol_geom(n, n)
+    geom = astra.create_proj_geom("parallel", 1.0, n, np.asarray(angles, dtype=np.float64))
+    proj_id = None if use_cuda else astra.create_projector("linear", geom, vol)
+    out = np.empty((n_rows, n, n), dtype=np.float32)
+    try:
+        for r in range(n_rows):
+            sino = _shift_to_middle(projections[:, r, :] * weight, center)
+            sid = astra.data2d.create("-sino", geom, sino)
+            rid = astra.data2d.create("-vol", vol)
+            cfg = astra.astra_dict("FBP_CUDA" if use_cuda else "FBP")
+            cfg["ProjectionDataId"], cfg["ReconstructionDataId"] = sid, rid
+            cfg["FilterType"] = _ASTRA_FILTERS[filter]
+            if proj_id is not None:
+                cfg["ProjectorId"] = proj_id
+            aid = astra.algorithm.create(cfg)
+            try:
+                astra.algorithm.run(aid)
+                # astra's rows run along -y: flip to tomolive's [y, x].
+                out[r] = astra.data2d.get(rid)[::-1]
+            finally:
+                astra.algorithm.delete(aid)
+                astra.data2d.delete([sid, rid])
+    finally:
+        if proj_id is not None:
+            astra.projector.delete(proj_id)
+    return out
+
+
+_TOMOPY_FILTERS = {"ramp": "ramlak", "shepp-logan": "shepp", "cosine": "cosine",
+                   "hamming": "hamming", "hann": "hann", "parzen": "parzen"}
+
+
+def tomopy_gridrec(
+    projections: np.ndarray,
+    angles: np.ndarray,
+    center: float,
+    *,
+    filter: str = "ramp",
+    filter_cutoff: float = 1.0,
+    padding: str = "edge",
+    ncore: int | None = None,
+    device: str | None = None,
+) -> np.ndarray:
+    """TomoPy's gridrec, with the detector edge-padded to a power of two (it needs it).
+
+    Not verifiable on the machines this was written on (TomoPy is conda-only): the centre
+    is passed in TomoPy's pixel units and the output is assumed [row, y, x]; check the
+    orientation on a known phantom before trusting it.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n_rows, n_cols, n_cols).
+    """
+    import tomopy
+
+    if device not in (None, "cpu"):
+        raise BadInputError(f"device: tomopy runs on the CPU only, got {device!r}")
+    n_angles, n_rows, n = projections.shape
+    width = 1 << int(np.ceil(np.log2(2 * n)))
+    left = (width - n) // 2
+    mode = "edge" if padding == "edge" else "constant"
+    padded = np.pad(projections, ((0, 0), (0, 0), (left, width - n - left)), mode=mode)
+    rec = tomopy.recon(padded, angles, center=center + left, algorithm="gridrec",
+                       filter_name=_TOMOPY_FILTERS[filter], filter_par=[filter_cutoff, 2],
+                       ncore=ncore)
+    return np.ascontiguousarray(rec[:, left : left + n, left : left + n], dtype=np.float32)
