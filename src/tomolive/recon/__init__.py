@@ -15,6 +15,9 @@ Conventions (all backends):
   centred on the rotation axis whatever ``center`` is.
 * Scaling: values are attenuation coefficients per pixel (a disc of mu = 0.01 / px
   reconstructs to ~0.01 inside).
+* Valid region: the disc inscribed in the n_cols x n_cols grid (seen at every angle).
+  Pixels beyond it are extrapolated from the padded detector and may differ between
+  backends.
 
 Backends are registered by name in a table (:data:`BACKENDS`, :func:`register_backend`);
 ``method="auto"`` takes the fastest available one (:func:`available_methods` lists them,
@@ -222,9 +225,10 @@ def reconstruct(
     center : float, optional
         Rotation-axis column in pixels, pixel j's centre at j; default ``(n_cols - 1) / 2``.
     method : str, optional
-        ``"auto"`` (fastest available, see :func:`available_methods`) or a key of
-        :data:`BACKENDS`: ``"gridrec"`` (finufft direct Fourier), ``"fbp"`` (torch, CPU/CUDA),
-        ``"tomopy"``, ``"astra"`` when those libraries import.
+        ``"auto"`` (fastest available: ``"fbp"`` on CUDA, else ``"gridrec"``; see
+        :func:`available_methods`) or a key of :data:`BACKENDS`: ``"gridrec"`` (finufft
+        direct Fourier, CPU), ``"fbp"`` (torch, CPU/CUDA), ``"tomopy"``, ``"astra"`` when
+        those libraries import.
     filter : {"ramp", "shepp-logan", "cosine", "hamming", "hann", "parzen"}, optional
         Window applied to the ramp filter.
     filter_cutoff : float, optional
@@ -232,7 +236,8 @@ def reconstruct(
     padding : {"edge", "zero"}, optional
         How the detector is padded (to >= 2 n_cols) before filtering.
     ncore : int, optional
-        CPU threads for the backend; default: all the backend's default.
+        CPU threads for the backend; default: the backend's own (gridrec: every CPU this
+        process may use). Pass 1 inside single-threaded Dask workers.
     device : str, optional
         ``"cpu"`` or ``"cuda[:N]"`` for torch backends; default CUDA when available.
     **options
@@ -308,23 +313,23 @@ def _register_builtin() -> None:
     from .peers import astra_available, astra_fbp, tomopy_available, tomopy_gridrec
 
     register_backend(
-        Backend("gridrec", gridrec, finufft_available, speed=16.0,
+        Backend("gridrec", gridrec, finufft_available, speed=20.0,
                 description="direct Fourier inversion by finufft type-1 NUFFT (CPU), "
                             "two slices per transform",
                 options=("interpolation", "eps", "upsampfac", "pad_factor",
-                         "pairs_per_batch", "fft_plan"))
+                         "pairs_per_batch", "fft_plan", "overlap"))
     )
     register_backend(
-        Backend("fbp", fbp, _torch_available, speed=0.05,
+        Backend("fbp", fbp, _torch_available, speed=0.08,
                 description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
                 options=("rows_per_batch",))
     )
     register_backend(
-        Backend("tomopy", tomopy_gridrec, tomopy_available, speed=8.0,
+        Backend("tomopy", tomopy_gridrec, tomopy_available, speed=8.4,
                 description="TomoPy gridrec (padded to a power of two)")
     )
     register_backend(
-        Backend("astra", astra_fbp, astra_available, speed=0.3,
+        Backend("astra", astra_fbp, astra_available, speed=0.09,
                 description="astra-toolbox FBP (CPU 'linear' projector, or FBP_CUDA)")
     )
 

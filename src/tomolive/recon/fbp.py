@@ -1,8 +1,8 @@
 """Filtered back-projection in PyTorch (CPU or CUDA): the accuracy reference backend.
 
 Each row block is padded, filtered by FFT and weighted per angle, then back-projected
-with linear interpolation on the padded (circular) detector, angles in chunks so memory
-stays bounded.
+with linear interpolation (``torch.nn.functional.grid_sample``, rows as channels) on the
+padded detector, angles in chunks so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -123,26 +123,34 @@ def fbp(
 
 
 def _backproject(q, cos, sin, coord, center: float):
-    """Sum over angles of ``q[:, a, u]`` at ``u = center + x cos(a) + y sin(a)`` (linear)."""
+    """Sum over angles of ``q[:, a, u]`` at ``u = center + x cos(a) + y sin(a)`` (linear).
+
+    ``grid_sample`` does the interpolation: the rows of the block are its channels, so each
+    sample position and weight is computed once for all rows. The padded detector is rolled
+    so the real one sits in its middle; positions beyond the pad (far corners with an axis
+    near a detector edge) read zero.
+    """
     import torch
+    import torch.nn.functional as F
 
     batch, n_angles, width = q.shape
     n = coord.shape[0]
-    # Value and forward difference at each sample, one extra column closes the circle.
-    ext = torch.cat([q, q[..., :1]], dim=-1)
-    val = ext[..., :-1].reshape(batch, -1)
-    dif = (ext[..., 1:] - ext[..., :-1]).reshape(batch, -1)
+    shift = (width - n) // 2
+    img = torch.roll(q, shifts=shift, dims=-1)[None]  # (1, rows, angles, width)
     acc = torch.zeros(batch, n * n, dtype=q.dtype, device=q.device)
     chunk = max(1, _CHUNK_ELEMENTS // (n * n * max(batch, 2)))
     x = coord[None, None, :]
     y = coord[None, :, None]
+    scale_u = 2.0 / (width - 1)
+    scale_a = 2.0 / (n_angles - 1)
     for a0 in range(0, n_angles, chunk):
         a1 = min(n_angles, a0 + chunk)
-        u = center + cos[a0:a1, None, None] * x + sin[a0:a1, None, None] * y
-        fl = torch.floor(u)
-        frac = (u - fl).reshape(1, -1)
-        base = torch.arange(a0, a1, device=q.device, dtype=torch.int64) * width
-        idx = (torch.remainder(fl.to(torch.int64), width) + base[:, None, None]).reshape(-1)
-        v = val.index_select(1, idx) + frac * dif.index_select(1, idx)
-        acc += v.reshape(batch, a1 - a0, n * n).sum(dim=1)
+        u = (center + shift) + cos[a0:a1, None, None] * x + sin[a0:a1, None, None] * y
+        grid = torch.empty((1, a1 - a0, n * n, 2), dtype=q.dtype, device=q.device)
+        grid[..., 0] = (u * scale_u - 1.0).reshape(1, a1 - a0, n * n)
+        rows = torch.arange(a0, a1, dtype=q.dtype, device=q.device) * scale_a - 1.0
+        grid[..., 1] = rows[None, :, None]
+        vals = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=True)
+        acc += vals[0].sum(dim=1)
     return acc

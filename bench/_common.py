@@ -1,0 +1,152 @@
+"""Helpers shared by the benchmarks: machine record, JSON-line results, analytic phantoms.
+
+Benchmarks print tomolive's figure beside peers measured in the same run and append one
+JSON line per run to ``bench/results/<name>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(*names: str) -> dict[str, str | None]:
+    """Installed distribution versions (None when absent)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit, or None outside a git checkout."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None
+
+
+def machine_info(*packages: str) -> dict:
+    """Host, CPU, cores, load, Python and package versions, for the results record."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "host": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cores": cores,
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions("tomolive", "numpy", "scipy", *packages),
+        "git_commit": git_commit(),
+    }
+
+
+def append_result(name: str, record: dict) -> Path:
+    """Append ``record`` (plus a UTC timestamp) as one JSON line to results/<name>.jsonl."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    record = {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **record}
+    with path.open("a") as fh:
+        fh.write(json.dumps(record, sort_keys=False) + "\n")
+    return path
+
+
+# Modified Shepp-Logan (Toft): rho, a, b, x0, y0, phi (degrees), in unit-disc coordinates.
+SHEPP_LOGAN = (
+    (1.0, 0.69, 0.92, 0.0, 0.0, 0.0),
+    (-0.8, 0.6624, 0.874, 0.0, -0.0184, 0.0),
+    (-0.2, 0.11, 0.31, 0.22, 0.0, -18.0),
+    (-0.2, 0.16, 0.41, -0.22, 0.0, 18.0),
+    (0.1, 0.21, 0.25, 0.0, 0.35, 0.0),
+    (0.1, 0.046, 0.046, 0.0, 0.1, 0.0),
+    (0.1, 0.046, 0.046, 0.0, -0.1, 0.0),
+    (0.1, 0.046, 0.023, -0.08, -0.605, 0.0),
+    (0.1, 0.023, 0.023, 0.0, -0.606, 0.0),
+    (0.1, 0.023, 0.046, 0.06, -0.605, 0.0),
+)
+
+
+def shepp_logan_ellipses(n: int, mu: float = 2.0) -> list[tuple[float, ...]]:
+    """Shepp-Logan ellipses in pixels around the rotation axis for an n-wide detector.
+
+    ``mu`` is the attenuation of the outer ellipse in units of 1 / n per pixel (so the
+    thickest ray is ~1.7 attenuation lengths whatever n is).
+    """
+    r = n / 2.0
+    return [(rho * mu / n, a * r, b * r, x * r, y * r, np.radians(phi))
+            for rho, a, b, x, y, phi in SHEPP_LOGAN]
+
+
+def project_ellipses(ellipses, angles, n_cols: int, center: float) -> np.ndarray:
+    """Exact line integrals (n_angles, n_cols), float64: point (x, y) -> column
+    ``center + x cos(theta) + y sin(theta)`` (tomolive's convention)."""
+    th = np.asarray(angles, dtype=np.float64)[:, None]
+    s = (np.arange(n_cols) - center)[None, :]
+    sino = np.zeros((th.shape[0], n_cols))
+    for rho, a, b, x0, y0, phi in ellipses:
+        sp = s - (x0 * np.cos(th) + y0 * np.sin(th))
+        a2 = (a * np.cos(th - phi)) ** 2 + (b * np.sin(th - phi)) ** 2
+        sino += 2.0 * rho * a * b / a2 * np.sqrt(np.clip(a2 - sp**2, 0.0, None))
+    return sino
+
+
+def ellipse_image(ellipses, n: int, x_first: float, y_first: float, y_step: float = 1.0,
+                  k: int = 4) -> np.ndarray:
+    """The phantom averaged over each pixel (k x k samples) on a library's output grid.
+
+    Pixel [i, j] is centred at ``x = x_first + j``, ``y = y_first + y_step * i`` (pixels,
+    origin on the rotation axis). tomolive: ``x_first = y_first = -(n - 1) / 2``.
+    """
+    out = np.zeros((n, n))
+    sub = (np.arange(k) + 0.5) / k - 0.5
+    xs = (x_first + np.arange(n)[:, None] + sub[None, :]).ravel()
+    block = max(1, 2**21 // (n * k * k))
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        ys = (y_first + y_step * (np.arange(i0, i1)[:, None] + sub[None, :])).ravel()
+        x, y = np.meshgrid(xs, ys)
+        img = np.zeros_like(x)
+        for rho, a, b, x0, y0, phi in ellipses:
+            xr = (x - x0) * np.cos(phi) + (y - y0) * np.sin(phi)
+            yr = -(x - x0) * np.sin(phi) + (y - y0) * np.cos(phi)
+            img += rho * ((xr / a) ** 2 + (yr / b) ** 2 <= 1.0)
+        out[i0:i1] = img.reshape(i1 - i0, k, n, k).mean(axis=(1, 3))
+    return out
+
+
+def psnr_disc(rec: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR (dB) inside the inscribed disc (radius n/2 - 1); peak = the reference's range."""
+    n = ref.shape[-1]
+    c = np.arange(n) - (n - 1) / 2.0
+    mask = (c[None, :] ** 2 + c[:, None] ** 2) <= (n / 2.0 - 1.0) ** 2
+    mse = float(np.mean((np.asarray(rec, dtype=np.float64)[mask] - ref[mask]) ** 2))
+    return float(10.0 * np.log10((ref.max() - ref.min()) ** 2 / mse))
