@@ -1,0 +1,97 @@
+"""Shared fixtures: a real Tiled server on loopback, a real Dask cluster, the simulator."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from distributed import Client, LocalCluster
+
+from tomolive.callbacks import TomoPipeline
+from tomolive.config import Settings
+from tomolive.devices import SimBeamline, make_sim_beamline
+from tomolive.phantoms import make_foam
+from tomolive.plans import tomo_scan
+from tomolive.server import running_server
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TOMOLIVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_tiled_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiled clients read TILED_API_KEY even when given api_key=None; tests pass keys explicitly."""
+    monkeypatch.delenv("TILED_API_KEY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real beamline data not found at {SHARED_DATA} (set TOMOLIVE_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The embedded server (``tiled_config/sqlite.yml``) in a temp dir on a free port."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("tiled"), port=free_port())
+    with running_server(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Client]:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def pipeline(tiled_server: Settings, dask_client: Client, tmp_path: Path) -> Iterator[TomoPipeline]:
+    with TomoPipeline.from_uri(
+        tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client,
+        scratch_dir=tmp_path, progress=False,
+    ) as pipe:  # fmt: skip
+        yield pipe
+
+
+@pytest.fixture
+def beamline() -> SimBeamline:
+    """A small noise-free foam: 16 slices of 96 x 96 pixels."""
+    return make_sim_beamline(make_foam((16, 96, 96), seed=11), photons=None, seed=11)
+
+
+ScanRunner = Callable[..., str]
+
+
+@pytest.fixture
+def run_scan(pipeline: TomoPipeline) -> ScanRunner:
+    """Run ``tomo_scan`` on a beamline in a fresh RunEngine with ``pipeline`` subscribed."""
+
+    def run(beamline: SimBeamline, *, n_angles: int = 120, sample: str = "foam-test",
+            n_darks: int = 3, n_flats: int = 3, angles=None, RE: RunEngine | None = None) -> str:  # fmt: skip
+        RE = RE or RunEngine()
+        RE.subscribe(pipeline)
+        angles = np.linspace(0, 180, n_angles, endpoint=False) if angles is None else angles
+        (uid,) = RE(
+            tomo_scan(
+                beamline.detector, beamline.rotation, angles, n_darks, n_flats,
+                shutter=beamline.shutter, sample_x=beamline.sample_x,
+                sample_out=beamline.sample_out, md={"sample": sample},
+            )  # fmt: skip
+        )
+        return uid
+
+    return run

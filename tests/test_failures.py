@@ -1,0 +1,156 @@
+"""Aborted scans, processing errors and bad input: the RunEngine goes on, Tiled says why."""
+
+from __future__ import annotations
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted
+from tiled.client import from_uri
+
+from tomolive.devices import SimTomoDetector
+from tomolive.errors import BadInputError
+from tomolive.pipeline import PipelineParams
+from tomolive.plans import tomo_scan
+
+
+def container_md(tiled_server, uid):
+    return from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid].metadata
+
+
+class FaultyDetector(SimTomoDetector):
+    """Simulated detector that goes wrong after ``good_frames`` triggers."""
+
+    def __init__(self, *args, fault: str, good_frames: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fault, self.good_frames, self.frames = fault, good_frames, 0
+
+    def trigger(self):
+        status = super().trigger()
+        self.frames += 1
+        if self.frames > self.good_frames:
+            image = self.image.get().astype(np.float32)
+            if self.fault == "nan":
+                image[3, 5:9] = np.nan
+            elif self.fault == "shape":
+                image = image[:, :-4]
+            self.image.put(image)
+        return status
+
+
+def faulty(beamline, fault, good_frames):
+    b = beamline
+    return FaultyDetector(
+        name="faulty_det", phantom=b.phantom, rotation=b.rotation, sample_x=b.sample_x,
+        shutter=b.shutter, photons=None, fault=fault, good_frames=good_frames,
+    )  # fmt: skip
+
+
+def pause_after(n_events, plan):
+    """``plan`` with a pause inserted after its ``n_events``-th 'save' message (an operator's Ctrl-C)."""
+    saved = 0
+
+    def insert_pause(msg):
+        nonlocal saved
+        if msg.command == "save":
+            saved += 1
+            if saved == n_events:
+                return None, bps.pause()
+        return None, None
+
+    return bpp.plan_mutator(plan, insert_pause)
+
+
+def test_aborted_scan_is_marked_aborted(tiled_server, pipeline, beamline):
+    RE = RunEngine()
+    RE.subscribe(pipeline)
+    b = beamline
+    plan = tomo_scan(b.detector, b.rotation, np.linspace(0, 180, 60, endpoint=False), 2, 2,
+                     shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out,
+                     md={"sample": "aborted"})  # fmt: skip
+    with pytest.raises(RunEngineInterrupted):
+        RE(pause_after(10, plan))
+    assert RE.state == "paused"
+    (uid,) = RE.abort(reason="operator stopped the scan")
+    outcome = pipeline.wait(uid, timeout=60)
+    assert outcome.status == "aborted"
+    md = container_md(tiled_server, uid)
+    assert md["status"] == "aborted" and "abort" in md["reason"]
+    assert "recon" not in from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+
+
+def test_processing_error_marks_failed_with_message(tiled_server, pipeline, beamline, run_scan):
+    # 100 degrees of rotation cannot be reconstructed: the error happens on the Dask worker.
+    uid = run_scan(beamline, angles=np.linspace(0, 100, 50), sample="too-narrow")
+    outcome = pipeline.wait(uid, timeout=120)
+    assert outcome.status == "failed"
+    md = container_md(tiled_server, uid)
+    assert md["status"] == "failed" and "180" in md["reason"]
+    assert "provenance" in md
+
+
+def test_unknown_backend_fails_cleanly(tiled_server, tmp_path, dask_client, beamline):
+    from tomolive.callbacks import TomoPipeline
+
+    with TomoPipeline.from_uri(
+        tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client,
+        params=PipelineParams(method="no-such-backend"), scratch_dir=tmp_path, progress=False,
+    ) as pipe:  # fmt: skip
+        RE = RunEngine()
+        RE.subscribe(pipe)
+        b = beamline
+        (uid,) = RE(tomo_scan(b.detector, b.rotation, np.linspace(0, 180, 30, endpoint=False), 1, 1,
+                              shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+        outcome = pipe.wait(uid, timeout=120)
+    assert outcome.status == "failed" and "no-such-backend" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [("nan", "NaN"), ("shape", "shape")],
+)
+def test_bad_frames_fail_the_run_not_the_runengine(tiled_server, pipeline, beamline, fault, expected):
+    RE = RunEngine()
+    RE.subscribe(pipeline)
+    b = beamline
+    detector = faulty(b, fault, good_frames=2 + 2 + 5)  # darks + flats + 5 projections
+    (uid,) = RE(tomo_scan(detector, b.rotation, np.linspace(0, 180, 20, endpoint=False), 2, 2,
+                          shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+    outcome = pipeline.wait(uid, timeout=60)
+    assert outcome.status == "failed" and expected in outcome.reason
+    md = container_md(tiled_server, uid)
+    assert md["status"] == "failed" and expected in md["reason"]
+
+
+@pytest.mark.parametrize("missing", ["dark", "flat"])
+def test_missing_darks_or_flats_are_named(tiled_server, pipeline, beamline, run_scan, missing):
+    counts = {"n_darks": 0 if missing == "dark" else 2, "n_flats": 0 if missing == "flat" else 2}
+    uid = run_scan(beamline, n_angles=10, **counts)
+    outcome = pipeline.wait(uid, timeout=60)
+    assert outcome.status == "failed"
+    assert f"no {missing} frames" in outcome.reason
+    assert f"no {missing} frames" in container_md(tiled_server, uid)["reason"]
+
+
+def test_plan_refuses_fewer_than_two_angles(beamline):
+    b = beamline
+    with pytest.raises(BadInputError, match="at least 2"):
+        list(tomo_scan(b.detector, b.rotation, [0.0], 1, 1, shutter=b.shutter,
+                       sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+
+
+def test_plan_refuses_darks_without_shutter(beamline):
+    with pytest.raises(BadInputError, match="shutter"):
+        list(tomo_scan(beamline.detector, beamline.rotation, [0.0, 90.0, 180.0], n_darks=2, n_flats=0))
+
+
+def test_non_tomography_runs_are_ignored(pipeline, beamline):
+    import bluesky.plans as bp
+
+    RE = RunEngine()
+    RE.subscribe(pipeline)
+    RE(bp.count([beamline.detector], num=2))  # no "tomo" metadata: nothing happens
+    with pytest.raises(TimeoutError):
+        pipeline.wait(timeout=0.5)
