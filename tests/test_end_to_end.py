@@ -44,7 +44,9 @@ def test_scan_is_reconstructed_into_tiled(tiled_server, pipeline, beamline, run_
     prov = md["provenance"]
     assert prov["parameters"]["pipeline"]["rows_per_block"] > 0
     assert prov["inputs"]["n_angles"] == 120 and prov["inputs"]["frame_shape"] == [16, 96]
-    assert {"recon"} <= set(prov["seconds_per_stage"])
+    assert {"center", "recon"} <= set(prov["seconds_per_stage"])
+    # The simulator's axis sits on the detector middle; the automatic finder must see that.
+    assert abs(prov["center"]["center"] - (96 - 1) / 2) < 0.5 and prov["center"]["method"]
     assert prov["packages"]["tiled"] and prov["packages"]["numpy"]
 
     recon = scan["recon"]

@@ -19,6 +19,7 @@ from distributed import Client, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
 from .errors import BadInputError
+from .preprocess import CenterResult, find_center, remove_stripes
 from .provenance import Provenance
 from .recon import reconstruct
 from .spool import ProjectionSpool, read_rows
@@ -43,6 +44,12 @@ class PipelineParams:
         Reconstruction filter (``"ramp"``, ``"shepp-logan"``, ``"hann"``, ``"parzen"``).
     center : float or None
         Rotation-axis column in pixels (pixel j's centre at j); None finds it automatically.
+    center_method : {"auto", "registration", "vo"}
+        How the centre is found when ``center`` is None (see :func:`tomolive.preprocess.find_center`).
+    center_rows : int
+        Detector rows around the middle used to find the centre.
+    stripe_method : {"none", "sort", "combined"}
+        Ring-artefact (stripe) removal applied to each block before reconstruction.
     rows_per_block : int
         Detector rows per Dask task and per Zarr chunk of the results.
     """
@@ -51,6 +58,9 @@ class PipelineParams:
     method: str = "auto"
     filter: str = "ramp"
     center: float | None = None
+    center_method: str = "auto"
+    center_rows: int = 8
+    stripe_method: str = "none"
     rows_per_block: int = 16
 
     def __post_init__(self) -> None:
@@ -92,11 +102,23 @@ def reconstruct_block(
     """
     start = time.perf_counter()
     projections = read_rows(spool_path, *rows)
+    if params.stripe_method != "none":
+        projections = remove_stripes(projections, params.stripe_method)
     volume = reconstruct(
         projections, angles, center=center, method=params.method, filter=params.filter
     )
     target.write_block(index, volume)
     return time.perf_counter() - start
+
+
+def find_scan_center(spool: ProjectionSpool, angles: np.ndarray, params: PipelineParams) -> CenterResult:
+    """The user's centre if given, else one found on ``params.center_rows`` middle rows."""
+    if params.center is not None:
+        return CenterResult(float(params.center), "given", 1.0, {})
+    n_rows = spool.frame_shape[0]
+    first = max(0, n_rows // 2 - params.center_rows // 2)
+    rows = read_rows(str(spool.path), first, min(n_rows, first + params.center_rows))
+    return find_center(rows, angles, method=params.center_method)
 
 
 def row_blocks(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
@@ -120,18 +142,18 @@ def reconstruct_scan(
         raise BadInputError(f"a scan needs at least 2 projections to reconstruct; got {len(angles)}.")
     n_rows, n_cols = spool.frame_shape
     with provenance.stage("center"):
-        center = params.center if params.center is not None else (n_cols - 1) / 2.0
-    provenance.results["center"] = {"value": float(center), "method": "given" if params.center is not None else "detector-middle"}
+        center = find_scan_center(spool, angles, params)
+    provenance.results["center"] = center.as_dict()
 
     blocks = row_blocks(n_rows, params.rows_per_block)
     target = record.new_volume(
         "recon", (n_rows, n_cols, n_cols), params.rows_per_block,
-        metadata={"units": "attenuation per pixel", "center": float(center)},
+        metadata={"units": "attenuation per pixel", "center": center.center},
     )  # fmt: skip
     with provenance.stage("recon"):
         futures = [
             client.submit(
-                reconstruct_block, str(spool.path), i, rows, angles, center, params, target,
+                reconstruct_block, str(spool.path), i, rows, angles, center.center, params, target,
                 pure=False, key=f"recon-block-{i}-{record.node.item['id']}",
             )  # fmt: skip
             for i, rows in enumerate(blocks)
