@@ -247,3 +247,28 @@ def test_bad_input_errors_name_the_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(BadInputError, match=match):
         reconstruct(**args)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device: torch FBP on GPU not tested here")
+def test_fbp_cuda_matches_cpu():
+    n = 128
+    angles = np.linspace(0, np.pi, 200, endpoint=False)
+    sino = disc_sino(angles, n, 60.3, x0=10.0, y0=-5.0, r=20.0)
+    gpu = reconstruct(sino, angles, 60.3, method="fbp", device="cuda")
+    cpu = reconstruct(sino, angles, 60.3, method="fbp", device="cpu")
+    assert np.abs(gpu - cpu).max() < 1e-3 * 0.01
+    assert reconstruct(sino, angles, 60.3, device="cuda").shape == (1, n, n)
+
+
+def test_gridrec_rejects_cuda_device():
+    angles = np.linspace(0, np.pi, 30, endpoint=False)
+    with pytest.raises(BadInputError, match="CPU only"):
+        reconstruct(disc_sino(angles, 32, 15.5, r=5.0), angles, method="gridrec", device="cuda")
