@@ -139,13 +139,15 @@ def _check_projections(projections: np.ndarray) -> np.ndarray:
     if min(arr.shape) < 1 or arr.shape[2] < 2:
         raise BadInputError(f"projections: expected a non-empty array with n_cols >= 2, got {arr.shape!r}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise BadInputError(
-            f"projections: expected finite values, found {int((~np.isfinite(arr)).sum())} "
-            f"NaN/inf (first at [angle, row, col] = {tuple(int(i) for i in bad)!r}); "
-            "clean them first (tomolive.preprocess)"
-        )
+    step = max(1, (1 << 24) // max(1, arr[0].size))  # bounded temporaries
+    for a0 in range(0, arr.shape[0], step):
+        block = arr[a0 : a0 + step]
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0] + np.array([a0, 0, 0])
+            raise BadInputError(
+                f"projections: expected finite values, found NaN/inf (first at [angle, row, "
+                f"col] = {tuple(int(i) for i in bad)!r}); clean them first (tomolive.preprocess)"
+            )
     return arr
 
 
