@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/tomolive demo
 
 test: $(STAMP)
-	TMPDIR=$${TMPDIR:-/tmp} $(BIN)/python -m pytest $(PYTEST_ARGS)
+	TMPDIR=$${TMPDIR:-/tmp} MPLBACKEND=Agg $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/recon.py --quick

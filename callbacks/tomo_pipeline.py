@@ -24,8 +24,8 @@ from event_model import DocumentRouter, RunRouter
 from tiled.client.base import BaseClient
 
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.pipeline import PipelineParams, connect_dask, reconstruct_scan
-from tomolive.preprocess import normalize, reduce_frames
+from tomolive.pipeline import PipelineParams, connect_dask, prepare_projection, reconstruct_scan
+from tomolive.preprocess import reduce_frames
 from tomolive.provenance import Provenance
 from tomolive.spool import ProjectionSpool
 from tomolive.store import ScanRecord, connect
@@ -205,8 +205,7 @@ class _ScanProcessor(DocumentRouter):
     def _add_projection(self, image: np.ndarray, angle: float) -> None:
         if self.spool is None:
             self._start_spool(image)
-        frame = normalize(image, self.flat, self.dark)
-        self.spool.append(frame, angle)
+        self.spool.append(prepare_projection(image, self.flat, self.dark, self.owner.params), angle)
 
     def _start_spool(self, image: np.ndarray) -> None:
         for name, frames in self.calibration.items():
@@ -255,7 +254,7 @@ class _ScanProcessor(DocumentRouter):
                 self.provenance, progress=self.owner.progress, on_progress=on_progress,
             )  # fmt: skip
             self.record.set_status(
-                "complete", stages=["normalize", "recon"], provenance=self.provenance.as_dict()
+                "complete", stages=self.stages_done(), provenance=self.provenance.as_dict()
             )
             return ProcessedRun(self.uid, "complete", self.record.node.uri)
         except Exception as err:
@@ -264,6 +263,15 @@ class _ScanProcessor(DocumentRouter):
         finally:
             if self.spool is not None:
                 self.spool.remove()
+
+    def stages_done(self) -> list[str]:
+        params = self.owner.params
+        optional = {
+            "zingers": params.zinger_threshold is not None,
+            "paganin": params.paganin is not None,
+            "stripes": params.stripe_method != "none",
+        }
+        return ["normalize", *[name for name, on in optional.items() if on], "center", "recon"]
 
     def _fail(self, err: Exception) -> None:
         logger.error("tomolive: run %s failed: %s", self.uid, err)

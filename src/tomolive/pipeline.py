@@ -19,7 +19,15 @@ from distributed import Client, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
 from .errors import BadInputError
-from .preprocess import CenterResult, find_center, remove_stripes
+from .preprocess import (
+    CenterResult,
+    check_finite,
+    find_center,
+    normalize,
+    paganin,
+    remove_stripes,
+    remove_zingers,
+)
 from .provenance import Provenance
 from .recon import reconstruct
 from .spool import ProjectionSpool, read_rows
@@ -31,6 +39,19 @@ PROGRESS_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
+class PaganinParams:
+    """Single-distance phase retrieval (see :func:`tomolive.preprocess.paganin`).
+
+    Lengths in metres, energy in keV; ``delta_beta`` is the sample's delta/beta ratio.
+    """
+
+    pixel_size: float
+    distance: float
+    energy: float
+    delta_beta: float = 1000.0
+
+
+@dataclass(frozen=True)
 class PipelineParams:
     """Every knob of the processing stages; all of it goes into provenance.
 
@@ -38,6 +59,11 @@ class PipelineParams:
     ----------
     flat_reduce : {"median", "mean"}
         How dark and flat stacks are combined.
+    zinger_threshold : float or None
+        Replace raw pixels brighter than ``(1 + threshold)`` times their 3x3 median
+        (e.g. 0.3); None (default) skips zinger removal.
+    paganin : PaganinParams or None
+        Phase retrieval on each projection; None (default) for plain absorption contrast.
     method : str
         Reconstruction backend name (see :func:`tomolive.recon.available_methods`), or ``"auto"``.
     filter : str
@@ -51,10 +77,14 @@ class PipelineParams:
     stripe_method : {"none", "sort", "combined"}
         Ring-artefact (stripe) removal applied to each block before reconstruction.
     rows_per_block : int
-        Detector rows per Dask task and per Zarr chunk of the results.
+        Detector rows per Dask task and per Zarr chunk of the results; even, because the
+        gridrec backend reconstructs rows in pairs and blocks must pair rows the same way
+        whatever the number of workers.
     """
 
     flat_reduce: str = "median"
+    zinger_threshold: float | None = None
+    paganin: PaganinParams | None = None
     method: str = "auto"
     filter: str = "ramp"
     center: float | None = None
@@ -64,11 +94,28 @@ class PipelineParams:
     rows_per_block: int = 16
 
     def __post_init__(self) -> None:
-        if self.rows_per_block < 1:
-            raise BadInputError(f"rows_per_block must be >= 1; got {self.rows_per_block!r}.")
+        if self.rows_per_block < 2 or self.rows_per_block % 2:
+            raise BadInputError(
+                f"rows_per_block must be an even number >= 2; got {self.rows_per_block!r}."
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def prepare_projection(
+    image: np.ndarray, flat: np.ndarray, dark: np.ndarray, params: PipelineParams
+) -> np.ndarray:
+    """One raw frame -> line integrals: zingers, flat/dark, optional Paganin, -log (float32)."""
+    check_finite(image, "projection")
+    frame = image
+    if params.zinger_threshold is not None:
+        frame = remove_zingers(image.astype(np.float32), params.zinger_threshold, relative=True)
+    if params.paganin is None:
+        return normalize(frame, flat, dark)
+    transmission = normalize(frame, flat, dark, minus_log=False)
+    retrieved = paganin(transmission, **asdict(params.paganin))
+    return -np.log(np.maximum(retrieved, 1e-6, dtype=np.float32))
 
 
 def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
@@ -105,8 +152,9 @@ def reconstruct_block(
     if params.stripe_method != "none":
         projections = remove_stripes(projections, params.stripe_method)
     volume = reconstruct(
-        projections, angles, center=center, method=params.method, filter=params.filter
-    )
+        projections, angles, center=center, method=params.method, filter=params.filter,
+        ncore=1,  # one task per worker thread: more threads would oversubscribe the cores
+    )  # fmt: skip
     target.write_block(index, volume)
     return time.perf_counter() - start
 
