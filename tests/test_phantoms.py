@@ -1,0 +1,113 @@
+"""Foam phantoms: seeding, label fractions, projection geometry, input checks."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tomolive.errors import BadInputError
+from tomolive.phantoms import INCLUSION, PORE, SOLID, FoamPhantom, make_foam
+
+SHAPE = (32, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def foam() -> FoamPhantom:
+    return make_foam(SHAPE, porosity=0.15, seed=3)
+
+
+def _cylinder(phantom: FoamPhantom) -> np.ndarray:
+    n = phantom.n_cols
+    g = np.arange(n) - (n - 1) / 2.0
+    return (g[:, None] ** 2 + g[None, :] ** 2) <= phantom.radius**2
+
+
+def _pore_fraction(phantom: FoamPhantom) -> float:
+    return float(np.mean(phantom.labels()[:, _cylinder(phantom)] == PORE))
+
+
+def test_same_seed_same_foam_other_seed_differs() -> None:
+    a, b, c = (make_foam(SHAPE, porosity=0.15, seed=s) for s in (5, 5, 6))
+    np.testing.assert_array_equal(a.centers, b.centers)
+    np.testing.assert_array_equal(a.radii, b.radii)
+    np.testing.assert_array_equal(a.labels(), b.labels())
+    np.testing.assert_array_equal(a.project(0.7), b.project(0.7))
+    assert np.mean(a.labels() != c.labels()) > 0.05
+
+
+def test_labels_hold_three_phases_with_sensible_fractions(foam: FoamPhantom) -> None:
+    labels = foam.labels()
+    assert labels.shape == SHAPE and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {PORE, SOLID, INCLUSION}
+    inside = _cylinder(foam)
+    assert np.all(labels[:, ~inside] == PORE)  # nothing outside the cylinder
+    core = labels[:, inside]
+    assert np.mean(core == PORE) == pytest.approx(0.15, abs=0.03)
+    assert 0.005 < np.mean(core == INCLUSION) < 0.05
+    assert np.mean(core == SOLID) > 0.65
+    mu = foam.attenuation()
+    assert mu.dtype == np.float32
+    assert set(np.unique(mu).tolist()) == pytest.approx([0.0, foam.mu_solid, foam.mu_inclusion])
+
+
+@pytest.mark.parametrize("target", [0.05, 0.12, 0.2])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_porosity_inside_cylinder_near_target(target: float, seed: int) -> None:
+    assert _pore_fraction(make_foam(SHAPE, porosity=target, seed=seed)) == pytest.approx(
+        target, abs=0.02
+    )
+
+
+def test_two_phase_foam_has_no_inclusions() -> None:
+    labels = make_foam(SHAPE, porosity=0.1, n_inclusions=0, seed=2).labels()
+    assert set(np.unique(labels)) == {PORE, SOLID}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="phantoms.make_foam: random packing saturates at ~0.19-0.23 porosity (misses >= 50) "
+    "and returns silently, so the default porosity=0.3 (docstring: '0 to ~0.4') is not reached",
+)
+def test_default_porosity_target_is_reached() -> None:
+    phantom = make_foam((64, 128, 128), porosity=0.3, seed=0)
+    assert _pore_fraction(phantom) == pytest.approx(0.3, abs=0.05)
+
+
+@pytest.mark.parametrize(("theta", "axis"), [(0.0, 1), (np.pi / 2, 2)])
+def test_projection_matches_voxel_sums(foam: FoamPhantom, theta: float, axis: int) -> None:
+    exact = foam.project(theta)
+    voxels = foam.attenuation().sum(axis=axis)
+    assert exact.shape == voxels.shape == (SHAPE[0], SHAPE[2])
+    peak = float(exact.max())
+    assert peak == pytest.approx(2 * foam.radius * foam.mu_solid, rel=0.25)
+    # point-sampled voxels vs exact chords: small on average, a few voxels at edges
+    assert np.mean(np.abs(exact - voxels)) < 0.01 * peak
+    assert np.max(np.abs(exact - voxels)) < 0.05 * peak
+    assert voxels.sum() == pytest.approx(exact.sum(), rel=0.005)
+
+
+def test_opposite_angles_are_mirror_images(foam: FoamPhantom) -> None:
+    for theta in (0.0, 0.4, 1.3, 2.9):
+        a, b = foam.project(theta), foam.project(theta + np.pi)
+        np.testing.assert_allclose(b, a[:, ::-1], atol=1e-5)  # u -> 2c - u
+        assert not np.allclose(a, a[:, ::-1], atol=1e-3)  # the foam itself is not symmetric
+
+
+def test_sinogram_stacks_projections(foam: FoamPhantom) -> None:
+    angles = np.array([0.0, 0.5, 1.0])
+    sino = foam.sinogram(angles)
+    assert sino.shape == (3, SHAPE[0], SHAPE[2]) and sino.dtype == np.float32
+    np.testing.assert_array_equal(sino[1], foam.project(0.5))
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 48), (4, 32, 32), (16, 6, 6)])
+def test_bad_shape_is_named(shape: tuple[int, int, int]) -> None:
+    with pytest.raises(BadInputError, match=re.escape(repr(shape))):
+        make_foam(shape)
+
+
+def test_bad_porosity_raises() -> None:
+    with pytest.raises(BadInputError, match="porosity"):
+        make_foam(SHAPE, porosity=0.7)

@@ -1,0 +1,77 @@
+"""ProjectionSpool: append, growth past capacity, trimming, row-block reads, removal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tomolive.errors import BadInputError
+from tomolive.spool import GROWTH, ProjectionSpool, read_rows
+
+FRAME = (5, 6)
+
+
+def _frames(n: int) -> np.ndarray:
+    return np.random.default_rng(1).random((n, *FRAME)).astype(np.float32)
+
+
+def test_append_finish_and_read_rows(tmp_path: Path) -> None:
+    path = tmp_path / "spool.zarr"
+    spool = ProjectionSpool.create(path, FRAME, rows_per_block=2, expected=4)
+    assert spool.array.shape == (4, *FRAME) and spool.array.chunks == (1, 2, 6)
+    assert spool.frame_shape == FRAME and len(spool) == 0
+    frames = _frames(6)
+    for i, frame in enumerate(frames):
+        spool.append(frame, angle=0.5 * i)
+    assert len(spool) == 6
+    assert spool.array.shape == (4 + GROWTH, *FRAME)  # grew once, at index 4
+    assert spool.angles == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    spool.finish()
+    assert spool.array.shape == (6, *FRAME)
+    rows = read_rows(str(path), 1, 4)
+    assert rows.shape == (6, 3, 6) and rows.dtype == np.float32
+    np.testing.assert_array_equal(rows, frames[:, 1:4])
+    np.testing.assert_array_equal(read_rows(str(path), 0, FRAME[0]), frames)
+
+
+def test_grows_past_growth_more_than_once(tmp_path: Path) -> None:
+    path = tmp_path / "long.zarr"
+    spool = ProjectionSpool.create(path, (2, 3), rows_per_block=2, expected=1)
+    n = GROWTH + 3  # capacity 1 -> 1 + GROWTH (at index 1) -> 1 + 2 * GROWTH (at index 1 + GROWTH)
+    frames = np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)
+    for i, frame in enumerate(frames):
+        spool.append(frame, i)
+    assert spool.array.shape[0] == GROWTH + 1 + GROWTH
+    spool.finish()
+    np.testing.assert_array_equal(read_rows(str(path), 0, 2), frames)
+
+
+def test_create_replaces_an_old_spool(tmp_path: Path) -> None:
+    path = tmp_path / "again.zarr"
+    old = ProjectionSpool.create(path, FRAME, rows_per_block=2, expected=2)
+    old.append(np.full(FRAME, 9.0, np.float32), 0.0)
+    old.finish()
+    new = ProjectionSpool.create(path, FRAME, rows_per_block=2, expected=2)
+    new.append(np.ones(FRAME, np.float32), 0.0)
+    new.finish()
+    np.testing.assert_array_equal(read_rows(str(path), 0, 5), np.ones((1, *FRAME)))
+
+
+def test_wrong_frame_shape_names_both_shapes(tmp_path: Path) -> None:
+    spool = ProjectionSpool.create(tmp_path / "s.zarr", FRAME, rows_per_block=2)
+    spool.append(_frames(1)[0], 0.0)
+    with pytest.raises(BadInputError, match=r"projection 1 has shape \(5, 7\).*\(5, 6\)"):
+        spool.append(np.zeros((5, 7), np.float32), 1.0)
+    assert len(spool) == 1
+
+
+def test_remove_deletes_the_directory(tmp_path: Path) -> None:
+    path = tmp_path / "gone.zarr"
+    spool = ProjectionSpool.create(path, FRAME, rows_per_block=5)
+    spool.append(_frames(1)[0], 0.0)
+    assert path.is_dir()
+    spool.remove()
+    assert not path.exists()
+    spool.remove()  # idempotent
