@@ -53,7 +53,7 @@ def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator[Client]:
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster, Client(cluster) as client:
         yield client
 

@@ -125,11 +125,6 @@ def test_docstring_examples_run() -> None:
     assert result.failed == 0 and result.attempted >= 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="normalize.py: `flat - dark` is computed in the inputs' dtype, so uint16 flat/dark "
-    "with flat < dark wraps to ~65535 instead of clipping to the floor",
-)
 def test_integer_flat_and_dark_give_the_same_result_as_float() -> None:
     raw = np.array([[150, 150]], dtype=np.uint16)
     flat = np.array([[200, 99]], dtype=np.uint16)

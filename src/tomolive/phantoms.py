@@ -120,7 +120,8 @@ def make_foam(
     shape : (n_slices, n_cols, n_cols)
         Volume shape; the last two must be equal (square slices).
     porosity : float
-        Target volume fraction of pores inside the cylinder (0 to ~0.4; packing limits more).
+        Target volume fraction of pores inside the cylinder (0 to ~0.3; random packing
+        of non-overlapping spheres jams beyond that and stops short of the target).
     pore_radius, inclusion_radius : (min, max)
         Sphere radii as fractions of ``n_cols``.
     n_inclusions : int
@@ -145,28 +146,36 @@ def make_foam(
     radii: list[float] = []
     labels: list[int] = []
 
-    def place(r: float, label: int) -> bool:
-        for _ in range(200):
-            rho = (radius - r - 1.0) * np.sqrt(rng.uniform())
-            phi = rng.uniform(0, 2 * np.pi)
-            c = np.array([rng.uniform(-nz / 2, nz / 2), rho * np.sin(phi), rho * np.cos(phi)])
-            if centers:
-                gaps = np.linalg.norm(np.asarray(centers) - c, axis=1) - np.asarray(radii) - r
-                if gaps.min() < 1.5:
-                    continue
-            centers.append(c)
-            radii.append(r)
-            labels.append(label)
-            return True
-        return False
+    def place(r: float, label: int, tries: int = 64) -> bool:
+        """Put a sphere of radius ``r`` at the first of ``tries`` random spots where it fits."""
+        rho = (radius - r - 1.0) * np.sqrt(rng.uniform(size=tries))
+        phi = rng.uniform(0, 2 * np.pi, size=tries)
+        z = rng.uniform(-nz / 2, nz / 2, size=tries)
+        candidates = np.stack([z, rho * np.sin(phi), rho * np.cos(phi)], axis=1)
+        if centers:
+            distance = np.linalg.norm(candidates[:, None, :] - np.asarray(centers)[None], axis=2)
+            fits = (distance - np.asarray(radii)[None] - r).min(axis=1) >= 1.5
+        else:
+            fits = np.ones(tries, dtype=bool)
+        if not fits.any():
+            return False
+        centers.append(candidates[np.argmax(fits)])
+        radii.append(r)
+        labels.append(label)
+        return True
 
     for _ in range(n_inclusions):
         place(rng.uniform(*inclusion_radius) * nx, INCLUSION)
+    # Random sequential addition jams long before the target with one size range, so a
+    # pore that does not fit is retried smaller (down to half the minimum radius).
     pore_volume = 0.0
+    smallest = 0.5 * pore_radius[0] * nx
     misses = 0
-    while pore_volume < porosity * cylinder_volume and misses < 50:
+    while pore_volume < porosity * cylinder_volume and misses < 20:
         r = rng.uniform(*pore_radius) * nx
-        if place(r, PORE):
+        while r >= smallest and not place(r, PORE):
+            r *= 0.8
+        if r >= smallest:
             pore_volume += _volume_inside_slab(centers[-1][0], r, nz)
         else:
             misses += 1

@@ -129,7 +129,7 @@ def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
         return Client(dask), True
     workers = max(1, min(os.cpu_count() or 1, 8))
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     return Client(cluster), True
 

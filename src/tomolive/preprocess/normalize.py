@@ -99,7 +99,11 @@ def normalize(
                 f"{frame_shape!r}; acquire {name}s with the same detector ROI and binning."
             )
     check_finite(projections, "projection")
-    denominator = np.maximum(flat - dark, floor, dtype=np.float32)
+    flat = np.asarray(flat, dtype=np.float32)  # unsigned counts would wrap in flat - dark
+    dark = np.asarray(dark, dtype=np.float32)
+    check_finite(flat, "flat")
+    check_finite(dark, "dark")
+    denominator = np.maximum(flat - dark, floor)
     result = np.subtract(projections, dark, out=out, dtype=np.float32)
     result /= denominator
     np.maximum(result, floor, out=result)
