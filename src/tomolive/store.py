@@ -9,6 +9,7 @@ Layout (DESIGN.md)::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,8 +67,14 @@ class VolumeTarget:
 
     def write_block(self, index: int, block: np.ndarray) -> None:
         """Write rows ``[index * rows_per_block, ...)`` of the volume."""
-        array_client = from_uri(self.uri, api_key=self.api_key)
+        array_client = _array_client(self.uri, self.api_key)
         array_client.write_block(np.ascontiguousarray(block), block=(index, 0, 0))
+
+
+@functools.lru_cache(maxsize=8)
+def _array_client(uri: str, api_key: str | None) -> BaseClient:
+    """One client per array per worker process: connecting costs more than writing a block."""
+    return from_uri(uri, api_key=api_key)
 
 
 class ScanRecord:
