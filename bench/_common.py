@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tomolive import phantoms
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -80,43 +82,11 @@ def append_result(name: str, record: dict) -> Path:
     return path
 
 
-# Modified Shepp-Logan (Toft): rho, a, b, x0, y0, phi (degrees), in unit-disc coordinates.
-SHEPP_LOGAN = (
-    (1.0, 0.69, 0.92, 0.0, 0.0, 0.0),
-    (-0.8, 0.6624, 0.874, 0.0, -0.0184, 0.0),
-    (-0.2, 0.11, 0.31, 0.22, 0.0, -18.0),
-    (-0.2, 0.16, 0.41, -0.22, 0.0, 18.0),
-    (0.1, 0.21, 0.25, 0.0, 0.35, 0.0),
-    (0.1, 0.046, 0.046, 0.0, 0.1, 0.0),
-    (0.1, 0.046, 0.046, 0.0, -0.1, 0.0),
-    (0.1, 0.046, 0.023, -0.08, -0.605, 0.0),
-    (0.1, 0.023, 0.023, 0.0, -0.606, 0.0),
-    (0.1, 0.023, 0.046, 0.06, -0.605, 0.0),
-)
-
-
 def shepp_logan_ellipses(n: int, mu: float = 2.0) -> list[tuple[float, ...]]:
-    """Shepp-Logan ellipses in pixels around the rotation axis for an n-wide detector.
-
-    ``mu`` is the attenuation of the outer ellipse in units of 1 / n per pixel (so the
-    thickest ray is ~1.7 attenuation lengths whatever n is).
-    """
-    r = n / 2.0
-    return [(rho * mu / n, a * r, b * r, x * r, y * r, np.radians(phi))
-            for rho, a, b, x, y, phi in SHEPP_LOGAN]
-
-
-def project_ellipses(ellipses, angles, n_cols: int, center: float) -> np.ndarray:
-    """Exact line integrals (n_angles, n_cols), float64: point (x, y) -> column
-    ``center + x cos(theta) + y sin(theta)`` (tomolive's convention)."""
-    th = np.asarray(angles, dtype=np.float64)[:, None]
-    s = (np.arange(n_cols) - center)[None, :]
-    sino = np.zeros((th.shape[0], n_cols))
-    for rho, a, b, x0, y0, phi in ellipses:
-        sp = s - (x0 * np.cos(th) + y0 * np.sin(th))
-        a2 = (a * np.cos(th - phi)) ** 2 + (b * np.sin(th - phi)) ** 2
-        sino += 2.0 * rho * a * b / a2 * np.sqrt(np.clip(a2 - sp**2, 0.0, None))
-    return sino
+    """Shepp-Logan ellipses for an n-wide detector; ``mu`` is the outer ellipse's
+    attenuation in units of 1 / n per pixel (the thickest ray is ~1.7 attenuation
+    lengths whatever n is)."""
+    return phantoms.shepp_logan_ellipses(n, mu / n)
 
 
 def ellipse_image(ellipses, n: int, x_first: float, y_first: float, y_step: float = 1.0,

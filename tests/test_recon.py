@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
+from tomolive.phantoms import project_ellipses, shepp_logan_ellipses
 from tomolive.recon import (
     BACKENDS,
     FILTERS,
@@ -14,37 +15,14 @@ from tomolive.recon import (
     reconstruct,
 )
 
-# Modified Shepp-Logan (Toft): rho, a, b, x0, y0, phi (degrees), unit-disc coordinates.
-SHEPP_LOGAN = [
-    (1.0, 0.69, 0.92, 0.0, 0.0, 0.0),
-    (-0.8, 0.6624, 0.874, 0.0, -0.0184, 0.0),
-    (-0.2, 0.11, 0.31, 0.22, 0.0, -18.0),
-    (-0.2, 0.16, 0.41, -0.22, 0.0, 18.0),
-    (0.1, 0.21, 0.25, 0.0, 0.35, 0.0),
-    (0.1, 0.046, 0.046, 0.0, 0.1, 0.0),
-    (0.1, 0.046, 0.046, 0.0, -0.1, 0.0),
-    (0.1, 0.046, 0.023, -0.08, -0.605, 0.0),
-    (0.1, 0.023, 0.023, 0.0, -0.606, 0.0),
-    (0.1, 0.023, 0.046, 0.06, -0.605, 0.0),
-]
-
-
 def ellipses_px(n: int, scale_mu: float = 0.01) -> list[tuple[float, ...]]:
     """Shepp-Logan ellipses in pixels around the rotation axis, mu in 1/px."""
-    r = n / 2.0
-    return [(rho * scale_mu, a * r, b * r, x * r, y * r, np.radians(phi))
-            for rho, a, b, x, y, phi in SHEPP_LOGAN]
+    return shepp_logan_ellipses(n, scale_mu)
 
 
 def project(ellipses, angles, n_cols: int, center: float, n_rows: int = 1) -> np.ndarray:
-    """Exact line integrals: point (x, y) lands on column center + x cos(t) + y sin(t)."""
-    s = np.arange(n_cols) - center
-    sino = np.zeros((len(angles), n_cols))
-    for rho, a, b, x0, y0, phi in ellipses:
-        th = np.asarray(angles)[:, None]
-        sp = s[None, :] - (x0 * np.cos(th) + y0 * np.sin(th))
-        a2 = (a * np.cos(th - phi)) ** 2 + (b * np.sin(th - phi)) ** 2
-        sino += 2 * rho * a * b / a2 * np.sqrt(np.clip(a2 - sp**2, 0, None))
+    """Exact line integrals, repeated over ``n_rows`` identical rows (float32)."""
+    sino = project_ellipses(ellipses, angles, n_cols, center)
     return np.repeat(sino[:, None, :], n_rows, axis=1).astype(np.float32)
 
 
