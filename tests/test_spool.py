@@ -1,4 +1,4 @@
-"""ProjectionSpool: append, growth past capacity, trimming, row-block reads, removal."""
+"""ProjectionSpool: append, buffered chunk writes, growth past capacity, trimming, row-block reads, removal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.spool import GROWTH, ProjectionSpool, read_rows
+from tomolive.spool import BUFFER_BYTES, GROWTH, ProjectionSpool, frames_per_chunk, read_rows
 
 FRAME = (5, 6)
 
@@ -20,13 +20,14 @@ def _frames(n: int) -> np.ndarray:
 def test_append_finish_and_read_rows(tmp_path: Path) -> None:
     path = tmp_path / "spool.zarr"
     spool = ProjectionSpool.create(path, FRAME, rows_per_block=2, expected=4)
-    assert spool.array.shape == (4, *FRAME) and spool.array.chunks == (1, 2, 6)
+    assert spool.array.chunks == (32, 2, 6)  # 32 small frames per chunk
+    assert spool.array.shape == (32, *FRAME)  # capacity rounded up to whole chunks
     assert spool.frame_shape == FRAME and len(spool) == 0
     frames = _frames(6)
     for i, frame in enumerate(frames):
         spool.append(frame, angle=0.5 * i)
     assert len(spool) == 6
-    assert spool.array.shape == (4 + GROWTH, *FRAME)  # grew once, at index 4
+    assert not spool.array[:6].any()  # still buffered: written a chunk at a time
     assert spool.angles == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     spool.finish()
     assert spool.array.shape == (6, *FRAME)
@@ -39,12 +40,13 @@ def test_append_finish_and_read_rows(tmp_path: Path) -> None:
 def test_grows_past_growth_more_than_once(tmp_path: Path) -> None:
     path = tmp_path / "long.zarr"
     spool = ProjectionSpool.create(path, (2, 3), rows_per_block=2, expected=1)
-    n = GROWTH + 3  # capacity 1 -> 1 + GROWTH (at index 1) -> 1 + 2 * GROWTH (at index 1 + GROWTH)
+    n = 2 * GROWTH + 40  # capacity 32 -> grows at frames 32 and 32 + 288
     frames = np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)
     for i, frame in enumerate(frames):
         spool.append(frame, i)
-    assert spool.array.shape[0] == GROWTH + 1 + GROWTH
+    assert spool.array.shape[0] >= n - 32 and spool.array.shape[0] % 32 == 0
     spool.finish()
+    assert spool.array.shape == (n, 2, 3)
     np.testing.assert_array_equal(read_rows(str(path), 0, 2), frames)
 
 
@@ -75,3 +77,20 @@ def test_remove_deletes_the_directory(tmp_path: Path) -> None:
     spool.remove()
     assert not path.exists()
     spool.remove()  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"), [((5, 6), 32), ((512, 512), 32), ((2048, 2048), 2), ((4096, 4096), 1)]
+)
+def test_frames_per_chunk_bounds_the_buffer(frame: tuple[int, int], expected: int) -> None:
+    assert frames_per_chunk(frame) == expected
+    assert expected == 1 or expected * 4 * frame[0] * frame[1] <= BUFFER_BYTES
+
+
+def test_read_rows_spans_partial_last_chunk(tmp_path: Path) -> None:
+    spool = ProjectionSpool.create(tmp_path / "p.zarr", FRAME, rows_per_block=2, expected=40)
+    frames = _frames(45)  # one full chunk of 32 and a partial one of 13
+    for i, frame in enumerate(frames):
+        spool.append(frame, i)
+    spool.finish()
+    np.testing.assert_array_equal(read_rows(str(spool.path), 2, 5), frames[:, 2:5])

@@ -142,10 +142,10 @@ def reconstruct_block(
     center: float,
     params: PipelineParams,
     target: VolumeTarget,
-) -> float:
+) -> tuple[float, str]:
     """Dask task: reconstruct rows ``[start, stop)`` and write them to ``target``.
 
-    Returns the task's seconds of work.
+    Returns the task's seconds of work and how the block was written (``zarr``/``http``).
     """
     start = time.perf_counter()
     projections = read_rows(spool_path, *rows)
@@ -155,8 +155,8 @@ def reconstruct_block(
         projections, angles, center=center, method=params.method, filter=params.filter,
         ncore=1,  # one task per worker thread: more threads would oversubscribe the cores
     )  # fmt: skip
-    target.write_block(index, volume)
-    return time.perf_counter() - start
+    how = target.write_block(index, volume)
+    return time.perf_counter() - start, how
 
 
 def find_scan_center(spool: ProjectionSpool, angles: np.ndarray, params: PipelineParams) -> CenterResult:
@@ -207,10 +207,13 @@ def reconstruct_scan(
             for i, rows in enumerate(blocks)
         ]
         task_seconds = 0.0
+        writes: dict[str, int] = {}
         last_update = 0.0
         with tqdm(total=len(blocks), desc="reconstruct", unit="block", disable=not progress) as bar:
             for done, future in enumerate(as_completed(futures), start=1):
-                task_seconds += future.result()
+                seconds, how = future.result()
+                task_seconds += seconds
+                writes[how] = writes.get(how, 0) + 1
                 bar.update()
                 if on_progress and (time.monotonic() - last_update > PROGRESS_INTERVAL or done == len(blocks)):
                     on_progress(done, len(blocks))
@@ -220,4 +223,5 @@ def reconstruct_scan(
         "workers": len(client.scheduler_info()["workers"]),
         "blocks": len(blocks),
         "task_seconds": round(task_seconds, 3),
+        "block_writes": writes,
     }

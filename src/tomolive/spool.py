@@ -1,9 +1,11 @@
 """A Zarr scratch array that collects normalised projections as they arrive.
 
-Projections arrive one angle at a time but are reconstructed in blocks of detector rows,
-so the scratch array is chunked ``(1, rows_per_block, n_cols)``: appending a frame writes
-one chunk per row block, and a worker reading a row block touches only its own chunks.
-Memory stays bounded by one frame, whatever the scan length.
+Projections arrive one angle at a time but are reconstructed in blocks of detector rows.
+The scratch array is chunked ``(frames_per_chunk, rows_per_block, n_cols)``: frames are
+buffered in memory until a chunk's worth has arrived, then written as one slab, so a
+worker reading a row block opens ``n_angles / frames_per_chunk`` files rather than one
+per angle. Memory stays bounded by the buffer (at most ``BUFFER_BYTES``), whatever the
+scan length.
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ import zarr
 from .errors import BadInputError
 
 GROWTH = 256
+BUFFER_BYTES = 32 * 1024**2
+MAX_FRAMES_PER_CHUNK = 32
+
+
+def frames_per_chunk(frame_shape: tuple[int, int]) -> int:
+    """Frames buffered per chunk: up to 32, fewer for frames so large the buffer passes 32 MiB."""
+    frame_bytes = 4 * frame_shape[0] * frame_shape[1]
+    return max(1, min(MAX_FRAMES_PER_CHUNK, BUFFER_BYTES // frame_bytes))
 
 
 class ProjectionSpool:
@@ -27,6 +37,8 @@ class ProjectionSpool:
         self.array = array
         self.rows_per_block = rows_per_block
         self.angles: list[float] = []
+        self._buffer = np.empty((array.chunks[0], *array.shape[1:]), dtype=np.float32)
+        self._flushed = 0
 
     @classmethod
     def create(
@@ -34,10 +46,11 @@ class ProjectionSpool:
     ) -> ProjectionSpool:
         """A new, empty spool at ``path`` (replacing any left from an earlier attempt)."""
         rows, cols = frame_shape
+        depth = frames_per_chunk(frame_shape)
         array = zarr.create_array(
             store=str(path),
-            shape=(max(expected, 1), rows, cols),
-            chunks=(1, min(rows_per_block, rows), cols),
+            shape=(_round_up(max(expected, 1), depth), rows, cols),
+            chunks=(depth, min(rows_per_block, rows), cols),
             dtype="float32",
             compressors=None,
             fill_value=0.0,
@@ -59,18 +72,32 @@ class ProjectionSpool:
                 f"projection {len(self)} has shape {frame.shape!r} but earlier frames had "
                 f"{self.frame_shape!r}; the detector ROI or binning changed mid-scan."
             )
-        index = len(self.angles)
-        if index >= self.array.shape[0]:
-            self.array.resize((index + GROWTH, *self.frame_shape))
-        self.array[index] = frame
+        self._buffer[len(self) - self._flushed] = frame
         self.angles.append(float(angle))
+        if len(self) - self._flushed == len(self._buffer):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered frames as one slab of whole chunks (the last may be partial)."""
+        start, stop = self._flushed, len(self)
+        if stop == start:
+            return
+        if stop > self.array.shape[0]:
+            self.array.resize((_round_up(stop + GROWTH, len(self._buffer)), *self.frame_shape))
+        self.array[start:stop] = self._buffer[: stop - start]
+        self._flushed = stop
 
     def finish(self) -> None:
-        """Trim the spare capacity so the array holds exactly the frames received."""
+        """Write what is buffered and trim the array to exactly the frames received."""
+        self._flush()
         self.array.resize((len(self), *self.frame_shape))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def read_rows(path: str, start: int, stop: int) -> np.ndarray:
