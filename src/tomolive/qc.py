@@ -1,8 +1,19 @@
-"""Quality numbers: PSNR against a reference, reconstruction-circle masks."""
+"""Quality numbers and alerts: PSNR, SNR/CNR, ring severity, edge sharpness, thresholds.
+
+Every metric reads a bounded number of slices, so it costs the same on any volume size;
+:func:`qc_metrics` gathers them (JSON-able, for the scan's metadata) and :func:`qc_alerts`
+turns those beyond :class:`QCThresholds` into sentences a scientist can act on.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
 import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_multiotsu
 
 from .errors import BadInputError
 
@@ -49,3 +60,257 @@ def psnr(
     mse = np.mean((image - reference) ** 2)
     peak = np.ptp(reference)
     return float(10.0 * np.log10(peak**2 / mse)) if mse > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """Limits beyond which :func:`qc_alerts` raises an alert; override any in config.
+
+    Attributes
+    ----------
+    min_snr : float
+        Mean over noise of the solid matrix (label 1).
+    min_cnr : float
+        Pore/solid contrast over their pooled noise; below ~3 phases overlap.
+    max_ring_severity : float
+        Ring amplitude (RMS) as a fraction of the grey range.
+    max_edge_width : float
+        10-90% width of pore/solid edges, pixels.
+    min_center_confidence : float
+        Confidence (0..1) of the rotation-centre search.
+    """
+
+    min_snr: float = 5.0
+    min_cnr: float = 3.0
+    max_ring_severity: float = 0.005
+    max_edge_width: float = 3.0
+    min_center_confidence: float = 0.5
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float]) -> QCThresholds:
+        """Defaults overridden by ``values`` (e.g. a config section); unknown keys are an error."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise BadInputError(f"QC thresholds: unknown keys {unknown!r}; known: {[f.name for f in fields(cls)]!r}")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+
+def _check_volume(volume: Any) -> Any:
+    shape = getattr(volume, "shape", None)
+    if shape is None or len(shape) != 3 or shape[1] < 16 or shape[2] < 16:
+        raise BadInputError(f"volume: expected a 3D array (n_slices, ny, nx) with ny, nx >= 16, got shape {shape!r}")
+    return volume
+
+
+def _sampled(volume: Any, labels: Any, max_slices: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``max_slices`` evenly spaced slices (float64) and their labels."""
+    index = np.unique(np.linspace(0, volume.shape[0] - 1, min(volume.shape[0], max_slices)).round().astype(int))
+    images = np.stack([np.asarray(volume[int(z)], dtype=np.float64) for z in index])
+    if not np.isfinite(images).all():
+        raise BadInputError("volume: expected finite values, found NaN/inf")
+    if labels is None:
+        return images, None
+    if tuple(labels.shape) != tuple(volume.shape):
+        raise BadInputError(f"labels has shape {tuple(labels.shape)!r} but volume has {tuple(volume.shape)!r}")
+    return images, np.stack([np.asarray(labels[int(z)]) for z in index])
+
+
+def _otsu_labels(images: np.ndarray, n_phases: int) -> np.ndarray:
+    """Phase labels by multi-Otsu thresholds of smoothed slices, for unlabelled volumes."""
+    smooth = ndimage.gaussian_filter(images, (0, 1.5, 1.5))
+    inside = circle_mask(images.shape[1:], 1.0)
+    return np.digitize(smooth, threshold_multiotsu(smooth[:, inside], classes=n_phases)).astype(np.uint8)
+
+
+def _phase_stats(images: np.ndarray, labels: np.ndarray, erode: int = 2) -> dict[int, tuple[float, float, int]]:
+    """Mean, std and count of each label's voxels away from edges (in-plane erosion)."""
+    inside = circle_mask(images.shape[1:], 0.95)
+    structure = np.zeros((1, 3, 3), dtype=bool)
+    structure[0] = ndimage.generate_binary_structure(2, 1)
+    stats = {}
+    for k in np.unique(labels):
+        core = ndimage.binary_erosion(labels == k, structure, iterations=erode) & inside
+        if core.sum() >= 50:
+            values = images[core]
+            stats[int(k)] = (float(values.mean()), float(values.std()), int(core.sum()))
+    return stats
+
+
+def snr_cnr(volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices: int = 8) -> dict[str, Any]:
+    """Signal- and contrast-to-noise ratios of a reconstructed volume.
+
+    Each phase's mean and standard deviation are taken over its voxels at least 2 pixels
+    from any other phase, inside the reconstruction circle. ``snr`` is the solid's (label
+    1) mean over its standard deviation (grey values where empty space is ~0, as
+    reconstructions give); ``cnr`` is the pore/solid difference over their pooled standard
+    deviation; ``cnr_pairs`` has every pair of consecutive phases. Without ``labels`` the
+    phases are ``n_phases`` multi-Otsu classes of the smoothed slices (an estimate).
+
+    Returns
+    -------
+    dict
+        ``snr``, ``cnr``, ``cnr_pairs``, ``noise_sigma`` (the solid's), ``phase_means``,
+        ``phases_from`` (``"labels"`` or ``"otsu"``); NaN where a phase is missing.
+    """
+    volume = _check_volume(volume)
+    images, labs = _sampled(volume, labels, max_slices)
+    source = "labels" if labs is not None else "otsu"
+    stats = _phase_stats(images, labs if labs is not None else _otsu_labels(images, n_phases))
+    nan = float("nan")
+    mean = {k: s[0] for k, s in stats.items()}
+    std = {k: s[1] for k, s in stats.items()}
+    pairs = {f"{a}/{b}": _cnr(mean[a], mean[b], std[a], std[b]) for a, b in zip(sorted(stats), sorted(stats)[1:])}
+    return {
+        "snr": abs(mean[1]) / std[1] if 1 in stats and std[1] > 0 else nan,
+        "cnr": pairs.get("0/1", nan),
+        "cnr_pairs": pairs,
+        "noise_sigma": std.get(1, nan),
+        "phase_means": {str(k): v for k, v in mean.items()},
+        "phases_from": source,
+    }
+
+
+def _cnr(mean_a: float, mean_b: float, std_a: float, std_b: float) -> float:
+    pooled = np.sqrt((std_a**2 + std_b**2) / 2.0)
+    return float(abs(mean_b - mean_a) / pooled) if pooled > 0 else float("inf")
+
+
+def ring_severity(volume: Any, *, max_slices: int = 8, sectors: int = 8, width: int = 5) -> float:
+    """Ring-artefact amplitude as a fraction of the grey range (~0.001 for none).
+
+    Each slice is resampled on polar coordinates about its centre (the rotation axis in
+    tomolive's reconstructions) and averaged over each of ``sectors`` angular sectors; each
+    sector's radial profile less its running median over ``width`` radii keeps narrow
+    radial features. A ring is the same in every sector, structure and noise are not, so
+    the mean product of different sectors' residuals estimates the squared ring amplitude
+    without their bias. Radii where the profile has a steep trend (e.g. the edge of a
+    cylindrical sample centred on the axis) are skipped. The root of the mean over radii
+    and slices is divided by the grey range (0.5-99.5 percentiles inside the circle).
+    """
+    images, _ = _sampled(_check_volume(volume), None, max_slices)
+    n = min(images.shape[1:])
+    radii = np.arange(4, n // 2 - 2, dtype=float)
+    theta = np.linspace(0, 2 * np.pi, sectors * max(8, int(2 * np.pi * radii[-1]) // sectors), endpoint=False)
+    cy, cx = (images.shape[1] - 1) / 2.0, (images.shape[2] - 1) / 2.0
+    coords = np.stack([cy + radii[:, None] * np.sin(theta), cx + radii[:, None] * np.cos(theta)])
+    lo, hi = np.percentile(images[:, circle_mask(images.shape[1:], 1.0)], [0.5, 99.5])
+    if not hi > lo:
+        return 0.0
+    power = []
+    for image in images:
+        profiles = ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), sectors, -1).mean(axis=2)
+        residual = profiles - ndimage.median_filter(profiles, size=(width, 1), mode="nearest")
+        cross = (residual.sum(axis=1) ** 2 - (residual**2).sum(axis=1)) / (sectors * (sectors - 1))
+        trend = ndimage.median_filter(profiles.mean(axis=1), size=width, mode="nearest")
+        steep = ndimage.binary_dilation(np.abs(np.gradient(trend)) > 0.03 * (hi - lo), iterations=2)
+        if not steep.all():
+            power.append(np.mean(cross[~steep]))
+    return float(np.sqrt(max(np.mean(power), 0.0)) / (hi - lo)) if power else 0.0
+
+
+def edge_width(
+    volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices: int = 8, sigma: float = 1.0
+) -> float:
+    """10-90% width (pixels) of pore/solid edges, from their steepest grey-value gradient.
+
+    For a step of height ``d`` blurred by a Gaussian of width ``s``, the gradient (taken
+    with a Gaussian derivative of ``sigma``) peaks at ``d / sqrt(2 pi (s^2 + sigma^2))``
+    and the 10-90% width is ``2.563 s``. ``d`` is the pore/solid mean difference, the
+    peak is the median over edge pixels of the local maximum of the gradient. Without
+    ``labels`` the phases are ``n_phases`` multi-Otsu classes (an estimate). NaN without
+    both phases. Noise steepens gradients, so very noisy volumes read sharper than they are.
+    """
+    volume = _check_volume(volume)
+    images, labs = _sampled(volume, labels, max_slices)
+    labs = labs if labs is not None else _otsu_labels(images, n_phases)
+    stats = _phase_stats(images, labs)
+    if 0 not in stats or 1 not in stats:
+        return float("nan")
+    step = abs(stats[1][0] - stats[0][0])
+    gradient = np.stack([ndimage.gaussian_gradient_magnitude(image, sigma) for image in images])
+    peaks = ndimage.maximum_filter(gradient, size=(1, 3, 3))
+    pore, solid = labs == 0, labs == 1
+    structure = np.zeros((1, 3, 3), dtype=bool)
+    structure[0] = ndimage.generate_binary_structure(2, 1)
+    edges = solid & ndimage.binary_dilation(pore, structure) & circle_mask(images.shape[1:], 0.95)
+    if not edges.any():
+        return float("nan")
+    total = step / (np.sqrt(2 * np.pi) * float(np.median(peaks[edges])))
+    return float(2.563 * np.sqrt(max(total**2 - sigma**2, 0.0)))
+
+
+def qc_metrics(
+    volume: Any,
+    labels: Any = None,
+    *,
+    n_phases: int = 3,
+    center_confidence: float | None = None,
+    max_slices: int = 8,
+) -> dict[str, Any]:
+    """Every QC number of a reconstructed (or denoised) volume, JSON-able.
+
+    Parameters
+    ----------
+    volume : array-like
+        ``(n_slices, ny, nx)`` grey values (numpy, Zarr or Tiled array); ``max_slices``
+        evenly spaced slices are read.
+    labels : array-like, optional
+        Its segmentation (same shape); without it, ``n_phases`` phases are estimated by
+        multi-Otsu.
+    center_confidence : float, optional
+        ``CenterResult.confidence`` of the rotation-centre search, passed through.
+
+    Returns
+    -------
+    dict
+        ``snr``, ``cnr``, ``cnr_pairs``, ``noise_sigma``, ``phase_means``, ``phases_from``
+        (:func:`snr_cnr`), ``ring_severity``, ``edge_width_px``, ``center_confidence``,
+        ``slices_used``; 5 significant digits, None where a number is undefined.
+    """
+    metrics = snr_cnr(volume, labels, n_phases=n_phases, max_slices=max_slices)
+    metrics["ring_severity"] = ring_severity(volume, max_slices=max_slices)
+    metrics["edge_width_px"] = edge_width(volume, labels, n_phases=n_phases, max_slices=max_slices)
+    metrics["center_confidence"] = None if center_confidence is None else float(center_confidence)
+    metrics["slices_used"] = int(min(volume.shape[0], max_slices))
+    return {k: _rounded(v) for k, v in metrics.items()}
+
+
+def _rounded(value: Any) -> Any:
+    """5 significant digits; NaN/inf become None (valid JSON for Tiled metadata)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return float(f"{value:.5g}") if np.isfinite(value) else None
+    return value
+
+
+def qc_alerts(metrics: Mapping[str, Any], thresholds: QCThresholds | None = None) -> list[str]:
+    """Human-readable alerts for the metrics beyond ``thresholds`` (missing or NaN ones are skipped).
+
+    Examples
+    --------
+    >>> qc_alerts({"snr": 2.0, "ring_severity": 0.001})
+    ['low signal-to-noise ratio: SNR 2.0 < 5.0 (min_snr); raise the dose or exposure, or denoise']
+    """
+    t = thresholds or QCThresholds()
+    checks = [
+        ("snr", "min_snr", lambda v, lim: v < lim,
+         "low signal-to-noise ratio: SNR {v:.1f} < {lim:g} (min_snr); raise the dose or exposure, or denoise"),
+        ("cnr", "min_cnr", lambda v, lim: v < lim,
+         "low pore/solid contrast-to-noise ratio: CNR {v:.1f} < {lim:g} (min_cnr); phases will be hard to separate"),
+        ("ring_severity", "max_ring_severity", lambda v, lim: v > lim,
+         "ring artefacts: severity {v:.3f} > {lim:g} (max_ring_severity); turn on stripe removal "
+         "(stripe_method='sort' or 'combined')"),
+        ("edge_width_px", "max_edge_width", lambda v, lim: v > lim,
+         "blurred edges: 10-90% width {v:.1f} px > {lim:g} px (max_edge_width); check the rotation centre, "
+         "sample motion or focus"),
+        ("center_confidence", "min_center_confidence", lambda v, lim: v < lim,
+         "uncertain rotation centre: confidence {v:.2f} < {lim:g} (min_center_confidence); check it or give "
+         "the centre explicitly"),
+    ]  # fmt: skip
+    alerts = []
+    for key, limit_name, beyond, message in checks:
+        value, limit = metrics.get(key), getattr(t, limit_name)
+        if isinstance(value, (int, float)) and np.isfinite(value) and beyond(float(value), limit):
+            alerts.append(message.format(v=float(value), lim=limit))
+    return alerts
