@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import INCLUSION, PORE, SOLID, FoamPhantom, make_foam
+from tomolive.phantoms import INCLUSION, PORE, SOLID, FoamPhantom, RockPhantom, make_foam, make_rock, measure
 
 SHAPE = (32, 96, 96)
 
@@ -106,3 +106,56 @@ def test_bad_shape_is_named(shape: tuple[int, int, int]) -> None:
 def test_bad_porosity_raises() -> None:
     with pytest.raises(BadInputError, match="porosity"):
         make_foam(SHAPE, porosity=0.7)
+
+
+@pytest.fixture(scope="module")
+def rock() -> RockPhantom:
+    return make_rock(SHAPE, porosity=0.12, seed=4)
+
+
+def test_rock_is_seeded_and_has_three_phases_and_grain_texture(rock: RockPhantom) -> None:
+    again, other = make_rock(SHAPE, porosity=0.12, seed=4), make_rock(SHAPE, porosity=0.12, seed=5)
+    np.testing.assert_array_equal(rock.labels(), again.labels())
+    assert np.mean(rock.labels() != other.labels()) > 0.05
+    labels = rock.labels()
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {PORE, SOLID, INCLUSION}
+    inside = _cylinder(rock)
+    assert np.all(labels[:, ~inside] == PORE)
+    core = labels[:, inside]
+    assert np.mean(core == PORE) == pytest.approx(0.12, abs=0.03)
+    assert 0.003 < np.mean(core == INCLUSION) < 0.05
+    mu = rock.attenuation()[:, inside][core == SOLID]
+    assert len(np.unique(mu)) > 10  # grains differ from the matrix and from each other
+    assert mu.min() >= 0.8 * rock.mu_matrix and mu.max() <= 1.2 * rock.mu_matrix
+
+
+@pytest.mark.parametrize(("theta", "axis"), [(0.0, 1), (np.pi / 2, 2)])
+def test_rock_projection_matches_voxel_sums(rock: RockPhantom, theta: float, axis: int) -> None:
+    exact, voxels = rock.project(theta), rock.attenuation().sum(axis=axis)
+    peak = float(exact.max())
+    assert np.mean(np.abs(exact - voxels)) < 0.01 * peak
+    assert np.max(np.abs(exact - voxels)) < 0.05 * peak
+    assert voxels.sum() == pytest.approx(exact.sum(), rel=0.005)
+    np.testing.assert_allclose(rock.project(theta + np.pi), exact[:, ::-1], atol=1e-5)
+
+
+def test_rock_bad_inputs_are_named() -> None:
+    with pytest.raises(BadInputError, match=re.escape(repr((16, 32, 48)))):
+        make_rock((16, 32, 48))
+    with pytest.raises(BadInputError, match="porosity"):
+        make_rock(SHAPE, porosity=0.5)
+
+
+def test_measure_adds_poisson_noise_and_stripes() -> None:
+    p = np.full((400, 4, 64), 0.5, dtype=np.float32)
+    np.testing.assert_allclose(measure(p), p, rtol=1e-6)  # noise-free, no stripes
+    noisy = measure(p, photons=1000, seed=1)
+    # -log of Poisson counts: std ~ 1 / sqrt(photons * exp(-p))
+    assert noisy.std() == pytest.approx(1 / np.sqrt(1000 * np.exp(-0.5)), rel=0.05)
+    assert noisy.mean() == pytest.approx(0.5, abs=0.005)
+    striped = measure(p, stripe_fraction=0.1, stripe_strength=0.05, seed=2)
+    offsets = striped[0] - p[0]
+    np.testing.assert_allclose(striped, np.broadcast_to(striped[0], p.shape))  # same at every angle
+    assert 0.04 < np.mean(offsets != 0) < 0.2
+    with pytest.raises(BadInputError, match="photons"):
+        measure(p, photons=0)

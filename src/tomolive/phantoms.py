@@ -1,9 +1,12 @@
-"""3D foam phantoms with ground-truth labels and exact parallel-beam projections.
+"""3D foam and rock phantoms with ground-truth labels and exact parallel-beam projections.
 
 A foam is a solid cylinder (axis along z, the rotation axis) holding non-overlapping
-spherical pores and, optionally, dense spherical inclusions. Projections are exact line
-integrals through these shapes, sampled at detector pixel centres, so the simulator never
-depends on a discretised projector (and never on tomolive's own reconstruction code).
+spherical pores and, optionally, dense spherical inclusions. A rock (:func:`make_rock`) is
+a cylinder of matrix holding non-overlapping ellipsoidal grains, pores and inclusions.
+Projections are exact line integrals through these shapes, sampled at detector pixel
+centres, so the simulator never depends on a discretised projector (and never on
+tomolive's own reconstruction code). :func:`measure` adds photon noise and detector
+stripes (ring artefacts) to them.
 
 Geometry (shared with :mod:`tomolive.recon`): volumes are indexed ``[z, y, x]``; the object
 point ``(x, y)``, in pixels from the rotation axis, projects at angle ``theta`` (radians) to
@@ -188,6 +191,277 @@ def make_foam(
         mu_solid=mu_solid,
         mu_inclusion=mu_inclusion,
     )
+
+
+@dataclass(frozen=True)
+class RockPhantom:
+    """A cylindrical rock core: a solid matrix holding ellipsoidal grains, pores and inclusions.
+
+    Grains are solid (label ``SOLID``) whose attenuation differs a little from the matrix's,
+    so the solid phase has texture; pores are elongated or flattened ellipsoids (vugs and
+    cracks); inclusions are small dense ellipsoids (e.g. pyrite in sandstone). Ellipsoids never
+    overlap, so projections are exact sums of chords, as for :class:`FoamPhantom`, with the
+    same geometry.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Volume shape ``(n_slices, n_cols, n_cols)``.
+    radius : float
+        Cylinder radius in pixels.
+    centers : ndarray
+        Ellipsoid centres ``(n, 3)`` as ``(z, y, x)`` in pixels from the volume centre.
+    semi_axes : ndarray
+        ``(n, 3)`` semi-axis lengths in pixels along each ellipsoid's principal directions.
+    rotations : ndarray
+        ``(n, 3, 3)``; column ``k`` is principal direction ``k`` in ``(z, y, x)`` coordinates.
+    labels_of_shapes : ndarray
+        ``PORE``, ``SOLID`` (grain) or ``INCLUSION`` for each ellipsoid.
+    mus : ndarray
+        Attenuation per pixel of each ellipsoid.
+    mu_matrix : float
+        Attenuation per pixel of the matrix between the ellipsoids.
+    """
+
+    shape: tuple[int, int, int]
+    radius: float
+    centers: np.ndarray
+    semi_axes: np.ndarray
+    rotations: np.ndarray
+    labels_of_shapes: np.ndarray
+    mus: np.ndarray
+    mu_matrix: float = 0.005
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[2]
+
+    def _forms(self) -> np.ndarray:
+        """Quadratic forms ``M = R diag(1 / a^2) R^T``: a point ``p`` is inside if ``p M p <= 1``."""
+        inv = 1.0 / self.semi_axes**2
+        return np.einsum("nik,nk,njk->nij", self.rotations, inv, self.rotations)
+
+    def _paint(self, volume: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Write ``values[k]`` into the voxels (centres) inside ellipsoid ``k``."""
+        nz, ny, nx = self.shape
+        grids = (_grid(nz), _grid(ny), _grid(nx))
+        for center, form, reach, value in zip(self.centers, self._forms(), self.semi_axes.max(1), values):
+            windows = [_window(g, c, reach) for g, c in zip(grids, center)]
+            offsets = np.meshgrid(*(g[w] - c for g, w, c in zip(grids, windows, center)), indexing="ij")
+            quad = sum(form[i, j] * offsets[i] * offsets[j] for i in range(3) for j in range(3))
+            view = volume[tuple(windows)]
+            view[quad <= 1.0] = value
+        return volume
+
+    def _cylinder(self, fill: float, dtype: type) -> np.ndarray:
+        nz, ny, nx = self.shape
+        y, x = _grid(ny), _grid(nx)
+        inside = (y[:, None] ** 2 + x[None, :] ** 2) <= self.radius**2
+        return np.broadcast_to((inside * fill).astype(dtype), self.shape).copy()
+
+    def labels(self) -> np.ndarray:
+        """Ground-truth label volume (uint8, ``[z, y, x]``): 0 pore/outside, 1 solid, 2 inclusion."""
+        return self._paint(self._cylinder(SOLID, np.uint8), self.labels_of_shapes)
+
+    def attenuation(self) -> np.ndarray:
+        """Linear attenuation volume (float32, per pixel), grains included."""
+        return self._paint(self._cylinder(self.mu_matrix, np.float32), self.mus.astype(np.float32))
+
+    def project(self, theta: float) -> np.ndarray:
+        """Exact line integrals (float32, ``(n_slices, n_cols)``) at angle ``theta`` radians."""
+        nz, _, nx = self.shape
+        u, v = _grid(nx), _grid(nz)
+        chord = 2.0 * np.sqrt(np.clip(self.radius**2 - u**2, 0.0, None))
+        sinogram = np.broadcast_to(self.mu_matrix * chord, (nz, nx)).astype(np.float32)
+        cos_t, sin_t = np.cos(theta), np.sin(theta)
+        direction = np.array([0.0, cos_t, -sin_t])  # along the ray, in (z, y, x)
+        for center, form, reach, mu in zip(self.centers, self._forms(), self.semi_axes.max(1), self.mus):
+            zc, yc, xc = center
+            rows, cols = _window(v, zc, reach), _window(u, xc * cos_t + yc * sin_t, reach)
+            w = (v[rows, None] - zc, u[None, cols] * sin_t - yc, u[None, cols] * cos_t - xc)
+            md = form @ direction
+            a = float(direction @ md)
+            half_b = md[0] * w[0] + md[1] * w[1] + md[2] * w[2]
+            c = sum(form[i, j] * w[i] * w[j] for i in range(3) for j in range(3)) - 1.0
+            ellipsoid_chord = 2.0 * np.sqrt(np.clip(half_b**2 - a * c, 0.0, None)) / a
+            sinogram[rows, cols] += (mu - self.mu_matrix) * ellipsoid_chord
+        return sinogram
+
+    def sinogram(self, angles: np.ndarray) -> np.ndarray:
+        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
+        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
+
+
+def make_rock(
+    shape: tuple[int, int, int] = (128, 128, 128),
+    *,
+    porosity: float = 0.12,
+    pore_radius: tuple[float, float] = (0.03, 0.1),
+    pore_aspect: tuple[float, float] = (0.3, 1.0),
+    n_inclusions: int = 20,
+    inclusion_radius: tuple[float, float] = (0.02, 0.045),
+    grain_radius: tuple[float, float] = (0.02, 0.06),
+    grain_contrast: float = 0.2,
+    seed: int = 0,
+    mu_matrix: float = 0.005,
+    mu_inclusion: float = 0.015,
+) -> RockPhantom:
+    """Make a seeded random rock core.
+
+    Inclusions are placed first, then pores up to the target porosity (retried smaller
+    when they no longer fit, as in :func:`make_foam`), then grains fill what space is left.
+    Ellipsoids are kept apart by their bounding spheres, 1.5 pixels at least.
+
+    Parameters
+    ----------
+    shape : (n_slices, n_cols, n_cols)
+        Volume shape; the last two must be equal (square slices).
+    porosity : float
+        Target volume fraction of pores inside the cylinder, in [0, 0.3].
+    pore_radius, inclusion_radius, grain_radius : (min, max)
+        Longest semi-axis as fractions of ``n_cols``.
+    pore_aspect : (min, max)
+        Ratio of each shorter pore semi-axis to the longest (1 is a sphere, 0.3 a crack).
+    n_inclusions : int
+        Number of dense inclusions (0 for a two-phase rock).
+    grain_contrast : float
+        Grains' attenuation is ``mu_matrix * (1 + g)`` with ``|g| <= grain_contrast``, < 0.5.
+    seed : int
+        Random seed; the same seed gives the same rock.
+    mu_matrix, mu_inclusion : float
+        Attenuation per pixel of the matrix and of the inclusions.
+    """
+    nz, ny, nx = shape
+    if ny != nx or min(shape) < 8:
+        raise BadInputError(
+            f"shape must be (n_slices, n, n) with n >= 8 and square slices; got {shape!r}."
+        )
+    if not 0.0 <= porosity <= 0.3:
+        raise BadInputError(f"porosity must be in [0, 0.3]; got {porosity!r}.")
+    if not 0.0 <= grain_contrast < 0.5:
+        raise BadInputError(f"grain_contrast must be in [0, 0.5); got {grain_contrast!r}.")
+    packer = _EllipsoidPacker(np.random.default_rng(seed), shape, 0.42 * nx)
+    for _ in range(n_inclusions):
+        packer.place(packer.rng.uniform(*inclusion_radius) * nx, (0.5, 1.0), INCLUSION, mu_inclusion)
+    target = porosity * np.pi * packer.radius**2 * nz
+    while packer.volume_of(PORE) < target and packer.fill(pore_radius, pore_aspect, PORE, 0.0):
+        pass
+    rng = packer.rng
+    while packer.fill(grain_radius, (0.6, 1.0), SOLID, mu_matrix * (1 + rng.uniform(-1, 1) * grain_contrast)):
+        pass
+    return packer.phantom(mu_matrix)
+
+
+class _EllipsoidPacker:
+    """Random sequential addition of non-overlapping ellipsoids (by bounding spheres) in a cylinder."""
+
+    def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], radius: float) -> None:
+        self.rng, self.shape, self.radius = rng, tuple(int(s) for s in shape), float(radius)
+        self.centers: list[np.ndarray] = []
+        self.reach: list[float] = []
+        self.axes: list[np.ndarray] = []
+        self.rotations: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.mus: list[float] = []
+        self._volumes: dict[int, float] = {}
+        self._misses: dict[int, int] = {}
+
+    def place(self, r: float, aspect: tuple[float, float], label: int, mu: float, tries: int = 64) -> bool:
+        """Put one ellipsoid of longest semi-axis ``r`` at the first of ``tries`` spots where it fits."""
+        nz = self.shape[0]
+        rho = (self.radius - r - 1.0) * np.sqrt(self.rng.uniform(size=tries))
+        phi = self.rng.uniform(0, 2 * np.pi, size=tries)
+        z = self.rng.uniform(-nz / 2, nz / 2, size=tries)
+        candidates = np.stack([z, rho * np.sin(phi), rho * np.cos(phi)], axis=1)
+        fits = rho >= 0
+        if self.centers:
+            distance = np.linalg.norm(candidates[:, None, :] - np.asarray(self.centers)[None], axis=2)
+            fits &= (distance - np.asarray(self.reach)[None] - r).min(axis=1) >= 1.5
+        if not fits.any():
+            return False
+        semi_axes = r * np.concatenate([[1.0], self.rng.uniform(*aspect, size=2)])
+        q, upper = np.linalg.qr(self.rng.standard_normal((3, 3)))
+        self.centers.append(candidates[np.argmax(fits)])
+        self.reach.append(r)
+        self.axes.append(semi_axes)
+        self.rotations.append(q * np.sign(np.diag(upper)))
+        self.labels.append(label)
+        self.mus.append(mu)
+        clipped = _volume_inside_slab(self.centers[-1][0], r, nz) / (4.0 / 3.0 * np.pi * r**3)
+        volume = 4.0 / 3.0 * np.pi * float(np.prod(semi_axes)) * clipped
+        self._volumes[label] = self._volumes.get(label, 0.0) + volume
+        return True
+
+    def fill(self, radius: tuple[float, float], aspect: tuple[float, float], label: int, mu: float) -> bool:
+        """Place one more ``label`` ellipsoid, shrinking it until it fits; False after 20 misses."""
+        n = self.shape[2]
+        r = self.rng.uniform(*radius) * n
+        while r >= 0.5 * radius[0] * n and not self.place(r, aspect, label, mu):
+            r *= 0.8
+        if r < 0.5 * radius[0] * n:
+            self._misses[label] = self._misses.get(label, 0) + 1
+        return self._misses.get(label, 0) < 20
+
+    def volume_of(self, label: int) -> float:
+        """Volume (pixels) of the ``label`` ellipsoids placed so far, clipped to the slab."""
+        return self._volumes.get(label, 0.0)
+
+    def phantom(self, mu_matrix: float) -> RockPhantom:
+        return RockPhantom(
+            shape=self.shape,
+            radius=self.radius,
+            centers=np.asarray(self.centers, dtype=float).reshape(-1, 3),
+            semi_axes=np.asarray(self.axes, dtype=float).reshape(-1, 3),
+            rotations=np.asarray(self.rotations, dtype=float).reshape(-1, 3, 3),
+            labels_of_shapes=np.asarray(self.labels, dtype=np.uint8),
+            mus=np.asarray(self.mus, dtype=float),
+            mu_matrix=mu_matrix,
+        )
+
+
+def measure(
+    line_integrals: np.ndarray,
+    *,
+    photons: float | None = None,
+    stripe_fraction: float = 0.0,
+    stripe_strength: float = 0.05,
+    seed: int = 0,
+) -> np.ndarray:
+    """Line integrals as a detector returns them after flat/dark correction (float32).
+
+    A simpler, faster stand-in for the simulated detector in :mod:`tomolive.devices`, for
+    making many training and test scans.
+
+    Parameters
+    ----------
+    line_integrals : ndarray
+        Exact projections ``(n_angles, n_rows, n_cols)``, e.g. from ``phantom.sinogram``.
+    photons : float, optional
+        Mean open-beam counts per pixel; Poisson noise (counts floored at 0.5). None for
+        noise-free data.
+    stripe_fraction : float
+        Fraction of detector pixels whose gain differs from the flat field's; each
+        gives a stripe in its sinogram and a ring in its reconstructed slice.
+    stripe_strength : float
+        Standard deviation of those pixels' relative gain error.
+    seed : int
+        Seed of the noise and of the defective pixels.
+    """
+    p = np.asarray(line_integrals, dtype=np.float64)
+    if p.ndim != 3:
+        raise BadInputError(f"line_integrals: expected (n_angles, n_rows, n_cols), got shape {p.shape!r}")
+    if photons is not None and not photons > 0:
+        raise BadInputError(f"photons must be positive or None (noise-free); got {photons!r}.")
+    if not 0.0 <= stripe_fraction <= 1.0:
+        raise BadInputError(f"stripe_fraction must be in [0, 1]; got {stripe_fraction!r}.")
+    rng = np.random.default_rng(seed)
+    gain = np.ones(p.shape[1:])
+    bad = rng.random(p.shape[1:]) < stripe_fraction
+    gain[bad] = np.clip(1.0 + stripe_strength * rng.standard_normal(int(bad.sum())), 0.05, None)
+    transmission = np.exp(-p) * gain
+    if photons is not None:
+        transmission = np.maximum(rng.poisson(photons * transmission), 0.5) / photons
+    return (-np.log(transmission)).astype(np.float32)
 
 
 def _grid(n: int) -> np.ndarray:
