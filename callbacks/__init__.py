@@ -1,5 +1,7 @@
 """Bluesky callbacks (``RE.subscribe``-able) that feed scans into the tomolive engine."""
 
-from .tomo_pipeline import ProcessedRun, TomoPipeline
+from tomolive.session import ProcessedRun
+
+from .tomo_pipeline import TomoPipeline
 
 __all__ = ["ProcessedRun", "TomoPipeline"]

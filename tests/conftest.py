@@ -62,7 +62,7 @@ def dask_client() -> Iterator[Client]:
 def pipeline(tiled_server: Settings, dask_client: Client, tmp_path: Path) -> Iterator[TomoPipeline]:
     with TomoPipeline.from_uri(
         tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client,
-        scratch_dir=tmp_path, progress=False,
+        scratch_dir=tmp_path, outbox_dir=tmp_path / "outbox", progress=False,
     ) as pipe:  # fmt: skip
         yield pipe
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from distributed import Client, LocalCluster, as_completed
@@ -31,7 +32,7 @@ from .preprocess import (
 from .provenance import Provenance
 from .recon import reconstruct
 from .spool import ProjectionSpool, read_rows
-from .store import ScanRecord, VolumeTarget
+from .store import VolumeTarget
 
 logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0
@@ -80,6 +81,13 @@ class PipelineParams:
         Detector rows per Dask task and per Zarr chunk of the results; even, because the
         gridrec backend reconstructs rows in pairs and blocks must pair rows the same way
         whatever the number of workers.
+    preview_rows : tuple of int, or None
+        Detector rows reconstructed live during the scan; None for the central row and the
+        rows a quarter from each end, ``()`` for no preview.
+    preview_size : int
+        The preview is binned to at most this many pixels across.
+    preview_interval_s : float
+        The preview is published to Tiled at most this often.
     """
 
     flat_reduce: str = "median"
@@ -92,6 +100,9 @@ class PipelineParams:
     center_rows: int = 8
     stripe_method: str = "none"
     rows_per_block: int = 16
+    preview_rows: tuple[int, ...] | None = None
+    preview_size: int = 512
+    preview_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rows_per_block < 2 or self.rows_per_block % 2:
@@ -101,6 +112,15 @@ class PipelineParams:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class ResultSink(Protocol):
+    """Where a scan's volumes go: a Tiled record (``store.ScanRecord``) or the local outbox."""
+
+    def new_volume(
+        self, key: str, shape: tuple[int, int, int], rows_per_block: int, dtype: np.dtype = ...,
+        metadata: dict | None = None,
+    ) -> VolumeTarget: ...  # fmt: skip
 
 
 def prepare_projection(
@@ -176,7 +196,7 @@ def row_blocks(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
 
 def reconstruct_scan(
     spool: ProjectionSpool,
-    record: ScanRecord,
+    sink: ResultSink,
     params: PipelineParams,
     client: Client,
     provenance: Provenance,
@@ -184,7 +204,7 @@ def reconstruct_scan(
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Reconstruct a finished spool into ``record``'s ``recon`` array on ``client``'s cluster."""
+    """Reconstruct a finished spool into ``sink``'s ``recon`` volume on ``client``'s cluster."""
     angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
     if len(angles) < 2:
         raise BadInputError(f"a scan needs at least 2 projections to reconstruct; got {len(angles)}.")
@@ -194,15 +214,16 @@ def reconstruct_scan(
     provenance.results["center"] = center.as_dict()
 
     blocks = row_blocks(n_rows, params.rows_per_block)
-    target = record.new_volume(
+    target = sink.new_volume(
         "recon", (n_rows, n_cols, n_cols), params.rows_per_block,
         metadata={"units": "attenuation per pixel", "center": center.center},
     )  # fmt: skip
+    run = uuid.uuid4().hex
     with provenance.stage("recon"):
         futures = [
             client.submit(
                 reconstruct_block, str(spool.path), i, rows, angles, center.center, params, target,
-                pure=False, key=f"recon-block-{i}-{record.node.item['id']}",
+                pure=False, key=f"recon-block-{i}-{run}",
             )  # fmt: skip
             for i, rows in enumerate(blocks)
         ]

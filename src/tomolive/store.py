@@ -15,11 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
+import httpx
 import numpy as np
 import zarr
 from tiled.client import from_uri
@@ -29,14 +33,48 @@ from tiled.structures.array import ArrayStructure, BuiltinDtype
 from tiled.structures.core import StructureFamily
 from tiled.structures.data_source import DataSource
 
+logger = logging.getLogger(__name__)
+
 PROCESSED = "processed"
 Status = Literal["running", "complete", "failed", "aborted"]
 STATUSES = ("running", "complete", "failed", "aborted")
+T = TypeVar("T")
 
 
-def connect(uri: str, api_key: str | None = None) -> BaseClient:
-    """A Tiled client for ``uri`` (the server root, or any node below it)."""
-    return from_uri(uri, api_key=api_key)
+def connect(uri: str, api_key: str | None = None, timeout_s: float = 30.0) -> BaseClient:
+    """A Tiled client for ``uri`` (the server root, or any node below it).
+
+    ``timeout_s`` bounds each request's wait for the server (connecting: at most 5 s).
+    """
+    return from_uri(uri, api_key=api_key, timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)))
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """True for errors that mean "the server is down, stalled or overloaded", worth retrying."""
+    if isinstance(err, httpx.TransportError):
+        return True
+    if isinstance(err, httpx.HTTPStatusError):
+        return err.response.status_code >= 500 or err.response.status_code == 429
+    return isinstance(err, (ConnectionError, TimeoutError))
+
+
+def patiently(call: Callable[[], T], what: str, patience_s: float) -> T:
+    """``call()``, retried with back-off while the server is unreachable, for ``patience_s``.
+
+    Other errors (a refused key, a bad request) are raised at once; when patience runs out
+    the last unreachable error is raised.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not is_unreachable(err) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("Tiled unreachable while trying to %s (%s); retrying in %.1f s", what, err, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
 
 
 def processed_root(client: BaseClient) -> BaseClient:
@@ -121,6 +159,7 @@ class ScanRecord:
     def __init__(self, node: BaseClient, api_key: str | None):
         self.node = node
         self.api_key = api_key
+        self._preview: BaseClient | None = None
 
     @classmethod
     def create(
@@ -171,6 +210,29 @@ class ScanRecord:
         return VolumeTarget(
             array_client.uri, self.api_key, rows_per_block, _writable_zarr_path(array_client)
         )
+
+
+    def write_preview(self, image: np.ndarray, metadata: dict) -> None:
+        """Create or overwrite the ``preview`` array (one chunk), then its metadata.
+
+        Data first, metadata second: the metadata never claims more angles than the data holds.
+        """
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if self._preview is None:
+            structure = ArrayStructure(
+                data_type=BuiltinDtype.from_numpy_dtype(image.dtype),
+                shape=image.shape,
+                chunks=tuple((n,) for n in image.shape),
+                dims=("slice", "y", "x"),
+            )
+            self._preview = self.node.new(
+                StructureFamily.array,
+                [DataSource(structure=structure, structure_family=StructureFamily.array)],
+                key="preview",
+                metadata=jsonable(metadata),
+            )
+        self._preview.write_block(image, block=(0,) * image.ndim)
+        self._preview.update_metadata(metadata=jsonable(metadata), drop_revision=True)
 
 
 def find_scans(client: BaseClient, **equal: Any) -> BaseClient:

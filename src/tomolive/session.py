@@ -1,0 +1,260 @@
+"""One scan's life in the engine: frames in, a reconstructed, registered volume out.
+
+A :class:`ScanSession` is fed calibration frames and projections one at a time (by the
+Bluesky callback, or by ``tomolive process`` from a file) and does only cheap work on the
+caller's thread: normalise the frame, append it to the scratch spool, hand the preview
+rows to the preview thread. Everything that waits on a server runs elsewhere:
+
+- the Tiled record is created on an I/O thread when the session starts;
+- the live preview reconstructs and publishes on its own thread;
+- :meth:`finish` queues the volume reconstruction (centre, Dask blocks, status) on the
+  pipeline's processing thread and returns at once.
+
+If Tiled is unreachable for longer than ``patience_s``, the result is written to the local
+outbox instead (see :mod:`tomolive.outbox`) with a message saying how to upload it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from distributed import Client
+from tiled.client.base import BaseClient
+
+from .errors import BadInputError, MissingDataError
+from .outbox import OutboxEntry
+from .pipeline import PipelineParams, prepare_projection, reconstruct_scan
+from .preprocess import reduce_frames
+from .preview import LivePreview, PreviewSnapshot, default_preview_rows
+from .provenance import Provenance
+from .spool import ProjectionSpool
+from .store import ScanRecord, is_unreachable, now, patiently
+
+logger = logging.getLogger(__name__)
+CALIBRATIONS = ("dark", "flat")
+
+
+@dataclass(frozen=True)
+class ProcessedRun:
+    """Outcome of one scan: ``status`` is ``complete``, ``failed`` or ``aborted``.
+
+    ``uri`` is the Tiled container, or None when the result was kept in the local outbox
+    (then ``outbox`` is its path).
+    """
+
+    uid: str
+    status: str
+    uri: str | None
+    reason: str | None = None
+    outbox: str | None = None
+
+
+class Engine(Protocol):
+    """What a session needs from the pipeline that owns it (see ``TomoPipeline``)."""
+
+    client: BaseClient
+    params: PipelineParams
+    scratch_dir: Path
+    outbox_dir: Path
+    progress: bool
+    patience_s: float
+    io: Executor
+
+    def dask_client(self) -> Client: ...
+    def submit(self, uid: str, job: Callable[[], ProcessedRun]) -> None: ...
+    def resolve(self, uid: str, job: Callable[[], ProcessedRun]) -> None: ...
+
+
+class ScanSession:
+    """Calibration frames, the spool, the preview and the Tiled record of one scan."""
+
+    def __init__(self, engine: Engine, uid: str, metadata: dict, expected_angles: int = 256):
+        self.engine = engine
+        self.uid = uid
+        self.metadata = metadata
+        self.expected_angles = expected_angles
+        self.calibration: dict[str, list[np.ndarray]] = {name: [] for name in CALIBRATIONS}
+        self.flat: np.ndarray | None = None
+        self.dark: np.ndarray | None = None
+        self.spool: ProjectionSpool | None = None
+        self.preview: LivePreview | None = None
+        self.ended = False
+        self.provenance = Provenance(parameters={"pipeline": engine.params.as_dict()})
+        api_key = engine.client.context.api_key
+        self._record: Future[ScanRecord] = engine.io.submit(
+            patiently, lambda: ScanRecord.create(engine.client, uid, metadata, api_key),
+            f"create the record of run {uid}", engine.patience_s,
+        )  # fmt: skip
+
+    # -- the caller's thread: cheap work only -------------------------------------------
+
+    def add_calibration(self, kind: str, frame: np.ndarray) -> None:
+        """Keep a dark or flat frame (reduced when the first projection arrives)."""
+        if kind not in CALIBRATIONS:
+            raise BadInputError(f"calibration kind must be one of {CALIBRATIONS}; got {kind!r}.")
+        if self.spool is not None:
+            raise BadInputError(f"a {kind} frame arrived after the projections began; take darks and flats first.")
+        self.calibration[kind].append(np.asarray(frame))
+
+    def add_projection(self, frame: np.ndarray, angle_deg: float) -> None:
+        """Normalise ``frame`` taken at ``angle_deg``, spool it and feed the preview."""
+        frame = np.asarray(frame)
+        if self.spool is None:
+            self._start(frame)
+        prepared = prepare_projection(frame, self.flat, self.dark, self.engine.params)
+        self.spool.append(prepared, angle_deg)
+        if self.preview is not None:
+            self.preview.add(prepared, math.radians(angle_deg))
+
+    def finish(self) -> None:
+        """The scan ended well: queue the reconstruction and return at once."""
+        if self.spool is None:
+            raise MissingDataError("the scan ended before any projection arrived.")
+        self.spool.finish()
+        self.provenance.inputs.update(n_angles=len(self.spool), angles_deg=self.spool.angles)
+        self.ended = True
+        self.engine.submit(self.uid, self._process)
+
+    def end(self, status: str, reason: str) -> None:
+        """The scan ended without a result (``aborted`` or ``failed``): record why, off-thread."""
+        if self.ended:
+            return
+        self.ended = True
+        logger.error("tomolive: run %s %s: %s", self.uid, status, reason)
+        self.engine.resolve(self.uid, lambda: self._record_end(status, reason))
+
+    def _start(self, frame: np.ndarray) -> None:
+        for name, frames in self.calibration.items():
+            if not frames:
+                raise MissingDataError(
+                    f"no {name} frames arrived before the first projection; the scan needs a "
+                    f"'{name}' stream (tomo_scan(..., n_{name}s=10)) to normalise projections."
+                )
+        params = self.engine.params
+        self.dark = reduce_frames(np.stack(self.calibration["dark"]), params.flat_reduce, name="darks")
+        self.flat = reduce_frames(np.stack(self.calibration["flat"]), params.flat_reduce, name="flats")
+        if self.dark.shape != frame.shape or self.flat.shape != frame.shape:
+            raise BadInputError(
+                f"projection 0 has shape {frame.shape!r} but darks have {self.dark.shape!r} "
+                f"and flats {self.flat.shape!r}."
+            )
+        self.provenance.inputs.update(
+            frame_shape=list(frame.shape), frame_dtype=str(frame.dtype),
+            n_darks=len(self.calibration["dark"]), n_flats=len(self.calibration["flat"]),
+        )  # fmt: skip
+        self.calibration = {name: [] for name in CALIBRATIONS}
+        path = self.engine.scratch_dir / f"tomolive-spool-{self.uid}.zarr"
+        self.spool = ProjectionSpool.create(path, frame.shape, params.rows_per_block, self.expected_angles)
+        self._start_preview(frame.shape)
+
+    def _start_preview(self, frame_shape: tuple[int, int]) -> None:
+        params = self.engine.params
+        rows = params.preview_rows if params.preview_rows is not None else default_preview_rows(frame_shape[0])
+        if not rows:
+            return
+        if max(rows) >= frame_shape[0] or min(rows) < 0:
+            raise BadInputError(f"preview_rows {rows!r} are outside the detector's {frame_shape[0]} rows.")
+        center = params.center if params.center is not None else (frame_shape[1] - 1) / 2
+        self.preview = LivePreview(
+            rows, frame_shape[1], center, self._publish_preview,
+            size=params.preview_size, interval_s=params.preview_interval_s,
+        )  # fmt: skip
+
+    # -- background threads -------------------------------------------------------------
+
+    def _publish_preview(self, snapshot: PreviewSnapshot) -> None:
+        record = self._record.result()
+        record.write_preview(
+            snapshot.image,
+            {
+                "rows": list(snapshot.rows),
+                "n_angles": snapshot.n_angles,
+                "angle_range_deg": list(snapshot.angle_range_deg),
+                "center": snapshot.center,
+                "center_source": "given" if self.engine.params.center is not None else "detector middle",
+                "binning": snapshot.binning,
+                "updated": now(),
+            },
+        )
+
+    def _process(self) -> ProcessedRun:
+        """Runs on the processing thread: reconstruct into Tiled, else into the outbox."""
+        try:
+            self._close_preview()
+            try:
+                record = self._record.result()
+                self._reconstruct(record)
+                patiently(lambda: record.set_status("complete", **self._outcome()), "mark it complete",
+                          self.engine.patience_s)  # fmt: skip
+                return ProcessedRun(self.uid, "complete", record.node.uri)
+            except Exception as err:
+                if not is_unreachable(err):
+                    raise
+                return self._process_locally(err)
+        except Exception as err:
+            logger.exception("processing of run %s failed", self.uid)
+            return self._record_end("failed", f"{type(err).__name__}: {err}")
+        finally:
+            self.spool.remove()
+
+    def _reconstruct(self, sink: ScanRecord | OutboxEntry) -> None:
+        def on_progress(done: int, total: int) -> None:
+            sink.update(progress={"stage": "recon", "done": done, "total": total})
+
+        reconstruct_scan(
+            self.spool, sink, self.engine.params, self.engine.dask_client(), self.provenance,
+            progress=self.engine.progress, on_progress=on_progress,
+        )  # fmt: skip
+
+    def _outcome(self) -> dict[str, Any]:
+        return {"stages": self.stages_done(), "provenance": self.provenance.as_dict()}
+
+    def _process_locally(self, err: Exception) -> ProcessedRun:
+        entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
+        self._reconstruct(entry)
+        entry.set_status("complete", **self._outcome())
+        logger.error(
+            "Tiled is unreachable (%s): the result of run %s is kept in %s. Upload it when the "
+            "server is back with:  tomolive upload-spool %s", err, self.uid, entry.path, entry.path,
+        )  # fmt: skip
+        return ProcessedRun(self.uid, "complete", None, f"Tiled unreachable: {err}", str(entry.path))
+
+    def _record_end(self, status: str, reason: str) -> ProcessedRun:
+        """Mark the run ended without a result, in Tiled or else the outbox; never raises."""
+        if self.preview is not None:
+            self.preview.close(timeout=0)
+        if self.spool is not None:
+            self.spool.remove()
+        extra = {"reason": reason, "provenance": self.provenance.as_dict()}
+        try:
+            record = self._record.result()
+            patiently(lambda: record.set_status(status, **extra), f"mark it {status}", self.engine.patience_s)
+            return ProcessedRun(self.uid, status, record.node.uri, reason)
+        except Exception as err:
+            if not is_unreachable(err):
+                logger.exception("could not record status %r of run %s", status, self.uid)
+                return ProcessedRun(self.uid, status, None, reason)
+        entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
+        entry.set_status(status, **extra)
+        logger.error("Tiled is unreachable: status %r of run %s kept in %s", status, self.uid, entry.describe())
+        return ProcessedRun(self.uid, status, None, reason, str(entry.path))
+
+    def _close_preview(self) -> None:
+        if self.preview is not None:
+            self.preview.close(timeout=self.engine.patience_s)
+
+    def stages_done(self) -> list[str]:
+        params = self.engine.params
+        optional = {
+            "zingers": params.zinger_threshold is not None,
+            "paganin": params.paganin is not None,
+            "stripes": params.stripe_method != "none",
+        }
+        return ["normalize", *[name for name, on in optional.items() if on], "center", "recon"]
