@@ -1,0 +1,237 @@
+"""Stored scans: DXchange and NeXus/NXtomo readers and writers, and replay through a RunEngine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from event_model import DocumentNames, schema_validators
+from tiled.client import from_uri
+
+from tomolive.errors import BadInputError, MissingDataError
+from tomolive.formats import open_scan, write_dxchange, write_nxtomo
+from tomolive.phantoms import FoamPhantom, make_foam
+from tomolive.plans import replay_scan
+from tomolive.qc import circle_mask, psnr
+from tomolive.recon import reconstruct
+
+TOOTH_CENTER = 295.5  # "about 295-296 px" (shared data README), as in test_center_real_data.py
+DARK, BEAM = 100.0, 10000.0  # counts of the simulated detector: dark offset, open beam
+PSNR_FLOOR_DB = 23.0
+"""The phantom is test_end_to_end's (noise-free 16 x 96 x 96 foam, 120 angles). Reconstructing
+its exact line integrals in memory gives 25.0 dB on slice 8; a centre 1 px off gives 17.3 dB,
+a transposed or flipped slice or reversed angles ~13 dB (measured). 23 dB leaves 2 dB for
+replay (uint16 rounding of >= 4000 counts, < 1e-4 in line integrals) and sits far above
+every geometry error."""
+REPLAY_VS_MEMORY_DB = 60.0
+"""Replay through RunEngine, callback and Dask against the in-memory reconstruction of the
+exact sinogram at the same centre: only the uint16 rounding differs (measured 76.9 dB)."""
+
+
+def _counts(phantom: FoamPhantom, angles_deg: np.ndarray) -> dict[str, np.ndarray]:
+    """Noise-free detector counts (uint16) of ``phantom``: projections, 3 flats, 3 darks."""
+    line_integrals = phantom.sinogram(np.deg2rad(angles_deg))
+    frame = line_integrals.shape[1:]
+    return {
+        "projections": np.rint(DARK + BEAM * np.exp(-line_integrals)).astype(np.uint16),
+        "flats": np.full((3, *frame), DARK + BEAM, dtype=np.uint16),
+        "darks": np.full((3, *frame), DARK, dtype=np.uint16),
+    }
+
+
+@pytest.fixture(scope="module")
+def phantom() -> FoamPhantom:
+    return make_foam((16, 96, 96), seed=11)
+
+
+@pytest.fixture(scope="module")
+def phantom_file(phantom: FoamPhantom, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    angles = np.linspace(0.0, 180.0, 120, endpoint=False)
+    path = tmp_path_factory.mktemp("replay") / "foam.h5"
+    return write_dxchange(path, **_counts(phantom, angles), angles_deg=angles, sample="foam-replay")
+
+
+# --- formats ---------------------------------------------------------------------------------
+
+
+def _small_scan(n_angles: int = 7) -> dict[str, np.ndarray]:
+    """Random uint16 frames of 4 x 5 pixels: projections, 2 flats, 3 darks, and angles."""
+    rng = np.random.default_rng(0)
+    return {
+        "projections": rng.integers(0, 4000, (n_angles, 4, 5), dtype=np.uint16),
+        "flats": rng.integers(4000, 5000, (2, 4, 5), dtype=np.uint16),
+        "darks": rng.integers(0, 100, (3, 4, 5), dtype=np.uint16),
+        "angles_deg": np.linspace(0.0, 180.0, n_angles, endpoint=False),
+    }
+
+
+@pytest.mark.parametrize(
+    ("writer", "fmt"), [(write_dxchange, "dxchange"), (write_nxtomo, "nxtomo")]
+)
+def test_round_trip(tmp_path: Path, writer, fmt: str) -> None:
+    scan = _small_scan()
+    path = writer(tmp_path / "scan.h5", **scan, sample="s1")
+    with open_scan(path) as stored:
+        assert stored.format == fmt and stored.source == path
+        assert stored.metadata["sample"] == "s1" and not stored.metadata["angles_assumed"]
+        for name in ("projections", "flats", "darks"):
+            stack = getattr(stored, name)
+            assert stack.dtype == np.uint16 and stack.shape == scan[name].shape
+            np.testing.assert_array_equal(stack.read(), scan[name])
+        rows = stored.projections.frame(3, slice(1, 3))
+        np.testing.assert_array_equal(rows, scan["projections"][3, 1:3])
+        np.testing.assert_array_equal(stored.angles_deg, scan["angles_deg"])
+
+
+def test_a_stored_scan_rewrites_frame_by_frame(tmp_path: Path) -> None:
+    scan = _small_scan()
+    with open_scan(write_nxtomo(tmp_path / "a.nxs", **scan)) as stored:
+        copy = write_dxchange(tmp_path / "b.h5", stored.projections, stored.flats, stored.darks,
+                              stored.angles_deg)  # fmt: skip
+    with open_scan(copy) as again:
+        np.testing.assert_array_equal(again.flats.read(), scan["flats"])
+
+
+def test_dxchange_without_theta_assumes_half_turn(tmp_path: Path, caplog) -> None:
+    scan = _small_scan()
+    frames = (scan["projections"], scan["flats"], scan["darks"])
+    path = write_dxchange(tmp_path / "no_theta.h5", *frames)
+    with caplog.at_level(logging.WARNING, logger="tomolive.formats"), open_scan(path) as stored:
+        np.testing.assert_allclose(stored.angles_deg, np.arange(7) * 180 / 7)
+        assert stored.metadata["angles_assumed"] and "[0, 180)" in stored.metadata["angles_note"]
+    assert "no /exchange/theta" in caplog.text and "no_theta.h5" in caplog.text
+
+
+def test_tooth_dxchange(shared_data: Path) -> None:
+    with open_scan(shared_data / "tooth.h5") as scan:
+        assert scan.format == "dxchange" and scan.metadata["sample"] == "Tooth"
+        assert scan.projections.shape == (181, 2, 640) and scan.projections.dtype == np.float32
+        assert (len(scan.flats), len(scan.darks)) == (10, 10)
+        assert scan.angles_deg[0] == 0.0 and 179.0 < scan.angles_deg[-1] < 179.01
+        assert scan.projections.frame(0).shape == (2, 640)
+
+
+def test_diad_nexus_through_external_links(shared_data: Path) -> None:
+    with open_scan(shared_data / "k11_diad" / "k11-18014.nxs") as scan:
+        assert scan.format == "nxtomo"
+        assert scan.metadata["paths"]["angles"] == "/entry/imaging/gts_theta_value"
+        assert (len(scan.projections), len(scan.flats), len(scan.darks)) == (3001, 100, 100)
+        assert scan.frame_shape == (22, 26) and scan.projections.dtype == np.uint16
+        assert 89.9 < scan.angles_deg.min() < 90.1 and 269.9 < scan.angles_deg.max() < 270.1
+        assert np.all(np.diff(scan.angles_deg) > 0)
+        # Flats sit before and after the projections (image_key 1 at frames 0-49, 3101-3150).
+        flat, dark = scan.flats.read().mean(), scan.darks.read().mean()
+        assert flat > scan.projections.frame(1500).mean() > dark
+
+
+def test_clear_errors_for_files_that_are_not_scans(tmp_path: Path) -> None:
+    with pytest.raises(MissingDataError, match="missing.h5.*does not exist"):
+        open_scan(tmp_path / "missing.h5")
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5")
+    with pytest.raises(BadInputError, match="notes.h5.*not a readable HDF5 file"):
+        open_scan(text)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["spectrum"] = np.arange(10)
+    with pytest.raises(BadInputError, match=r"other.h5.*expected DXchange.*NXtomo.*\['spectrum'\]"):
+        open_scan(other)
+    no_flats = tmp_path / "no_flats.h5"
+    with h5py.File(no_flats, "w") as f:
+        f["exchange/data"] = np.zeros((3, 2, 2))
+    with pytest.raises(MissingDataError, match="no_flats.h5.*/exchange/data_white"):
+        open_scan(no_flats)
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def test_replay_documents_pass_the_schema(tmp_path: Path, phantom: FoamPhantom) -> None:
+    angles = np.linspace(0.0, 180.0, 6, endpoint=False)
+    path = write_nxtomo(tmp_path / "foam.nxs", **_counts(phantom, angles), angles_deg=angles)
+    documents: list[tuple[str, dict]] = []
+
+    def validate(name: str, doc: dict) -> None:
+        schema_validators[DocumentNames[name]].validate(doc)
+        documents.append((name, doc))
+
+    RE = RunEngine()
+    RE.subscribe(validate)
+    RE(replay_scan(path, rows=slice(4, 8), md={"sample": "foam-rows"}))
+    names = Counter(name for name, _ in documents)
+    assert names == {"start": 1, "descriptor": 3, "event": 3 + 3 + 6, "stop": 1}
+    start = documents[0][1]
+    assert start["sample"] == "foam-rows" and start["plan_name"] == "replay_scan"
+    assert start["replay"]["source"] == str(path) and start["replay"]["format"] == "nxtomo"
+    tomo = start["tomo"]
+    assert tomo["angles"] == list(angles) and tomo["n_angles"] == 6 and tomo["angle_units"] == "deg"
+    descriptors = {doc["uid"]: doc for name, doc in documents if name == "descriptor"}
+    assert [d["name"] for d in descriptors.values()] == ["dark", "flat", "primary"]
+    for descriptor in descriptors.values():
+        key = descriptor["data_keys"][tomo["image_field"]]
+        assert key["shape"] == [4, 96] and key["dtype_numpy"] == "<u2"
+    primary = [
+        doc for name, doc in documents
+        if name == "event" and descriptors[doc["descriptor"]]["name"] == "primary"
+    ]  # fmt: skip
+    np.testing.assert_allclose([e["data"][tomo["angle_field"]] for e in primary], angles)
+    expected = _counts(phantom, angles)["projections"][2, 4:8]
+    np.testing.assert_array_equal(primary[2]["data"][tomo["image_field"]], expected)
+    assert documents[-1][1]["exit_status"] == "success"
+
+
+def test_frame_rate_is_held(tmp_path: Path) -> None:
+    path = write_dxchange(tmp_path / "scan.h5", **_small_scan(n_angles=15))  # 20 frames in all
+    with open_scan(path) as scan:
+        RE = RunEngine()
+        start = time.monotonic()
+        RE(replay_scan(scan, frame_rate=20.0))
+        elapsed = time.monotonic() - start
+        assert scan.projections.frame(0).shape == (4, 5)  # a scan passed in is left open
+    # Frame k leaves no earlier than k / 20 s after the first; unpaced, the RunEngine takes
+    # ~0.35 s for 20 frames on a loaded 2-core machine (less on a faster one).
+    assert elapsed >= 19 / 20.0
+
+
+def test_bad_replay_arguments(phantom_file: Path) -> None:
+    RE = RunEngine()
+    with pytest.raises(BadInputError, match="frame_rate"):
+        RE(replay_scan(phantom_file, frame_rate=0))
+    with pytest.raises(BadInputError, match=r"rows.*16 detector rows.*foam.h5"):
+        RE(replay_scan(phantom_file, rows=slice(20, 30)))
+
+
+def test_replay_of_a_phantom_reconstructs(tiled_server, pipeline, phantom, phantom_file) -> None:
+    RE = RunEngine()
+    RE.subscribe(pipeline)
+    (uid,) = RE(replay_scan(phantom_file))
+    outcome = pipeline.wait(uid, timeout=120)
+    assert outcome.status == "complete", outcome.reason
+    scan = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert scan.metadata["sample"] == "foam-replay"
+    middle, mask = scan["recon"][8], circle_mask((96, 96))
+    quality = psnr(middle, phantom.attenuation()[8], mask=mask, fit=True)
+    assert quality >= PSNR_FLOOR_DB, quality  # measured 25.0 dB
+    angles = np.deg2rad(np.linspace(0.0, 180.0, 120, endpoint=False))
+    center = scan.metadata["provenance"]["center"]["center"]
+    in_memory = reconstruct(phantom.sinogram(angles)[:, 8:10], angles, center=center)[0]
+    agreement = psnr(middle, in_memory, mask=mask)
+    assert agreement >= REPLAY_VS_MEMORY_DB, agreement
+
+
+def test_replay_of_tooth_finds_the_published_centre(tiled_server, pipeline, shared_data) -> None:
+    RE = RunEngine()
+    RE.subscribe(pipeline)
+    (uid,) = RE(replay_scan(shared_data / "tooth.h5"))
+    outcome = pipeline.wait(uid, timeout=120)
+    assert outcome.status == "complete", outcome.reason
+    scan = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert scan["recon"].shape == (2, 640, 640)
+    center = scan.metadata["provenance"]["center"]["center"]
+    assert abs(center - TOOTH_CENTER) <= 1.0, center  # measured 295.96 (auto)
