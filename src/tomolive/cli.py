@@ -1,4 +1,4 @@
-"""Command line: ``tomolive serve | demo | ls``."""
+"""Command line: ``tomolive serve | demo | ls | upload-spool``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upload_spool(args: argparse.Namespace) -> int:
+    """Upload results kept in the local outbox while Tiled was unreachable."""
+    from .outbox import OutboxEntry, default_outbox, pending, upload
+    from .store import connect
+
+    settings = _settings(args)
+    entries = [OutboxEntry(p) for p in args.paths] if args.paths else pending(default_outbox())
+    if not entries:
+        print(f"nothing to upload: the outbox {default_outbox()} is empty")
+        return 0
+    key = _key_or_none(settings)
+    client = connect(settings.uri, api_key=key)
+    failures = 0
+    for entry in entries:
+        try:
+            print(f"uploaded {entry.path} -> {upload(entry, client, key)}")
+        except Exception as err:  # keep going: each entry stays on disk until it is safely in Tiled
+            failures += 1
+            print(f"could not upload {entry.path}: {type(err).__name__}: {err} (kept)", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def _key_or_none(settings: Settings) -> str | None:
     try:
         return settings.resolved_api_key()
@@ -101,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--angles", type=int, default=360, help="number of projections")
     demo.add_argument("--output", default="demo-output", help="where the PNG goes")
     demo.set_defaults(func=cmd_demo)
+
+    upload = sub.add_parser("upload-spool", help="upload results kept locally while Tiled was down")
+    upload.add_argument("paths", nargs="*", help="outbox entries (default: every entry in the outbox)")
+    upload.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
+    upload.add_argument("--data-dir", help="where to find the key file")
+    upload.add_argument("--api-key")
+    upload.set_defaults(func=cmd_upload_spool)
     return parser
 
 

@@ -126,8 +126,8 @@ def upload(entry: OutboxEntry, client: BaseClient, api_key: str | None = None) -
         stored = record.node[key]
         if tuple(stored.shape) != local.shape or not np.array_equal(stored[-1], local[-1]):
             raise MissingDataError(f"upload of {entry.path / key}.zarr did not read back intact; kept locally.")
-    record.set_status(status, **{k: v for k, v in metadata.items() if k not in ("created",)},
-                      uploaded={"from": str(entry.path), "at": now()})  # fmt: skip
+    kept = {k: v for k, v in metadata.items() if k not in ("created", "updated", "raw_uid")}
+    record.set_status(status, **kept, uploaded={"from": str(entry.path), "at": now()})
     shutil.rmtree(entry.path)
     logger.info("uploaded %s to %s", entry.path, record.node.uri)
     return record.node.uri
