@@ -20,7 +20,6 @@ import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from bluesky_tiled_plugins import TiledWriter
 from event_model import DocumentNames, schema_validators
 from ophyd.sim import SynSignalWithRegistry
 from tiled.client import from_uri
@@ -187,10 +186,13 @@ def test_stream_mode(inline: ScanLog, tmp_path: Path) -> None:
 
 def test_tiled_writer_registers_the_files(inline: ScanLog, tmp_path: Path) -> None:
     """TiledWriter (raw runs in Tiled) maps each file to its stream: frames read back exact."""
+    plugins = pytest.importorskip(
+        "bluesky_tiled_plugins", reason="bluesky-tiled-plugins (TiledWriter) is not installed"
+    )
     with SimpleTiledServer(directory=tmp_path / "tiled", readable_storage=[tmp_path]) as server:
         client = from_uri(server.uri)
         for assets in ("resource", "stream"):
-            log = _scan(assets, tmp_path / assets, also=TiledWriter(client))
+            log = _scan(assets, tmp_path / assets, also=plugins.TiledWriter(client))
             for stream, frames in inline.frames.items():
                 stored = client[log.uid][stream][IMAGE].read()
                 # TiledWriter gives AD_HDF5 (frame_per_point 1) a length-1 frame axis
