@@ -1,7 +1,8 @@
 """``TomoPipeline``: subscribe it to a RunEngine and every tomography scan is reconstructed.
 
-Per document (on the RunEngine thread, a few milliseconds per frame): darks and flats are
-kept, each projection is normalised, appended to a Zarr scratch spool and handed to the
+Per document (on the RunEngine thread, a few milliseconds per frame): images come inline
+in events or from the detector's files (Resource/Datum or StreamResource/StreamDatum,
+read by :class:`tomolive.assets.AssetResolver`); darks and flats are kept, each projection is normalised, appended to a Zarr scratch spool and handed to the
 live preview (see :class:`tomolive.session.ScanSession`). Nothing on the RunEngine thread
 waits for Tiled or Dask: the record is created on an I/O thread, the preview reconstructs
 and publishes on its own thread, and on the stop document the reconstruction runs on the
@@ -22,10 +23,11 @@ from typing import Any
 
 import numpy as np
 from distributed import Client
-from event_model import DocumentRouter, RunRouter
+from event_model import DocumentRouter, RunRouter, unpack_datum_page
 from tiled.client.base import BaseClient
 
-from tomolive.errors import BadInputError
+from tomolive.assets import AssetResolver
+from tomolive.errors import BadInputError, MissingDataError
 from tomolive.outbox import default_outbox
 from tomolive.pipeline import PipelineParams, connect_dask
 from tomolive.session import CALIBRATIONS, ProcessedRun, ScanSession
@@ -157,12 +159,20 @@ class TomoPipeline:
 
 
 class _RunDocuments(DocumentRouter):
-    """Turns one run's documents into :class:`ScanSession` calls; errors end the run as failed."""
+    """Turns one run's documents into :class:`ScanSession` calls; errors end the run as failed.
+
+    Frames that live in files are joined to their events by ``(descriptor, seq_num)``:
+    a StreamDatum may come before or after the event it belongs to.
+    """
 
     def __init__(self, pipeline: TomoPipeline, start_doc: dict):
         super().__init__()
         self.tomo: dict = start_doc["tomo"]
+        self.field: str = self.tomo["image_field"]
         self.streams: dict[str, str] = {}
+        self.assets = AssetResolver()
+        self.frames_waiting: dict[tuple[str, int], np.ndarray] = {}
+        self.events_waiting: dict[tuple[str, int], float | None] = {}
         self.session = pipeline.session(
             start_doc["uid"], _scan_metadata(start_doc), self.tomo.get("n_angles", 256)
         )
@@ -177,23 +187,57 @@ class _RunDocuments(DocumentRouter):
             return None
 
     def descriptor(self, doc: dict) -> None:
-        field = self.tomo["image_field"]
-        if field not in doc["data_keys"]:
+        if self.field not in doc["data_keys"]:
             raise BadInputError(
-                f"stream {doc['name']!r} has no image field {field!r}; data keys are "
+                f"stream {doc['name']!r} has no image field {self.field!r}; data keys are "
                 f"{sorted(doc['data_keys'])!r}."
             )
         self.streams[doc["uid"]] = doc["name"]
 
+    def resource(self, doc: dict) -> None:
+        self.assets.resource(doc)
+
+    def datum_page(self, doc: dict) -> None:
+        for datum in unpack_datum_page(doc):
+            self.assets.datum(datum)
+
+    def stream_resource(self, doc: dict) -> None:
+        self.assets.stream_resource(doc)
+
+    def stream_datum(self, doc: dict) -> None:
+        batch = self.assets.stream_datum(doc, data_key=self.field)
+        if batch is None:
+            return
+        for k, frame in enumerate(batch.frames):
+            key = (batch.descriptor, batch.seq_nums[0] + k)
+            if key in self.events_waiting:
+                self._frame(batch.descriptor, frame, self.events_waiting.pop(key))
+            else:
+                self.frames_waiting[key] = frame
+
     def event_page(self, doc: dict) -> None:
-        stream = self.streams.get(doc["descriptor"])
-        images = doc["data"][self.tomo["image_field"]]
+        descriptor = doc["descriptor"]
+        if self.streams.get(descriptor) not in (*CALIBRATIONS, "primary"):
+            return
+        data = doc["data"]
+        angles = data.get(self.tomo["angle_field"]) if self.streams[descriptor] == "primary" else None
+        filled = doc.get("filled", {}).get(self.field)
+        for i, seq_num in enumerate(doc["seq_num"]):
+            angle = None if angles is None else float(angles[i])
+            if self.field in data:  # inline, or a datum id to fill from a file
+                image = data[self.field][i]
+                self._frame(descriptor, self.assets.fill(image) if filled and not filled[i] else image, angle)
+            elif (descriptor, seq_num) in self.frames_waiting:  # from a StreamDatum
+                self._frame(descriptor, self.frames_waiting.pop((descriptor, seq_num)), angle)
+            else:
+                self.events_waiting[(descriptor, seq_num)] = angle
+
+    def _frame(self, descriptor: str, image: Any, angle: float | None) -> None:
+        stream = self.streams[descriptor]
         if stream in CALIBRATIONS:
-            for image in images:
-                self.session.add_calibration(stream, np.asarray(image))
-        elif stream == "primary":
-            for image, angle in zip(images, doc["data"][self.tomo["angle_field"]]):
-                self.session.add_projection(np.asarray(image), float(angle))
+            self.session.add_calibration(stream, np.asarray(image))
+        else:
+            self.session.add_projection(np.asarray(image), angle)
 
     def stop(self, doc: dict) -> None:
         status = doc.get("exit_status", "success")
@@ -201,6 +245,11 @@ class _RunDocuments(DocumentRouter):
             reason = doc.get("reason") or f"run ended with exit_status {status!r}"
             self.session.end("aborted" if status == "abort" else "failed", reason)
             return
+        if self.events_waiting:
+            raise MissingDataError(
+                f"{len(self.events_waiting)} events never got their {self.field!r} frame from a "
+                f"StreamDatum (first: descriptor/seq_num {next(iter(self.events_waiting))})."
+            )
         self.session.finish()
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``tomolive serve | demo | ls | upload-spool``."""
+"""Command line: ``tomolive serve | demo | ls | process | upload-spool``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_process(args: argparse.Namespace) -> int:
+    """Reconstruct a stored scan (file or raw Tiled run) into the Tiled server, no RunEngine."""
+    from .callbacks import TomoPipeline
+    from .offline import open_source, process_scan
+    from .pipeline import PipelineParams
+
+    settings = _settings(args)
+    key = _key_or_none(settings)
+    overrides = {"center": args.center, "method": args.method, "stripe_method": args.stripes,
+                 "rows_per_block": args.rows_per_block}  # fmt: skip
+    params = PipelineParams(**{k: v for k, v in overrides.items() if v is not None})
+    scan, uid = open_source(args.source, args.source_api_key or key)
+    with scan, TomoPipeline.from_uri(settings.uri, api_key=key, dask=args.dask, params=params) as pipe:
+        result = process_scan(scan, uid, pipe, sample=args.sample)
+    print(f"{result.status}: {result.uri or result.outbox}" + (f" ({result.reason})" if result.reason else ""))
+    return 0 if result.status == "complete" else 1
+
+
 def cmd_upload_spool(args: argparse.Namespace) -> int:
     """Upload results kept in the local outbox while Tiled was unreachable."""
     from .outbox import OutboxEntry, default_outbox, pending, upload
@@ -123,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--angles", type=int, default=360, help="number of projections")
     demo.add_argument("--output", default="demo-output", help="where the PNG goes")
     demo.set_defaults(func=cmd_demo)
+
+    process = sub.add_parser("process", help="reconstruct a stored scan (DXchange/NeXus file or Tiled run URI)")
+    process.add_argument("source", help="an HDF5 file, or the URI of a raw run in Tiled (.../raw/<uid>)")
+    process.add_argument("--uri", help="Tiled server for the results (default http://127.0.0.1:8000)")
+    process.add_argument("--data-dir", help="where to find the key file")
+    process.add_argument("--api-key", help="key of the results server")
+    process.add_argument("--source-api-key", help="key for reading a Tiled source (default: --api-key)")
+    process.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
+    process.add_argument("--center", type=float, help="rotation-axis column in pixels (default: found)")
+    process.add_argument("--method", help="reconstruction backend (default: auto)")
+    process.add_argument("--stripes", help="stripe removal: none, sort or combined")
+    process.add_argument("--rows-per-block", type=int, help="detector rows per Dask task (even)")
+    process.add_argument("--sample", help="sample name for the results (default: from the source)")
+    process.set_defaults(func=cmd_process)
 
     upload = sub.add_parser("upload-spool", help="upload results kept locally while Tiled was down")
     upload.add_argument("paths", nargs="*", help="outbox entries (default: every entry in the outbox)")

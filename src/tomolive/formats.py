@@ -105,7 +105,7 @@ class StoredScan:
     darks: FrameStack
     angles_deg: np.ndarray
     metadata: dict[str, Any]
-    source: Path
+    source: Path | str
     format: str
     file: h5py.File | None = field(default=None, repr=False)
 

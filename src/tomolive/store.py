@@ -30,12 +30,13 @@ from tiled.client import from_uri
 from tiled.client.base import BaseClient
 from tiled.queries import Key
 from tiled.structures.array import ArrayStructure, BuiltinDtype
-from tiled.structures.core import StructureFamily
+from tiled.structures.core import Spec, StructureFamily
 from tiled.structures.data_source import DataSource
 
 logger = logging.getLogger(__name__)
 
 PROCESSED = "processed"
+RAW = "raw"
 Status = Literal["running", "complete", "failed", "aborted"]
 STATUSES = ("running", "complete", "failed", "aborted")
 T = TypeVar("T")
@@ -82,6 +83,18 @@ def processed_root(client: BaseClient) -> BaseClient:
     if PROCESSED not in client:
         client.create_container(PROCESSED, metadata={"description": "tomolive results"})
     return client[PROCESSED]
+
+
+def raw_root(client: BaseClient) -> BaseClient:
+    """The ``raw`` container for bluesky-tiled-plugins' ``TiledWriter``, created on first use.
+
+    ``RE.subscribe(TiledWriter(raw_root(client)))`` saves every run there as ``raw/<uid>``,
+    beside its processed result ``processed/<uid>``.
+    """
+    if RAW not in client:
+        client.create_container(RAW, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")],
+                                metadata={"description": "raw Bluesky runs (TiledWriter)"})  # fmt: skip
+    return client[RAW]
 
 
 def jsonable(value: Any) -> Any:
@@ -168,7 +181,7 @@ class ScanRecord:
         """Create (or reset, when re-processing) the container with status ``running``."""
         root = processed_root(client)
         if raw_uid in root:
-            root[raw_uid].delete(recursive=True)
+            root[raw_uid].delete(recursive=True, external_only=False)
         md = {**jsonable(metadata), "raw_uid": raw_uid, "status": "running", "created": now()}
         node = root.create_container(raw_uid, metadata=md)
         return cls(node, api_key)

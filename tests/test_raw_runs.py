@@ -1,0 +1,67 @@
+"""Raw runs in Tiled (TiledWriter) beside processed results; ``tomolive process`` offline."""
+
+from __future__ import annotations
+
+import numpy as np
+from bluesky import RunEngine
+from bluesky_tiled_plugins import TiledWriter
+
+from tomolive.cli import main as tomolive_main
+from tomolive.store import connect, raw_root
+
+
+def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
+    tiled_server, pipeline, beamline, run_scan, monkeypatch, capsys
+):
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    RE = RunEngine()
+    RE.subscribe(TiledWriter(raw_root(client)))
+    uid = run_scan(beamline, n_angles=90, sample="foam-raw", RE=RE)
+    assert pipeline.wait(uid, timeout=300).status == "complete"
+
+    run = client["raw"][uid]
+    assert run.metadata["start"]["sample"] == "foam-raw"
+    assert run["primary"]["sim_det_image"].shape == (90, 16, 96)
+    assert run["dark"]["sim_det_image"].shape[0] == 3
+    live = client["processed"][uid]
+    assert live.metadata["raw_uid"] == uid
+    live_volume = live["recon"].read()
+
+    # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume.
+    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))
+    code = tomolive_main([
+        "process", run.uri, "--uri", tiled_server.uri, "--api-key", tiled_server.api_key,
+        "--dask", pipeline.dask_client().scheduler.address,
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    again = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert again.metadata["status"] == "complete"
+    assert again.metadata["source"] == run.uri and again.metadata["format"] == "bluesky-run"
+    np.testing.assert_allclose(again["recon"].read(), live_volume, atol=1e-6 * np.ptp(live_volume))
+
+
+def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, monkeypatch, capsys):
+    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))
+    args = ["process", str(shared_data / "tooth.h5"), "--uri", tiled_server.uri,
+            "--api-key", tiled_server.api_key, "--dask", pipeline.dask_client().scheduler.address]  # fmt: skip
+    assert tomolive_main(args) == 0
+    assert tomolive_main(args) == 0  # processing the same file again replaces its result
+    out = capsys.readouterr().out
+    assert out.count("complete: http") == 2
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    found = [node for node in client["processed"].values() if node.metadata.get("source", "").endswith("tooth.h5")]
+    assert len(found) == 1
+    md = found[0].metadata
+    assert md["status"] == "complete" and md["format"] == "dxchange"
+    assert abs(md["provenance"]["center"]["center"] - 295.5) <= 1.0
+    assert found[0]["recon"].shape == (2, 640, 640)
+
+
+def test_process_names_a_bad_source(tiled_server, tmp_path, capsys):
+    missing = tmp_path / "nope.h5"
+    try:
+        tomolive_main(["process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key])
+    except Exception as err:
+        assert str(missing) in str(err)
+    else:
+        raise AssertionError("a missing file must raise")
