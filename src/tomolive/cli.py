@@ -1,4 +1,4 @@
-"""Command line: ``tomolive serve | demo | ls | process | upload-spool``."""
+"""Command line: ``tomolive serve | demo | ls | process | worker | upload-spool``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,24 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0 if result.status == "complete" else 1
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the pipeline on documents from a bluesky 0MQ proxy until stopped."""
+    import logging
+    import pickle
+
+    from .callbacks import TomoPipeline
+    from .wire import unpack
+    from .worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _settings(args)
+    deserializer = pickle.loads if args.trust_pickle else unpack
+    with TomoPipeline.from_uri(settings.uri, api_key=_key_or_none(settings), dask=args.dask, progress=False) as pipe:
+        print(f"tomolive worker: {args.zmq} -> {settings.uri}", flush=True)
+        run_worker(args.zmq, pipe, prefix=args.prefix.encode(), deserializer=deserializer)
+    return 0
+
+
 def cmd_upload_spool(args: argparse.Namespace) -> int:
     """Upload results kept in the local outbox while Tiled was unreachable."""
     from .outbox import OutboxEntry, default_outbox, pending, upload
@@ -155,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("--rows-per-block", type=int, help="detector rows per Dask task (even)")
     process.add_argument("--sample", help="sample name for the results (default: from the source)")
     process.set_defaults(func=cmd_process)
+
+    worker = sub.add_parser("worker", help="process scans published through bluesky's 0MQ proxy")
+    worker.add_argument("--zmq", required=True, help="the proxy's output, HOST:PORT (e.g. 127.0.0.1:5578)")
+    worker.add_argument("--prefix", default="", help="only documents published with this prefix")
+    worker.add_argument("--uri", help="Tiled server for the results (default http://127.0.0.1:8000)")
+    worker.add_argument("--data-dir", help="where to find the key file")
+    worker.add_argument("--api-key")
+    worker.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
+    worker.add_argument("--trust-pickle", action="store_true",
+                        help="accept bluesky's default pickled documents (runs code from the sender)")
+    worker.set_defaults(func=cmd_worker)
 
     upload = sub.add_parser("upload-spool", help="upload results kept locally while Tiled was down")
     upload.add_argument("paths", nargs="*", help="outbox entries (default: every entry in the outbox)")
