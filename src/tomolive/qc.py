@@ -290,7 +290,7 @@ def qc_alerts(metrics: Mapping[str, Any], thresholds: QCThresholds | None = None
     Examples
     --------
     >>> qc_alerts({"snr": 2.0, "ring_severity": 0.001})
-    ['low signal-to-noise ratio: SNR 2.0 < 5.0 (min_snr); raise the dose or exposure, or denoise']
+    ['low signal-to-noise ratio: SNR 2.0 < 5 (min_snr); raise the dose or exposure, or denoise']
     """
     t = thresholds or QCThresholds()
     checks = [
