@@ -89,6 +89,7 @@ class TomoPipeline:
         self._futures: dict[str, Future[ProcessedRun]] = {}
         self._lock = threading.Lock()
         self._router = RunRouter([self._factory])
+        self.io.submit(_import_array_client)  # ~2 s once: off the path to the first preview
 
     @classmethod
     def from_uri(cls, uri: str, *, api_key: str | None = None, timeout_s: float = 30.0, **kwargs: Any) -> TomoPipeline:
@@ -251,6 +252,12 @@ class _RunDocuments(DocumentRouter):
                 f"StreamDatum (first: descriptor/seq_num {next(iter(self.events_waiting))})."
             )
         self.session.finish()
+
+
+def _import_array_client() -> None:
+    """Import what the first array write needs (Tiled's array client and serialisers)."""
+    import tiled.client.array  # noqa: F401
+    import tiled.serialization.array  # noqa: F401
 
 
 def _scan_metadata(start_doc: dict) -> dict:

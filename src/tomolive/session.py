@@ -1,9 +1,12 @@
 """One scan's life in the engine: frames in, a reconstructed, registered volume out.
 
 A :class:`ScanSession` is fed calibration frames and projections one at a time (by the
-Bluesky callback, or by ``tomolive process`` from a file) and does only cheap work on the
-caller's thread: normalise the frame, append it to the scratch spool, hand the preview
-rows to the preview thread. Everything that waits on a server runs elsewhere:
+Bluesky callback, or by ``tomolive process`` from a file). The caller's thread only puts
+each frame on a queue; the session's ingest thread normalises it, appends it to the
+scratch spool and hands its preview rows to the preview thread, so the RunEngine keeps
+its frame rate. The queue is bounded (``QUEUE_BYTES``): if ingest ever fell that far
+behind, the caller would wait rather than memory grow. Everything that waits on a server
+runs elsewhere too:
 
 - the Tiled record is created on an I/O thread when the session starts;
 - the live preview reconstructs and publishes on its own thread;
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -39,6 +44,8 @@ from .store import ScanRecord, is_unreachable, now, patiently
 
 logger = logging.getLogger(__name__)
 CALIBRATIONS = ("dark", "flat")
+QUEUE_BYTES = 256 * 1024**2
+_FINISH = object()
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ class ScanSession:
         self.spool: ProjectionSpool | None = None
         self.preview: LivePreview | None = None
         self.ended = False
+        self._end_lock = threading.Lock()
+        self._queue: queue.Queue | None = None
+        self._ingest: threading.Thread | None = None
         self.provenance = Provenance(parameters={"pipeline": engine.params.as_dict()})
         api_key = engine.client.context.api_key
         self._record: Future[ScanRecord] = engine.io.submit(
@@ -93,19 +103,76 @@ class ScanSession:
             f"create the record of run {uid}", engine.patience_s,
         )  # fmt: skip
 
-    # -- the caller's thread: cheap work only -------------------------------------------
+    # -- the caller's thread: queue only ------------------------------------------------
 
     def add_calibration(self, kind: str, frame: np.ndarray) -> None:
-        """Keep a dark or flat frame (reduced when the first projection arrives)."""
+        """Queue a dark or flat frame (reduced when the first projection arrives)."""
         if kind not in CALIBRATIONS:
             raise BadInputError(f"calibration kind must be one of {CALIBRATIONS}; got {kind!r}.")
-        if self.spool is not None:
-            raise BadInputError(f"a {kind} frame arrived after the projections began; take darks and flats first.")
-        self.calibration[kind].append(np.asarray(frame))
+        self._put((kind, frame, None))
 
     def add_projection(self, frame: np.ndarray, angle_deg: float) -> None:
-        """Normalise ``frame`` taken at ``angle_deg``, spool it and feed the preview."""
-        frame = np.asarray(frame)
+        """Queue ``frame`` taken at ``angle_deg`` for normalising, spooling and the preview."""
+        self._put(("projection", frame, float(angle_deg)))
+
+    def finish(self) -> None:
+        """The scan ended well: once every queued frame is in, reconstruct. Returns at once."""
+        self._put(_FINISH)
+
+    def end(self, status: str, reason: str) -> None:
+        """The scan ended without a result (``aborted`` or ``failed``): record why, off-thread."""
+        with self._end_lock:
+            if self.ended:
+                return
+            self.ended = True
+        logger.error("tomolive: run %s %s: %s", self.uid, status, reason)
+        self.engine.resolve(self.uid, lambda: self._record_end(status, reason))
+        if self._ingest is not None and threading.current_thread() is not self._ingest:
+            self._put(None)  # wakes the ingest thread so it drains and stops
+
+    def _put(self, item: object) -> None:
+        if self._ingest is None:
+            frame_bytes = max(1, np.asarray(item[1]).nbytes) if isinstance(item, tuple) else 1
+            self._queue = queue.Queue(maxsize=max(8, QUEUE_BYTES // frame_bytes))
+            self._ingest = threading.Thread(target=self._ingest_frames, name=f"tomolive-ingest-{self.uid[:8]}", daemon=True)
+            self._ingest.start()
+        while not (self.ended and item is not None):  # after the end, frames are dropped
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # -- the ingest thread --------------------------------------------------------------
+
+    def _ingest_frames(self) -> None:
+        while not self.ended:
+            item = self._queue.get()
+            if item is None:
+                break
+            try:
+                if item is _FINISH:
+                    self._finish()
+                    return
+                kind, frame, angle = item
+                if kind == "projection":
+                    self._add_projection(np.asarray(frame), angle)
+                else:
+                    self._add_calibration(kind, np.asarray(frame))
+            except Exception as err:
+                self.end("failed", f"{type(err).__name__}: {err}")
+        while True:  # ended: drop what is queued so no producer waits on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add_calibration(self, kind: str, frame: np.ndarray) -> None:
+        if self.spool is not None:
+            raise BadInputError(f"a {kind} frame arrived after the projections began; take darks and flats first.")
+        self.calibration[kind].append(frame)
+
+    def _add_projection(self, frame: np.ndarray, angle_deg: float) -> None:
         if self.spool is None:
             self._start(frame)
         prepared = prepare_projection(frame, self.flat, self.dark, self.engine.params)
@@ -113,22 +180,16 @@ class ScanSession:
         if self.preview is not None:
             self.preview.add(prepared, math.radians(angle_deg))
 
-    def finish(self) -> None:
-        """The scan ended well: queue the reconstruction and return at once."""
+    def _finish(self) -> None:
         if self.spool is None:
             raise MissingDataError("the scan ended before any projection arrived.")
         self.spool.finish()
         self.provenance.inputs.update(n_angles=len(self.spool), angles_deg=self.spool.angles)
-        self.ended = True
+        with self._end_lock:
+            if self.ended:
+                return
+            self.ended = True
         self.engine.submit(self.uid, self._process)
-
-    def end(self, status: str, reason: str) -> None:
-        """The scan ended without a result (``aborted`` or ``failed``): record why, off-thread."""
-        if self.ended:
-            return
-        self.ended = True
-        logger.error("tomolive: run %s %s: %s", self.uid, status, reason)
-        self.engine.resolve(self.uid, lambda: self._record_end(status, reason))
 
     def _start(self, frame: np.ndarray) -> None:
         for name, frames in self.calibration.items():
