@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from scipy import ndimage
 
 from tomolive.denoise import (
     DenoiseConfig,
@@ -39,11 +40,12 @@ from tomolive.store import connect
 SHAPE = (24, 128, 128)
 PHOTONS = 300
 N_ANGLES = 180
-#: A few seconds of training on 2 cores; small enough for CI, enough to beat the noise.
-TRAIN = DenoiseConfig(steps=200, time_budget=None, seed=0)
+#: ~10 s of training on one core. One thread: two torch threads on a machine busy with
+#: other work run ~10x slower than one (OpenMP threads wait on each other).
+TRAIN = DenoiseConfig(steps=200, time_budget=None, seed=0, threads=1)
 #: A tiny network for the mechanics tests (checkpoints, seeds, stores).
 TINY = DenoiseConfig(features=4, depth=1, patch=16, batch=2, steps=6, time_budget=None,
-                     checkpoint_every=2, slices_per_batch=3)  # fmt: skip
+                     checkpoint_every=2, slices_per_batch=3, threads=1)  # fmt: skip
 
 
 def pixel_averaged(phantom: FoamPhantom, factor: int = 2) -> np.ndarray:
@@ -105,16 +107,19 @@ def test_splits_are_half_scans_that_average_to_the_full_reconstruction(scan):
 
 
 def test_noise2inverse_raises_psnr_against_the_phantom(scan, trained):
-    raw = psnr(scan["recon"], scan["truth"], mask=scan["mask"])
-    denoised = denoise(trained.model, scan["splits"])
+    truth, mask = scan["truth"], scan["mask"]
+    raw = psnr(scan["recon"], truth, mask=mask)
+    gaussian = max(psnr(ndimage.gaussian_filter(scan["recon"], s), truth, mask=mask) for s in (0.8, 1.0, 1.2))
+    denoised = denoise(trained.model, scan["splits"], config=TRAIN)
     assert denoised.shape == SHAPE and denoised.dtype == np.float32
-    gained = psnr(denoised, scan["truth"], mask=scan["mask"])
-    # Measured: raw ~13.3 dB, denoised ~22.5 dB after 200 steps (+9 dB, seed-stable to
-    # ~0.3 dB). Asserting +7 dB leaves room for BLAS differences, and is still far above
-    # the issue's +5 dB goal.
-    assert raw < 15.0
-    assert gained - raw > 7.0, (raw, gained)
-    assert np.mean(trained.losses[-20:]) < 0.8 * np.mean(trained.losses[:20])
+    gained = psnr(denoised, truth, mask=mask)
+    # Measured: raw 12.6 dB, a Gaussian filter with the best sigma (an oracle: tuned on
+    # the truth) 23.4 dB, Noise2Inverse after 200 steps 24.6 dB (24.4-24.6 over seeds
+    # 0-2). The bounds leave ~3 dB and ~0.7 dB for other BLAS builds; the issue asks +5 dB.
+    assert raw < 14.0
+    assert gained - raw > 9.0, (raw, gained)
+    assert gained > gaussian + 0.3, (gaussian, gained)
+    assert np.mean(trained.losses[-20:]) < 0.85 * np.mean(trained.losses[:20])
 
 
 def test_same_seed_same_model_other_seed_other_model(tiny_splits):
@@ -157,9 +162,9 @@ def test_time_budget_stops_training(tiny_splits):
 
 def test_tiles_and_row_blocks_agree_with_the_whole_volume(scan, trained):
     splits = scan["splits"][:, :6]
-    whole = denoise(trained.model, splits)
-    tiled = denoise(trained.model, splits, config=DenoiseConfig(tile=64, overlap=24))
-    block = denoise(trained.model, splits, rows=(2, 5))
+    whole = denoise(trained.model, splits, config=TRAIN)
+    tiled = denoise(trained.model, splits, config=DenoiseConfig(tile=64, overlap=24, threads=1))
+    block = denoise(trained.model, splits, rows=(2, 5), config=TRAIN)
     scale = np.ptp(whole)
     assert np.abs(tiled - whole).max() < 0.02 * scale
     assert np.abs(tiled - whole).mean() < 1e-3 * scale
@@ -203,7 +208,7 @@ def test_model_store_round_trip_and_search(client, trained, scan):
     assert find_models(client, sample_class="no-such-class") == []
     loaded = load_model(client, model_id)
     splits = scan["splits"][:, :3]
-    np.testing.assert_array_equal(denoise(loaded, splits), denoise(trained.model, splits))
+    np.testing.assert_array_equal(denoise(loaded, splits, config=TRAIN), denoise(trained.model, splits, config=TRAIN))
 
 
 def test_tampered_weights_are_refused(client, trained):
@@ -227,9 +232,9 @@ def test_torchscript_model_denoises_like_the_original(trained, scan, tmp_path):
         torch.jit.save(traced, str(path))
     scripted = load_torchscript(path)
     with pytest.raises(BadInputError, match="neighbours"):
-        denoise(scripted, splits)
-    np.testing.assert_allclose(denoise(scripted, splits, neighbours=2), denoise(trained.model, splits),
-                               atol=1e-6)  # fmt: skip
+        denoise(scripted, splits, config=TRAIN)
+    np.testing.assert_allclose(denoise(scripted, splits, neighbours=2, config=TRAIN),
+                               denoise(trained.model, splits, config=TRAIN), atol=1e-6)  # fmt: skip
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(BadInputError, match="junk.pt"):
         load_torchscript(tmp_path / "junk.pt")

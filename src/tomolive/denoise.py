@@ -28,7 +28,8 @@ import io
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,8 @@ class DenoiseConfig:
     time_budget : float or None
         ... or after this many seconds of this call, whichever comes first (None: no limit).
     lr : float
-        Adam learning rate.
+        Adam learning rate (constant: a short self-supervised run is far from converged,
+        and a cosine decay over 400 steps lost 0.8 dB on the test scan).
     seed : int
         Seeds weight initialisation and patch sampling: same seed, same data, same model.
     checkpoint_every : int
@@ -87,17 +89,28 @@ class DenoiseConfig:
         Slices per inference forward pass.
     device : str
         ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
+    threads : int or None
+        CPU threads torch may use while training or denoising (restored afterwards); None
+        keeps torch's setting (all cores). Give 1 per single-threaded Dask worker: two
+        torch threads on a busy core are ~10x slower than one.
     amp : bool
         Mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU.
+
+    Notes
+    -----
+    The defaults come from runs on the 24 x 128 x 128 test scan (300 photons/pixel) at
+    equal CPU time: a narrow, deep net (8 features, depth 3) trained for more steps beat
+    16 features at depth 2 (+0.5 dB); batches of 8 beat 16; 5 neighbour slices did as well
+    as 9; k = 4 matched k = 2 at twice the inference cost.
     """
 
     k: int = 2
     neighbours: int = 2
-    features: int = 16
-    depth: int = 2
+    features: int = 8
+    depth: int = 3
     patch: int = 64
     batch: int = 8
-    steps: int = 4000
+    steps: int = 5000
     time_budget: float | None = 60.0
     lr: float = 1e-3
     seed: int = 0
@@ -108,6 +121,7 @@ class DenoiseConfig:
     overlap: int = 32
     slices_per_batch: int = 4
     device: str = "auto"
+    threads: int | None = None
     amp: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +145,8 @@ class DenoiseConfig:
         if self.time_budget is not None and not self.time_budget > 0:
             raise BadInputError(f"DenoiseConfig.time_budget: expected seconds > 0 or None, got {self.time_budget!r}")
         resolve_device(self.device)
+        if self.threads is not None and (not isinstance(self.threads, (int, np.integer)) or self.threads < 1):
+            raise BadInputError(f"DenoiseConfig.threads: expected a positive integer or None, got {self.threads!r}")
         if not self.lr > 0:
             raise BadInputError(f"DenoiseConfig.lr: expected a positive learning rate, got {self.lr!r}")
 
@@ -211,7 +227,10 @@ class UNet25D(nn.Module):
     """A compact 2.5D U-Net: ``2n + 1`` neighbouring slices in, the centre slice out.
 
     Works in the data's units: ``offset`` and ``scale`` (buffers, saved with the weights)
-    normalise the input, and the network predicts a correction to the centre input slice.
+    normalise the input and un-normalise the output. The output is not a residual added
+    to the noisy centre slice: at Noise2Inverse noise levels a residual network must learn
+    to cancel the noise exactly, and trained to 23.1 dB where this one reached 26.0 dB in
+    the same 400 steps (24-slice test scan).
 
     Parameters
     ----------
@@ -223,7 +242,7 @@ class UNet25D(nn.Module):
         Number of 2x down-samplings; inputs must be multiples of ``2**depth`` in y and x.
     """
 
-    def __init__(self, neighbours: int = 2, features: int = 16, depth: int = 2):
+    def __init__(self, neighbours: int = 2, features: int = 8, depth: int = 3):
         super().__init__()
         self.neighbours, self.features, self.depth = int(neighbours), int(features), int(depth)
         widths = [features * 2**i for i in range(depth + 1)]
@@ -252,8 +271,7 @@ class UNet25D(nn.Module):
         h = self.bottom(h)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             h = decoder(torch.cat([up(h), skip], dim=1))
-        centre = z[:, self.neighbours : self.neighbours + 1]
-        return (centre + self.head(h)) * self.scale + self.offset
+        return self.head(h) * self.scale + self.offset
 
 
 def new_model(config: DenoiseConfig) -> UNet25D:
@@ -317,6 +335,20 @@ def resolve_device(device: str) -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise BadInputError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from err
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Let torch use ``threads`` CPU threads inside the block (None: leave it alone)."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------- data access
@@ -503,18 +535,19 @@ def train(
     sampler = _PatchSampler(splits, config)
     start, first_step = time.perf_counter(), step
     stopped = "steps"
-    while step < config.steps:
-        if config.time_budget is not None and time.perf_counter() - start >= config.time_budget:
-            stopped = "time"
-            break
-        inputs, targets = sampler.batch(step)
-        loss = _train_step(model, optimizer, scaler, inputs, targets, device, amp)
-        losses.append(loss)
-        step += 1
-        if on_step is not None:
-            on_step(step, loss)
-        if checkpoint_dir is not None and step % config.checkpoint_every == 0:
-            save_checkpoint(checkpoint_dir, model, optimizer, scaler, config, step, losses)
+    with torch_threads(config.threads):
+        while step < config.steps:
+            if config.time_budget is not None and time.perf_counter() - start >= config.time_budget:
+                stopped = "time"
+                break
+            inputs, targets = sampler.batch(step)
+            loss = _train_step(model, optimizer, scaler, inputs, targets, device, amp)
+            losses.append(loss)
+            step += 1
+            if on_step is not None:
+                on_step(step, loss)
+            if checkpoint_dir is not None and step % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint_dir, model, optimizer, scaler, config, step, losses)
     if checkpoint_dir is not None and step > first_step and step % config.checkpoint_every:
         save_checkpoint(checkpoint_dir, model, optimizer, scaler, config, step, losses)
     seconds = time.perf_counter() - start
@@ -704,17 +737,18 @@ def denoise(
     amp = config.amp and device.type == "cuda"
     model = model.to(device).eval()
     multiple = 2 ** int(getattr(model, "depth", config.depth))
-    for z0 in range(start, stop, config.slices_per_batch):
-        z1 = min(stop, z0 + config.slices_per_batch)
-        first = max(0, z0 - n)
-        slab = _read_rows(splits, first, min(nz, z1 + n))
-        index = _neighbour_index(np.arange(z0, z1), n, nz, first)
-        total = slab.sum(axis=0)
-        prediction = np.zeros((z1 - z0, ny, nx), dtype=np.float32)
-        for held_out in range(k):
-            x = _inputs(slab, total, held_out, index)
-            prediction += _predict_slices(model, x, config.tile, config.overlap, multiple, device, amp)
-        out[z0 - start : z1 - start] = prediction / k
+    with torch_threads(config.threads):
+        for z0 in range(start, stop, config.slices_per_batch):
+            z1 = min(stop, z0 + config.slices_per_batch)
+            first = max(0, z0 - n)
+            slab = _read_rows(splits, first, min(nz, z1 + n))
+            index = _neighbour_index(np.arange(z0, z1), n, nz, first)
+            total = slab.sum(axis=0)
+            prediction = np.zeros((z1 - z0, ny, nx), dtype=np.float32)
+            for held_out in range(k):
+                x = _inputs(slab, total, held_out, index)
+                prediction += _predict_slices(model, x, config.tile, config.overlap, multiple, device, amp)
+            out[z0 - start : z1 - start] = prediction / k
     return out
 
 
