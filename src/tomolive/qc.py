@@ -91,27 +91,35 @@ class QCThresholds:
         """Defaults overridden by ``values`` (e.g. a config section); unknown keys are an error."""
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise BadInputError(f"QC thresholds: unknown keys {unknown!r}; known: {[f.name for f in fields(cls)]!r}")
+            raise BadInputError(
+                f"QC thresholds: unknown keys {unknown!r}; known: {[f.name for f in fields(cls)]!r}"
+            )
         return cls(**{k: float(v) for k, v in values.items()})
 
 
 def _check_volume(volume: Any) -> Any:
     shape = getattr(volume, "shape", None)
     if shape is None or len(shape) != 3 or shape[1] < 16 or shape[2] < 16:
-        raise BadInputError(f"volume: expected a 3D array (n_slices, ny, nx) with ny, nx >= 16, got shape {shape!r}")
+        raise BadInputError(
+            f"volume: expected a 3D array (n_slices, ny, nx) with ny, nx >= 16, got shape {shape!r}"
+        )
     return volume
 
 
 def _sampled(volume: Any, labels: Any, max_slices: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``max_slices`` evenly spaced slices (float64) and their labels."""
-    index = np.unique(np.linspace(0, volume.shape[0] - 1, min(volume.shape[0], max_slices)).round().astype(int))
+    index = np.unique(
+        np.linspace(0, volume.shape[0] - 1, min(volume.shape[0], max_slices)).round().astype(int)
+    )
     images = np.stack([np.asarray(volume[int(z)], dtype=np.float64) for z in index])
     if not np.isfinite(images).all():
         raise BadInputError("volume: expected finite values, found NaN/inf")
     if labels is None:
         return images, None
     if tuple(labels.shape) != tuple(volume.shape):
-        raise BadInputError(f"labels has shape {tuple(labels.shape)!r} but volume has {tuple(volume.shape)!r}")
+        raise BadInputError(
+            f"labels has shape {tuple(labels.shape)!r} but volume has {tuple(volume.shape)!r}"
+        )
     return images, np.stack([np.asarray(labels[int(z)]) for z in index])
 
 
@@ -122,7 +130,9 @@ def _otsu_labels(images: np.ndarray, n_phases: int) -> np.ndarray:
     return np.digitize(smooth, threshold_multiotsu(smooth[:, inside], classes=n_phases)).astype(np.uint8)
 
 
-def _phase_stats(images: np.ndarray, labels: np.ndarray, erode: int = 2) -> dict[int, tuple[float, float, int]]:
+def _phase_stats(
+    images: np.ndarray, labels: np.ndarray, erode: int = 2
+) -> dict[int, tuple[float, float, int]]:
     """Mean, std and count of each label's voxels away from edges (in-plane erosion)."""
     inside = circle_mask(images.shape[1:], 0.95)
     structure = np.zeros((1, 3, 3), dtype=bool)
@@ -159,7 +169,9 @@ def snr_cnr(volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices: i
     nan = float("nan")
     mean = {k: s[0] for k, s in stats.items()}
     std = {k: s[1] for k, s in stats.items()}
-    pairs = {f"{a}/{b}": _cnr(mean[a], mean[b], std[a], std[b]) for a, b in zip(sorted(stats), sorted(stats)[1:])}
+    pairs = {
+        f"{a}/{b}": _cnr(mean[a], mean[b], std[a], std[b]) for a, b in zip(sorted(stats), sorted(stats)[1:])
+    }
     return {
         "snr": abs(mean[1]) / std[1] if 1 in stats and std[1] > 0 else nan,
         "cnr": pairs.get("0/1", nan),
@@ -198,7 +210,9 @@ def ring_severity(volume: Any, *, max_slices: int = 8, sectors: int = 8, width: 
         return 0.0
     power = []
     for image in images:
-        profiles = ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), sectors, -1).mean(axis=2)
+        profiles = (
+            ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), sectors, -1).mean(axis=2)
+        )
         residual = profiles - ndimage.median_filter(profiles, size=(width, 1), mode="nearest")
         cross = (residual.sum(axis=1) ** 2 - (residual**2).sum(axis=1)) / (sectors * (sectors - 1))
         trend = ndimage.median_filter(profiles.mean(axis=1), size=width, mode="nearest")

@@ -139,7 +139,9 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | None =
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise BadInputError(f"model {str(path)!r}: weights do not fit the recorded architecture ({err})") from err
+        raise BadInputError(
+            f"model {str(path)!r}: weights do not fit the recorded architecture ({err})"
+        ) from err
     net.to(pick_device(device)).eval()
     return SegmentationModel(net, record.get("name", path.stem), tuple(record["phases"]), record)
 
@@ -221,7 +223,9 @@ def intensity_range(
     """
     volume, _ = _as_volume(volume)
     mask = circle_mask(volume.shape[1:], 1.0)
-    values = np.concatenate([_slab(volume, z, z + 1)[0][mask] for z in _sample_slices(volume.shape[0], max_slices)])
+    values = np.concatenate(
+        [_slab(volume, z, z + 1)[0][mask] for z in _sample_slices(volume.shape[0], max_slices)]
+    )
     lo, hi = np.percentile(values, percentiles)
     if not hi > lo:
         hi = lo + 1.0  # a flat volume: any scale will do
@@ -292,7 +296,11 @@ def choose_method(
     if method == "otsu":
         return "otsu", None, "requested"
     try:
-        net = model if isinstance(model, SegmentationModel) else load_model(model or DEFAULT_MODEL, device=device)
+        net = (
+            model
+            if isinstance(model, SegmentationModel)
+            else load_model(model or DEFAULT_MODEL, device=device)
+        )
     except (MissingDataError, BadInputError) as err:
         if method == "unet":
             raise
@@ -426,7 +434,9 @@ def _segment_unet(volume: Any, first: int, last: int, model: SegmentationModel,
     out = np.empty((last - first, *volume.shape[1:]), dtype=np.uint8)
     for start, stop in _batches(first, last, batch_size):
         slab = normalize(_padded_slab(volume, start, stop, context), value_range)
-        out[start - first : stop - first] = predict(model.net, stacks(slab, context), tile=tile, device=device)
+        out[start - first : stop - first] = predict(
+            model.net, stacks(slab, context), tile=tile, device=device
+        )
     return out
 
 
@@ -434,7 +444,9 @@ def _segment_otsu(volume: Any, first: int, last: int, thresholds: list[float],
                   sigma: float, batch_size: int) -> np.ndarray:  # fmt: skip
     out = np.empty((last - first, *volume.shape[1:]), dtype=np.uint8)
     for start, stop in _batches(first, last, batch_size):
-        out[start - first : stop - first] = np.digitize(_smooth(_slab(volume, start, stop), sigma), thresholds)
+        out[start - first : stop - first] = np.digitize(
+            _smooth(_slab(volume, start, stop), sigma), thresholds
+        )
     return out
 
 
@@ -445,7 +457,9 @@ def _labelled_slices(labels: Mapping[int, np.ndarray] | Any, shape: tuple[int, .
         array = np.asarray(labels)
         if array.shape != tuple(shape):
             raise BadInputError(f"labels: expected the volume's shape {tuple(shape)!r}, got {array.shape!r}")
-        labels = {z: array[z] for z in range(array.shape[0]) if np.any((array[z] >= 0) & (array[z] != IGNORE))}
+        labels = {
+            z: array[z] for z in range(array.shape[0]) if np.any((array[z] >= 0) & (array[z] != IGNORE))
+        }
     out = {}
     for z, lab in labels.items():
         lab = np.asarray(lab)
@@ -505,7 +519,9 @@ def fine_tune(
         ``record["parent"]`` names the starting model and ``record["fine_tune"]`` the slices
         and settings.
     """
-    parent = model if isinstance(model, SegmentationModel) else load_model(model or DEFAULT_MODEL, device=device)
+    parent = (
+        model if isinstance(model, SegmentationModel) else load_model(model or DEFAULT_MODEL, device=device)
+    )
     volume, _ = _as_volume(volume)
     labelled = _labelled_slices(labels, tuple(volume.shape), parent.n_classes)
     value_range = value_range or intensity_range(volume)
@@ -527,11 +543,15 @@ def fine_tune(
     return replace(parent, net=net, name=name or f"{parent.name}-finetuned", record=record)
 
 
-def dice_scores(labels: np.ndarray, truth: np.ndarray, n_phases: int, mask: np.ndarray | None = None) -> list[float]:
+def dice_scores(
+    labels: np.ndarray, truth: np.ndarray, n_phases: int, mask: np.ndarray | None = None
+) -> list[float]:
     """Dice coefficient of each label 0..n_phases-1 (NaN where absent from both)."""
     labels, truth = np.asarray(labels), np.asarray(truth)
     if labels.shape != truth.shape:
-        raise BadInputError(f"labels has shape {labels.shape!r} but truth has {truth.shape!r}; they must match")
+        raise BadInputError(
+            f"labels has shape {labels.shape!r} but truth has {truth.shape!r}; they must match"
+        )
     if mask is not None:
         labels, truth = labels[np.broadcast_to(mask, labels.shape)], truth[np.broadcast_to(mask, truth.shape)]
     scores = []
@@ -578,7 +598,9 @@ def phase_statistics(
     for block in _label_blocks(labels, slices_per_block):
         if block.size and int(block.max()) >= n_phases:
             raise BadInputError(f"labels: expected values 0..{n_phases - 1}, found {int(block.max())}")
-        sample = np.stack([ndimage.binary_fill_holes(s > 0) for s in block]) if block.size else block.astype(bool)
+        sample = (
+            np.stack([ndimage.binary_fill_holes(s > 0) for s in block]) if block.size else block.astype(bool)
+        )
         counts += np.bincount(block[sample], minlength=n_phases)[:n_phases]
         pores.add((block == 0) & sample)
     total = int(counts.sum())

@@ -25,7 +25,11 @@ IGNORE = 255
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of :class:`UNet`; stored with the weights so they load without guessing."""
+    """Architecture of :class:`UNet`; stored with the weights so they load without guessing.
+
+    ``context`` slices each side are input channels; ``base`` channels at full resolution,
+    doubled at each of ``depth`` halvings; ``norm`` is ``"batch"`` or ``"none"``.
+    """
 
     context: int = 1
     n_classes: int = 3
@@ -44,7 +48,11 @@ class UNetConfig:
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    return {"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(4, c), "none": lambda c: nn.Identity()}[kind](channels)
+    """Batch norm, or none. Not group/instance norm: their statistics span the whole input,
+    so a tile's labels would depend on the rest of the tile, not only on its neighbourhood."""
+    if kind not in ("batch", "none"):
+        raise BadInputError(f"UNetConfig.norm: expected 'batch' or 'none', got {kind!r}")
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
 
 
 def _block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
@@ -73,7 +81,9 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(config.depth)]
         )
-        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i], config.norm) for i in range(config.depth)])
+        self.merge = nn.ModuleList(
+            [_block(2 * widths[i], widths[i], config.norm) for i in range(config.depth)]
+        )
         self.head = nn.Conv2d(widths[0], config.n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +221,9 @@ def _batches(
     n, _, height, width = inputs.shape
     crop = min(settings.crop, height, width) // multiple * multiple
     if crop < multiple:
-        raise BadInputError(f"slices of {height}x{width} pixels are too small to train on; need >= {multiple}")
+        raise BadInputError(
+            f"slices of {height}x{width} pixels are too small to train on; need >= {multiple}"
+        )
     for _ in range(settings.steps):
         xs, ys = [], []
         for i in rng.integers(0, n, settings.batch_size):
