@@ -252,6 +252,7 @@ def test_torchscript_model_denoises_like_the_original(trained, scan, tmp_path):
         (lambda s: denoise(new_model(TINY), s, rows=(5, 20)), "rows"),
         (lambda s: denoise(new_model(TINY), s, out=np.empty((3, 24, 24))), "out"),
         (lambda s: train(s, TINY, resume=True), "resume"),
+        (lambda s: train(s, DenoiseConfig(**{**TINY.as_dict(), "depth": 5, "patch": 32, "tile": 96})), "splits"),
         (lambda s: DenoiseConfig(k=1), "k"),
         (lambda s: DenoiseConfig(patch=30), "patch"),
         (lambda s: DenoiseConfig(time_budget=0), "time_budget"),

@@ -307,8 +307,9 @@ def load_torchscript(path: str | os.PathLike, device: str | None = None) -> torc
 
     The module must map float32 ``(batch, 2n + 1, y, x)`` slices in attenuation units to
     ``(batch, 1, y, x)``; give ``n`` to :func:`denoise` as ``neighbours=`` unless the module
-    has a ``neighbours`` attribute. (TorchScript is deprecated in torch; it is still how
-    most users ship a model file.)
+    has a ``neighbours`` attribute. Slices are padded to multiples of ``2**depth`` (the
+    module's ``depth`` attribute, else ``DenoiseConfig.depth``). (TorchScript is deprecated
+    in torch; it is still how most users ship a model file.)
 
     Raises
     ------
@@ -437,29 +438,33 @@ class _PatchSampler:
         n = config.neighbours
         per_slice = self.k * self.ny * self.nx * 4
         self.core = int(max(1, min(self.nz, config.slab_bytes // per_slice - 2 * n)))
-        self.patch = min(config.patch, _floor_to(min(self.ny, self.nx), 2**config.depth))
+        if min(self.ny, self.nx) < 2**config.depth:
+            raise BadInputError(
+                f"splits: slices of {self.ny} x {self.nx} pixels are smaller than the U-Net's "
+                f"2**depth = {2**config.depth}; use a smaller DenoiseConfig.depth"
+            )
+        self.patch = min(config.patch, min(self.ny, self.nx) // 2**config.depth * 2**config.depth)
         self._slab_id: int | None = None
 
-    def _slab(self, step: int) -> tuple[np.ndarray, int, int, int]:
-        """The slab for ``step``: (data, first row held, first core row, core rows)."""
-        slab_id = step // self.config.slab_steps
-        rng = np.random.default_rng([self.config.seed, slab_id, 1])
-        z0 = int(rng.integers(0, self.nz - self.core + 1))
-        first, stop = max(0, z0 - self.config.neighbours), min(self.nz, z0 + self.core + self.config.neighbours)
-        if self._slab_id is None or (self.core < self.nz and slab_id != self._slab_id):
-            self._data, self._first = _read_rows(self.splits, first, stop), first
+    def _slab(self, step: int) -> tuple[np.ndarray, int, int]:
+        """The slab for ``step``: (data, its first row, its first centre-slice row)."""
+        slab_id = 0 if self.core == self.nz else step // self.config.slab_steps
+        if slab_id != self._slab_id:
+            rng = np.random.default_rng([self.config.seed, slab_id, 1])
+            z0 = int(rng.integers(0, self.nz - self.core + 1)) if self.core < self.nz else 0
+            first = max(0, z0 - self.config.neighbours)
+            stop = min(self.nz, z0 + self.core + self.config.neighbours)
+            self._held = (_read_rows(self.splits, first, stop), first, z0)
             self._slab_id = slab_id
-        if self.core == self.nz:
-            z0 = 0
-        return self._data, self._first, z0, self.core
+        return self._held
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Inputs (batch, 2n + 1, p, p) and targets (batch, 1, p, p), float32."""
-        data, first, z0, core = self._slab(step)
+        data, first, z0 = self._slab(step)
         rng = np.random.default_rng([self.config.seed, step, 0])
         b, p, n = self.config.batch, self.patch, self.config.neighbours
         held_out = rng.integers(0, self.k, size=b)
-        z = rng.integers(z0, z0 + core, size=b)
+        z = rng.integers(z0, z0 + self.core, size=b)
         y = rng.integers(0, self.ny - p + 1, size=b)
         x = rng.integers(0, self.nx - p + 1, size=b)
         inputs = np.empty((b, 2 * n + 1, p, p), dtype=np.float32)
@@ -470,10 +475,6 @@ class _PatchSampler:
             inputs[i] = (window.sum(axis=0) - window[held_out[i]]) / (self.k - 1)
             targets[i, 0] = window[held_out[i], n]
         return inputs, targets
-
-
-def _floor_to(value: int, multiple: int) -> int:
-    return max(multiple, value // multiple * multiple)
 
 
 def train(
