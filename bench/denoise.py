@@ -106,7 +106,8 @@ def oracle(name, filt, strengths, raw, scorer: Scorer, rows: slice | None = None
     seconds = time.perf_counter() - start
     print(f"  {name}: PSNR by strength {({k: round(v, 2) for k, v in scores.items()})} -> {best}", flush=True)
     return volume, {"strength": best, "seconds": round(seconds, 2),
-                    "tuned_on": "all slices" if rows is None else f"slices {rows.start}:{rows.stop}"}  # fmt: skip
+                    "tuned_on": "all slices" if rows is None else f"slices {rows.start}:{rows.stop}",
+                    "at_grid_edge": best in (strengths[0], strengths[-1])}  # fmt: skip
 
 
 def classical(raw: np.ndarray, scorer: Scorer) -> dict[str, tuple[np.ndarray, dict]]:
@@ -122,10 +123,10 @@ def classical(raw: np.ndarray, scorer: Scorer) -> dict[str, tuple[np.ndarray, di
 
     return {
         "gaussian": oracle("gaussian (sigma, 3D)", lambda v, s: ndimage.gaussian_filter(v, s),
-                           (0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 2.0), raw, scorer),
+                           (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 2.0), raw, scorer),
         "median": oracle("median (size, 3D)", lambda v, s: ndimage.median_filter(v, size=s),
                          (3, 5), raw, scorer, mid),
-        "tv": oracle("tv (Chambolle weight / std, 3D)", tv, (0.3, 0.4, 0.5, 0.6, 0.8, 1.0), raw, scorer, mid),
+        "tv": oracle("tv (Chambolle weight / std, 3D)", tv, (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), raw, scorer, mid),
     }  # fmt: skip
 
 

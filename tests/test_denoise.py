@@ -209,17 +209,25 @@ def test_model_store_round_trip_and_search(client, trained, scan):
     loaded = load_model(client, model_id)
     splits = scan["splits"][:, :3]
     np.testing.assert_array_equal(denoise(loaded, splits, config=TRAIN), denoise(trained.model, splits, config=TRAIN))
+    # Fine-tune the stored model on a scan and store the child with its parent's id.
+    tuned = train(splits, DenoiseConfig(**{**TRAIN.as_dict(), "steps": 2}), model=loaded)
+    child = save_model(client, tuned.model, sample_class="foam-n2i-test", training=tuned,
+                       scan_uids=["uid-b"], parent=model_id)  # fmt: skip
+    assert child != model_id and model_record(client, child).metadata["parent_model"] == model_id
+    assert {m.id for m in find_models(client, sample_class="foam-n2i-test")} == {model_id, child}
 
 
-def test_tampered_weights_are_refused(client, trained):
-    model_id = save_model(client, trained.model, sample_class="foam-n2i-test")
+def test_tampered_weights_are_refused(client):
+    model = new_model(TINY)
+    model_id = save_model(client, model, sample_class="foam-n2i-tamper")
     record = model_record(client, model_id)
-    blob = bytearray(model_to_bytes(trained.model))
+    blob = bytearray(model_to_bytes(model))
     blob[len(blob) // 2] ^= 0xFF
     models_root(client).write_array(np.frombuffer(bytes(blob), dtype=np.uint8), key="n2i-tampered",
                                     metadata=record.metadata)  # fmt: skip
     with pytest.raises(ModelIntegrityError, match="refusing"):
         load_model(client, "n2i-tampered")
+    assert isinstance(load_model(client, model_id), type(model))
     with pytest.raises(MissingDataError, match="no-such-model"):
         load_model(client, "no-such-model")
 
