@@ -55,7 +55,8 @@ def pixel_averaged(phantom: FoamPhantom, factor: int = 2) -> np.ndarray:
     out = np.empty(phantom.shape, dtype=np.float32)
     attenuation = fine.attenuation()
     for z in range(nz):  # slice by slice: bounded temporaries
-        out[z] = attenuation[z * factor : (z + 1) * factor].reshape(factor, ny, factor, nx, factor).mean(axis=(0, 2, 4))
+        block = attenuation[z * factor : (z + 1) * factor]
+        out[z] = block.reshape(factor, ny, factor, nx, factor).mean(axis=(0, 2, 4))
     return out
 
 
@@ -104,7 +105,8 @@ def oracle(name, filt, strengths, raw, scorer: Scorer, rows: slice | None = None
     start = time.perf_counter()
     volume = filt(raw, best)
     seconds = time.perf_counter() - start
-    print(f"  {name}: PSNR by strength {({k: round(v, 2) for k, v in scores.items()})} -> {best}", flush=True)
+    print(f"  {name}: PSNR by strength {({k: round(v, 2) for k, v in scores.items()})} -> {best}",
+          flush=True)  # fmt: skip
     return volume, {"strength": best, "seconds": round(seconds, 2),
                     "tuned_on": "all slices" if rows is None else f"slices {rows.start}:{rows.stop}",
                     "at_grid_edge": best in (strengths[0], strengths[-1])}  # fmt: skip
@@ -126,7 +128,8 @@ def classical(raw: np.ndarray, scorer: Scorer) -> dict[str, tuple[np.ndarray, di
                            (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 2.0), raw, scorer),
         "median": oracle("median (size, 3D)", lambda v, s: ndimage.median_filter(v, size=s),
                          (3, 5), raw, scorer, mid),
-        "tv": oracle("tv (Chambolle weight / std, 3D)", tv, (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), raw, scorer, mid),
+        "tv": oracle("tv (Chambolle weight / std, 3D)", tv,
+                     (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), raw, scorer, mid),
     }  # fmt: skip
 
 
@@ -143,7 +146,8 @@ def run(args) -> dict:
     def record(name, volume, **extra):
         rows[name] = {**scorer.score(volume), **extra}
         r = rows[name]
-        print(f"  {name:<10} PSNR {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.4f}  SNR {r['snr']:6.2f}  {extra}", flush=True)
+        print(f"  {name:<10} PSNR {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.4f}  SNR {r['snr']:6.2f}  {extra}",
+              flush=True)  # fmt: skip
 
     start = time.perf_counter()
     raw = reconstruct(projections, angles)
@@ -165,7 +169,8 @@ def run(args) -> dict:
     record("n2i", denoised, split_seconds=round(split_seconds, 2), train_seconds=result.seconds,
            train_steps=result.steps, stopped=result.stopped, infer_seconds=round(infer_seconds, 2),
            infer_slices_per_s=round(n / infer_seconds, 2),
-           loss_first_last=[round(float(np.mean(result.losses[:20])), 4), round(float(np.mean(result.losses[-20:])), 4)])  # fmt: skip
+           loss_first_last=[round(float(np.mean(result.losses[:20])), 4),
+                            round(float(np.mean(result.losses[-20:])), 4)])  # fmt: skip
     return {"size": n, "angles": n_angles, "photons": args.photons, "seed": args.seed,
             "config": config.as_dict(), "results": rows}  # fmt: skip
 
@@ -191,7 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--angles", type=int, default=None, help="default round(pi / 2 * N)")
     ap.add_argument("--photons", type=float, default=300.0)
     ap.add_argument("--k", type=int, default=2, help="Noise2Inverse angle splits")
-    ap.add_argument("--budget", type=float, default=None, help="training seconds (default: DenoiseConfig's)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="training seconds (default: DenoiseConfig's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default all cores; 1 on a machine busy with other work)")
@@ -207,7 +213,8 @@ def main(argv=None) -> int:
         print(f"  {key:<34} {value}")
     info["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     if not args.no_save:
-        path = append_result("denoise", {"bench": "denoise", "quick": args.quick, "machine": info, **record})
+        record = {"bench": "denoise", "quick": args.quick, "machine": info, **record}
+        path = append_result("denoise", record)
         print(f"\nappended to {path}")
     return 0
 

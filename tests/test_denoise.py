@@ -109,7 +109,8 @@ def test_splits_are_half_scans_that_average_to_the_full_reconstruction(scan):
 def test_noise2inverse_raises_psnr_against_the_phantom(scan, trained):
     truth, mask = scan["truth"], scan["mask"]
     raw = psnr(scan["recon"], truth, mask=mask)
-    gaussian = max(psnr(ndimage.gaussian_filter(scan["recon"], s), truth, mask=mask) for s in (0.8, 1.0, 1.2))
+    gaussian = max(psnr(ndimage.gaussian_filter(scan["recon"], sigma), truth, mask=mask)
+                   for sigma in (0.8, 1.0, 1.2))  # fmt: skip
     denoised = denoise(trained.model, scan["splits"], config=TRAIN)
     assert denoised.shape == SHAPE and denoised.dtype == np.float32
     gained = psnr(denoised, truth, mask=mask)
@@ -208,7 +209,8 @@ def test_model_store_round_trip_and_search(client, trained, scan):
     assert find_models(client, sample_class="no-such-class") == []
     loaded = load_model(client, model_id)
     splits = scan["splits"][:, :3]
-    np.testing.assert_array_equal(denoise(loaded, splits, config=TRAIN), denoise(trained.model, splits, config=TRAIN))
+    np.testing.assert_array_equal(denoise(loaded, splits, config=TRAIN),
+                                  denoise(trained.model, splits, config=TRAIN))  # fmt: skip
     # Fine-tune the stored model on a scan and store the child with its parent's id.
     tuned = train(splits, DenoiseConfig(**{**TRAIN.as_dict(), "steps": 2}), model=loaded)
     child = save_model(client, tuned.model, sample_class="foam-n2i-test", training=tuned,
@@ -260,7 +262,8 @@ def test_torchscript_model_denoises_like_the_original(trained, scan, tmp_path):
         (lambda s: denoise(new_model(TINY), s, rows=(5, 20)), "rows"),
         (lambda s: denoise(new_model(TINY), s, out=np.empty((3, 24, 24))), "out"),
         (lambda s: train(s, TINY, resume=True), "resume"),
-        (lambda s: train(s, DenoiseConfig(**{**TINY.as_dict(), "depth": 5, "patch": 32, "tile": 96})), "splits"),
+        (lambda s: train(s, DenoiseConfig(**{**TINY.as_dict(), "depth": 5, "patch": 32, "tile": 96})),
+         "splits"),
         (lambda s: DenoiseConfig(k=1), "k"),
         (lambda s: DenoiseConfig(patch=30), "patch"),
         (lambda s: DenoiseConfig(time_budget=0), "time_budget"),

@@ -128,30 +128,30 @@ class DenoiseConfig:
         positive = ("k", "features", "depth", "patch", "batch", "steps", "checkpoint_every",
                     "slab_bytes", "slab_steps", "tile", "slices_per_batch")  # fmt: skip
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise BadInputError(f"DenoiseConfig.{name}: expected a positive integer, got {value!r}")
-        if self.k < 2:
-            raise BadInputError(f"DenoiseConfig.k: Noise2Inverse needs k >= 2 splits, got {self.k!r}")
-        if not isinstance(self.neighbours, (int, np.integer)) or self.neighbours < 0:
-            raise BadInputError(f"DenoiseConfig.neighbours: expected an integer >= 0, got {self.neighbours!r}")
-        if self.patch % 2**self.depth or self.tile % 2**self.depth:
-            raise BadInputError(
-                f"DenoiseConfig.patch and .tile must be multiples of 2**depth = {2**self.depth}; "
-                f"got patch={self.patch!r}, tile={self.tile!r}"
-            )
-        if not 0 <= self.overlap < self.tile // 2:
-            raise BadInputError(f"DenoiseConfig.overlap: expected 0 <= overlap < tile / 2, got {self.overlap!r}")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise BadInputError(f"DenoiseConfig.time_budget: expected seconds > 0 or None, got {self.time_budget!r}")
+            _require(self, name, _is_int(getattr(self, name), 1), "a positive integer")
+        _require(self, "k", self.k >= 2, "k >= 2 splits (Noise2Inverse holds one out)")
+        _require(self, "neighbours", _is_int(self.neighbours, 0), "an integer >= 0")
+        multiple = 2**self.depth
+        _require(self, "patch", self.patch % multiple == 0, f"a multiple of 2**depth = {multiple}")
+        _require(self, "tile", self.tile % multiple == 0, f"a multiple of 2**depth = {multiple}")
+        _require(self, "overlap", 0 <= self.overlap < self.tile // 2, "0 <= overlap < tile / 2")
+        _require(self, "time_budget", self.time_budget is None or self.time_budget > 0, "seconds > 0 or None")
+        _require(self, "threads", self.threads is None or _is_int(self.threads, 1), "a positive integer or None")
+        _require(self, "lr", self.lr > 0, "a positive learning rate")
         resolve_device(self.device)
-        if self.threads is not None and (not isinstance(self.threads, (int, np.integer)) or self.threads < 1):
-            raise BadInputError(f"DenoiseConfig.threads: expected a positive integer or None, got {self.threads!r}")
-        if not self.lr > 0:
-            raise BadInputError(f"DenoiseConfig.lr: expected a positive learning rate, got {self.lr!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
+def _require(config: DenoiseConfig, name: str, ok: bool, expected: str) -> None:
+    """Raise a BadInputError naming ``DenoiseConfig.<name>`` unless ``ok``."""
+    if not ok:
+        raise BadInputError(f"DenoiseConfig.{name}: expected {expected}, got {getattr(config, name)!r}")
 
 
 # ---------------------------------------------------------------------------- splits
@@ -365,7 +365,9 @@ def check_splits(splits: Any, k: int | None = None) -> tuple[int, int, int, int]
         )
     n_splits, nz, ny, nx = (int(s) for s in shape)
     if n_splits < 2:
-        raise BadInputError(f"splits: Noise2Inverse needs k >= 2 splits along axis 0, got shape {tuple(shape)!r}")
+        raise BadInputError(
+            f"splits: Noise2Inverse needs k >= 2 splits along axis 0, got shape {tuple(shape)!r}"
+        )
     if k is not None and n_splits != k:
         raise BadInputError(f"splits: config.k = {k} but splits has {n_splits} along axis 0")
     if nz < 1 or min(ny, nx) < 8:
@@ -382,7 +384,7 @@ def _read_rows(splits: Any, start: int, stop: int) -> np.ndarray:
 
 
 def _neighbour_index(z: np.ndarray, n: int, nz: int, first: int) -> np.ndarray:
-    """Slab indices of slices ``z - n .. z + n`` (edge slices repeated), for a slab starting at ``first``."""
+    """Slab indices of slices ``z - n .. z + n`` (edge slices repeated) in a slab starting at ``first``."""
     return np.clip(np.asarray(z)[..., None] + np.arange(-n, n + 1), 0, nz - 1) - first
 
 
@@ -664,7 +666,7 @@ def _forward(model: nn.Module, x: np.ndarray, multiple: int, device: torch.devic
     return out[:, 0, :h, :w].float().cpu().numpy()
 
 
-def _predict_slices(model, x: np.ndarray, tile: int, overlap: int, multiple: int, device, amp) -> np.ndarray:
+def _predict_slices(model, x: np.ndarray, tile: int, overlap: int, multiple: int, device, amp):
     """Prediction for (b, c, y, x) inputs, tiled with blended overlaps when larger than ``tile``."""
     ny, nx = x.shape[-2:]
     if ny <= tile and nx <= tile:
