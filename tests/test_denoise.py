@@ -6,12 +6,15 @@ ground-truth phantom; the model store goes through a real Tiled server.
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 import torch
 import zarr
 from scipy import ndimage
 
+import tomolive.denoise
 from tomolive.denoise import (
     DenoiseConfig,
     denoise,
@@ -281,3 +284,8 @@ def test_bad_input_names_the_input(tiny_splits, call, name):
 def test_store_refuses_an_empty_sample_class(client):
     with pytest.raises(BadInputError, match="sample_class"):
         save_model(client, new_model(TINY), sample_class="")
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(tomolive.denoise, verbose=False)
+    assert result.failed == 0 and result.attempted >= 5
