@@ -674,10 +674,9 @@ def _predict_slices(model, x: np.ndarray, tile: int, overlap: int, multiple: int
     total = np.zeros((x.shape[0], ny, nx), dtype=np.float32)
     weight = np.zeros((ny, nx), dtype=np.float32)
     ty, tx = min(tile, ny), min(tile, nx)
-    wy, wx = _ramp(ty, overlap), _ramp(tx, overlap)
+    w = _ramp(ty, overlap)[:, None] * _ramp(tx, overlap)[None, :]
     for y0 in _tile_starts(ny, tile, overlap):
         for x0 in _tile_starts(nx, tile, overlap):
-            w = wy[:, None] * wx[None, :]
             out = _forward(model, x[..., y0 : y0 + ty, x0 : x0 + tx], multiple, device, amp)
             total[:, y0 : y0 + ty, x0 : x0 + tx] += out * w
             weight[y0 : y0 + ty, x0 : x0 + tx] += w
