@@ -10,7 +10,9 @@ long-lived cluster would be):
     compared with the same scan processed offline after it ends: ``tomolive process
     <file>`` as a fresh command on the raw frames saved as DXchange HDF5 (what a user runs
     after a scan today), and the same offline path in this process on the warm cluster;
-(c) the RunEngine's frame rate (unpaced, primary stream) with and without tomolive.
+(c) the RunEngine's frame rate (primary stream), paced at the detector rate and unpaced,
+    without tomolive, with ``TomoPipeline`` in its process, and with only a 0MQ Publisher
+    (the RunEngine's share when ``tomolive worker`` runs out of process).
 
 Projections are computed once before timing, so the simulator's projector is not in (c).
 
@@ -34,6 +36,7 @@ import numpy as np
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.callbacks.zmq import Publisher
 from distributed import Client, LocalCluster
 
 from _common import append_result, machine_info
@@ -47,6 +50,7 @@ from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.store import connect
+from tomolive.wire import pack
 
 
 def paced(plan, detector, period_s: float):
@@ -119,23 +123,28 @@ def scan_plan(bl, angles, md):
                      sample_x=bl.sample_x, sample_out=bl.sample_out, md=md)  # fmt: skip
 
 
-def frame_rates(bl, angles, pipe):
-    """Unpaced primary-stream frame rate without, then with, tomolive (median of 3 each)."""
+def frame_rates(bl, angles, pipe, fps):
+    """Primary-stream frame rate, paced at ``fps`` and unpaced, for three set-ups: nothing
+    subscribed; ``TomoPipeline`` in the RunEngine's process; a 0MQ ``Publisher`` (what the
+    RunEngine pays when ``tomolive worker`` runs out of process behind the proxy)."""
+    RunEngine({})(scan_plan(bl, angles, {"sample": "fps-warm-up"}))  # not timed: warms caches
     out = {}
-    for label, subscribe in (("without", False), ("with", True)):
-        rates = []
-        for _ in range(3):
+    for label in ("without", "in_process", "zmq_publisher"):
+        for pacing, period in (("paced", 1.0 / fps), ("unpaced", 0.0)):
             frames = Frames()
             RE = RunEngine({})
             RE.subscribe(frames)
-            if subscribe:
+            if label == "in_process":
                 RE.subscribe(pipe)
-            (uid,) = RE(scan_plan(bl, angles, {"sample": f"fps-{label}"}))
-            if subscribe:
+            elif label == "zmq_publisher":
+                RE.subscribe(Publisher(f"127.0.0.1:{free_port()}", serializer=pack))
+            (uid,) = RE(paced(scan_plan(bl, angles, {"sample": f"fps-{label}"}), bl.detector, period))
+            if label == "in_process":
                 pipe.wait(uid)  # let the reconstruction finish before the next measurement
-            rates.append(frames.fps())
-        out[label] = round(float(np.median(rates)), 1)
-    out["kept"] = round(out["with"] / out["without"], 3)
+            out[f"{label}_{pacing}"] = round(frames.fps(), 1)
+    for label in ("in_process", "zmq_publisher"):
+        for pacing in ("paced", "unpaced"):
+            out[f"kept_{label}_{pacing}"] = round(out[f"{label}_{pacing}"] / out[f"without_{pacing}"], 3)
     return out
 
 
@@ -187,7 +196,7 @@ def run_size(n, fps, settings, client, scratch):
     with open_scan(raw) as scan:
         assert process_scan(scan, f"offline-warm-{n}", pipe, progress=False).status == "complete"
     offline_warm = time.perf_counter() - t0
-    rates = frame_rates(bl, angles, pipe)
+    rates = frame_rates(bl, angles, pipe, fps)
     pipe.close()
     return {
         "size": n, **live,
@@ -217,12 +226,17 @@ def main(argv=None):
             for n in args.sizes:
                 rows.append(run_size(n, args.fps, settings, client, Path(tmp)))
     print(f"\n{'N':>5} {'fps':>6} {'1st preview s':>14} {'stop->recon s':>14} {'offline cmd s':>14} "
-          f"{'ratio':>6} {'offline warm s':>15} {'ratio':>6} {'RE Hz without/with':>19} {'kept':>6}")  # fmt: skip
+          f"{'ratio':>6} {'offline warm s':>15} {'ratio':>6}")  # fmt: skip
     for r in rows:
-        fr = r["re_frame_rate_hz"]
         print(f"{r['size']:>5} {r['frame_rate_hz']:>6} {r['first_preview_s']!s:>14} {r['stop_to_recon_s']:>14} "
               f"{r['offline_command_s']:>14} {r['live_over_offline_command']:>6} {r['offline_warm_s']:>15} "
-              f"{r['live_over_offline_warm']:>6} {fr['without']:>9}/{fr['with']:<9} {fr['kept']:>6}")  # fmt: skip
+              f"{r['live_over_offline_warm']:>6}")  # fmt: skip
+    print(f"\nRunEngine frame rate (Hz) and share kept: {'N':>5} pacing   without  in-process (kept)  0MQ publisher (kept)")
+    for r in rows:
+        fr = r["re_frame_rate_hz"]
+        for pacing in ("paced", "unpaced"):
+            print(f"{'':41} {r['size']:>5} {pacing:8} {fr[f'without_{pacing}']:>7} {fr[f'in_process_{pacing}']:>11} "
+                  f"({fr[f'kept_in_process_{pacing}']}) {fr[f'zmq_publisher_{pacing}']:>13} ({fr[f'kept_zmq_publisher_{pacing}']})")
     print("goals: stop->recon <= 0.5 x offline at 512^3; frame rate kept >= 0.95")
     if not args.no_save:
         path = append_result("latency", {"bench": "latency", "fps": args.fps, "workers": args.workers,
