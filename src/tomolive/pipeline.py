@@ -12,8 +12,10 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from distributed import Client, LocalCluster, as_completed
@@ -33,6 +35,9 @@ from .provenance import Provenance
 from .recon import reconstruct
 from .spool import ProjectionSpool, read_rows
 from .store import VolumeTarget
+
+if TYPE_CHECKING:  # torch is imported only when the denoise stage runs
+    from .denoise import DenoiseConfig
 
 logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0
@@ -88,6 +93,11 @@ class PipelineParams:
         The preview is binned to at most this many pixels across.
     preview_interval_s : float
         The preview is published to Tiled at most this often.
+    denoise : DenoiseConfig or None
+        Noise2Inverse denoising after the reconstruction (see :mod:`tomolive.denoise`):
+        ``k`` split reconstructions, a model trained on them (``steps``/``time_budget``),
+        stored in Tiled's ``models/`` when the result goes to Tiled, and a ``denoised``
+        volume beside ``recon``. None (default) skips it.
     """
 
     flat_reduce: str = "median"
@@ -103,6 +113,7 @@ class PipelineParams:
     preview_rows: tuple[int, ...] | None = None
     preview_size: int = 512
     preview_interval_s: float = 1.0
+    denoise: DenoiseConfig | None = None
 
     def __post_init__(self) -> None:
         if self.rows_per_block < 2 or self.rows_per_block % 2:
@@ -194,6 +205,25 @@ def row_blocks(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
     return [(r, min(r + rows_per_block, n_rows)) for r in range(0, n_rows, rows_per_block)]
 
 
+def _run_blocks(client: Client, name: str, function: Callable, args: list[tuple], progress: bool,
+                on_progress: Callable[[int, int], None] | None) -> list[Any]:  # fmt: skip
+    """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask; results in completion order."""
+    run = uuid.uuid4().hex
+    futures = [
+        client.submit(function, *a, pure=False, key=f"{name}-block-{i}-{run}") for i, a in enumerate(args)
+    ]
+    results = []
+    last_update = 0.0
+    with tqdm(total=len(futures), desc=name, unit="block", disable=not progress) as bar:
+        for done, future in enumerate(as_completed(futures), start=1):
+            results.append(future.result())
+            bar.update()
+            if on_progress and (time.monotonic() - last_update > PROGRESS_INTERVAL or done == len(futures)):
+                on_progress(done, len(futures))
+                last_update = time.monotonic()
+    return results
+
+
 def reconstruct_scan(
     spool: ProjectionSpool,
     sink: ResultSink,
@@ -203,8 +233,11 @@ def reconstruct_scan(
     *,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Reconstruct a finished spool into ``sink``'s ``recon`` volume on ``client``'s cluster."""
+) -> CenterResult:
+    """Reconstruct a finished spool into ``sink``'s ``recon`` volume on ``client``'s cluster.
+
+    Returns the rotation centre used (also in ``provenance.results["center"]``).
+    """
     angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
     if len(angles) < 2:
         raise BadInputError(f"a scan needs at least 2 projections to reconstruct; got {len(angles)}.")
@@ -246,3 +279,124 @@ def reconstruct_scan(
         "task_seconds": round(task_seconds, 3),
         "block_writes": writes,
     }
+    return center
+
+
+def split_block(
+    spool_path: str, scratch_path: str, rows: tuple[int, int], angles: np.ndarray, center: float,
+    params: PipelineParams,
+) -> float:  # fmt: skip
+    """Dask task: the ``k`` split reconstructions of rows ``[start, stop)`` into the scratch Zarr."""
+    import zarr
+
+    from .denoise import split_reconstructions
+
+    start = time.perf_counter()
+    projections = read_rows(spool_path, *rows)
+    if params.stripe_method != "none":
+        projections = remove_stripes(projections, params.stripe_method)
+    splits = split_reconstructions(
+        projections, angles, center, k=params.denoise.k, method=params.method, filter=params.filter,
+        ncore=1,
+    )  # fmt: skip
+    zarr.open_array(scratch_path, mode="r+")[:, rows[0] : rows[1]] = splits
+    return time.perf_counter() - start
+
+
+def denoise_block(
+    blob: bytes, scratch_path: str, index: int, rows: tuple[int, int], config: DenoiseConfig,
+    target: VolumeTarget,
+) -> float:  # fmt: skip
+    """Dask task: denoise rows ``[start, stop)`` from the scratch splits and write them to ``target``."""
+    import zarr
+
+    from .denoise import denoise, model_from_bytes
+
+    start = time.perf_counter()
+    splits = zarr.open_array(scratch_path, mode="r")
+    out = denoise(model_from_bytes(blob), splits, rows=rows, config=replace(config, threads=1))
+    target.write_block(index, out)
+    return time.perf_counter() - start
+
+
+def denoise_scan(
+    spool: ProjectionSpool,
+    sink: ResultSink,
+    params: PipelineParams,
+    client: Client,
+    provenance: Provenance,
+    center: float,
+    *,
+    model_client: Any = None,
+    sample_class: str = "unspecified",
+    scan_uids: tuple[str, ...] = (),
+    progress: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> str | None:
+    """Noise2Inverse on a finished spool: ``sink``'s ``denoised`` volume, same shape as ``recon``.
+
+    Split reconstructions (Dask, one task per row block) go to a scratch Zarr beside the
+    spool, removed afterwards; the model trains on this thread with ``params.denoise``'s
+    budget; inference runs on Dask block by block. When ``model_client`` (a Tiled root) is
+    given the model is stored there (:func:`tomolive.models.save_model`). Returns its id,
+    or None when it was not stored.
+    """
+    import zarr
+
+    from .denoise import model_to_bytes, train
+
+    config = params.denoise
+    if config is None:
+        raise BadInputError("denoise_scan: params.denoise is None; give a DenoiseConfig to denoise.")
+    angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
+    n_rows, n_cols = spool.frame_shape
+    blocks = row_blocks(n_rows, params.rows_per_block)
+    scratch = Path(spool.path).parent / f"{Path(spool.path).stem}-n2i-splits.zarr"
+    provenance.parameters["denoise"] = config.as_dict()
+    try:
+        splits = zarr.create_array(
+            store=str(scratch), shape=(config.k, n_rows, n_cols, n_cols),
+            chunks=(1, params.rows_per_block, n_cols, n_cols), dtype=np.float32, fill_value=0,
+            overwrite=True,
+        )  # fmt: skip
+        with provenance.stage("denoise_splits"):
+            _run_blocks(
+                client, "n2i-splits", split_block,
+                [(str(spool.path), str(scratch), rows, angles, center, params) for rows in blocks],
+                progress, on_progress and (lambda d, t: on_progress("denoise_splits", d, t)),
+            )  # fmt: skip
+        with provenance.stage("denoise_train"):
+            result = train(splits, config)
+        blob = model_to_bytes(result.model)
+        model_id = None
+        if model_client is not None:
+            from .models import save_model
+
+            model_id = save_model(
+                model_client, result.model, sample_class=sample_class, training=result,
+                scan_uids=list(scan_uids),
+            )  # fmt: skip
+        from .models import sha256
+
+        provenance.results["denoise"] = {
+            "model_id": model_id,
+            "sha256": sha256(blob),
+            "steps": result.steps,
+            "stopped": result.stopped,
+            "train_seconds": result.seconds,
+            "final_loss": result.losses[-1] if result.losses else None,
+        }
+        target = sink.new_volume(
+            "denoised", (n_rows, n_cols, n_cols), params.rows_per_block,
+            metadata={"units": "attenuation per pixel", "method": "noise2inverse", "model_id": model_id,
+                      "center": center},
+        )  # fmt: skip
+        with provenance.stage("denoise"):
+            _run_blocks(
+                client, "n2i-denoise", denoise_block,
+                [(blob, str(scratch), i, rows, config, target) for i, rows in enumerate(blocks)],
+                progress, on_progress and (lambda d, t: on_progress("denoise", d, t)),
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return model_id

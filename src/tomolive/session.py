@@ -35,7 +35,7 @@ from tiled.client.base import BaseClient
 
 from .errors import BadInputError, MissingDataError
 from .outbox import OutboxEntry
-from .pipeline import PipelineParams, prepare_projection, reconstruct_scan
+from .pipeline import PipelineParams, denoise_scan, prepare_projection, reconstruct_scan
 from .preprocess import reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .provenance import Provenance
@@ -269,9 +269,22 @@ class ScanSession:
         def on_progress(done: int, total: int) -> None:
             sink.update(progress={"stage": "recon", "done": done, "total": total})
 
-        reconstruct_scan(
-            self.spool, sink, self.engine.params, self.engine.dask_client(), self.provenance,
+        params = self.engine.params
+        center = reconstruct_scan(
+            self.spool, sink, params, self.engine.dask_client(), self.provenance,
             progress=self.engine.progress, on_progress=on_progress,
+        )  # fmt: skip
+        if params.denoise is None:
+            return
+
+        def on_denoise_progress(stage: str, done: int, total: int) -> None:
+            sink.update(progress={"stage": stage, "done": done, "total": total})
+
+        denoise_scan(
+            self.spool, sink, params, self.engine.dask_client(), self.provenance, center.center,
+            model_client=self.engine.client if isinstance(sink, ScanRecord) else None,
+            sample_class=str(self.metadata.get("sample_class") or self.metadata.get("sample") or "unspecified"),
+            scan_uids=(self.uid,), progress=self.engine.progress, on_progress=on_denoise_progress,
         )  # fmt: skip
 
     def _outcome(self) -> dict[str, Any]:
@@ -318,4 +331,5 @@ class ScanSession:
             "paganin": params.paganin is not None,
             "stripes": params.stripe_method != "none",
         }
-        return ["normalize", *[name for name, on in optional.items() if on], "center", "recon"]
+        stages = ["normalize", *[name for name, on in optional.items() if on], "center", "recon"]
+        return [*stages, "denoise"] if params.denoise is not None else stages
