@@ -60,7 +60,7 @@ def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_ser
     )  # fmt: skip
     try:
         _wait_for_line(worker, "tomolive worker:")
-        time.sleep(1.0)  # 0MQ subscriptions take a moment to reach the proxy
+        time.sleep(3.0)  # 0MQ subscriptions take a moment to reach the proxy (slow joiner)
         RE = RunEngine()
         RE.subscribe(Publisher(f"127.0.0.1:{port_in}", serializer=pack))
         angles = np.linspace(0, 180, 90, endpoint=False)

@@ -93,6 +93,15 @@ class PipelineParams:
         The preview is binned to at most this many pixels across.
     preview_interval_s : float
         The preview is published to Tiled at most this often.
+    segment : {"auto", "unet", "otsu"} or None
+        Segment the volume into phases (``segmented``, porosity, phase fractions, pore count;
+        see :mod:`tomolive.analysis`); None (default) skips it. ``auto`` takes the shipped
+        network when its phases match ``n_phases``, else multi-Otsu.
+    n_phases : int or None
+        Phases in the sample (pore counts as one); None for the network's (3).
+    qc_thresholds : dict or None
+        Overrides of :class:`tomolive.qc.QCThresholds` (e.g. ``{"max_ring_severity": 0.01}``);
+        QC numbers and alerts are computed for every scan.
     denoise : DenoiseConfig or None
         Noise2Inverse denoising after the reconstruction (see :mod:`tomolive.denoise`):
         ``k`` split reconstructions, a model trained on them (``steps``/``time_budget``),
@@ -110,6 +119,9 @@ class PipelineParams:
     center_rows: int = 8
     stripe_method: str = "none"
     rows_per_block: int = 16
+    segment: str | None = None
+    n_phases: int | None = None
+    qc_thresholds: dict[str, float] | None = None
     preview_rows: tuple[int, ...] | None = None
     preview_size: int = 512
     preview_interval_s: float = 1.0
@@ -233,10 +245,11 @@ def reconstruct_scan(
     *,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
-) -> CenterResult:
+) -> tuple[CenterResult, VolumeTarget]:
     """Reconstruct a finished spool into ``sink``'s ``recon`` volume on ``client``'s cluster.
 
-    Returns the rotation centre used (also in ``provenance.results["center"]``).
+    Returns the rotation centre used (also in ``provenance.results["center"]``) and the
+    ``recon`` volume, for the stages after it.
     """
     angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
     if len(angles) < 2:
@@ -279,7 +292,7 @@ def reconstruct_scan(
         "task_seconds": round(task_seconds, 3),
         "block_writes": writes,
     }
-    return center
+    return center, target
 
 
 def split_block(

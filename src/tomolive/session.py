@@ -35,7 +35,9 @@ from tiled.client.base import BaseClient
 
 from .errors import BadInputError, MissingDataError
 from .outbox import OutboxEntry
-from .pipeline import PipelineParams, denoise_scan, prepare_projection, reconstruct_scan
+from .analysis import analyse_scan
+from .pipeline import PipelineParams, denoise_scan, prepare_projection, reconstruct_scan, row_blocks
+from .preprocess import CenterResult
 from .preprocess import reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .provenance import Provenance
@@ -93,6 +95,7 @@ class ScanSession:
         self.spool: ProjectionSpool | None = None
         self.preview: LivePreview | None = None
         self.ended = False
+        self.analysis: dict[str, Any] = {}
         self._end_lock = threading.Lock()
         self._queue: queue.Queue | None = None
         self._ingest: threading.Thread | None = None
@@ -270,12 +273,20 @@ class ScanSession:
             sink.update(progress={"stage": "recon", "done": done, "total": total})
 
         params = self.engine.params
-        center = reconstruct_scan(
+        center, recon = reconstruct_scan(
             self.spool, sink, params, self.engine.dask_client(), self.provenance,
             progress=self.engine.progress, on_progress=on_progress,
         )  # fmt: skip
-        if params.denoise is None:
-            return
+        if params.denoise is not None:
+            self._denoise(sink, center)
+        sink.update(progress={"stage": "analysis"})
+        self.analysis = analyse_scan(
+            sink, recon, row_blocks(self.spool.frame_shape[0], params.rows_per_block), params,
+            self.engine.dask_client(), self.provenance, center.confidence,
+        )  # fmt: skip
+
+    def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult) -> None:
+        params = self.engine.params
 
         def on_denoise_progress(stage: str, done: int, total: int) -> None:
             sink.update(progress={"stage": stage, "done": done, "total": total})
@@ -288,7 +299,7 @@ class ScanSession:
         )  # fmt: skip
 
     def _outcome(self) -> dict[str, Any]:
-        return {"stages": self.stages_done(), "provenance": self.provenance.as_dict()}
+        return {"stages": self.stages_done(), "provenance": self.provenance.as_dict(), **self.analysis}
 
     def _process_locally(self, err: Exception) -> ProcessedRun:
         entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
@@ -331,5 +342,6 @@ class ScanSession:
             "paganin": params.paganin is not None,
             "stripes": params.stripe_method != "none",
         }
+        optional_after = {"denoise": params.denoise is not None, "segment": bool(params.segment)}
         stages = ["normalize", *[name for name, on in optional.items() if on], "center", "recon"]
-        return [*stages, "denoise"] if params.denoise is not None else stages
+        return [*stages, *[name for name, on in optional_after.items() if on], "qc"]

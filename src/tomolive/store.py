@@ -128,6 +128,11 @@ class VolumeTarget:
     rows_per_block: int
     zarr_path: str | None = None
 
+    def open(self) -> Any:
+        """The volume for reading: its Zarr array where visible, else its Tiled array client."""
+        local = _local_zarr(self.zarr_path) if self.zarr_path else None
+        return local if local is not None else from_uri(self.uri, api_key=self.api_key)
+
     def write_block(self, index: int, block: np.ndarray) -> str:
         """Write rows ``[index * rows_per_block, ...)`` of the volume; return ``"zarr"`` or ``"http"``."""
         block = np.ascontiguousarray(block)

@@ -1,0 +1,84 @@
+"""After reconstruction: segmentation into phases, phase statistics, QC numbers and alerts.
+
+QC runs for every scan (a few slices, about a second): SNR/CNR, ring severity, edge width
+and the centre-finding confidence, with alerts where a number passes its threshold
+(:class:`tomolive.qc.QCThresholds`, overridable by ``PipelineParams.qc_thresholds``).
+Segmentation runs when ``PipelineParams.segment`` names a method: one decision per scan
+(:func:`tomolive.segment.choose_method`), then row blocks on Dask, each worker writing its
+``segmented`` slab, then porosity, phase fractions and connected-pore count.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from distributed import Client, wait
+
+from .provenance import Provenance
+from .qc import QCThresholds, qc_alerts, qc_metrics
+from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
+from .store import VolumeTarget
+
+logger = logging.getLogger(__name__)
+
+
+def segment_block(
+    source: VolumeTarget, target: VolumeTarget, index: int, rows: tuple[int, int], n_rows: int,
+    method: str, model: str | None, n_phases: int, value_range: tuple[float, float],
+    thresholds: list[float] | None,
+) -> None:  # fmt: skip
+    """Dask task: segment rows ``[start, stop)`` (reading one neighbour slice each side)."""
+    import torch
+
+    torch.set_num_threads(1)  # one task per single-threaded worker
+    start, stop = rows
+    lo, hi = max(0, start - 1), min(n_rows, stop + 1)
+    labels, _ = segment_volume(
+        source.open()[lo:hi], method, model, n_phases=n_phases, value_range=value_range,
+        thresholds=thresholds, context=(start - lo, hi - stop),
+    )  # fmt: skip
+    target.write_block(index, labels)
+
+
+def analyse_scan(
+    sink: Any, recon: VolumeTarget, blocks: list[tuple[int, int]], params: Any, client: Client,
+    provenance: Provenance, center_confidence: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Segment (if asked) and measure ``recon``; return the container metadata to add."""
+    volume = recon.open()
+    metadata: dict[str, Any] = {}
+    labels = None
+    if params.segment:
+        with provenance.stage("segment"):
+            method, model, reason = choose_method(params.segment, None, params.n_phases)
+            n_phases = model.n_classes if model is not None else (params.n_phases or 3)
+            value_range = intensity_range(volume)
+            thresholds = otsu_thresholds(volume, n_phases) if method == "otsu" else None
+            target = sink.new_volume("segmented", tuple(volume.shape), params.rows_per_block, dtype=np.dtype(np.uint8),
+                                     metadata={"phases": list(model.phases) if model else None})  # fmt: skip
+            name = model.name if model is not None else None
+            futures = [
+                client.submit(segment_block, recon, target, i, rows, volume.shape[0], method, name,
+                              n_phases, value_range, thresholds, pure=False)  # fmt: skip
+                for i, rows in enumerate(blocks)
+            ]
+            wait(futures)
+            for future in futures:
+                future.result()
+            labels = target.open()
+            stats = phase_statistics(labels, n_phases)
+        provenance.parameters["segment"] = {"method": params.segment, "n_phases": params.n_phases}
+        provenance.results["segment"] = {
+            "method": method, "reason": reason, "n_phases": n_phases, "value_range": list(value_range),
+            "model": None if model is None else {"name": model.name, "sha256": model.sha256},
+        }  # fmt: skip
+        metadata.update(phases=stats, porosity=stats.get("porosity"))
+    with provenance.stage("qc"):
+        metrics = qc_metrics(volume, labels, n_phases=params.n_phases or 3, center_confidence=center_confidence)
+        alerts = qc_alerts(metrics, QCThresholds.from_mapping(params.qc_thresholds or {}))
+    for alert in alerts:
+        logger.warning("tomolive QC: %s", alert)
+    metadata["qc"] = {**metrics, "alerts": alerts}
+    return metadata
