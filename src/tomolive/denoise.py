@@ -28,8 +28,7 @@ import io
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from torch import nn
 
 from .errors import BadInputError
 from .recon import reconstruct
+from .recon.fbp import torch_threads
 
 CHECKPOINT_FORMAT = "tomolive-n2i-checkpoint/1"
 WEIGHTS_FORMAT = "tomolive-n2i-weights/1"
@@ -336,20 +336,6 @@ def resolve_device(device: str) -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise BadInputError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from err
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Let torch use ``threads`` CPU threads inside the block (None: leave it alone)."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------- data access

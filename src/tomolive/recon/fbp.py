@@ -45,7 +45,7 @@ def torch_device(device: str | None) -> "object":
 
 
 @contextlib.contextmanager
-def _torch_threads(ncore: int | None) -> Iterator[None]:
+def torch_threads(ncore: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op thread count (process-wide; restored on exit)."""
     import torch
 
@@ -110,7 +110,7 @@ def fbp(
     sin = torch.as_tensor(np.sin(angles), dtype=torch.float32, device=dev)
     coord = torch.arange(n, dtype=torch.float32, device=dev) - (n - 1) / 2.0
     out = np.empty((n_rows, n, n), dtype=np.float32)
-    with _torch_threads(ncore), torch.inference_mode():
+    with torch_threads(ncore), torch.inference_mode():
         for r0 in range(0, n_rows, int(rows_per_batch)):
             r1 = min(n_rows, r0 + int(rows_per_batch))
             block = np.ascontiguousarray(projections[:, r0:r1, :].transpose(1, 0, 2))
