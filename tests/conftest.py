@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky_tiled_plugins import TiledWriter
 from distributed import Client, LocalCluster
 
 from tomolive.callbacks import TomoPipeline
@@ -18,6 +19,7 @@ from tomolive.devices import SimBeamline, make_sim_beamline
 from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
+from tomolive.store import connect, raw_root
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TOMOLIVE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -92,6 +94,20 @@ def run_scan(pipeline: TomoPipeline) -> ScanRunner:
                 sample_out=beamline.sample_out, md={"sample": sample},
             )  # fmt: skip
         )
+        return uid
+
+    return run
+
+
+@pytest.fixture
+def scan_with_raw_run(tiled_server: Settings, pipeline: TomoPipeline, run_scan: ScanRunner) -> Callable[..., str]:
+    """Run a scan with TiledWriter saving ``raw/<uid>`` beside the pipeline; wait until complete."""
+
+    def run(beamline: SimBeamline, **kwargs: object) -> str:
+        RE = RunEngine()
+        RE.subscribe(TiledWriter(raw_root(connect(tiled_server.uri, api_key=tiled_server.api_key))))
+        uid = run_scan(beamline, RE=RE, **kwargs)
+        assert pipeline.wait(uid, timeout=300).status == "complete"
         return uid
 
     return run

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from bluesky import RunEngine
-from bluesky_tiled_plugins import TiledWriter
 
 from tomolive.cli import main as tomolive_main
-from tomolive.store import connect, raw_root
+from tomolive.store import connect
 
 
 def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
-    tiled_server, pipeline, beamline, run_scan, monkeypatch, capsys
+    tiled_server, pipeline, beamline, scan_with_raw_run, monkeypatch, capsys
 ):
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    RE = RunEngine()
-    RE.subscribe(TiledWriter(raw_root(client)))
-    uid = run_scan(beamline, n_angles=90, sample="foam-raw", RE=RE)
-    assert pipeline.wait(uid, timeout=300).status == "complete"
+    uid = scan_with_raw_run(beamline, n_angles=90, sample="foam-raw")
 
     run = client["raw"][uid]
     assert run.metadata["start"]["sample"] == "foam-raw"

@@ -1,4 +1,4 @@
-"""Command line: ``tomolive serve | demo | ls | process | worker | upload-spool``."""
+"""Command line: ``tomolive serve | demo | ls | export | process | worker | upload-spool``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,25 @@ def cmd_ls(args: argparse.Namespace) -> int:
         )
         if row["status"] in ("failed", "aborted") and row["reason"]:
             print(f"{'':38}reason: {row['reason']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a processed scan's arrays to TIFF slices, DXchange HDF5 or Zarr."""
+    from .errors import TomoliveError
+    from .export import export_scan
+    from .store import connect, find_scan
+
+    settings = _settings(args)
+    try:
+        node = find_scan(connect(settings.uri, api_key=_key_or_none(settings)), args.uid)
+        done = export_scan(node, args.format, args.out, args.array or ["recon"], force=args.force)
+    except TomoliveError as err:
+        print(f"tomolive export {args.uid}: {err}", file=sys.stderr)
+        return 1
+    mb = done.nbytes / 1e6
+    print(f"exported {node.item['id']} to {done.path} ({mb:.1f} MB in {done.seconds:.1f} s, "
+          f"{mb / max(done.seconds, 1e-9):.0f} MB/s)")  # fmt: skip
     return 0
 
 
@@ -151,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--data-dir", help="where to find the key file")
     ls.add_argument("--api-key")
     ls.set_defaults(func=cmd_ls)
+
+    export = sub.add_parser("export", help="write a processed scan to TIFF slices, DXchange HDF5 or Zarr")
+    export.add_argument("uid", help="the scan's raw uid, or a unique prefix of it")
+    export.add_argument("--format", required=True, choices=("tiff", "hdf5", "zarr"))
+    export.add_argument("--array", action="append", help="array to export (repeatable; default recon)")
+    export.add_argument("--out", help="output path (default <uid[:8]>.h5 / .zarr / -tiff)")
+    export.add_argument("--force", action="store_true", help="export a scan that is not complete")
+    export.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
+    export.add_argument("--data-dir", help="where to find the key file")
+    export.add_argument("--api-key")
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="simulate a scan and reconstruct it into a fresh server")
     demo.add_argument("--data-dir", help="server data directory (default ./tomolive-data)")

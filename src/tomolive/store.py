@@ -2,8 +2,14 @@
 
 Layout (DESIGN.md)::
 
-    processed/<raw uid>/      container; metadata: sample, scan_id, raw_uid, status, provenance
+    processed/<raw uid>/      container; metadata: sample, scan_id, raw_uid, status, provenance,
+                              links: {"raw": "raw/<raw uid>"}
         recon                 3D float32 (z, y, x), written block by block by Dask workers
+    raw/<raw uid>             the Bluesky run (TiledWriter); never modified by tomolive
+
+Raw and processed are linked both ways without touching the raw run: processed metadata
+names the raw run (``raw_uid``, ``links.raw``), and :func:`processed_for` finds the results
+of a raw run by searching ``raw_uid``.
 
 Workers that can see the server's storage directory (one machine, or a shared/parallel
 file system) write their blocks straight into the array's Zarr chunks; others send them
@@ -17,7 +23,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -28,10 +34,12 @@ import numpy as np
 import zarr
 from tiled.client import from_uri
 from tiled.client.base import BaseClient
-from tiled.queries import Key
+from tiled.queries import Key, Like
 from tiled.structures.array import ArrayStructure, BuiltinDtype
 from tiled.structures.core import Spec, StructureFamily
 from tiled.structures.data_source import DataSource
+
+from .errors import BadInputError, MissingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +106,7 @@ def raw_root(client: BaseClient) -> BaseClient:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays and paths turned into plain JSON types."""
+    """``value`` with numpy scalars/arrays, paths and mappings turned into plain JSON types."""
     return json.loads(json.dumps(value, default=_json_default))
 
 
@@ -107,6 +115,8 @@ def _json_default(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, Mapping):  # e.g. Tiled's read-only metadata views
+        return dict(value)
     return str(value)
 
 
@@ -187,7 +197,8 @@ class ScanRecord:
         root = processed_root(client)
         if raw_uid in root:
             root[raw_uid].delete(recursive=True, external_only=False)
-        md = {**jsonable(metadata), "raw_uid": raw_uid, "status": "running", "created": now()}
+        md = {**jsonable(metadata), "raw_uid": raw_uid, "links": {"raw": raw_path(raw_uid)},
+              "status": "running", "created": now()}  # fmt: skip
         node = root.create_container(raw_uid, metadata=md)
         return cls(node, api_key)
 
@@ -279,3 +290,53 @@ def scan_rows(client: BaseClient) -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda row: row["when"] or "", reverse=True)
+
+
+def raw_path(raw_uid: str) -> str:
+    """Path from the server root to the raw run ``raw_uid`` (where TiledWriter puts it)."""
+    return f"{RAW}/{raw_uid}"
+
+
+def processed_for(client: BaseClient, raw: str | BaseClient) -> BaseClient:
+    """The processed results of one raw run, given its uid or its node (``raw/<uid>``).
+
+    A container of search results: ``.keys()``, ``.values()``, or narrow it further with
+    ``.search(Key("status") == "complete")``. The raw run itself is only read.
+    """
+    raw_uid = raw if isinstance(raw, str) else raw.metadata["start"]["uid"]
+    return processed_root(client).search(Key("raw_uid") == raw_uid)
+
+
+def raw_for(client: BaseClient, processed: str | BaseClient) -> BaseClient:
+    """The raw Bluesky run a processed result came from, given the result's key or node."""
+    node = processed_root(client)[processed] if isinstance(processed, str) else processed
+    md = node.metadata
+    path = md.get("links", {}).get("raw") or raw_path(md["raw_uid"])
+    try:
+        return client[path]
+    except KeyError:
+        source = f" (it was processed from {md['source']})" if md.get("source") else ""
+        raise MissingDataError(
+            f"processed scan {node.item['id']!r} links to raw run {path!r}, which is not in {client.uri}{source}"
+        ) from None
+
+
+def find_scan(client: BaseClient, uid: str) -> BaseClient:
+    """The processed scan whose raw uid is ``uid`` or starts with it (a unique prefix).
+
+    Raises MissingDataError when nothing matches and BadInputError, listing the
+    candidates, when the prefix is ambiguous.
+    """
+    root = processed_root(client)
+    if uid in root:
+        return root[uid]
+    if not uid or any(c in uid for c in "%_\\"):
+        raise BadInputError(f"uid {uid!r}: expected a uid or a prefix of one (no %, _ or \\)")
+    matches = root.search(Like("raw_uid", f"{uid}%")).items().head(10)
+    if not matches:
+        raise MissingDataError(f"no processed scan has a uid starting with {uid!r} in {root.uri}")
+    if len(matches) > 1:
+        listed = "\n".join(f"  {key}  sample={node.metadata.get('sample')!r} status={node.metadata.get('status')}"
+                            for key, node in matches)  # fmt: skip
+        raise BadInputError(f"uid prefix {uid!r} matches several processed scans; give more characters:\n{listed}")
+    return matches[0][1]
