@@ -134,11 +134,14 @@ def frame_rates(bl, angles, pipe, fps):
             frames = Frames()
             RE = RunEngine({})
             RE.subscribe(frames)
+            publisher = Publisher(f"127.0.0.1:{free_port()}", serializer=pack) if label == "zmq_publisher" else None
             if label == "in_process":
                 RE.subscribe(pipe)
-            elif label == "zmq_publisher":
-                RE.subscribe(Publisher(f"127.0.0.1:{free_port()}", serializer=pack))
+            elif publisher is not None:
+                RE.subscribe(publisher)
             (uid,) = RE(paced(scan_plan(bl, angles, {"sample": f"fps-{label}"}), bl.detector, period))
+            if publisher is not None:  # nothing listens: drop queued messages or zmq_ctx_term blocks
+                publisher._context.destroy(linger=0)
             if label == "in_process":
                 pipe.wait(uid)  # let the reconstruction finish before the next measurement
             out[f"{label}_{pacing}"] = round(frames.fps(), 1)

@@ -58,11 +58,12 @@ def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_ser
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={"TMPDIR": str(tmp_path), "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"), "PATH": str(BIN)},
     )  # fmt: skip
+    publisher = Publisher(f"127.0.0.1:{port_in}", serializer=pack)
     try:
         _wait_for_line(worker, "tomolive worker:")
         time.sleep(3.0)  # 0MQ subscriptions take a moment to reach the proxy (slow joiner)
         RE = RunEngine()
-        RE.subscribe(Publisher(f"127.0.0.1:{port_in}", serializer=pack))
+        RE.subscribe(publisher)
         angles = np.linspace(0, 180, 90, endpoint=False)
         (uid,) = RE(
             tomo_scan(beamline.detector, beamline.rotation, angles, 2, 2, shutter=beamline.shutter,
@@ -79,6 +80,9 @@ def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_ser
         truth = beamline.phantom.attenuation()[8]
         assert psnr(scan["recon"][8], truth, mask=circle_mask(truth.shape), fit=True) >= 23.0
     finally:
+        # linger 0: a PUB socket with messages queued for a stopped proxy otherwise blocks
+        # zmq_ctx_term forever when the garbage collector finalises it (pytest then never exits).
+        publisher._context.destroy(linger=0)
         worker.terminate()
         proxy.terminate()
         worker_code = worker.wait(timeout=60)
