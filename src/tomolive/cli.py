@@ -24,6 +24,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded Tiled server in the foreground (replaces this process)."""
     from .server import server_command
+    from .web import web_url
 
     settings, key_source = _settings(args).with_api_key()
     command, env = server_command(settings)
@@ -32,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"tomolive: Tiled server at {settings.uri}\n"
         f"  data:    {settings.data_dir.absolute()}\n"
         f"  API key: {key_source}; writes need it, {reads}.\n"
+        f"  web view: {web_url(settings.uri)}  (add ?api_key=KEY once, or type a key there; docs/web.md)\n"
         f"  connect: from tiled.client import from_uri; c = from_uri({settings.uri!r}, api_key=...)",
         flush=True,
     )
