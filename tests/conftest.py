@@ -21,6 +21,8 @@ from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.store import connect, raw_root
 
+from .postgres import PostgresServer, find_bin_dir, running_postgres
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TOMOLIVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -50,6 +52,17 @@ def tiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     settings = Settings(data_dir=tmp_path_factory.mktemp("tiled"), port=free_port())
     with running_server(settings) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on 127.0.0.1 (Debian's ``postgresql`` package; .ci/run installs it)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: "
+                    "install Debian's `postgresql` package (.ci/run does)")  # fmt: skip
+    with running_postgres(bin_dir, free_port()) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

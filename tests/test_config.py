@@ -11,7 +11,7 @@ import pytest
 from tomolive.config import KEY_FILE_NAME, Settings
 from tomolive.errors import MissingDataError, TomoliveError
 
-ENV = ("DATA_DIR", "HOST", "PORT", "TILED_URI", "API_KEY", "PUBLIC")
+ENV = ("DATA_DIR", "HOST", "PORT", "TILED_URI", "API_KEY", "PUBLIC", "CATALOG_URI", "AUTH_DB_URI")
 
 
 @pytest.fixture(autouse=True)
@@ -58,20 +58,28 @@ def test_keyword_overrides_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert s.uri == "http://127.0.0.1:9001"
 
 
-def test_with_api_key_creates_a_private_key_file_once(tmp_path: Path) -> None:
+def test_save_api_key_writes_a_private_key_file(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path / "data")
-    first, how = s.with_api_key()
+    first = s.save_api_key("ab" * 36)
     key_file = tmp_path / "data" / KEY_FILE_NAME
-    assert key_file.is_file() and str(key_file) in how and "generated" in how
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
-    assert first.api_key is not None and len(first.api_key) == 64
-    int(first.api_key, 16)  # hex
-    assert key_file.read_text() == first.api_key + "\n"
-    again, how_again = s.with_api_key()
-    assert again.api_key == first.api_key and how_again == f"from {key_file}"
-    assert s.resolved_api_key() == first.api_key
-    explicit, how_explicit = Settings(data_dir=tmp_path / "data", api_key="k").with_api_key()
-    assert explicit.api_key == "k" and "TOMOLIVE_API_KEY" in how_explicit
+    assert key_file.read_text() == "ab" * 36 + "\n" and first.api_key == "ab" * 36
+    assert s.resolved_api_key() == "ab" * 36
+    s.save_api_key("cd" * 36)  # a re-issued key replaces the old one, still private
+    assert s.resolved_api_key() == "cd" * 36 and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert sorted(p.name for p in key_file.parent.iterdir()) == [KEY_FILE_NAME]
+
+
+def test_catalog_and_auth_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path)
+    assert s.catalog_uri is None and s.auth_db_uri == f"sqlite:///{tmp_path / 'auth.db'}"
+    monkeypatch.setenv("TOMOLIVE_CATALOG_URI", "postgresql://tl:pw@db.example:5432/tomolive")
+    monkeypatch.setenv("TOMOLIVE_AUTH_DB_URI", "postgresql://tl:pw@db.example:5432/tomolive_auth")
+    s = Settings.from_env()
+    assert s.catalog_uri == "postgresql://tl:pw@db.example:5432/tomolive"
+    assert s.auth_db_uri == "postgresql://tl:pw@db.example:5432/tomolive_auth"
+    with pytest.raises(ValueError, match="mysql://x/y.*postgresql://"):
+        Settings(catalog_uri="mysql://x/y")
 
 
 def test_missing_key_is_a_lookup_error_naming_the_file(tmp_path: Path) -> None:

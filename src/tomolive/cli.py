@@ -1,11 +1,12 @@
-"""Command line: ``tomolive serve | demo | ls | export | process | worker | upload-spool``."""
+"""Command line: ``tomolive serve | key | demo | ls | export | process | worker | upload-spool``."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import threading
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from .config import Settings
 
@@ -18,27 +19,52 @@ def _settings(args: argparse.Namespace) -> Settings:
         tiled_uri=getattr(args, "uri", None),
         api_key=getattr(args, "api_key", None),
         public=getattr(args, "public", None) or None,
+        catalog_uri=getattr(args, "catalog", None),
+        auth_uri=getattr(args, "auth_db", None),
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the embedded Tiled server in the foreground (replaces this process)."""
-    from .server import server_command
+    """Run the Tiled server in the foreground until interrupted; issue its writer key first."""
+    from .server import running_server
     from .web import web_url
 
-    settings, key_source = _settings(args).with_api_key()
-    command, env = server_command(settings)
-    reads = "anyone may read (--public)" if settings.public else "reads need the key too"
-    print(
-        f"tomolive: Tiled server at {settings.uri}\n"
-        f"  data:    {settings.data_dir.absolute()}\n"
-        f"  API key: {key_source}; writes need it, {reads}.\n"
-        f"  web view: {web_url(settings.uri)}  (add ?api_key=KEY once, or type a key there; docs/web.md)\n"
-        f"  connect: from tiled.client import from_uri; c = from_uri({settings.uri!r}, api_key=...)",
-        flush=True,
-    )
-    os.execve(command[0], command, env)
-    return 0  # not reached
+    settings = _settings(args)
+    catalog = "PostgreSQL " + _without_password(settings.catalog_uri) if settings.catalog_uri else "SQLite"
+    with running_server(settings, console=True) as server:
+        key = "TOMOLIVE_API_KEY" if settings.api_key else f"{server.key_file} (mode 600)"
+        reads = "anyone may read (--public)" if server.public else "reads need a key too"
+        print(
+            f"tomolive: Tiled server at {server.uri}\n"
+            f"  catalog: {catalog}; arrays in {server.data_dir.absolute() / 'zarr'}\n"
+            f"  writer API key: {key}; writes need it, {reads}.\n"
+            f"  read-only keys for users: tomolive key --read-only --uri {server.uri}\n"
+            f"  web view: {web_url(server.uri)}  (add ?api_key=KEY once, or type a key there; docs/web.md)\n"
+            f"  connect: from tiled.client import from_uri; c = from_uri({server.uri!r}, api_key=...)",
+            flush=True,
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("tomolive: stopping the Tiled server", flush=True)
+    return 0
+
+
+def _without_password(uri: str) -> str:
+    parsed = urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Print a new API key made with the writer key: read-only with ``--read-only``."""
+    from .keys import create_key
+
+    settings = _settings(args)
+    print(create_key(settings.uri, settings.resolved_api_key(), read_only=args.read_only,
+                     note=args.note, expires_in=args.expires_in))  # fmt: skip
+    return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -159,13 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tomolive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the embedded Tiled server (SQLite + Zarr)")
-    serve.add_argument("--data-dir", help="catalog and arrays directory (default ./tomolive-data)")
+    serve = sub.add_parser("serve", help="run the Tiled server (SQLite or PostgreSQL catalog, Zarr arrays)")
+    serve.add_argument("--data-dir", help="arrays, key file (and SQLite catalog) directory (default ./tomolive-data)")
+    serve.add_argument("--catalog", help="postgresql://USER:PASSWORD@HOST:PORT/DB: catalog and tables in "
+                                         "PostgreSQL (default: SQLite in the data dir; env TOMOLIVE_CATALOG_URI)")
+    serve.add_argument("--auth-db", help="database for principals and API keys (default sqlite in the "
+                                         "data dir; env TOMOLIVE_AUTH_DB_URI)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--api-key", help="API key (default: TOMOLIVE_API_KEY or the key file)")
+    serve.add_argument("--api-key", help="writer key this server issued earlier (default: the key file)")
     serve.add_argument("--public", action="store_true", help="allow reads without a key")
     serve.set_defaults(func=cmd_serve)
+
+    key = sub.add_parser("key", help="issue another API key (--read-only: reads only) with the writer key")
+    key.add_argument("--read-only", action="store_true", help="the key can read but not write")
+    key.add_argument("--note", help="label shown in Tiled's key listing")
+    key.add_argument("--expires-in", type=int, help="seconds until the key expires (default: never)")
+    key.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
+    key.add_argument("--data-dir", help="where to find the writer key file")
+    key.add_argument("--api-key", help="the writer key (default: TOMOLIVE_API_KEY or the key file)")
+    key.set_defaults(func=cmd_key)
 
     ls = sub.add_parser("ls", help="list processed scans")
     ls.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")

@@ -3,23 +3,27 @@
 Environment variables (all optional):
 
 ``TOMOLIVE_DATA_DIR``   where the catalog, Zarr arrays and key file live (``./tomolive-data``)
+``TOMOLIVE_CATALOG_URI`` ``postgresql://USER:PASSWORD@HOST:PORT/DB``: catalog and tables in
+                       PostgreSQL (``tiled_config/postgresql.yml``); unset: SQLite in the data dir
+``TOMOLIVE_AUTH_DB_URI`` where Tiled keeps principals and API keys (``sqlite:///DATA_DIR/auth.db``)
 ``TOMOLIVE_HOST``       server bind address (``127.0.0.1``)
 ``TOMOLIVE_PORT``       server port (``8000``)
 ``TOMOLIVE_TILED_URI``  Tiled URI clients use (``http://HOST:PORT``)
 ``TOMOLIVE_API_KEY``    API key; otherwise the key file ``DATA_DIR/api_key`` made by ``tomolive serve``
+                       (keys are issued by the server: see :mod:`tomolive.keys`)
 ``TOMOLIVE_PUBLIC``     ``1`` lets anyone read without a key (writes still need it)
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import MissingDataError
+from .errors import BadInputError, MissingDataError
 
 KEY_FILE_NAME = "api_key"
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,15 @@ class Settings:
     tiled_uri: str | None = None
     api_key: str | None = None
     public: bool = False
+    catalog_uri: str | None = None
+    auth_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.catalog_uri is not None and not self.catalog_uri.startswith(POSTGRESQL_SCHEMES):
+            raise BadInputError(
+                f"catalog URI {self.catalog_uri!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB "
+                "(leave it unset for the embedded SQLite catalog in the data directory)"
+            )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -50,6 +63,10 @@ class Settings:
             values["api_key"] = env["TOMOLIVE_API_KEY"]
         if "TOMOLIVE_PUBLIC" in env:
             values["public"] = env["TOMOLIVE_PUBLIC"].lower() in {"1", "true", "yes"}
+        if "TOMOLIVE_CATALOG_URI" in env:
+            values["catalog_uri"] = env["TOMOLIVE_CATALOG_URI"]
+        if "TOMOLIVE_AUTH_DB_URI" in env:
+            values["auth_uri"] = env["TOMOLIVE_AUTH_DB_URI"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
@@ -75,19 +92,19 @@ class Settings:
             f"(it writes {self.key_file})."
         )
 
-    def with_api_key(self) -> tuple[Settings, str]:
-        """Settings carrying a key, creating the user-only key file on first use.
+    @property
+    def auth_db_uri(self) -> str:
+        """Tiled's authentication database: explicit, else SQLite in the data directory."""
+        return self.auth_uri or f"sqlite:///{self.data_dir.absolute() / 'auth.db'}"
 
-        Returns the settings and a sentence saying where the key came from.
-        """
-        if self.api_key:
-            return self, "from TOMOLIVE_API_KEY (or --api-key)"
+    def save_api_key(self, key: str) -> Settings:
+        """Write ``key`` to the user-only key file (mode 600) and return settings carrying it."""
         path = self.key_file
-        if path.exists():
-            return replace(self, api_key=path.read_text().strip()), f"from {path}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
-        return replace(self, api_key=key), f"generated and stored in {path} (mode 600)"
+        fresh.replace(path)
+        return replace(self, api_key=key)

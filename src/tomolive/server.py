@@ -1,43 +1,54 @@
-"""Start the embedded Tiled server (SQLite catalog + Zarr storage) from ``tiled_config/``."""
+"""Start tomolive's Tiled server from a profile in ``tiled_config/`` and issue its writer key.
+
+Profiles: ``sqlite.yml`` (embedded default: catalog, tables and arrays under the data dir) and
+``postgresql.yml`` (catalog and tables in PostgreSQL, arrays under the data dir), picked by
+``Settings.catalog_uri``.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from .config import Settings
+from .config import POSTGRESQL_SCHEMES, Settings
 from .errors import TomoliveError
+from .keys import issue_writer_key, principal_of
 
-CONFIG_NAME = "sqlite.yml"
 
-
-def config_path(name: str = CONFIG_NAME) -> Path:
-    """Path of a Tiled config shipped in ``tomolive.tiled_config``."""
+def config_path(settings: Settings) -> Path:
+    """The Tiled config (profile) shipped in ``tomolive.tiled_config`` that ``settings`` need."""
+    name = "postgresql.yml" if settings.catalog_uri else "sqlite.yml"
     return Path(str(files("tomolive.tiled_config") / name))
 
 
-def server_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
-    """The ``tiled serve config`` command line and environment for ``settings``.
-
-    ``settings`` must carry an API key (see :meth:`Settings.with_api_key`).
-    """
+def server_command(settings: Settings, admin_password: str) -> tuple[list[str], dict[str, str]]:
+    """The ``tiled serve config`` command line and environment for ``settings``."""
     data_dir = settings.data_dir.absolute()
     (data_dir / "zarr").mkdir(parents=True, exist_ok=True)
+    auth_uri, auth_password = _split_password(settings.auth_db_uri)
     env = {
         **os.environ,
         "TOMOLIVE_DATA_DIR": str(data_dir),
-        "TILED_SINGLE_USER_API_KEY": settings.api_key or "",
+        "TOMOLIVE_AUTH_DB_URI": auth_uri,
+        "TOMOLIVE_ADMIN_PASSWORD": admin_password,
     }
+    if auth_password is not None:
+        env["PGPASSWORD"] = auth_password
+    if settings.catalog_uri:
+        env["TOMOLIVE_CATALOG_URI"] = settings.catalog_uri
     command = [
-        sys.executable, "-m", "tiled", "serve", "config", str(config_path()),
+        sys.executable, "-m", "tiled", "serve", "config", str(config_path(settings)),
         "--host", settings.host, "--port", str(settings.port),
     ]  # fmt: skip
     if settings.public:
@@ -45,7 +56,21 @@ def server_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
-def wait_until_up(uri: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+def _split_password(uri: str) -> tuple[str, str | None]:
+    """A PostgreSQL URI without its password, and the password.
+
+    Tiled 0.2.20 initialises a new authentication database in a subprocess handed
+    ``str(engine.url)``, where SQLAlchemy masks the password as ``***``; so the password
+    travels in ``PGPASSWORD`` instead (asyncpg and libpq read it when a URI has none).
+    """
+    parsed = urlsplit(uri)
+    if not uri.startswith(POSTGRESQL_SCHEMES) or parsed.password is None:
+        return uri, None
+    netloc = parsed.netloc.replace(f":{parsed.password}@", "@", 1)
+    return urlunsplit(parsed._replace(netloc=netloc)), unquote(parsed.password)
+
+
+def wait_until_up(uri: str, timeout: float = 180.0, process: subprocess.Popen | None = None) -> None:
     """Poll the server's API root until it answers, the process dies, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,17 +85,49 @@ def wait_until_up(uri: str, timeout: float = 60.0, process: subprocess.Popen | N
     raise TomoliveError(f"Tiled server at {uri} did not answer within {timeout:.0f} s")
 
 
+def writer_key(settings: Settings, admin_password: str) -> Settings:
+    """Settings carrying a writer key that the running server knows.
+
+    An explicit key (``TOMOLIVE_API_KEY`` / ``--api-key``) must be one the server issued; a
+    key file from an earlier start is reused while the server still knows it; otherwise a new
+    key is issued and written to the key file (mode 600).
+    """
+    if settings.api_key:
+        if principal_of(settings.uri, settings.api_key) is None:
+            raise TomoliveError(
+                f"the API key from TOMOLIVE_API_KEY/--api-key is not known to the Tiled server at "
+                f"{settings.uri}: unset it to let tomolive issue one into {settings.key_file}"
+            )
+        return settings
+    path = settings.key_file
+    if path.exists() and principal_of(settings.uri, key := path.read_text().strip()) is not None:
+        return replace(settings, api_key=key)
+    return settings.save_api_key(issue_writer_key(settings.uri, admin_password))
+
+
 @contextmanager
-def running_server(settings: Settings, log_path: Path | None = None) -> Iterator[Settings]:
-    """Run the embedded server in a child process for the duration of the ``with`` block."""
-    settings, _ = settings.with_api_key()
-    command, env = server_command(settings)
+def running_server(
+    settings: Settings, log_path: Path | None = None, *, console: bool = False
+) -> Iterator[Settings]:
+    """Run the Tiled server in a child process for the ``with`` block; yields settings with its key.
+
+    Output goes to ``log_path`` (default ``DATA_DIR/tiled-server.log``), or to this process's
+    own stdout/stderr when ``console`` is true.
+    """
+    password = os.environ.get("TOMOLIVE_ADMIN_PASSWORD") or secrets.token_hex(32)
+    command, env = server_command(settings, password)
     log_path = log_path or settings.data_dir.absolute() / "tiled-server.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if console:
+        process = subprocess.Popen(command, env=env)
+    else:
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until_up(settings.uri, process=process)
-        yield settings
+        try:
+            wait_until_up(settings.uri, process=process)
+        except TomoliveError as err:
+            raise TomoliveError(f"{err}; its log: {'above' if console else log_path}") from err
+        yield writer_key(settings, password)
     finally:
         process.terminate()
         try:
