@@ -68,6 +68,14 @@ def test_read_only_key_reads_but_cannot_write(tiled_server, capsys):
     assert list(after) == ["recon"] and after.metadata["status"] == "complete"
     np.testing.assert_array_equal(after["recon"].read(), volume)
 
+    # Revoked as docs/deploy-postgresql.md says: the key stops reading at once.
+    api, as_writer = f"{tiled_server.uri}/api/v1", {"Authorization": f"Apikey {tiled_server.api_key}"}
+    me = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()
+    assert read_only[:8] in {key["first_eight"] for key in me["api_keys"]}
+    httpx.delete(f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": read_only[:8]},
+                 headers=as_writer).raise_for_status()  # fmt: skip
+    assert httpx.get(f"{api}/metadata/", headers={"Authorization": f"Apikey {read_only}"}).status_code == 401
+
 
 def test_server_refuses_an_explicit_key_it_did_not_issue(tmp_path):
     settings = Settings(data_dir=tmp_path, port=free_port(), api_key="ab" * 36)

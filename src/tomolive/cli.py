@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"  connect: from tiled.client import from_uri; c = from_uri({server.uri!r}, api_key=...)",
             flush=True,
         )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the child on SIGTERM too
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
