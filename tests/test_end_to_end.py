@@ -52,13 +52,17 @@ def test_scan_is_reconstructed_into_tiled(tiled_server, pipeline, beamline, run_
 
     recon = scan["recon"]
     assert recon.shape == (16, 96, 96) and recon.dtype == np.float32
-    middle = recon[8]  # a lazy read of one slice
-    truth = beamline.phantom.attenuation()[8]
-    mask = circle_mask(middle.shape)
-    assert psnr(middle, truth, mask=mask, fit=True) >= PSNR_FLOOR_DB
+    assert_matches_phantom(recon, beamline.phantom)
+
+
+def assert_matches_phantom(recon, phantom, row: int = 8) -> None:
+    """Slice ``row`` of a Tiled ``recon`` array is the phantom's: PSNR floor, physical values."""
+    middle = recon[row]  # a lazy read of one slice
+    truth = phantom.attenuation()[row]
+    assert psnr(middle, truth, mask=circle_mask(middle.shape), fit=True) >= PSNR_FLOOR_DB
     # The values are physical (attenuation per pixel), not just correlated.
-    solid = beamline.phantom.labels()[8] == 1
-    assert abs(np.median(middle[solid]) - beamline.phantom.mu_solid) < 0.15 * beamline.phantom.mu_solid
+    solid = phantom.labels()[row] == 1
+    assert abs(np.median(middle[solid]) - phantom.mu_solid) < 0.15 * phantom.mu_solid
 
 
 def test_psnr_floor_rejects_wrong_geometry(beamline):

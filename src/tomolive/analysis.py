@@ -4,8 +4,9 @@ QC runs for every scan (a few slices, about a second): SNR/CNR, ring severity, e
 and the centre-finding confidence, with alerts where a number passes its threshold
 (:class:`tomolive.qc.QCThresholds`, overridable by ``PipelineParams.qc_thresholds``).
 Segmentation runs when ``PipelineParams.segment`` names a method: one decision per scan
-(:func:`tomolive.segment.choose_method`), then row blocks on Dask, each worker writing its
-``segmented`` slab, then porosity, phase fractions and connected-pore count.
+(:func:`tomolive.segment.choose_method`), then row blocks on Dask (U-Net blocks on GPU
+workers where the cluster has them), each worker writing its ``segmented`` slab, then
+porosity, phase fractions and connected-pore count.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 from typing import Any
 
 import numpy as np
-from distributed import Client, wait
+from distributed import Client
 
+from .pipeline import _run_blocks, gpu_resources
 from .provenance import Provenance
 from .qc import QCThresholds, qc_alerts, qc_metrics
 from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
@@ -59,14 +61,12 @@ def analyse_scan(
             target = sink.new_volume("segmented", tuple(volume.shape), params.rows_per_block, dtype=np.dtype(np.uint8),
                                      metadata={"phases": list(model.phases) if model else None})  # fmt: skip
             name = model.name if model is not None else None
-            futures = [
-                client.submit(segment_block, recon, target, i, rows, volume.shape[0], method, name,
-                              n_phases, value_range, thresholds, pure=False)  # fmt: skip
-                for i, rows in enumerate(blocks)
-            ]
-            wait(futures)
-            for future in futures:
-                future.result()
+            _run_blocks(
+                client, "segment", segment_block,
+                [(recon, target, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
+                 for i, rows in enumerate(blocks)],
+                False, None, resources=gpu_resources(client) if method == "unet" else None,
+            )  # fmt: skip
             labels = target.open()
             stats = phase_statistics(labels, n_phases)
         provenance.parameters["segment"] = {"method": params.segment, "n_phases": params.n_phases}

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -177,6 +178,27 @@ def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
     return Client(cluster), True
 
 
+GPU = "GPU"
+"""The Dask resource GPU workers advertise (``dask worker --resources GPU=1``)."""
+
+
+def gpu_resources(client: Client) -> dict[str, float] | None:
+    """``{"GPU": 1}`` when a worker of ``client``'s cluster advertises a GPU, else None.
+
+    Torch tasks pass this as ``resources=`` so they land on GPU workers; on a cluster
+    without the resource they must run anywhere, since a restriction no worker can meet
+    leaves tasks waiting forever.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {GPU: 1} if any(w.get("resources", {}).get(GPU, 0) > 0 for w in workers) else None
+
+
+def _recon_resources(method: str, gpu: dict[str, float] | None) -> dict[str, float] | None:
+    """GPU workers for torch FBP: ``fbp``, and ``auto`` (which takes it on a CUDA worker),
+    so that every block of a scan is reconstructed by the same backend."""
+    return gpu if method in ("fbp", "auto") else None
+
+
 def reconstruct_block(
     spool_path: str,
     index: int,
@@ -218,16 +240,26 @@ def row_blocks(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
 
 
 def _run_blocks(client: Client, name: str, function: Callable, args: list[tuple], progress: bool,
-                on_progress: Callable[[int, int], None] | None) -> list[Any]:  # fmt: skip
-    """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask; results in completion order."""
+                on_progress: Callable[[int, int], None] | None, *,
+                resources: dict[str, float] | None = None) -> list[Any]:  # fmt: skip
+    """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask; results in completion order.
+
+    Returns only when every block is in: a block whose worker died is rerun by Dask
+    (up to ``distributed.scheduler.allowed-failures`` deaths, then ``KilledWorker`` is
+    raised here), so ``function`` must be idempotent (each block writes whole chunks).
+    """
     run = uuid.uuid4().hex
     futures = [
-        client.submit(function, *a, pure=False, key=f"{name}-block-{i}-{run}") for i, a in enumerate(args)
+        client.submit(function, *a, pure=False, key=f"{name}-block-{i}-{run}", resources=resources)
+        for i, a in enumerate(args)
     ]
     results = []
     last_update = 0.0
     with tqdm(total=len(futures), desc=name, unit="block", disable=not progress) as bar:
-        for done, future in enumerate(as_completed(futures), start=1):
+        # as_completed defaults to the process's newest client's event loop; a second client
+        # (a user's own, say) would then own the futures' events and a rerun block's
+        # result() would fail with "bound to a different event loop".
+        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
             results.append(future.result())
             bar.update()
             if on_progress and (time.monotonic() - last_update > PROGRESS_INTERVAL or done == len(futures)):
@@ -264,33 +296,20 @@ def reconstruct_scan(
         "recon", (n_rows, n_cols, n_cols), params.rows_per_block,
         metadata={"units": "attenuation per pixel", "center": center.center},
     )  # fmt: skip
-    run = uuid.uuid4().hex
+    gpu = gpu_resources(client)
     with provenance.stage("recon"):
-        futures = [
-            client.submit(
-                reconstruct_block, str(spool.path), i, rows, angles, center.center, params, target,
-                pure=False, key=f"recon-block-{i}-{run}",
-            )  # fmt: skip
-            for i, rows in enumerate(blocks)
-        ]
-        task_seconds = 0.0
-        writes: dict[str, int] = {}
-        last_update = 0.0
-        with tqdm(total=len(blocks), desc="reconstruct", unit="block", disable=not progress) as bar:
-            for done, future in enumerate(as_completed(futures), start=1):
-                seconds, how = future.result()
-                task_seconds += seconds
-                writes[how] = writes.get(how, 0) + 1
-                bar.update()
-                if on_progress and (time.monotonic() - last_update > PROGRESS_INTERVAL or done == len(blocks)):
-                    on_progress(done, len(blocks))
-                    last_update = time.monotonic()
+        results = _run_blocks(
+            client, "recon", reconstruct_block,
+            [(str(spool.path), i, rows, angles, center.center, params, target) for i, rows in enumerate(blocks)],
+            progress, on_progress, resources=_recon_resources(params.method, gpu),
+        )  # fmt: skip
     provenance.results["dask"] = {
         "scheduler": client.scheduler.address,
         "workers": len(client.scheduler_info()["workers"]),
         "blocks": len(blocks),
-        "task_seconds": round(task_seconds, 3),
-        "block_writes": writes,
+        "gpu_resource": gpu is not None,
+        "task_seconds": round(sum(seconds for seconds, _ in results), 3),
+        "block_writes": dict(Counter(how for _, how in results)),
     }
     return center, target
 
@@ -350,7 +369,8 @@ def denoise_scan(
 
     Split reconstructions (Dask, one task per row block) go to a scratch Zarr beside the
     spool, removed afterwards; the model trains on this thread with ``params.denoise``'s
-    budget; inference runs on Dask block by block. When ``model_client`` (a Tiled root) is
+    budget; inference runs on Dask block by block, on GPU workers where the cluster has
+    them (:func:`gpu_resources`). When ``model_client`` (a Tiled root) is
     given the model is stored there (:func:`tomolive.models.save_model`). Returns its id,
     or None when it was not stored.
     """
@@ -366,6 +386,7 @@ def denoise_scan(
     blocks = row_blocks(n_rows, params.rows_per_block)
     scratch = Path(spool.path).parent / f"{Path(spool.path).stem}-n2i-splits.zarr"
     provenance.parameters["denoise"] = config.as_dict()
+    gpu = gpu_resources(client)
     try:
         splits = zarr.create_array(
             store=str(scratch), shape=(config.k, n_rows, n_cols, n_cols),
@@ -377,6 +398,7 @@ def denoise_scan(
                 client, "n2i-splits", split_block,
                 [(str(spool.path), str(scratch), rows, angles, center, params) for rows in blocks],
                 progress, on_progress and (lambda d, t: on_progress("denoise_splits", d, t)),
+                resources=_recon_resources(params.method, gpu),
             )  # fmt: skip
         with provenance.stage("denoise_train"):
             result = train(splits, config)
@@ -408,7 +430,7 @@ def denoise_scan(
             _run_blocks(
                 client, "n2i-denoise", denoise_block,
                 [(blob, str(scratch), i, rows, config, target) for i, rows in enumerate(blocks)],
-                progress, on_progress and (lambda d, t: on_progress("denoise", d, t)),
+                progress, on_progress and (lambda d, t: on_progress("denoise", d, t)), resources=gpu,
             )  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
