@@ -7,7 +7,12 @@ live preview (see :class:`tomolive.session.ScanSession`). Nothing on the RunEngi
 waits for Tiled or Dask: the record is created on an I/O thread, the preview reconstructs
 and publishes on its own thread, and on the stop document the reconstruction runs on the
 pipeline's processing thread. Failures are logged and recorded in Tiled as
-``status: failed`` with the reason; the RunEngine never sees them.
+``status: failed`` with the reason; the RunEngine never sees them. That holds for malformed
+documents too (missing keys, wrong shapes, documents out of order, unknown descriptors):
+the run they belong to (else every open tomography run) is marked failed, naming the fault.
+
+Users' own callbacks hear each processed result through :meth:`TomoPipeline.subscribe`
+(see :mod:`tomolive.events`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ from tiled.client.base import BaseClient
 
 from tomolive.assets import AssetResolver
 from tomolive.errors import BadInputError, MissingDataError
+from tomolive.events import EVENT_KINDS, ResultCallback, ResultEvents
 from tomolive.outbox import default_outbox
 from tomolive.pipeline import PipelineParams, connect_dask
 from tomolive.session import CALIBRATIONS, ProcessedRun, ScanSession
@@ -61,8 +67,12 @@ class TomoPipeline:
     --------
     >>> pipe = TomoPipeline.from_uri("http://127.0.0.1:8000", api_key="...")  # doctest: +SKIP
     >>> RE.subscribe(pipe)  # doctest: +SKIP
+    >>> token = pipe.subscribe(lambda kind, payload: print(kind, payload["uri"]), kinds=("complete",))  # doctest: +SKIP
     >>> RE(tomo_scan(...)); pipe.wait()  # doctest: +SKIP
     """
+
+    RECENT_RUNS = 8
+    """Tomography runs remembered after their stop, to recognise documents that come late."""
 
     def __init__(
         self,
@@ -88,6 +98,8 @@ class TomoPipeline:
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tomolive-io")
         self._futures: dict[str, Future[ProcessedRun]] = {}
         self._lock = threading.Lock()
+        self.events = ResultEvents()
+        self._runs: dict[str, _RunDocuments] = {}  # open and recent runs by uid
         self._router = RunRouter([self._factory])
         self.io.submit(_import_array_client)  # ~2 s once: off the path to the first preview
 
@@ -97,13 +109,58 @@ class TomoPipeline:
         return cls(connect(uri, api_key=api_key, timeout_s=timeout_s), **kwargs)
 
     def __call__(self, name: str, doc: dict) -> None:
-        self._router(name, doc)
+        """Route one document; a malformed one fails its run, never the RunEngine."""
+        run = self._owner(name, doc)
+        try:
+            if run is not None and run.stopped:
+                raise BadInputError(f"a {name!r} document arrived after the run's stop document")
+            self._router(name, doc)
+        except Exception as err:
+            self._reject(name, doc, run, err)
+
+    def subscribe(self, callback: ResultCallback, kinds: str | Iterable[str] = EVENT_KINDS) -> int:
+        """Call ``callback(kind, payload)`` on processed-results events; return a token.
+
+        Kinds and payload: :mod:`tomolive.events`. Callbacks run on tomolive's threads, never
+        the RunEngine's; their exceptions are logged and ignored.
+        """
+        return self.events.subscribe(callback, kinds)
+
+    def unsubscribe(self, token: int) -> None:
+        """Stop the callback subscribed with ``token``."""
+        self.events.unsubscribe(token)
 
     def _factory(self, name: str, start_doc: dict) -> tuple[list, list]:
         if "tomo" not in start_doc:
             logger.debug("run %s is not a tomography scan; ignored", start_doc["uid"])
             return [], []
-        return [_RunDocuments(self, start_doc)], []
+        run = _RunDocuments(self, start_doc)
+        self._runs[start_doc["uid"]] = run
+        stopped = [uid for uid, r in self._runs.items() if r.stopped]
+        for uid in stopped[: max(0, len(stopped) - self.RECENT_RUNS)]:
+            del self._runs[uid]
+        return [run], []
+
+    def _owner(self, name: str, doc: dict) -> _RunDocuments | None:
+        """The tomography run a document belongs to, when it says so (None for others)."""
+        if not isinstance(doc, dict):
+            return None
+        if name in ("event", "event_page"):
+            return next((run for run in self._runs.values() if doc.get("descriptor") in run.streams), None)
+        return self._runs.get(doc.get("run_start")) if name != "start" else None
+
+    def _reject(self, name: str, doc: Any, run: _RunDocuments | None, err: Exception) -> None:
+        """A document that could not be routed: fail its run, else every open tomography run."""
+        descriptor = doc.get("descriptor") if isinstance(doc, dict) else None
+        if name in ("event", "event_page") and run is None and isinstance(err, KeyError) and err.args == (descriptor,):
+            reason = f"an {name!r} document refers to descriptor uid {descriptor!r}, which no descriptor document announced"
+        else:
+            reason = f"malformed {name!r} document: {_describe(err)}"
+        runs = [run] if run is not None else [r for r in self._runs.values() if not r.stopped]
+        if not runs:
+            logger.error("tomolive: %s (no open tomography run to fail)", reason)
+        for target in runs:
+            target.fail(reason)
 
     def session(self, uid: str, metadata: dict, expected_angles: int = 256) -> ScanSession:
         """A new scan fed frame by frame (what the callback does per run; ``tomolive process`` too)."""
@@ -168,24 +225,37 @@ class _RunDocuments(DocumentRouter):
 
     def __init__(self, pipeline: TomoPipeline, start_doc: dict):
         super().__init__()
-        self.tomo: dict = start_doc["tomo"]
-        self.field: str = self.tomo["image_field"]
+        self.tomo: Any = start_doc["tomo"]
         self.streams: dict[str, str] = {}
+        self.stopped = False
         self.assets = AssetResolver()
         self.frames_waiting: dict[tuple[str, int], np.ndarray] = {}
         self.events_waiting: dict[tuple[str, int], float | None] = {}
+        n_angles = self.tomo.get("n_angles") if isinstance(self.tomo, dict) else None
         self.session = pipeline.session(
-            start_doc["uid"], _scan_metadata(start_doc), self.tomo.get("n_angles", 256)
-        )
+            start_doc["uid"], _scan_metadata(start_doc), n_angles if isinstance(n_angles, int) and n_angles > 0 else 256
+        )  # fmt: skip
+        try:
+            self.field: str = _check_tomo(self.tomo)
+        except BadInputError as err:
+            self.session.end("failed", str(err))
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> Any:
-        if self.session.ended:
-            return None
         try:
-            return super().__call__(name, doc, validate)
+            if not self.session.ended:
+                super().__call__(name, doc, validate)
         except Exception as err:
-            self.session.end("failed", f"{type(err).__name__}: {err}")
-            return None
+            self.session.end("failed", f"{name!r} document: {_describe(err)}")
+        if name == "stop":  # the pipeline remembers the run a while: keep no frames or asset maps
+            self.stopped = True
+            self.assets, self.frames_waiting, self.events_waiting = AssetResolver(), {}, {}
+
+    def fail(self, reason: str) -> None:
+        """A document of this run was rejected before reaching it."""
+        if self.stopped:
+            self.session.invalidate(reason)
+        else:
+            self.session.end("failed", reason)
 
     def descriptor(self, doc: dict) -> None:
         if self.field not in doc["data_keys"]:
@@ -222,6 +292,11 @@ class _RunDocuments(DocumentRouter):
             return
         data = doc["data"]
         angles = data.get(self.tomo["angle_field"]) if self.streams[descriptor] == "primary" else None
+        if self.streams[descriptor] == "primary" and angles is None:
+            raise BadInputError(
+                f"primary event {doc['seq_num'][0]} has no angle field {self.tomo['angle_field']!r} "
+                f"(start document's tomo.angle_field); its data keys are {sorted(data)!r}."
+            )
         filled = doc.get("filled", {}).get(self.field)
         for i, seq_num in enumerate(doc["seq_num"]):
             angle = None if angles is None else float(angles[i])
@@ -265,5 +340,27 @@ def _scan_metadata(start_doc: dict) -> dict:
     keys = ("sample", "scan_id", "plan_name", "pixel_size_um", "energy_kev", "time")
     md = {key: start_doc[key] for key in keys if key in start_doc}
     md.setdefault("sample", "unknown")
-    md["tomo"] = {k: v for k, v in start_doc["tomo"].items() if k != "angles"}
+    tomo = start_doc["tomo"]
+    md["tomo"] = {k: v for k, v in tomo.items() if k != "angles"} if isinstance(tomo, dict) else repr(tomo)
     return md
+
+
+def _check_tomo(tomo: Any) -> str:
+    """The image field of a start document's ``tomo`` block, after checking what the run needs."""
+    needed = {"image_field": "the detector's image data key", "angle_field": "the rotation's data key"}
+    if not isinstance(tomo, dict):
+        raise BadInputError(f"the start document's 'tomo' block must be a mapping with {sorted(needed)!r}; got {tomo!r}.")
+    for key, what in needed.items():
+        if not isinstance(tomo.get(key), str):
+            raise BadInputError(
+                f"the start document's 'tomo' block has no {key!r} ({what}; tomo_scan writes it); "
+                f"got {tomo.get(key)!r} among keys {sorted(tomo)!r}."
+            )
+    return tomo["image_field"]
+
+
+def _describe(err: Exception) -> str:
+    """An error message for a log line; a bare KeyError says which key was missing."""
+    if isinstance(err, KeyError):
+        return f"required key {err.args[0]!r} is missing"
+    return f"{type(err).__name__}: {err}"

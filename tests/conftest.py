@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky.utils import MsgGenerator
 from bluesky_tiled_plugins import TiledWriter
 from distributed import Client, LocalCluster
 
@@ -91,6 +92,22 @@ def beamline() -> SimBeamline:
 ScanRunner = Callable[..., str]
 
 
+def sim_tomo_scan(beamline: SimBeamline, *, n_angles: int = 120, n_darks: int = 3, n_flats: int = 3,
+                  angles=None, md: dict | None = None) -> MsgGenerator[str]:  # fmt: skip
+    """``tomo_scan`` of the simulated ``beamline`` at ``n_angles`` in [0, 180) degrees (or ``angles``)."""
+    angles = np.linspace(0, 180, n_angles, endpoint=False) if angles is None else angles
+    return tomo_scan(
+        beamline.detector, beamline.rotation, angles, n_darks, n_flats, shutter=beamline.shutter,
+        sample_x=beamline.sample_x, sample_out=beamline.sample_out, md=md,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def scan_plan() -> Callable[..., MsgGenerator[str]]:
+    """:func:`sim_tomo_scan`, for tests that run their own RunEngine or pipeline."""
+    return sim_tomo_scan
+
+
 @pytest.fixture
 def run_scan(pipeline: TomoPipeline) -> ScanRunner:
     """Run ``tomo_scan`` on a beamline in a fresh RunEngine with ``pipeline`` subscribed."""
@@ -99,14 +116,9 @@ def run_scan(pipeline: TomoPipeline) -> ScanRunner:
             n_darks: int = 3, n_flats: int = 3, angles=None, RE: RunEngine | None = None) -> str:  # fmt: skip
         RE = RE or RunEngine()
         RE.subscribe(pipeline)
-        angles = np.linspace(0, 180, n_angles, endpoint=False) if angles is None else angles
-        (uid,) = RE(
-            tomo_scan(
-                beamline.detector, beamline.rotation, angles, n_darks, n_flats,
-                shutter=beamline.shutter, sample_x=beamline.sample_x,
-                sample_out=beamline.sample_out, md={"sample": sample},
-            )  # fmt: skip
-        )
+        plan = sim_tomo_scan(beamline, n_angles=n_angles, n_darks=n_darks, n_flats=n_flats, angles=angles,
+                             md={"sample": sample})  # fmt: skip
+        (uid,) = RE(plan)
         return uid
 
     return run

@@ -48,3 +48,13 @@ def test_custom_callback_sees_the_scan_beside_the_pipeline(run_example):
     low, high = map(float, out.split("transmission ")[1].split()[0].split("-"))
     assert 0.05 < low <= high <= 1.05
     assert "complete" in out.splitlines()[-1]
+
+
+def test_custom_stage_runs_after_the_pipeline_and_events_report_it(run_example):
+    out = run_example("custom_stage.py", "--size", "64")
+    assert "complete: http" in out and "'solid_mask', 'solid_fraction']" in out
+    assert "solid_mask: (16, 64, 64) uint8" in out
+    mask_solid = float(out.split("solid_mask: (16, 64, 64) uint8, solid fraction ")[1].split()[0])
+    solid = float(out.split("solid_fraction: solid ")[1].split(",")[0])
+    assert 0.3 < solid < 0.95 and abs(mask_solid - solid) < 0.1, out
+    assert out.splitlines()[-1].endswith("complete")

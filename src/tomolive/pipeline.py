@@ -35,6 +35,7 @@ from .preprocess import (
 from .provenance import Provenance
 from .recon import reconstruct
 from .spool import ProjectionSpool, read_rows
+from .stages import check_stage_names
 from .store import VolumeTarget
 
 if TYPE_CHECKING:  # torch is imported only when the denoise stage runs
@@ -108,6 +109,11 @@ class PipelineParams:
         ``k`` split reconstructions, a model trained on them (``steps``/``time_budget``),
         stored in Tiled's ``models/`` when the result goes to Tiled, and a ``denoised``
         volume beside ``recon``. None (default) skips it.
+    extra_stages : tuple of str
+        Stages run after the built-in ones, in order, on ``recon`` block by block (see
+        :mod:`tomolive.stages`: built-in names and the ``tomolive.stages`` entry points).
+    stage_params : dict or None
+        Keyword parameters per extra stage, e.g. ``{"median": {"size": 3}}``.
     """
 
     flat_reduce: str = "median"
@@ -127,12 +133,15 @@ class PipelineParams:
     preview_size: int = 512
     preview_interval_s: float = 1.0
     denoise: DenoiseConfig | None = None
+    extra_stages: tuple[str, ...] = ()
+    stage_params: dict[str, dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.rows_per_block < 2 or self.rows_per_block % 2:
             raise BadInputError(
                 f"rows_per_block must be an even number >= 2; got {self.rows_per_block!r}."
             )
+        check_stage_names(self.extra_stages, self.stage_params)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,9 @@ runs elsewhere too:
 
 If Tiled is unreachable for longer than ``patience_s``, the result is written to the local
 outbox instead (see :mod:`tomolive.outbox`) with a message saying how to upload it.
+
+Every outcome is announced to the pipeline's result subscribers (:mod:`tomolive.events`)
+from the thread that recorded it, before the pipeline's ``wait`` returns.
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ import numpy as np
 from distributed import Client
 from tiled.client.base import BaseClient
 
-from .errors import BadInputError, MissingDataError
-from .outbox import OutboxEntry
 from .analysis import analyse_scan
+from .errors import BadInputError, MissingDataError
+from .events import ResultEvents
+from .outbox import OutboxEntry
 from .pipeline import PipelineParams, denoise_scan, prepare_projection, reconstruct_scan, row_blocks
 from .preprocess import CenterResult
 from .preprocess import reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .provenance import Provenance
 from .spool import ProjectionSpool
+from .stage_runner import run_extra_stages
 from .store import ScanRecord, is_unreachable, now, patiently
 
 logger = logging.getLogger(__name__)
@@ -75,6 +80,7 @@ class Engine(Protocol):
     progress: bool
     patience_s: float
     io: Executor
+    events: ResultEvents
 
     def dask_client(self) -> Client: ...
     def submit(self, uid: str, job: Callable[[], ProcessedRun]) -> None: ...
@@ -96,6 +102,8 @@ class ScanSession:
         self.preview: LivePreview | None = None
         self.ended = False
         self.analysis: dict[str, Any] = {}
+        self._frame_shape: tuple[int, ...] | None = None
+        self._submitted = False  # the volume is queued on the processing thread
         self._end_lock = threading.Lock()
         self._queue: queue.Queue | None = None
         self._ingest: threading.Thread | None = None
@@ -128,6 +136,28 @@ class ScanSession:
             if self.ended:
                 return
             self.ended = True
+        self._resolve(status, reason)
+
+    def invalidate(self, reason: str) -> None:
+        """A document broke the run after its stop: record it ``failed``, whatever processing made of it.
+
+        If the volume is already queued, the failure is recorded after it on the processing
+        thread (so it replaces a ``complete``); otherwise the run ends here.
+        """
+        with self._end_lock:
+            queued, first_end = self._submitted, not self.ended
+            self.ended = True
+            if queued:
+                logger.error("tomolive: run %s failed after its stop: %s", self.uid, reason)
+                self.engine.submit(self.uid, lambda: self._record_end("failed", reason))
+        if queued:
+            return
+        if first_end:
+            self._resolve("failed", reason)
+        else:
+            logger.error("tomolive: run %s (already ended): %s", self.uid, reason)
+
+    def _resolve(self, status: str, reason: str) -> None:
         logger.error("tomolive: run %s %s: %s", self.uid, status, reason)
         self.engine.resolve(self.uid, lambda: self._record_end(status, reason))
         if self._ingest is not None and threading.current_thread() is not self._ingest:
@@ -149,6 +179,13 @@ class ScanSession:
     # -- the ingest thread --------------------------------------------------------------
 
     def _ingest_frames(self) -> None:
+        try:
+            self._ingest_until_end()
+        finally:  # the pipeline remembers recent runs: keep none of this one's frames
+            self.dark = self.flat = None
+            self.calibration = {name: [] for name in CALIBRATIONS}
+
+    def _ingest_until_end(self) -> None:
         while not self.ended:
             item = self._queue.get()
             if item is None:
@@ -170,12 +207,25 @@ class ScanSession:
             except queue.Empty:
                 return
 
+    def _check_frame(self, kind: str, frame: np.ndarray) -> None:
+        if frame.ndim != 2:
+            raise BadInputError(f"a {kind} frame has shape {frame.shape!r}; expected a 2-D detector image (rows, columns).")
+        if self._frame_shape is None:
+            self._frame_shape = frame.shape
+        elif frame.shape != self._frame_shape:
+            raise BadInputError(
+                f"a {kind} frame has shape {frame.shape!r} but the frames before it have {self._frame_shape!r}; "
+                "darks, flats and projections must all have the detector's shape."
+            )
+
     def _add_calibration(self, kind: str, frame: np.ndarray) -> None:
+        self._check_frame(kind, frame)
         if self.spool is not None:
             raise BadInputError(f"a {kind} frame arrived after the projections began; take darks and flats first.")
         self.calibration[kind].append(frame)
 
     def _add_projection(self, frame: np.ndarray, angle_deg: float) -> None:
+        self._check_frame("projection", frame)
         if self.spool is None:
             self._start(frame)
         prepared = prepare_projection(frame, self.flat, self.dark, self.engine.params)
@@ -185,14 +235,15 @@ class ScanSession:
 
     def _finish(self) -> None:
         if self.spool is None:
-            raise MissingDataError("the scan ended before any projection arrived.")
+            raise MissingDataError("the scan was stopped before any projection arrived.")
         self.spool.finish()
         self.provenance.inputs.update(n_angles=len(self.spool), angles_deg=self.spool.angles)
-        with self._end_lock:
+        with self._end_lock:  # held while queueing, so invalidate() queues after it
             if self.ended:
                 return
             self.ended = True
-        self.engine.submit(self.uid, self._process)
+            self._submitted = True
+            self.engine.submit(self.uid, self._process)
 
     def _start(self, frame: np.ndarray) -> None:
         for name, frames in self.calibration.items():
@@ -204,11 +255,6 @@ class ScanSession:
         params = self.engine.params
         self.dark = reduce_frames(np.stack(self.calibration["dark"]), params.flat_reduce, name="darks")
         self.flat = reduce_frames(np.stack(self.calibration["flat"]), params.flat_reduce, name="flats")
-        if self.dark.shape != frame.shape or self.flat.shape != frame.shape:
-            raise BadInputError(
-                f"projection 0 has shape {frame.shape!r} but darks have {self.dark.shape!r} "
-                f"and flats {self.flat.shape!r}."
-            )
         self.provenance.inputs.update(
             frame_shape=list(frame.shape), frame_dtype=str(frame.dtype),
             n_darks=len(self.calibration["dark"]), n_flats=len(self.calibration["flat"]),
@@ -257,7 +303,7 @@ class ScanSession:
                 self._reconstruct(record)
                 patiently(lambda: record.set_status("complete", **self._outcome()), "mark it complete",
                           self.engine.patience_s)  # fmt: skip
-                return ProcessedRun(self.uid, "complete", record.node.uri)
+                return self._announce(ProcessedRun(self.uid, "complete", record.node.uri))
             except Exception as err:
                 if not is_unreachable(err):
                     raise
@@ -280,10 +326,17 @@ class ScanSession:
         if params.denoise is not None:
             self._denoise(sink, center)
         sink.update(progress={"stage": "analysis"})
+        n_rows, n_cols = self.spool.frame_shape
+        blocks = row_blocks(n_rows, params.rows_per_block)
         self.analysis = analyse_scan(
-            sink, recon, row_blocks(self.spool.frame_shape[0], params.rows_per_block), params,
-            self.engine.dask_client(), self.provenance, center.confidence,
+            sink, recon, blocks, params, self.engine.dask_client(), self.provenance, center.confidence,
         )  # fmt: skip
+        if params.extra_stages:
+            sink.update(progress={"stage": "extra_stages"})
+            self.analysis.update(run_extra_stages(
+                sink, recon, (n_rows, n_cols, n_cols), blocks, params, self.engine.dask_client(),
+                self.provenance, self.engine.progress,
+            ))  # fmt: skip
 
     def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult) -> None:
         params = self.engine.params
@@ -309,12 +362,32 @@ class ScanSession:
             "Tiled is unreachable (%s): the result of run %s is kept in %s. Upload it when the "
             "server is back with:  tomolive upload-spool %s", err, self.uid, entry.path, entry.path,
         )  # fmt: skip
-        return ProcessedRun(self.uid, "complete", None, f"Tiled unreachable: {err}", str(entry.path))
+        return self._announce(ProcessedRun(self.uid, "complete", None, f"Tiled unreachable: {err}", str(entry.path)))
+
+    def _announce(self, outcome: ProcessedRun) -> ProcessedRun:
+        """Tell the result subscribers (QC alerts first, then the status); return ``outcome``."""
+        complete = outcome.status == "complete"
+        qc = self.analysis.get("qc", {})
+        payload = {
+            "uid": self.uid, "status": outcome.status, "uri": outcome.uri, "outbox": outcome.outbox,
+            "reason": outcome.reason, "sample": self.metadata.get("sample"), "scan_id": self.metadata.get("scan_id"),
+            "stages": self.stages_done() if complete else list(self.provenance.stage_seconds),
+            "qc": qc, "metrics": self.analysis.get("metrics", {}),
+        }  # fmt: skip
+        for alert in qc.get("alerts", []) if complete else []:
+            self.engine.events.emit("qc_alert", {**payload, "alert": alert})
+        self.engine.events.emit(outcome.status, payload)
+        return outcome
 
     def _record_end(self, status: str, reason: str) -> ProcessedRun:
+        """Mark the run ended without a result, in Tiled or else the outbox; tell subscribers."""
+        return self._announce(self._store_end(status, reason))
+
+    def _store_end(self, status: str, reason: str) -> ProcessedRun:
         """Mark the run ended without a result, in Tiled or else the outbox; never raises."""
         if self.preview is not None:
             self.preview.close(timeout=0)
+            self.preview = None
         if self.spool is not None:
             self.spool.remove()
         extra = {"reason": reason, "provenance": self.provenance.as_dict()}
@@ -334,6 +407,7 @@ class ScanSession:
     def _close_preview(self) -> None:
         if self.preview is not None:
             self.preview.close(timeout=self.engine.patience_s)
+            self.preview = None
 
     def stages_done(self) -> list[str]:
         params = self.engine.params
@@ -344,4 +418,4 @@ class ScanSession:
         }
         optional_after = {"denoise": params.denoise is not None, "segment": bool(params.segment)}
         stages = ["normalize", *[name for name, on in optional.items() if on], "center", "recon"]
-        return [*stages, *[name for name, on in optional_after.items() if on], "qc"]
+        return [*stages, *[name for name, on in optional_after.items() if on], "qc", *params.extra_stages]

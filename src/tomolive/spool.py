@@ -37,7 +37,7 @@ class ProjectionSpool:
         self.array = array
         self.rows_per_block = rows_per_block
         self.angles: list[float] = []
-        self._buffer = np.empty((array.chunks[0], *array.shape[1:]), dtype=np.float32)
+        self._buffer: np.ndarray | None = np.empty((array.chunks[0], *array.shape[1:]), dtype=np.float32)
         self._flushed = 0
 
     @classmethod
@@ -88,12 +88,18 @@ class ProjectionSpool:
         self._flushed = stop
 
     def finish(self) -> None:
-        """Write what is buffered and trim the array to exactly the frames received."""
+        """Write what is buffered and trim the array to exactly the frames received.
+
+        The buffer (up to ``BUFFER_BYTES``) is released: nothing is appended after this.
+        """
         self._flush()
         self.array.resize((len(self), *self.frame_shape))
+        self._buffer = None
 
     def remove(self) -> None:
+        """Delete the scratch array and release the buffer."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self._buffer = None
 
 
 def _round_up(n: int, multiple: int) -> int:
