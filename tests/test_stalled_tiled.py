@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ from bluesky import RunEngine
 
 from tests.conftest import free_port
 from tomolive.callbacks import TomoPipeline
+from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
-from tomolive.store import connect
+from tomolive.outbox import OutboxEntry, pending
+from tomolive.store import connect, processed_for
 
 
 def _server_process(settings: Settings) -> psutil.Process:
@@ -36,9 +39,11 @@ def own_server(tmp_path: Path) -> Iterator[Settings]:
         yield settings
 
 
-def _scan(beamline, pipe: TomoPipeline, n_angles: int = 60) -> str:
+def _scan(beamline, pipe: TomoPipeline, n_angles: int = 60, *also: Callable[[str, dict], None]) -> str:
+    """Run ``tomo_scan`` with ``pipe`` and then each callback in ``also`` subscribed."""
     RE = RunEngine()
-    RE.subscribe(pipe)
+    for callback in (pipe, *also):
+        RE.subscribe(callback)
     (uid,) = RE(
         tomo_scan(
             beamline.detector, beamline.rotation, np.linspace(0, 180, n_angles, endpoint=False), 2, 2,
@@ -99,3 +104,90 @@ def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_
         assert node.metadata["provenance"]["inputs"]["n_angles"] == 60
         np.testing.assert_array_equal(node["recon"].read(), local)
     assert not (outbox / uid).exists()
+
+
+def _kill_after(n_events: int, server: psutil.Process, client) -> Callable[[str, dict], None]:
+    """A callback that SIGKILLs ``server`` on the ``n_events``-th primary event, once the scan's
+    ``processed`` and ``raw`` containers exist there (so the server dies mid-write, not before)."""
+    primary: set[str] = set()
+    seen = {"events": 0, "uid": None}
+
+    def kill(name: str, doc: dict) -> None:
+        if name == "start":
+            seen["uid"] = doc["uid"]
+        elif name == "descriptor" and doc.get("name") == "primary":
+            primary.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in primary:
+            seen["events"] += 1
+            if seen["events"] == n_events:
+                deadline = time.monotonic() + 60
+                while not (seen["uid"] in client["processed"] and seen["uid"] in client["raw"]):
+                    assert time.monotonic() < deadline, "the scan's containers never appeared in Tiled"
+                    time.sleep(0.1)
+                server.kill()
+                server.wait(timeout=30)
+
+    return kill
+
+
+def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delivers_both(
+    tmp_path, dask_client, beamline, monkeypatch, capsys
+):
+    data_dir, port, outbox = tmp_path / "tiled", free_port(), tmp_path / "outbox"
+    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(outbox))
+    with running_server(Settings(data_dir=data_dir, port=port)) as settings:
+        client = connect(settings.uri, api_key=settings.api_key, timeout_s=2.0)
+        with TomoPipeline.from_uri(
+            settings.uri, api_key=settings.api_key, dask=dask_client, timeout_s=2.0,
+            scratch_dir=tmp_path, outbox_dir=outbox, patience_s=3.0, progress=False,
+        ) as pipe:  # fmt: skip
+            killer = _kill_after(20, _server_process(settings), client)
+            uid = _scan(beamline, pipe, 60, raw_writer(client, outbox, batch_size=5), killer)  # the plan ran to its end
+            result = pipe.wait(uid, timeout=300)
+
+    # Spooled: the processed result, whole, and every document of the raw run.
+    assert result.status == "complete" and result.uri is None and result.outbox == str(outbox / uid)
+    entry = OutboxEntry(outbox / uid)
+    assert entry.metadata()["status"] == "complete" and entry.metadata()["provenance"]["inputs"]["n_angles"] == 60
+    local = entry.volumes()["recon"][:]
+    assert local.shape == (16, 96, 96) and np.isfinite(local).all() and np.ptp(local[8]) > 0
+    (backup,) = pending_raw(outbox)
+    docs = read_backup(backup)
+    assert docs[0][1]["uid"] == uid and docs[-1][1]["exit_status"] == "success"
+    assert docs[-1][1]["num_events"]["primary"] == 60
+
+    with running_server(Settings(data_dir=data_dir, port=port)) as settings:  # the server is back
+        client = connect(settings.uri, api_key=settings.api_key)
+        # Nothing marked complete that is not: what the dead server left says so.
+        assert client["processed"][uid].metadata["status"] == "running"
+        assert "stop" not in client["raw"][uid].metadata
+        kept = tmp_path / backup.name
+        kept.write_bytes(backup.read_bytes())
+
+        assert tomolive_main(["upload-spool", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        assert pending(outbox) == [] and pending_raw(outbox) == []
+        client = connect(settings.uri, api_key=settings.api_key)
+        node = client["processed"][uid]
+        assert node.metadata["status"] == "complete" and node.metadata["uploaded"]["from"] == str(outbox / uid)
+        assert list(processed_for(client, uid)) == [uid]  # replaced, not duplicated
+        np.testing.assert_array_equal(node["recon"].read(), local)
+        run = client["raw"][uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        frames = run["primary"]["sim_det_image"]
+        assert frames.shape == (60, 16, 96) and frames.read().std() > 0
+
+        # Re-running is safe: a backup of a run already in Tiled is only removed.
+        backup.write_bytes(kept.read_bytes())
+        assert tomolive_main(["upload-spool", str(backup), "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        assert not backup.exists() and client["raw"][uid]["primary"]["sim_det_image"].shape[0] == 60
+        assert tomolive_main(["upload-spool", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        assert "nothing to upload" in capsys.readouterr().out
+
+        # Nothing lost: the uploaded raw run reconstructs to the volume spooled during the scan.
+        code = tomolive_main([
+            "process", run.uri, "--uri", settings.uri, "--api-key", settings.api_key,
+            "--dask", dask_client.scheduler.address,
+        ])  # fmt: skip
+        assert code == 0
+        again = connect(settings.uri, api_key=settings.api_key)["processed"][uid]["recon"].read()
+        np.testing.assert_allclose(again, local, atol=1e-6 * np.ptp(local))

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Settings
@@ -155,24 +156,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_upload_spool(args: argparse.Namespace) -> int:
-    """Upload results kept in the local outbox while Tiled was unreachable."""
+    """Upload results and raw runs kept in the local outbox while Tiled was unreachable.
+
+    Raw runs (``*.jsonl`` TiledWriter backups) go first, so each result's ``raw`` link
+    resolves once it is uploaded.
+    """
+    from .callbacks.raw_backup import pending_raw, replay_raw
     from .outbox import OutboxEntry, default_outbox, pending, upload
     from .store import connect
 
     settings = _settings(args)
-    entries = [OutboxEntry(p) for p in args.paths] if args.paths else pending(default_outbox())
-    if not entries:
-        print(f"nothing to upload: the outbox {default_outbox()} is empty")
+    outbox = default_outbox()
+    paths = [Path(p) for p in args.paths]
+    raw = [p for p in paths if p.suffix == ".jsonl"] if paths else pending_raw(outbox)
+    entries = [OutboxEntry(p) for p in paths if p.suffix != ".jsonl"] if paths else pending(outbox)
+    if not raw and not entries:
+        print(f"nothing to upload: the outbox {outbox} is empty")
         return 0
     key = _key_or_none(settings)
     client = connect(settings.uri, api_key=key)
+    jobs = [(p, lambda p=p: replay_raw(p, client)) for p in raw]
+    jobs += [(e.path, lambda e=e: upload(e, client, key)) for e in entries]
     failures = 0
-    for entry in entries:
+    for path, job in jobs:
         try:
-            print(f"uploaded {entry.path} -> {upload(entry, client, key)}")
-        except Exception as err:  # keep going: each entry stays on disk until it is safely in Tiled
+            print(f"uploaded {path} -> {job()}")
+        except Exception as err:  # keep going: each stays on disk until it is safely in Tiled
             failures += 1
-            print(f"could not upload {entry.path}: {type(err).__name__}: {err} (kept)", file=sys.stderr)
+            print(f"could not upload {path}: {type(err).__name__}: {err} (kept)", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -258,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept bluesky's default pickled documents (runs code from the sender)")
     worker.set_defaults(func=cmd_worker)
 
-    upload = sub.add_parser("upload-spool", help="upload results kept locally while Tiled was down")
-    upload.add_argument("paths", nargs="*", help="outbox entries (default: every entry in the outbox)")
+    upload = sub.add_parser("upload-spool", help="upload results and raw runs kept locally while Tiled was down")
+    upload.add_argument("paths", nargs="*", help="outbox entries or raw-run backups (raw/*.jsonl); "
+                                                    "default: everything in the outbox")
     upload.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
     upload.add_argument("--data-dir", help="where to find the key file")
     upload.add_argument("--api-key")

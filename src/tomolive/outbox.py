@@ -7,6 +7,7 @@ result is not dropped: it is written here, in the same layout Tiled would hold, 
     <outbox>/<raw uid>/
         record.json        the container metadata (status, reason, provenance, ...)
         recon.zarr         each volume, same chunks as in Tiled, its metadata in the attrs
+    <outbox>/raw/<uid prefix>.jsonl   raw runs TiledWriter could not write (see tomolive.callbacks.raw_backup)
 """
 
 from __future__ import annotations

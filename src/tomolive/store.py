@@ -107,7 +107,12 @@ def raw_root(client: BaseClient) -> BaseClient:
 
 def jsonable(value: Any) -> Any:
     """``value`` with numpy scalars/arrays, paths and mappings turned into plain JSON types."""
-    return json.loads(json.dumps(value, default=_json_default))
+    return json.loads(to_json(value))
+
+
+def to_json(value: Any) -> str:
+    """``value`` as JSON text, numpy scalars/arrays, paths and mappings included."""
+    return json.dumps(value, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
