@@ -310,16 +310,16 @@ def qc_alerts(metrics: Mapping[str, Any], thresholds: QCThresholds | None = None
     Examples
     --------
     >>> qc_alerts({"snr": 2.0, "ring_severity": 0.001})
-    ['low signal-to-noise ratio: SNR 2.0 < 5 (min_snr); raise the dose or exposure, or denoise']
+    ['low signal-to-noise ratio: SNR 2 < 5 (min_snr); raise the dose or exposure, or denoise']
     """
     t = thresholds or QCThresholds()
     checks = [
         ("snr", "min_snr", lambda v, lim: v < lim,
-         "low signal-to-noise ratio: SNR {v:.1f} < {lim:g} (min_snr); raise the dose or exposure, or denoise"),
+         "low signal-to-noise ratio: SNR {v:.3g} < {lim:g} (min_snr); raise the dose or exposure, or denoise"),
         ("cnr", "min_cnr", lambda v, lim: v < lim,
-         "low pore/solid contrast-to-noise ratio: CNR {v:.1f} < {lim:g} (min_cnr); phases will be hard to separate"),
+         "low pore/solid contrast-to-noise ratio: CNR {v:.3g} < {lim:g} (min_cnr); phases will be hard to separate"),
         ("ring_severity", "max_ring_severity", lambda v, lim: v > lim,
-         "ring artefacts: severity {v:.3f} > {lim:g} (max_ring_severity); turn on stripe removal "
+         "ring artefacts: severity {v:.2g} > {lim:g} (max_ring_severity); turn on stripe removal "
          "(stripe_method='sort' or 'combined')"),
         ("edge_width_px", "max_edge_width", lambda v, lim: v > lim,
          "blurred edges: 10-90% width {v:.1f} px > {lim:g} px (max_edge_width); check the rotation centre, "
