@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from .pipeline import _run_blocks, gpu_resources
+from .pipeline import run_blocks, gpu_resources
 from .provenance import Provenance
 from .qc import QCThresholds, qc_alerts, qc_metrics
 from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
@@ -61,7 +61,7 @@ def analyse_scan(
             target = sink.new_volume("segmented", tuple(volume.shape), params.rows_per_block, dtype=np.dtype(np.uint8),
                                      metadata={"phases": list(model.phases) if model else None})  # fmt: skip
             name = model.name if model is not None else None
-            _run_blocks(
+            run_blocks(
                 client, "segment", segment_block,
                 [(recon, target, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
                  for i, rows in enumerate(blocks)],

@@ -8,9 +8,8 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from .config import Settings
+from .config import Settings, split_password
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -32,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .web import web_url
 
     settings = _settings(args)
-    catalog = "PostgreSQL " + _without_password(settings.catalog_uri) if settings.catalog_uri else "SQLite"
+    catalog = f"PostgreSQL {split_password(settings.catalog_uri)[0]}" if settings.catalog_uri else "SQLite"
     with running_server(settings, console=True) as server:
         key = "TOMOLIVE_API_KEY" if settings.api_key else f"{server.key_file} (mode 600)"
         reads = "anyone may read (--public)" if server.public else "reads need a key too"
@@ -51,13 +50,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("tomolive: stopping the Tiled server", flush=True)
     return 0
-
-
-def _without_password(uri: str) -> str:
-    parsed = urlsplit(uri)
-    if parsed.password is None:
-        return uri
-    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
 def cmd_key(args: argparse.Namespace) -> int:

@@ -19,11 +19,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import BadInputError, MissingDataError
 
 KEY_FILE_NAME = "api_key"
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def split_password(uri: str) -> tuple[str, str | None]:
+    """A PostgreSQL URI without its password, and the password (None when it has none).
+
+    Tiled 0.2.20 initialises a new authentication database in a subprocess handed
+    ``str(engine.url)``, where SQLAlchemy masks the password as ``***``; so the password
+    travels in ``PGPASSWORD`` instead (asyncpg and libpq read it when a URI has none).
+    """
+    parsed = urlsplit(uri)
+    if not uri.startswith(POSTGRESQL_SCHEMES) or parsed.password is None:
+        return uri, None
+    netloc = parsed.netloc.replace(f":{parsed.password}@", "@", 1)
+    return urlunsplit(parsed._replace(netloc=netloc)), unquote(parsed.password)
 
 
 @dataclass(frozen=True)

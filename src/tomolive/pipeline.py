@@ -248,7 +248,7 @@ def row_blocks(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
     return [(r, min(r + rows_per_block, n_rows)) for r in range(0, n_rows, rows_per_block)]
 
 
-def _run_blocks(client: Client, name: str, function: Callable, args: list[tuple], progress: bool,
+def run_blocks(client: Client, name: str, function: Callable, args: list[tuple], progress: bool,
                 on_progress: Callable[[int, int], None] | None, *,
                 resources: dict[str, float] | None = None) -> list[Any]:  # fmt: skip
     """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask; results in completion order.
@@ -307,7 +307,7 @@ def reconstruct_scan(
     )  # fmt: skip
     gpu = gpu_resources(client)
     with provenance.stage("recon"):
-        results = _run_blocks(
+        results = run_blocks(
             client, "recon", reconstruct_block,
             [(str(spool.path), i, rows, angles, center.center, params, target) for i, rows in enumerate(blocks)],
             progress, on_progress, resources=_recon_resources(params.method, gpu),
@@ -403,7 +403,7 @@ def denoise_scan(
             overwrite=True,
         )  # fmt: skip
         with provenance.stage("denoise_splits"):
-            _run_blocks(
+            run_blocks(
                 client, "n2i-splits", split_block,
                 [(str(spool.path), str(scratch), rows, angles, center, params) for rows in blocks],
                 progress, on_progress and (lambda d, t: on_progress("denoise_splits", d, t)),
@@ -436,7 +436,7 @@ def denoise_scan(
                       "center": center},
         )  # fmt: skip
         with provenance.stage("denoise"):
-            _run_blocks(
+            run_blocks(
                 client, "n2i-denoise", denoise_block,
                 [(blob, str(scratch), i, rows, config, target) for i, rows in enumerate(blocks)],
                 progress, on_progress and (lambda d, t: on_progress("denoise", d, t)), resources=gpu,

@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from .config import POSTGRESQL_SCHEMES, Settings
+from .config import Settings, split_password
 from .errors import TomoliveError
 from .keys import issue_writer_key, principal_of
 
@@ -36,7 +35,7 @@ def server_command(settings: Settings, admin_password: str) -> tuple[list[str], 
     """The ``tiled serve config`` command line and environment for ``settings``."""
     data_dir = settings.data_dir.absolute()
     (data_dir / "zarr").mkdir(parents=True, exist_ok=True)
-    auth_uri, auth_password = _split_password(settings.auth_db_uri)
+    auth_uri, auth_password = split_password(settings.auth_db_uri)
     env = {
         **os.environ,
         "TOMOLIVE_DATA_DIR": str(data_dir),
@@ -54,20 +53,6 @@ def server_command(settings: Settings, admin_password: str) -> tuple[list[str], 
     if settings.public:
         command.append("--public")
     return command, env
-
-
-def _split_password(uri: str) -> tuple[str, str | None]:
-    """A PostgreSQL URI without its password, and the password.
-
-    Tiled 0.2.20 initialises a new authentication database in a subprocess handed
-    ``str(engine.url)``, where SQLAlchemy masks the password as ``***``; so the password
-    travels in ``PGPASSWORD`` instead (asyncpg and libpq read it when a URI has none).
-    """
-    parsed = urlsplit(uri)
-    if not uri.startswith(POSTGRESQL_SCHEMES) or parsed.password is None:
-        return uri, None
-    netloc = parsed.netloc.replace(f":{parsed.password}@", "@", 1)
-    return urlunsplit(parsed._replace(netloc=netloc)), unquote(parsed.password)
 
 
 def wait_until_up(uri: str, timeout: float = 180.0, process: subprocess.Popen | None = None) -> None:

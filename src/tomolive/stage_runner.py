@@ -18,7 +18,7 @@ import numpy as np
 from distributed import Client
 
 from .errors import BadInputError, ProcessingError
-from .pipeline import ResultSink, _run_blocks
+from .pipeline import ResultSink, run_blocks
 from .provenance import Provenance
 from .stages import load_stage
 from .store import VolumeTarget
@@ -72,7 +72,7 @@ def run_extra_stages(
                 target = sink.new_volume(name, shape, params.rows_per_block, dtype=np.dtype(stage.dtype),
                                          metadata={"stage": name, "source": "recon", "params": kwargs})  # fmt: skip
             args = [(name, kwargs, source, target, i, rows, shape[0]) for i, rows in enumerate(blocks)]
-            results = _run_blocks(client, name, stage_block, args, progress, None)
+            results = run_blocks(client, name, stage_block, args, progress, None)
         if stage.output == "metrics":
             metrics[name] = _slice_weighted_mean(name, results)
     provenance.results["extra_stages"] = records
