@@ -17,12 +17,19 @@ Reported per run:
 - peak RSS of each Dask worker, of this (client) process and of the Tiled server during
   processing, polled every 0.2 s with psutil, beside the worker's RSS just before.
 
-Then both volumes are read back through Tiled and compared (max |difference| over the
-value range). The projections of the phantom are computed once and cached, so the second
-scan's acquisition is faster than the first: compare processing times, not acquisition.
+The worker counts are run in turn ``--repeat`` times (1, 2, 1, 2, 1, 2 by default): this
+machine's speed drifts by 20 % from one minute to the next, so the figure of merit is the
+median processing time per worker count and the speed-up is the ratio of those medians
+(the median of the run-by-run ratios is printed beside it).
 
-    PYTHONPATH=src python bench/scan.py            # 512^3
-    PYTHONPATH=src python bench/scan.py --quick    # 256^3
+Then the first 1-worker and 2-worker volumes are read back through Tiled and compared (max
+|difference| over the value range). The projections of the phantom are computed once and
+cached, so later scans' acquisition is faster than the first: compare processing times,
+not acquisition.
+
+    PYTHONPATH=src python bench/scan.py                # 512^3, 3 rounds
+    PYTHONPATH=src python bench/scan.py --quick        # 256^3
+    PYTHONPATH=src python bench/scan.py --repeat 1     # one round
 """
 
 from __future__ import annotations
@@ -307,6 +314,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="N = 256")
     ap.add_argument("--rows-per-block", type=int, default=PipelineParams().rows_per_block)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3, help="rounds over the worker counts (default 3)")
     ap.add_argument("--cold", action="store_true",
                     help="no worker warm-up: each fresh worker pays its Tiled-client import and "
                          "FFTW planning inside the timed processing")
@@ -334,8 +342,8 @@ def main(argv=None):
                 compute_device()  # provenance imports torch (~3 s)
                 warm = ScanRecord.create(tiled, "bench-warm-up", {"sample": "warm-up"})
                 warm.new_volume("recon", (16, 16, 16), 16)  # server's first array (~2 s)
-            for k in args.workers:
-                print(f"\n{k} worker(s): scanning ...", flush=True)
+            for round_, k in ((r, k) for r in range(args.repeat) for k in args.workers):
+                print(f"\nround {round_ + 1}/{args.repeat}, {k} worker(s): scanning ...", flush=True)
                 run = run_once(k, phantom, angles, settings, params, tmp, f"bench-foam-{n}",
                                args.cold)
                 runs.append(run)
@@ -346,30 +354,42 @@ def main(argv=None):
                       f"reconstruct per worker {run['tasks']['first_recon_s']} s; busy "
                       f"{run['tasks']['busy_fraction']}; CPU s during processing "
                       f"{run['cpu_s_processing']}", flush=True)
-            check = compare_volumes(tiled, runs[0]["uid"], runs[-1]["uid"]) if len(runs) > 1 else None
+            first = {}
+            for run in runs:
+                first.setdefault(run["workers"], run)
+            check = (compare_volumes(tiled, first[args.workers[0]]["uid"], first[args.workers[-1]]["uid"])
+                     if len(first) > 1 else None)  # fmt: skip
     client_maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-    base = runs[0]["processing_s"]
+    medians = {k: float(np.median([r["processing_s"] for r in runs if r["workers"] == k])) for k in args.workers}
+    base = medians[args.workers[0]]
     print(f"\n{n}^3 scan, rows_per_block={args.rows_per_block}, "
           f"{'cold' if args.cold else 'warmed'} workers: processing = stop document -> "
           f"pipe.wait() complete")
-    print(f"{'workers':>7} {'processing s':>13} {'speed-up':>9} {'end-to-end s':>13} "
+    print(f"{'round':>5} {'workers':>7} {'processing s':>13} {'speed-up':>9} {'end-to-end s':>13} "
           f"{'worker RSS MB (before -> peak)':>34} {'client peak MB':>15} {'tiled peak MB':>14}")
-    for run in runs:
-        run["speedup"] = round(base / run["processing_s"], 2)
+    per_round = len(args.workers)
+    for i, run in enumerate(runs):
+        # against the same round's first worker count: the machine's speed drifts between rounds
+        run["speedup"] = round(runs[i - i % per_round]["processing_s"] / run["processing_s"], 2)
         peak, before = run["peak_rss_processing_mb"], run["rss_before_processing_mb"]
         workers = ", ".join(f"{before.get(w, 0):.0f}->{peak[w]:.0f}"
                             for w in sorted(peak) if w.startswith("worker"))
-        print(f"{run['workers']:>7} {run['processing_s']:>13.2f} {run['speedup']:>8.2f}x "
+        print(f"{i // per_round + 1:>5} {run['workers']:>7} {run['processing_s']:>13.2f} {run['speedup']:>8.2f}x "
               f"{run['end_to_end_s']:>13.1f} {workers:>34} {peak.get('client', 0):>15.0f} "
               f"{peak.get('tiled-server', 0):>14.0f}")
+    speedups = {k: round(base / medians[k], 2) for k in args.workers}
+    ratio_medians = {k: float(np.median([r["speedup"] for r in runs if r["workers"] == k])) for k in args.workers}
+    for k in args.workers:
+        print(f"median of {args.repeat}: {k} worker(s) {medians[k]:.2f} s -> speed-up {speedups[k]:.2f}x "
+              f"(median of the rounds' ratios {ratio_medians[k]:.2f}x)")
     print(f"client process lifetime max RSS {client_maxrss_mb:.0f} MB (holds the cached "
           f"projections, {n ** 3 * 4 / MB:.0f} MB, and the phantom)")
     if check:
-        print(f"1 vs {runs[-1]['workers']} workers, read back through Tiled: max |diff| "
+        print(f"{args.workers[0]} vs {args.workers[-1]} workers, read back through Tiled: max |diff| "
               f"{check['max_abs_diff']:.3g} over range {check['value_range'][1] - check['value_range'][0]:.3g} "
               f"-> relative {check['rel_diff']:.2e} ({'OK' if check['rel_diff'] < 1e-5 else 'DIFFERENT'})")
-        for run, stages, dask in zip((runs[0], runs[-1]), check["stages_s"], check["dask"]):
+        for run, stages, dask in zip((first[args.workers[0]], first[args.workers[-1]]), check["stages_s"], check["dask"]):
             print(f"  {run['workers']} worker(s): seconds per stage {stages}; dask {dask}")
         c = check["center"] or {}
         print(f"  centre found {c.get('center')} by {c.get('method')} (true {(n - 1) / 2})")
@@ -378,7 +398,10 @@ def main(argv=None):
         path = append_result("scan", {
             "bench": "scan", "size": n, "angles": n, "rows_per_block": args.rows_per_block,
             "block_mb": round(block_mb, 1), "volume_mb": round(n ** 3 * 4 / MB, 1),
-            "photons": 5000, "cold_workers": args.cold, "machine": info, "runs": runs,
+            "photons": 5000, "cold_workers": args.cold, "machine": info, "repeat": args.repeat,
+            "median_processing_s": {str(k): v for k, v in medians.items()},
+            "speedup_of_medians": {str(k): v for k, v in speedups.items()},
+            "median_round_speedup": {str(k): v for k, v in ratio_medians.items()}, "runs": runs,
             "client_lifetime_maxrss_mb": round(client_maxrss_mb, 1), "check": check,
         })
         print(f"\nappended to {path}")

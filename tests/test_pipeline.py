@@ -1,19 +1,20 @@
-"""The Dask pipeline: identical volumes whatever the number of workers; frame preparation."""
+"""The Dask pipeline: identical volumes whatever the number of workers, QC beside the blocks; frame preparation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.devices import make_sim_beamline
 from tomolive.errors import BadInputError
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import PaganinParams, PipelineParams, prepare_projection, row_blocks
+from tomolive.pipeline import PaganinParams, PipelineParams, blocks_holding, prepare_projection, row_blocks
 from tomolive.plans import tomo_scan
+from tomolive.qc import sampled_slices
 
 
 def scan_and_read(tiled_server, dask, tmp_path, beamline, params):
@@ -77,3 +78,28 @@ def test_prepare_projection_removes_zingers_and_applies_paganin():
     raw = prepare_projection(image, flat, dark, PipelineParams())
     assert smooth.max() < raw.max()  # the spike is spread out by the low-pass filter
     assert abs(np.mean(np.exp(-smooth)) - np.mean(np.exp(-raw))) < 0.01  # mean transmission kept
+
+
+def test_qc_starts_once_its_slices_are_written_and_runs_beside_the_other_blocks(tiled_server, tmp_path):
+    """QC reads 8 slices: the blocks holding them go first, QC follows them on a one-worker
+    cluster ahead of the remaining blocks, so on more workers it overlaps the reconstruction."""
+    params = PipelineParams(rows_per_block=4)  # 16 blocks; QC's slices lie in 8 of them
+    phantom = make_foam((64, 64, 64), seed=5)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client, get_task_stream(client) as stream:  # fmt: skip
+        node = scan_and_read(tiled_server, client, tmp_path, make_sim_beamline(phantom, photons=None), params)
+    computed = {
+        task["key"]: next(s for s in task["startstops"] if s["action"] == "compute")
+        for task in stream.data
+        if task["key"].startswith(("recon-block-", "qc-"))
+    }
+    qc = next(times for key, times in computed.items() if key.startswith("qc-"))
+    recon = {int(key.split("-")[2]): times for key, times in computed.items() if key.startswith("recon-block-")}
+    assert sorted(recon) == list(range(16))
+    holding = blocks_holding(row_blocks(64, 4), sampled_slices(64))
+    assert holding == [0, 2, 4, 6, 9, 11, 13, 15]
+    assert all(recon[i]["stop"] <= qc["start"] for i in holding)
+    later = sorted(recon[i]["start"] for i in recon if i not in holding)
+    assert qc["start"] < later[len(later) // 2]  # it did not wait for the rest (a block or two may start first)
+    metadata = node.metadata
+    assert metadata["qc"]["slices_used"] == 8 and metadata["provenance"]["seconds_per_stage"]["qc"] > 0

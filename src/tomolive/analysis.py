@@ -2,7 +2,9 @@
 
 QC runs for every scan (a few slices, about a second): SNR/CNR, ring severity, edge width
 and the centre-finding confidence, with alerts where a number passes its threshold
-(:class:`tomolive.qc.QCThresholds`, overridable by ``PipelineParams.qc_thresholds``).
+(:class:`tomolive.qc.QCThresholds`, overridable by ``PipelineParams.qc_thresholds``). It is
+a Dask task: without segmentation it starts as soon as the blocks holding its slices are
+written (:func:`submit_qc` with ``after``), overlapping the rest of the reconstruction.
 Segmentation runs when ``PipelineParams.segment`` names a method: one decision per scan
 (:func:`tomolive.segment.choose_method`), then row blocks on Dask (U-Net blocks on GPU
 workers where the cluster has them), each worker writing its ``segmented`` slab, then
@@ -12,10 +14,13 @@ porosity, phase fractions and connected-pore count.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from distributed import Client
+from distributed import Client, Future
 
 from .pipeline import run_blocks, gpu_resources
 from .provenance import Provenance
@@ -44,41 +49,68 @@ def segment_block(
     target.write_block(index, labels)
 
 
+def measure_quality(
+    volume: VolumeTarget, labels: VolumeTarget | None, n_phases: int, center_confidence: float | None,
+    thresholds: QCThresholds, after: Sequence[Any] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Dask task: QC numbers and alerts of ``volume`` (``after``: results of the tasks it waited for)."""
+    start = time.perf_counter()
+    metrics = qc_metrics(volume.open(), None if labels is None else labels.open(), n_phases=n_phases,
+                         center_confidence=center_confidence)  # fmt: skip
+    return {"metrics": metrics, "alerts": qc_alerts(metrics, thresholds), "seconds": time.perf_counter() - start}
+
+
+def submit_qc(
+    client: Client, volume: VolumeTarget, labels: VolumeTarget | None, params: Any,
+    center_confidence: float | None, after: Sequence[Future] = (),
+) -> Future:  # fmt: skip
+    """Queue :func:`measure_quality` on Dask, to run once ``after`` is done, ahead of other queued blocks."""
+    thresholds = QCThresholds.from_mapping(params.qc_thresholds or {})  # bad keys fail here, not on a worker
+    return client.submit(
+        measure_quality, volume, labels, params.n_phases or 3, center_confidence, thresholds, list(after),
+        key=f"qc-{uuid.uuid4().hex}", priority=1,
+    )  # fmt: skip
+
+
 def analyse_scan(
     sink: Any, recon: VolumeTarget, blocks: list[tuple[int, int]], params: Any, client: Client,
-    provenance: Provenance, center_confidence: float | None,
+    provenance: Provenance, center_confidence: float | None, qc: Future | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Segment (if asked) and measure ``recon``; return the container metadata to add."""
-    volume = recon.open()
+    """Segment (if asked) and measure ``recon``; return the container metadata to add.
+
+    ``qc`` is the QC task when it was submitted early (:func:`submit_qc`); else QC runs
+    here, on the segmentation's labels when there are any.
+    """
     metadata: dict[str, Any] = {}
     labels = None
     if params.segment:
+        volume = recon.open()
         with provenance.stage("segment"):
             method, model, reason = choose_method(params.segment, None, params.n_phases)
             n_phases = model.n_classes if model is not None else (params.n_phases or 3)
             value_range = intensity_range(volume)
             thresholds = otsu_thresholds(volume, n_phases) if method == "otsu" else None
-            target = sink.new_volume("segmented", tuple(volume.shape), params.rows_per_block, dtype=np.dtype(np.uint8),
+            labels = sink.new_volume("segmented", tuple(volume.shape), params.rows_per_block, dtype=np.dtype(np.uint8),
                                      metadata={"phases": list(model.phases) if model else None})  # fmt: skip
             name = model.name if model is not None else None
             run_blocks(
                 client, "segment", segment_block,
-                [(recon, target, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
+                [(recon, labels, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
                  for i, rows in enumerate(blocks)],
                 False, None, resources=gpu_resources(client) if method == "unet" else None,
             )  # fmt: skip
-            labels = target.open()
-            stats = phase_statistics(labels, n_phases)
+            stats = phase_statistics(labels.open(), n_phases)
         provenance.parameters["segment"] = {"method": params.segment, "n_phases": params.n_phases}
         provenance.results["segment"] = {
             "method": method, "reason": reason, "n_phases": n_phases, "value_range": list(value_range),
             "model": None if model is None else {"name": model.name, "sha256": model.sha256},
         }  # fmt: skip
         metadata.update(phases=stats, porosity=stats.get("porosity"))
-    with provenance.stage("qc"):
-        metrics = qc_metrics(volume, labels, n_phases=params.n_phases or 3, center_confidence=center_confidence)
-        alerts = qc_alerts(metrics, QCThresholds.from_mapping(params.qc_thresholds or {}))
-    for alert in alerts:
+    if qc is None:
+        qc = submit_qc(client, recon, labels, params, center_confidence)
+    quality = qc.result()
+    provenance.stage_seconds["qc"] = round(quality["seconds"], 4)
+    for alert in quality["alerts"]:
         logger.warning("tomolive QC: %s", alert)
-    metadata["qc"] = {**metrics, "alerts": alerts}
+    metadata["qc"] = {**quality["metrics"], "alerts": quality["alerts"]}
     return metadata

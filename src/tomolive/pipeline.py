@@ -12,14 +12,14 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
 from .errors import BadInputError
@@ -248,49 +248,111 @@ def row_blocks(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
     return [(r, min(r + rows_per_block, n_rows)) for r in range(0, n_rows, rows_per_block)]
 
 
+@dataclass
+class BlockRun:
+    """Block tasks submitted to Dask; :meth:`wait` gathers them with progress.
+
+    ``futures`` maps block index to task, in the order the tasks were submitted, which is
+    the order Dask starts them in.
+    """
+
+    client: Client
+    name: str
+    futures: dict[int, Future]
+
+    def wait(self, progress: bool, on_progress: Callable[[int, int], None] | None) -> list[Any]:
+        """Every block's result, in completion order; returns only when every block is in.
+
+        A block whose worker died is rerun by Dask (up to
+        ``distributed.scheduler.allowed-failures`` deaths, then ``KilledWorker`` is raised
+        here), so block functions must be idempotent (each block writes whole chunks).
+        """
+        results = []
+        last_update = 0.0
+        total = len(self.futures)
+        with tqdm(total=total, desc=self.name, unit="block", disable=not progress) as bar:
+            # as_completed defaults to the process's newest client's event loop; a second client
+            # (a user's own, say) would then own the futures' events and a rerun block's
+            # result() would fail with "bound to a different event loop".
+            for done, future in enumerate(as_completed(self.futures.values(), loop=self.client.loop), start=1):
+                results.append(future.result())
+                bar.update()
+                if on_progress and (time.monotonic() - last_update > PROGRESS_INTERVAL or done == total):
+                    on_progress(done, total)
+                    last_update = time.monotonic()
+        return results
+
+
+def submit_blocks(client: Client, name: str, function: Callable, args: list[tuple], *,
+                  resources: dict[str, float] | None = None, first: Sequence[int] = ()) -> BlockRun:  # fmt: skip
+    """Submit ``function(*args[i])`` for each block ``i`` on Dask: blocks ``first`` first
+    (for work that needs them early), then the others in order."""
+    run = uuid.uuid4().hex
+    order = [*first, *(i for i in range(len(args)) if i not in first)]
+    futures = {
+        i: client.submit(function, *args[i], pure=False, key=f"{name}-block-{i}-{run}", resources=resources)
+        for i in order
+    }
+    return BlockRun(client, name, futures)
+
+
+def blocks_holding(blocks: list[tuple[int, int]], rows: Sequence[int]) -> list[int]:
+    """Indices of the ``[start, stop)`` blocks that hold any of ``rows``."""
+    return [i for i, (start, stop) in enumerate(blocks) if any(start <= row < stop for row in rows)]
+
+
 def run_blocks(client: Client, name: str, function: Callable, args: list[tuple], progress: bool,
                 on_progress: Callable[[int, int], None] | None, *,
                 resources: dict[str, float] | None = None) -> list[Any]:  # fmt: skip
-    """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask; results in completion order.
-
-    Returns only when every block is in: a block whose worker died is rerun by Dask
-    (up to ``distributed.scheduler.allowed-failures`` deaths, then ``KilledWorker`` is
-    raised here), so ``function`` must be idempotent (each block writes whole chunks).
-    """
-    run = uuid.uuid4().hex
-    futures = [
-        client.submit(function, *a, pure=False, key=f"{name}-block-{i}-{run}", resources=resources)
-        for i, a in enumerate(args)
-    ]
-    results = []
-    last_update = 0.0
-    with tqdm(total=len(futures), desc=name, unit="block", disable=not progress) as bar:
-        # as_completed defaults to the process's newest client's event loop; a second client
-        # (a user's own, say) would then own the futures' events and a rerun block's
-        # result() would fail with "bound to a different event loop".
-        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
-            results.append(future.result())
-            bar.update()
-            if on_progress and (time.monotonic() - last_update > PROGRESS_INTERVAL or done == len(futures)):
-                on_progress(done, len(futures))
-                last_update = time.monotonic()
-    return results
+    """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask and wait for them all
+    (see :meth:`BlockRun.wait`); results in completion order."""
+    return submit_blocks(client, name, function, args, resources=resources).wait(progress, on_progress)
 
 
-def reconstruct_scan(
+@dataclass
+class Reconstruction:
+    """A scan's reconstruction under way on Dask: its centre, its ``recon`` volume, its blocks."""
+
+    center: CenterResult
+    target: VolumeTarget
+    blocks: list[tuple[int, int]]
+    run: BlockRun
+    gpu: bool
+    provenance: Provenance
+    started: float
+
+    def futures_for_rows(self, rows: Sequence[int]) -> list[Future]:
+        """The block tasks that write volume rows ``rows``."""
+        return [self.run.futures[i] for i in blocks_holding(self.blocks, rows)]
+
+    def wait(self, progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> None:
+        """Wait for every block; record the ``recon`` stage and the Dask run in provenance."""
+        results = self.run.wait(progress, on_progress)
+        self.provenance.stage_seconds["recon"] = round(time.perf_counter() - self.started, 4)
+        client = self.run.client
+        self.provenance.results["dask"] = {
+            "scheduler": client.scheduler.address,
+            "workers": len(client.scheduler_info()["workers"]),
+            "blocks": len(self.blocks),
+            "gpu_resource": self.gpu,
+            "task_seconds": round(sum(seconds for seconds, _ in results), 3),
+            "block_writes": dict(Counter(how for _, how in results)),
+        }
+
+
+def start_reconstruction(
     spool: ProjectionSpool,
     sink: ResultSink,
     params: PipelineParams,
     client: Client,
     provenance: Provenance,
     *,
-    progress: bool = True,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[CenterResult, VolumeTarget]:
-    """Reconstruct a finished spool into ``sink``'s ``recon`` volume on ``client``'s cluster.
+    first_rows: Sequence[int] = (),
+) -> Reconstruction:
+    """Find the centre, create ``sink``'s ``recon`` volume and submit its blocks to Dask.
 
-    Returns the rotation centre used (also in ``provenance.results["center"]``) and the
-    ``recon`` volume, for the stages after it.
+    Returns at once; :meth:`Reconstruction.wait` waits for the blocks. The blocks holding
+    ``first_rows`` are submitted first, so work that reads those rows can start early.
     """
     angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
     if len(angles) < 2:
@@ -299,28 +361,19 @@ def reconstruct_scan(
     with provenance.stage("center"):
         center = find_scan_center(spool, angles, params)
     provenance.results["center"] = center.as_dict()
-
+    started = time.perf_counter()
     blocks = row_blocks(n_rows, params.rows_per_block)
     target = sink.new_volume(
         "recon", (n_rows, n_cols, n_cols), params.rows_per_block,
         metadata={"units": "attenuation per pixel", "center": center.center},
     )  # fmt: skip
     gpu = gpu_resources(client)
-    with provenance.stage("recon"):
-        results = run_blocks(
-            client, "recon", reconstruct_block,
-            [(str(spool.path), i, rows, angles, center.center, params, target) for i, rows in enumerate(blocks)],
-            progress, on_progress, resources=_recon_resources(params.method, gpu),
-        )  # fmt: skip
-    provenance.results["dask"] = {
-        "scheduler": client.scheduler.address,
-        "workers": len(client.scheduler_info()["workers"]),
-        "blocks": len(blocks),
-        "gpu_resource": gpu is not None,
-        "task_seconds": round(sum(seconds for seconds, _ in results), 3),
-        "block_writes": dict(Counter(how for _, how in results)),
-    }
-    return center, target
+    run = submit_blocks(
+        client, "recon", reconstruct_block,
+        [(str(spool.path), i, rows, angles, center.center, params, target) for i, rows in enumerate(blocks)],
+        resources=_recon_resources(params.method, gpu), first=blocks_holding(blocks, first_rows),
+    )  # fmt: skip
+    return Reconstruction(center, target, blocks, run, gpu is not None, provenance, started)
 
 
 def split_block(

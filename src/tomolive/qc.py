@@ -106,12 +106,15 @@ def _check_volume(volume: Any) -> Any:
     return volume
 
 
+def sampled_slices(n_slices: int, max_slices: int = 8) -> list[int]:
+    """The slices QC reads from a volume of ``n_slices``: up to ``max_slices``, evenly spaced."""
+    return [int(z) for z in np.unique(np.linspace(0, n_slices - 1, min(n_slices, max_slices)).round().astype(int))]
+
+
 def _sampled(volume: Any, labels: Any, max_slices: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Up to ``max_slices`` evenly spaced slices (float64) and their labels."""
-    index = np.unique(
-        np.linspace(0, volume.shape[0] - 1, min(volume.shape[0], max_slices)).round().astype(int)
-    )
-    images = np.stack([np.asarray(volume[int(z)], dtype=np.float64) for z in index])
+    index = sampled_slices(volume.shape[0], max_slices)
+    images = np.stack([np.asarray(volume[z], dtype=np.float64) for z in index])
     if not np.isfinite(images).all():
         raise BadInputError("volume: expected finite values, found NaN/inf")
     if labels is None:
@@ -120,7 +123,7 @@ def _sampled(volume: Any, labels: Any, max_slices: int) -> tuple[np.ndarray, np.
         raise BadInputError(
             f"labels has shape {tuple(labels.shape)!r} but volume has {tuple(volume.shape)!r}"
         )
-    return images, np.stack([np.asarray(labels[int(z)]) for z in index])
+    return images, np.stack([np.asarray(labels[z]) for z in index])
 
 
 def _otsu_labels(images: np.ndarray, n_phases: int) -> np.ndarray:

@@ -36,15 +36,17 @@ import numpy as np
 from distributed import Client
 from tiled.client.base import BaseClient
 
-from .analysis import analyse_scan
+from .analysis import analyse_scan, submit_qc
 from .errors import BadInputError, MissingDataError
 from .events import ResultEvents
 from .outbox import OutboxEntry
-from .pipeline import PipelineParams, denoise_scan, prepare_projection, reconstruct_scan, row_blocks
+from .pipeline import PipelineParams, denoise_scan, prepare_projection, start_reconstruction
 from .preprocess import CenterResult
 from .preprocess import reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
+from .progress import ProgressReporter
 from .provenance import Provenance
+from .qc import sampled_slices
 from .spool import ProjectionSpool
 from .stage_runner import run_extra_stages
 from .store import ScanRecord, is_unreachable, now, patiently
@@ -237,6 +239,8 @@ class ScanSession:
         if self.spool is None:
             raise MissingDataError("the scan was stopped before any projection arrived.")
         self.spool.finish()
+        if self.preview is not None:
+            self.preview.close(timeout=0)  # its last publish runs while the volume is processed
         self.provenance.inputs.update(n_angles=len(self.spool), angles_deg=self.spool.angles)
         with self._end_lock:  # held while queueing, so invalidate() queues after it
             if self.ended:
@@ -297,10 +301,10 @@ class ScanSession:
     def _process(self) -> ProcessedRun:
         """Runs on the processing thread: reconstruct into Tiled, else into the outbox."""
         try:
-            self._close_preview()
             try:
                 record = self._record.result()
                 self._reconstruct(record)
+                self._close_preview()
                 patiently(lambda: record.set_status("complete", **self._outcome()), "mark it complete",
                           self.engine.patience_s)  # fmt: skip
                 return self._announce(ProcessedRun(self.uid, "complete", record.node.uri))
@@ -311,38 +315,39 @@ class ScanSession:
         except Exception as err:
             logger.exception("processing of run %s failed", self.uid)
             return self._record_end("failed", f"{type(err).__name__}: {err}")
-        finally:
-            self.spool.remove()
+        finally:  # deleting a spool takes ~0.2 s per 512 MB: not on the way to the result
+            self.engine.io.submit(self.spool.remove)
 
     def _reconstruct(self, sink: ScanRecord | OutboxEntry) -> None:
-        def on_progress(done: int, total: int) -> None:
-            sink.update(progress={"stage": "recon", "done": done, "total": total})
-
         params = self.engine.params
-        center, recon = reconstruct_scan(
-            self.spool, sink, params, self.engine.dask_client(), self.provenance,
-            progress=self.engine.progress, on_progress=on_progress,
-        )  # fmt: skip
-        if params.denoise is not None:
-            self._denoise(sink, center)
-        sink.update(progress={"stage": "analysis"})
+        client = self.engine.dask_client()
+        progress = ProgressReporter(sink, self.engine.io)
         n_rows, n_cols = self.spool.frame_shape
-        blocks = row_blocks(n_rows, params.rows_per_block)
+        # Without segmentation QC reads recon alone: its slices go first and it runs beside the rest.
+        qc_rows = () if params.segment else sampled_slices(n_rows)
+        recon = start_reconstruction(self.spool, sink, params, client, self.provenance, first_rows=qc_rows)
+        qc = submit_qc(client, recon.target, None, params, recon.center.confidence,
+                       after=recon.futures_for_rows(qc_rows)) if qc_rows else None  # fmt: skip
+        recon.wait(self.engine.progress, lambda done, total: progress.report(stage="recon", done=done, total=total))
+        if params.denoise is not None:
+            self._denoise(sink, recon.center, progress)
+        progress.report(stage="analysis")
         self.analysis = analyse_scan(
-            sink, recon, blocks, params, self.engine.dask_client(), self.provenance, center.confidence,
+            sink, recon.target, recon.blocks, params, client, self.provenance, recon.center.confidence, qc=qc,
         )  # fmt: skip
         if params.extra_stages:
-            sink.update(progress={"stage": "extra_stages"})
+            progress.report(stage="extra_stages")
             self.analysis.update(run_extra_stages(
-                sink, recon, (n_rows, n_cols, n_cols), blocks, params, self.engine.dask_client(),
+                sink, recon.target, (n_rows, n_cols, n_cols), recon.blocks, params, client,
                 self.provenance, self.engine.progress,
             ))  # fmt: skip
+        progress.flush()
 
-    def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult) -> None:
+    def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult, progress: ProgressReporter) -> None:
         params = self.engine.params
 
         def on_denoise_progress(stage: str, done: int, total: int) -> None:
-            sink.update(progress={"stage": stage, "done": done, "total": total})
+            progress.report(stage=stage, done=done, total=total)
 
         denoise_scan(
             self.spool, sink, params, self.engine.dask_client(), self.provenance, center.center,
@@ -355,6 +360,7 @@ class ScanSession:
         return {"stages": self.stages_done(), "provenance": self.provenance.as_dict(), **self.analysis}
 
     def _process_locally(self, err: Exception) -> ProcessedRun:
+        self._close_preview()
         entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
         self._reconstruct(entry)
         entry.set_status("complete", **self._outcome())

@@ -406,11 +406,28 @@ def _wedge_weights(height: int, width: int, radius: float) -> np.ndarray:
     return (mask * weights).astype(np.float32)
 
 
+def _shift_columns(coeffs: np.ndarray, shift: float, out: np.ndarray) -> None:
+    """``out[:, j] = f(j - shift)``: cubic B-spline interpolation along columns only.
+
+    ``coeffs`` are the rows' spline coefficients (``ndi.spline_filter1d(..., axis=1)``),
+    computed once for every shift; the 4-tap weights are those of ``ndi.shift(order=3)``,
+    without its 2-D prefilter and 16-tap 2-D interpolation for a shift along one axis.
+    Columns wrapped in from the far edge (``j < shift`` or ``j >= ncol + shift``) are
+    left for the caller to overwrite.
+    """
+    whole = int(np.floor(shift))
+    u = 1.0 - (shift - whole)  # position past the sample left of j - shift
+    taps = np.array([(1 - u) ** 3, 3 * u**3 - 6 * u**2 + 4, -3 * u**3 + 3 * u**2 + 3 * u + 1, u**3]) / 6
+    # g[i] = taps . coeffs[i-2 : i+2], and out[j] = g[j - whole]
+    out[:] = np.roll(ndi.correlate1d(coeffs, taps.astype(np.float32), axis=1, mode="mirror"), whole, axis=1)
+
+
 def _vo_metrics(sino: np.ndarray, centers: np.ndarray, ratio: float) -> np.ndarray:
     """Vo's metric for each candidate centre (lower is better)."""
     nrow, ncol = sino.shape
     weights = _wedge_weights(2 * nrow, ncol, 0.5 * ratio * ncol)
     flip = np.ascontiguousarray(sino[:, ::-1])
+    coeffs = None  # spline coefficients of flip, for fractional shifts
     comp = sino[::-1, :]
     metrics = np.empty(len(centers))
     batch = int(np.clip(2**23 // (2 * nrow * ncol), 1, len(centers)))
@@ -425,7 +442,9 @@ def _vo_metrics(sino: np.ndarray, centers: np.ndarray, ratio: float) -> np.ndarr
                 moved[:] = np.roll(flip, int(shift), axis=1)
                 cut = int(shift)
             else:
-                ndi.shift(flip, (0, shift), output=moved, order=3, mode="constant", prefilter=True)
+                if coeffs is None:
+                    coeffs = ndi.spline_filter1d(flip, order=3, axis=1, mode="mirror")
+                _shift_columns(coeffs, shift, moved)
                 cut = int(np.ceil(shift)) if shift >= 0 else int(np.floor(shift))
             if cut >= 0:
                 moved[:, :cut] = comp[:, :cut]
