@@ -37,7 +37,7 @@ from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.callbacks.zmq import Publisher
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from _common import append_result, machine_info
 from scan import CachedPhantom, _warm_worker, free_port
@@ -47,6 +47,7 @@ from tomolive.devices import make_sim_beamline
 from tomolive.formats import open_scan, write_dxchange
 from tomolive.offline import process_scan
 from tomolive.phantoms import make_foam
+from tomolive.pipeline import local_cluster
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.store import connect
@@ -224,7 +225,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="tomolive-latency-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", port=free_port())
         with running_server(settings) as settings, \
-                LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+                local_cluster(args.workers, dashboard_address=None) as cluster, \
                 Client(cluster) as client:  # fmt: skip
             for n in args.sizes:
                 rows.append(run_size(n, args.fps, settings, client, Path(tmp)))

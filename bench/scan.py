@@ -3,7 +3,7 @@
 N rows x N columns x N angles over 180 degrees of a seeded foam (``make_foam``, 5000
 photons per pixel), acquired by ``tomo_scan`` in a real RunEngine on the simulated
 beamline, with ``TomoPipeline`` subscribed; results go to the embedded Tiled server
-(SQLite + Zarr) on loopback, and blocks run on a Dask ``LocalCluster`` (processes, one
+(SQLite + Zarr) on loopback, and blocks run on a Dask ``LocalCluster`` (``tomolive.pipeline.local_cluster``: processes, one
 thread per worker) of 1 worker, then of 2 workers (a fresh pipeline, a new scan uid, the
 same frames: same phantom, same noise seed).
 
@@ -16,6 +16,13 @@ Reported per run:
 - end to end: ``RE(...)`` called -> ``pipe.wait(uid)`` returns;
 - peak RSS of each Dask worker, of this (client) process and of the Tiled server during
   processing, polled every 0.2 s with psutil, beside the worker's RSS just before.
+
+The machine's own ceiling is measured beside it, in every round: the same 32 block tasks
+(read the rows from a spool of the same layout, ``reconstruct``, write a zstd Zarr chunk as
+Tiled's arrays are) on a bare ``local_cluster`` of 1 and then 2 workers, with no RunEngine,
+Tiled, centre search, QC or progress. Two processes on this machine's two vCPUs slow each
+other's memory-bound work, so bare tasks do not scale 2x either; the pipeline's speed-up
+is printed beside that ceiling.
 
 The worker counts are run in turn ``--repeat`` times (1, 2, 1, 2, 1, 2 by default): this
 machine's speed drifts by 20 % from one minute to the next, so the figure of merit is the
@@ -48,17 +55,20 @@ from pathlib import Path
 import numpy as np
 import psutil
 from bluesky import RunEngine
-from distributed import Client, LocalCluster
+import zarr
+from distributed import Client, wait
 
 from _common import append_result, machine_info
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import PipelineParams
+from tomolive.pipeline import PipelineParams, local_cluster
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.provenance import compute_device
+from tomolive.recon import reconstruct
+from tomolive.spool import ProjectionSpool, read_rows
 from tomolive.store import ScanRecord, connect
 
 MB = 1024.0**2
@@ -237,8 +247,7 @@ def task_breakdown(logs, t0, t1):
 
 def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold):
     """One scan through a fresh pipeline on a fresh n-worker cluster; timings and memory."""
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    cluster = local_cluster(n_workers, dashboard_address=None)  # what TomoPipeline starts by default
     client = Client(cluster)
     try:
         n = phantom.shape[2]
@@ -285,6 +294,41 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         "cpu_s_processing": monitor.cpu_seconds(timer.t_stop),
         "tasks": breakdown,
     }
+
+
+def _bare_block(spool: str, out: str, rows: tuple[int, int], angles: np.ndarray, center: float) -> None:
+    """A recon block's work without the pipeline: read its rows, reconstruct, write its chunk."""
+    volume = reconstruct(read_rows(spool, *rows), angles, center=center, ncore=1)
+    zarr.open_array(out, mode="r+")[rows[0]:rows[1]] = volume
+
+
+def _warm_reconstruct(n: int, rows: int) -> None:
+    """FFTW/finufft planning for the scan's block size, once per worker (as in the pipeline runs)."""
+    block = np.random.default_rng(0).random((n, rows, n), dtype=np.float32)
+    reconstruct(block, np.linspace(0, np.pi, n, endpoint=False), center=(n - 1) / 2, ncore=1)
+
+
+def make_bare_spool(phantom: CachedPhantom, angles_deg: np.ndarray, rows_per_block: int, scratch: str) -> str:
+    """A projection spool laid out as the pipeline's (exact projections: same work per block)."""
+    n = phantom.shape[2]
+    spool = ProjectionSpool.create(Path(scratch) / "bare-spool.zarr", (phantom.shape[0], n), rows_per_block, len(angles_deg))
+    for theta in angles_deg:
+        spool.append(phantom.project(float(theta)).astype(np.float32), float(theta))
+    spool.finish()
+    return str(spool.path)
+
+
+def run_bare(n_workers: int, spool: str, scratch: str, n: int, rows_per_block: int) -> float:
+    """Seconds for every block task on a fresh bare ``local_cluster`` of ``n_workers`` (warmed)."""
+    angles = np.deg2rad(np.linspace(0.0, 180.0, n, endpoint=False))
+    out = str(Path(scratch) / f"bare-out-{n_workers}.zarr")
+    zarr.create_array(out, shape=(n, n, n), chunks=(rows_per_block, n, n), dtype="float32", overwrite=True)
+    blocks = [(r, min(r + rows_per_block, n)) for r in range(0, n, rows_per_block)]
+    with local_cluster(n_workers, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.run(_warm_reconstruct, n, rows_per_block)
+        t0 = time.perf_counter()
+        wait([client.submit(_bare_block, spool, out, rows, angles, (n - 1) / 2, pure=False) for rows in blocks])
+        return round(time.perf_counter() - t0, 2)
 
 
 def compare_volumes(tiled, uid_a, uid_b, rows=64):
@@ -342,11 +386,15 @@ def main(argv=None):
                 compute_device()  # provenance imports torch (~3 s)
                 warm = ScanRecord.create(tiled, "bench-warm-up", {"sample": "warm-up"})
                 warm.new_volume("recon", (16, 16, 16), 16)  # server's first array (~2 s)
+            bare_spool = make_bare_spool(phantom, angles, args.rows_per_block, tmp)
+            bare: list[tuple[int, float]] = []
             for round_, k in ((r, k) for r in range(args.repeat) for k in args.workers):
                 print(f"\nround {round_ + 1}/{args.repeat}, {k} worker(s): scanning ...", flush=True)
                 run = run_once(k, phantom, angles, settings, params, tmp, f"bench-foam-{n}",
                                args.cold)
                 runs.append(run)
+                bare.append((k, run_bare(k, bare_spool, tmp, n, args.rows_per_block)))
+                print(f"  bare block tasks (the machine's ceiling): {bare[-1][1]:.2f} s", flush=True)
                 print(f"  acquisition {run['acquisition_s']:.1f} s (projector {run['projector_s']:.1f} s, "
                       f"callback {run['callback_s']:.1f} s); processing {run['processing_s']:.2f} s; "
                       f"end to end {run['end_to_end_s']:.1f} s", flush=True)
@@ -380,9 +428,13 @@ def main(argv=None):
               f"{peak.get('tiled-server', 0):>14.0f}")
     speedups = {k: round(base / medians[k], 2) for k in args.workers}
     ratio_medians = {k: float(np.median([r["speedup"] for r in runs if r["workers"] == k])) for k in args.workers}
+    bare_medians = {k: float(np.median([s for w, s in bare if w == k])) for k in args.workers}
+    bare_speedups = {k: round(bare_medians[args.workers[0]] / bare_medians[k], 2) for k in args.workers}
     for k in args.workers:
         print(f"median of {args.repeat}: {k} worker(s) {medians[k]:.2f} s -> speed-up {speedups[k]:.2f}x "
-              f"(median of the rounds' ratios {ratio_medians[k]:.2f}x)")
+              f"(median of the rounds' ratios {ratio_medians[k]:.2f}x); bare block tasks "
+              f"{bare_medians[k]:.2f} s -> {bare_speedups[k]:.2f}x; pipeline / bare "
+              f"{speedups[k] / bare_speedups[k]:.2f}")
     print(f"client process lifetime max RSS {client_maxrss_mb:.0f} MB (holds the cached "
           f"projections, {n ** 3 * 4 / MB:.0f} MB, and the phantom)")
     if check:
@@ -401,7 +453,9 @@ def main(argv=None):
             "photons": 5000, "cold_workers": args.cold, "machine": info, "repeat": args.repeat,
             "median_processing_s": {str(k): v for k, v in medians.items()},
             "speedup_of_medians": {str(k): v for k, v in speedups.items()},
-            "median_round_speedup": {str(k): v for k, v in ratio_medians.items()}, "runs": runs,
+            "median_round_speedup": {str(k): v for k, v in ratio_medians.items()},
+            "bare_block_tasks_s": [[k, sec] for k, sec in bare],
+            "bare_speedup_of_medians": {str(k): v for k, v in bare_speedups.items()}, "runs": runs,
             "client_lifetime_maxrss_mb": round(client_maxrss_mb, 1), "check": check,
         })
         print(f"\nappended to {path}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from bluesky import RunEngine
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from _common import append_result, machine_info
 from latency import paced, scan_plan
@@ -42,6 +42,7 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
+from tomolive.pipeline import local_cluster
 from tomolive.server import running_server
 from tomolive.store import connect
 
@@ -135,7 +136,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="tomolive-soak-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", port=free_port())
         with running_server(settings) as settings, \
-                LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+                local_cluster(args.workers, dashboard_address=None) as cluster, \
                 Client(cluster) as client:  # fmt: skip
             r = soak(args.scans, args.size, args.fps, settings, client, Path(tmp))
     print(f"\n{'scan':>4} {'acquire s':>10} {'stop->result s':>15} {'processing s':>13} {'RSS after MB':>13}")

@@ -12,12 +12,13 @@ import pytest
 from bluesky import RunEngine
 from bluesky.utils import MsgGenerator
 from bluesky_tiled_plugins import TiledWriter
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import SimBeamline, make_sim_beamline
 from tomolive.phantoms import make_foam
+from tomolive.pipeline import local_cluster
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.store import connect, raw_root
@@ -68,9 +69,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def dask_client() -> Iterator[Client]:
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         yield client
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dask import config as dask_config
 import numpy as np
 from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
@@ -42,8 +43,9 @@ if TYPE_CHECKING:  # torch is imported only when the denoise stage runs
     from .denoise import DenoiseConfig
 
 logger = logging.getLogger(__name__)
-PROGRESS_INTERVAL = 1.0
-"""Seconds between progress updates written to Tiled metadata."""
+PROGRESS_INTERVAL = 2.0
+"""Seconds between progress updates written to Tiled metadata: each costs the Tiled server
+~50 ms of CPU, taken from the workers when the server shares their machine."""
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,32 @@ def prepare_projection(
     return -np.log(np.maximum(retrieved, 1e-6, dtype=np.float32))
 
 
+WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+"""glibc allocator settings for worker processes (set before they start).
+
+Dask gives its workers ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's mmap
+threshold at 128 KiB: every block-sized buffer is then a fresh mmap, zero-filled page by
+page and unmapped when freed (~18,000 page faults, +30 % time per 512^2 reconstruction
+block). Block tasks allocate buffers of the same sizes task after task, so these keep
+allocations under 64 MiB in the heap and return freed memory above 256 MiB. As in Dask,
+a variable already set in the environment wins.
+"""
+
+
+def local_cluster(n_workers: int | None = None, **kwargs: Any) -> LocalCluster:
+    """A LocalCluster of single-threaded worker processes with :data:`WORKER_ENVIRON`.
+
+    ``n_workers`` defaults to one per core (at most 8); ``kwargs`` go to ``LocalCluster``.
+    """
+    workers = n_workers or max(1, min(os.cpu_count() or 1, 8))
+    environ = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}
+    with dask_config.set(environ):
+        return LocalCluster(**{"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                               "dashboard_address": ":0", **kwargs})  # fmt: skip
+
+
 def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
-    """A Dask client for ``dask`` (a client, a scheduler address, or None for a LocalCluster).
+    """A Dask client for ``dask`` (a client, a scheduler address, or None for a :func:`local_cluster`).
 
     Returns the client and whether the caller owns it (and must close it).
     """
@@ -180,11 +206,7 @@ def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
         return dask, False
     if isinstance(dask, str):
         return Client(dask), True
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
-    return Client(cluster), True
+    return Client(local_cluster()), True
 
 
 GPU = "GPU"

@@ -44,6 +44,7 @@ radians, one per projection, in any order.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -596,13 +597,16 @@ def find_center_vo(
         search = (max(middle - n_cols / 8.0, 0.0), min(middle + n_cols / 8.0, n_cols - 1.0))
     picked = _pick_rows(data.shape[1], rows)
     centers, confidences, edges = [], [], []
-    for row in picked:
-        c, conf, info = _vo_row(
-            data[:, row, :], theta, search[0], search[1], float(step), float(radius), float(ratio)
-        )
-        centers.append(c)
-        confidences.append(conf)
-        edges.append(info["coarse_at_edge"] or info["fine_at_edge"])
+    # Rows are independent and numpy/scipy release the GIL: search them side by side.
+    with ThreadPoolExecutor(max_workers=len(picked)) as pool:
+        results = pool.map(
+            lambda row: _vo_row(data[:, row, :], theta, search[0], search[1], float(step), float(radius), float(ratio)),
+            picked,
+        )  # fmt: skip
+        for c, conf, info in results:
+            centers.append(c)
+            confidences.append(conf)
+            edges.append(info["coarse_at_edge"] or info["fine_at_edge"])
     return CenterResult(
         center=float(np.median(centers)),
         method="vo",
