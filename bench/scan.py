@@ -63,7 +63,7 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import PipelineParams, local_cluster
+from tomolive.pipeline import PipelineParams, local_cluster, row_blocks
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.provenance import compute_device
@@ -214,11 +214,8 @@ def _warm_worker(uri, api_key, n, rows, cold):
         timed(st, "from_uri", "connect")
     t0 = time.perf_counter()
     if not cold:
-        from tomolive.recon import reconstruct
-
         st.from_uri(uri, api_key=api_key)
-        block = np.random.default_rng(0).random((n, rows, n), dtype=np.float32)
-        reconstruct(block, np.linspace(0, np.pi, n, endpoint=False), center=(n - 1) / 2, ncore=1)
+        _warm_reconstruct(n, rows)
         pl._bench_log.clear()
     return os.getpid(), round(time.perf_counter() - t0, 2)
 
@@ -323,7 +320,7 @@ def run_bare(n_workers: int, spool: str, scratch: str, n: int, rows_per_block: i
     angles = np.deg2rad(np.linspace(0.0, 180.0, n, endpoint=False))
     out = str(Path(scratch) / f"bare-out-{n_workers}.zarr")
     zarr.create_array(out, shape=(n, n, n), chunks=(rows_per_block, n, n), dtype="float32", overwrite=True)
-    blocks = [(r, min(r + rows_per_block, n)) for r in range(0, n, rows_per_block)]
+    blocks = row_blocks(n, rows_per_block)
     with local_cluster(n_workers, dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(_warm_reconstruct, n, rows_per_block)
         t0 = time.perf_counter()

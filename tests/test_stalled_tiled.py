@@ -14,12 +14,11 @@ import pytest
 import zarr
 from bluesky import RunEngine
 
-from tests.conftest import free_port
+from tests.conftest import free_port, sim_tomo_scan
 from tomolive.callbacks import TomoPipeline
 from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
-from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.outbox import OutboxEntry, pending
 from tomolive.store import connect, processed_for
@@ -44,12 +43,7 @@ def _scan(beamline, pipe: TomoPipeline, n_angles: int = 60, *also: Callable[[str
     RE = RunEngine()
     for callback in (pipe, *also):
         RE.subscribe(callback)
-    (uid,) = RE(
-        tomo_scan(
-            beamline.detector, beamline.rotation, np.linspace(0, 180, n_angles, endpoint=False), 2, 2,
-            shutter=beamline.shutter, sample_x=beamline.sample_x, sample_out=beamline.sample_out,
-        )  # fmt: skip
-    )
+    (uid,) = RE(sim_tomo_scan(beamline, n_angles=n_angles, n_darks=2, n_flats=2))
     return uid
 
 

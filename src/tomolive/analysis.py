@@ -24,7 +24,7 @@ from distributed import Client, Future
 
 from .pipeline import run_blocks, gpu_resources
 from .provenance import Provenance
-from .qc import QCThresholds, qc_alerts, qc_metrics
+from .qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
 from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
 from .store import VolumeTarget
 
@@ -58,6 +58,12 @@ def measure_quality(
     metrics = qc_metrics(volume.open(), None if labels is None else labels.open(), n_phases=n_phases,
                          center_confidence=center_confidence)  # fmt: skip
     return {"metrics": metrics, "alerts": qc_alerts(metrics, thresholds), "seconds": time.perf_counter() - start}
+
+
+def early_qc_rows(params: Any, n_rows: int) -> list[int]:
+    """Rows to reconstruct first so QC can start during the reconstruction: its slices
+    when QC reads ``recon`` alone, none when it must wait for the segmentation's labels."""
+    return [] if params.segment else sampled_slices(n_rows)
 
 
 def submit_qc(

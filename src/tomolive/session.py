@@ -36,7 +36,7 @@ import numpy as np
 from distributed import Client
 from tiled.client.base import BaseClient
 
-from .analysis import analyse_scan, submit_qc
+from .analysis import analyse_scan, early_qc_rows, submit_qc
 from .errors import BadInputError, MissingDataError
 from .events import ResultEvents
 from .outbox import OutboxEntry
@@ -46,7 +46,6 @@ from .preprocess import reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .progress import ProgressReporter
 from .provenance import Provenance
-from .qc import sampled_slices
 from .spool import ProjectionSpool
 from .stage_runner import run_extra_stages
 from .store import ScanRecord, is_unreachable, now, patiently
@@ -323,8 +322,7 @@ class ScanSession:
         client = self.engine.dask_client()
         progress = ProgressReporter(sink, self.engine.io)
         n_rows, n_cols = self.spool.frame_shape
-        # Without segmentation QC reads recon alone: its slices go first and it runs beside the rest.
-        qc_rows = () if params.segment else sampled_slices(n_rows)
+        qc_rows = early_qc_rows(params, n_rows)
         recon = start_reconstruction(self.spool, sink, params, client, self.provenance, first_rows=qc_rows)
         qc = submit_qc(client, recon.target, None, params, recon.center.confidence,
                        after=recon.futures_for_rows(qc_rows)) if qc_rows else None  # fmt: skip
