@@ -25,28 +25,48 @@ class SlowSink:
         self.sent.append(metadata["progress"])
 
 
-def test_reports_return_at_once_and_only_the_newest_waiting_one_is_sent():
+def test_reports_return_at_once_and_only_the_newest_due_one_is_sent():
     sink = SlowSink()
     with ThreadPoolExecutor(1) as io:
-        reporter = ProgressReporter(sink, io)
+        reporter = ProgressReporter(sink, io, interval_s=0.0)  # every report is due
         for done in range(1, 11):
             reporter.report(stage="recon", done=done, total=10)  # the first is in flight, blocked
         assert sink.sent == []
         sink.release.set()
-        reporter.flush()
+        io.submit(lambda: None).result()  # the sender has taken what was waiting
+        assert reporter.finish() == {"stage": "recon", "done": 10, "total": 10}
     assert sink.sent[-1] == {"stage": "recon", "done": 10, "total": 10}
     assert len(sink.sent) <= 2  # the one in flight (if it had started), then the newest waiting
 
 
-def test_a_failed_update_is_raised_on_the_next_report_and_on_flush():
+def test_a_stage_is_sent_when_it_starts_then_at_most_every_interval_and_finish_returns_the_rest():
+    sink = SlowSink()
+    sink.release.set()
+    with ThreadPoolExecutor(1) as io:
+        reporter = ProgressReporter(sink, io, interval_s=3600.0)
+        for done in range(1, 6):
+            reporter.report(stage="recon", done=done, total=5)
+        io.submit(lambda: None).result()
+        assert sink.sent == [{"stage": "recon", "done": 1, "total": 5}]  # the rest are held
+        for stage in ("analysis", "extra_stages"):  # a new stage goes out at once
+            reporter.report(stage=stage, done=1, total=2)
+            io.submit(lambda: None).result()
+        reporter.report(stage="extra_stages", done=2, total=2)
+        final = reporter.finish()  # sends nothing more: the caller's final status carries it
+    assert sink.sent[1:] == [{"stage": "analysis", "done": 1, "total": 2},
+                             {"stage": "extra_stages", "done": 1, "total": 2}]  # fmt: skip
+    assert final == {"stage": "extra_stages", "done": 2, "total": 2}
+
+
+def test_a_failed_update_is_raised_on_the_next_report_and_on_finish():
     sink = SlowSink(fail=ConnectionError("server gone"))
     sink.release.set()
     with ThreadPoolExecutor(1) as io:
         reporter = ProgressReporter(sink, io)
         reporter.report(stage="recon", done=1, total=4)
         with pytest.raises(ConnectionError, match="server gone"):
-            reporter.flush()
-        reporter.report(stage="recon", done=2, total=4)
+            reporter.finish()
+        reporter.report(stage="analysis")
         io.submit(lambda: None).result()  # let the update fail
         with pytest.raises(ConnectionError, match="server gone"):
-            reporter.report(stage="recon", done=3, total=4)
+            reporter.report(stage="extra_stages", done=1, total=4)

@@ -302,9 +302,9 @@ class ScanSession:
         try:
             try:
                 record = self._record.result()
-                self._reconstruct(record)
+                outcome = self._outcome(self._reconstruct(record))
                 self._close_preview()
-                patiently(lambda: record.set_status("complete", **self._outcome()), "mark it complete",
+                patiently(lambda: record.set_status("complete", **outcome), "mark it complete",
                           self.engine.patience_s)  # fmt: skip
                 return self._announce(ProcessedRun(self.uid, "complete", record.node.uri))
             except Exception as err:
@@ -317,7 +317,9 @@ class ScanSession:
         finally:  # deleting a spool takes ~0.2 s per 512 MB: not on the way to the result
             self.engine.io.submit(self.spool.remove)
 
-    def _reconstruct(self, sink: ScanRecord | OutboxEntry) -> None:
+    def _reconstruct(self, sink: ScanRecord | OutboxEntry) -> dict[str, Any] | None:
+        """Centre, volume, optional stages, QC into ``sink``; returns the newest progress
+        state, which the final status carries (one round trip fewer on the way to it)."""
         params = self.engine.params
         client = self.engine.dask_client()
         progress = ProgressReporter(sink, self.engine.io)
@@ -329,7 +331,8 @@ class ScanSession:
         recon.wait(self.engine.progress, lambda done, total: progress.report(stage="recon", done=done, total=total))
         if params.denoise is not None:
             self._denoise(sink, recon.center, progress)
-        progress.report(stage="analysis")
+        if params.segment:  # else QC alone, which ran beside the blocks: nothing to wait for
+            progress.report(stage="analysis")
         self.analysis = analyse_scan(
             sink, recon.target, recon.blocks, params, client, self.provenance, recon.center.confidence, qc=qc,
         )  # fmt: skip
@@ -339,7 +342,7 @@ class ScanSession:
                 sink, recon.target, (n_rows, n_cols, n_cols), recon.blocks, params, client,
                 self.provenance, self.engine.progress,
             ))  # fmt: skip
-        progress.flush()
+        return progress.finish()
 
     def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult, progress: ProgressReporter) -> None:
         params = self.engine.params
@@ -354,14 +357,14 @@ class ScanSession:
             scan_uids=(self.uid,), progress=self.engine.progress, on_progress=on_denoise_progress,
         )  # fmt: skip
 
-    def _outcome(self) -> dict[str, Any]:
-        return {"stages": self.stages_done(), "provenance": self.provenance.as_dict(), **self.analysis}
+    def _outcome(self, progress: dict[str, Any] | None) -> dict[str, Any]:
+        return {"stages": self.stages_done(), "progress": progress, "provenance": self.provenance.as_dict(),
+                **self.analysis}  # fmt: skip
 
     def _process_locally(self, err: Exception) -> ProcessedRun:
         self._close_preview()
         entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
-        self._reconstruct(entry)
-        entry.set_status("complete", **self._outcome())
+        entry.set_status("complete", **self._outcome(self._reconstruct(entry)))
         logger.error(
             "Tiled is unreachable (%s): the result of run %s is kept in %s. Upload it when the "
             "server is back with:  tomolive upload-spool %s", err, self.uid, entry.path, entry.path,

@@ -51,10 +51,10 @@ function showFacts(md, children) {
   const centre = (md.provenance || {}).center;
   const recon = children.recon;
   const preview = children.preview;
-  const progress = md.progress ? `${md.progress.stage} ${md.progress.done}/${md.progress.total}` : undefined;
+  const p = md.progress;
+  const progress = p ? (p.total ? `${p.stage} ${p.done}/${p.total}` : p.stage) : undefined;
   let centreText;
   if (centre) centreText = `${fmt(centre.center)} px (${centre.method}, confidence ${fmt(centre.confidence)})`;
-  else if (recon && recon.metadata.center !== undefined) centreText = `${fmt(recon.metadata.center)} px`;
   else if (preview && preview.metadata.center !== undefined)
     centreText = `${fmt(preview.metadata.center)} px (${preview.metadata.center_source}, preview)`;
   const rows = [
