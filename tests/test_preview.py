@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -87,6 +88,23 @@ def test_a_blocked_publisher_never_blocks_add_and_the_last_snapshot_has_every_an
     assert snapshots[-1].n_angles == len(ANGLES)
     assert snapshots[-1].rows == (2, 4)
     assert psnr(snapshots[-1].image[0], truth[2], mask=circle_mask((N, N), 0.9)) >= 24.0
+
+
+def test_a_held_preview_publishes_only_once_more_at_close(foam):
+    _, sino, _ = foam
+    snapshots: list[PreviewSnapshot] = []
+    preview = LivePreview((4,), N, (N - 1) / 2, snapshots.append, interval_s=0.0)
+    preview.add(sino[0], ANGLES[0])
+    deadline = time.monotonic() + 30
+    while not snapshots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    preview.hold()  # the scan ended: its volume's start comes first
+    for frame, angle in zip(sino[1:10], ANGLES[1:10]):
+        preview.add(frame, angle)
+    time.sleep(0.3)  # due many times over at interval 0, were it not held
+    assert [s.n_angles for s in snapshots] == [1]
+    preview.close(timeout=30)
+    assert [s.n_angles for s in snapshots] == [1, 10]
 
 
 def test_publish_errors_are_logged_and_the_preview_goes_on(foam, caplog):

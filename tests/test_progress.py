@@ -64,6 +64,7 @@ def test_a_failed_update_is_raised_on_the_next_report_and_on_finish():
     with ThreadPoolExecutor(1) as io:
         reporter = ProgressReporter(sink, io)
         reporter.report(stage="recon", done=1, total=4)
+        io.submit(lambda: None).result()  # let the update fail (finish drops one not yet taken)
         with pytest.raises(ConnectionError, match="server gone"):
             reporter.finish()
         reporter.report(stage="analysis")

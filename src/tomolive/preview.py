@@ -107,8 +107,8 @@ class LivePreview:
     """Runs :class:`IncrementalFBP` on a background thread and publishes snapshots.
 
     ``publish`` is called on that thread with a :class:`PreviewSnapshot`, at most every
-    ``interval_s`` seconds and once more at :meth:`close`; its errors are logged and the
-    preview goes on (a preview is worth having, never worth losing the scan for).
+    ``interval_s`` seconds until :meth:`hold` and once more at :meth:`close`; its errors are
+    logged and the preview goes on (a preview is worth having, never worth losing the scan for).
     """
 
     def __init__(
@@ -129,6 +129,7 @@ class LivePreview:
         self._pending: list[tuple[np.ndarray, float]] = []
         self._wake = threading.Condition()
         self._closing = False
+        self._held = False
         self._thread = threading.Thread(target=self._run, name="tomolive-preview", daemon=True)
         self._thread.start()
 
@@ -137,6 +138,12 @@ class LivePreview:
         with self._wake:
             self._pending.append((frame[list(self.rows)].copy(), angle_rad))
             self._wake.notify()
+
+    def hold(self) -> None:
+        """Publish nothing more until :meth:`close`: the scan has ended, and the server and
+        the cores are busier with the start of its volume than with one more preview."""
+        with self._wake:
+            self._held = True
 
     def close(self, timeout: float | None = None) -> None:
         """Back-project what is left, publish a last time and stop the thread."""
@@ -153,12 +160,12 @@ class LivePreview:
                 unpublished = self.fbp.n_angles > published_angles
                 if not self._pending and not self._closing:
                     due_in = self.interval_s - (time.monotonic() - last_publish)
-                    self._wake.wait(timeout=max(0.0, due_in) if unpublished else None)
+                    self._wake.wait(timeout=max(0.0, due_in) if unpublished and not self._held else None)
                 batch, self._pending = self._pending, []
                 closing = self._closing
             for rows, angle in batch:
                 self.fbp.add(rows, angle)
-            due = time.monotonic() - last_publish >= self.interval_s
+            due = time.monotonic() - last_publish >= self.interval_s and not self._held
             if self.fbp.n_angles > published_angles and (due or closing):
                 last_publish = time.monotonic()
                 if self._publish():

@@ -239,7 +239,7 @@ class ScanSession:
             raise MissingDataError("the scan was stopped before any projection arrived.")
         self.spool.finish()
         if self.preview is not None:
-            self.preview.close(timeout=0)  # its last publish runs while the volume is processed
+            self.preview.hold()  # its last publish waits until the volume's blocks are queued
         self.provenance.inputs.update(n_angles=len(self.spool), angles_deg=self.spool.angles)
         with self._end_lock:  # held while queueing, so invalidate() queues after it
             if self.ended:
@@ -326,6 +326,8 @@ class ScanSession:
         n_rows, n_cols = self.spool.frame_shape
         qc_rows = early_qc_rows(params, n_rows)
         recon = start_reconstruction(self.spool, sink, params, client, self.provenance, first_rows=qc_rows)
+        if self.preview is not None:
+            self.preview.close(timeout=0)  # its last publish runs beside the blocks
         qc = submit_qc(client, recon.target, None, params, recon.center.confidence,
                        after=recon.futures_for_rows(qc_rows)) if qc_rows else None  # fmt: skip
         recon.wait(self.engine.progress, lambda done, total: progress.report(stage="recon", done=done, total=total))
