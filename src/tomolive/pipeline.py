@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # torch is imported only when the denoise stage runs
     from .denoise import DenoiseConfig
 
 logger = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class PaganinParams:
     """Single-distance phase retrieval (see :func:`tomolive.preprocess.paganin`).
