@@ -41,8 +41,8 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None  # newest state reported
         self._pending: dict[str, Any] | None = None  # newest state due to be sent
-        self._sent_stage: Any = None
-        self._sent_at = -math.inf
+        self._queued_stage: Any = None
+        self._queued_at = -math.inf
         self._sending: Future | None = None
         self._error: BaseException | None = None
 
@@ -55,11 +55,11 @@ class ProgressReporter:
         with self._lock:
             self._raise_error()
             self._latest = progress
-            new_stage = progress.get("stage") != self._sent_stage
-            if not (new_stage or time.monotonic() - self._sent_at >= self.interval_s):
+            new_stage = progress.get("stage") != self._queued_stage
+            if not (new_stage or time.monotonic() - self._queued_at >= self.interval_s):
                 return
             self._pending = progress
-            self._sent_stage, self._sent_at = progress.get("stage"), time.monotonic()
+            self._queued_stage, self._queued_at = progress.get("stage"), time.monotonic()
             if self._sending is None:
                 self._sending = self._executor.submit(self._send)
 

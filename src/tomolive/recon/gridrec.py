@@ -180,12 +180,12 @@ def gridrec(
     starts = list(range(0, n_pairs, batch))
     # The next block's spectrum is made in a helper thread while finufft (which releases the
     # GIL) transforms the current one.
-    overlap = overlap and nthreads > 1 and len(starts) > 1
-    fft_workers = 1 if overlap else nthreads
+    use_helper = overlap and nthreads > 1 and len(starts) > 1
+    fft_workers = 1 if use_helper else nthreads
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(spectrum, starts[0], buffers[0]) if overlap else None
+        pending = pool.submit(spectrum, starts[0], buffers[0]) if use_helper else None
         for i, p0 in enumerate(starts):
-            if overlap:
+            if use_helper:
                 spec = pending.result()
                 if i + 1 < len(starts):
                     pending = pool.submit(spectrum, starts[i + 1], buffers[(i + 1) % 2])
