@@ -131,9 +131,28 @@ def test_auto_reports_both_methods() -> None:
     assert result.details["agree"] is True
     assert abs(result.details["difference_px"]) < 0.5
     assert result.details["vo"]["method"] == "vo"
+    assert result.details["vo"]["details"]["refined"] is False  # a cross-check: unit steps suffice
+    assert abs(result.details["vo"]["center"] - 66.8) < 0.5
     assert set(result.as_dict()) == {"center", "method", "confidence", "details"}
     with pytest.raises(AttributeError):
         result.center = 1.0  # type: ignore[misc]  # frozen
+
+
+def test_auto_refines_vo_when_it_may_decide() -> None:
+    theta = np.linspace(0.0, np.pi, 180, endpoint=False)
+    sino = noisy(ellipse_sinogram(theta, 128, 66.8))
+    result = find_center(sino, theta, agree_px=0.4)  # Vo near the limit: its 0.25 px pass runs
+    assert result.details["vo"]["details"]["refined"] is True
+    assert abs(result.details["vo"]["center"] - 66.8) < 0.3
+
+
+@pytest.mark.parametrize("center", [52.3, 63.5, 70.85])
+def test_vo_unit_step_estimate_is_as_good_as_the_refined_one(center: float) -> None:
+    theta = np.linspace(0.0, np.pi, 180, endpoint=False)
+    sino = noisy(ellipse_sinogram(theta, 128, center))
+    unrefined, refined = find_center_vo(sino, theta, refine=False), find_center_vo(sino, theta)
+    assert unrefined.details["refined"] is False and refined.details["refined"] is True
+    assert abs(unrefined.center - center) < 0.3 and abs(refined.center - center) < 0.3
 
 
 def test_auto_falls_back_to_vo_without_partner() -> None:
@@ -143,6 +162,7 @@ def test_auto_falls_back_to_vo_without_partner() -> None:
         find_center_registration(sino, theta, max_residual=1e-4)
     result = find_center(sino, theta, max_residual=1e-4)
     assert result.method == "vo" and result.details["registration"] is None
+    assert result.details["vo"]["details"]["refined"] is True
     assert abs(result.center - 58.2) < 0.5
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from distributed import default_client, get_task_stream
 
 from tomolive.cli import main as tomolive_main
+from tomolive.offline import open_tiled_run
 from tomolive.store import connect
 
 
 def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
-    tiled_server, pipeline, beamline, scan_with_raw_run, monkeypatch, capsys
+    tiled_server, pipeline, dask_client, beamline, scan_with_raw_run, monkeypatch, capsys
 ):
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
     uid = scan_with_raw_run(beamline, n_angles=90, sample="foam-raw")
@@ -21,6 +23,15 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     live = client["processed"][uid]
     assert live.metadata["raw_uid"] == uid
     live_volume = live["recon"].read()
+
+    # Its frames are fetched by this process, not as tasks of the default Dask client.
+    assert default_client() is dask_client
+    scan = open_tiled_run(run.uri, tiled_server.api_key)
+    with get_task_stream(dask_client) as stream:
+        frame, angles = scan.projections[3], scan.angles_deg
+    assert stream.data == []
+    np.testing.assert_array_equal(frame, run["primary"]["sim_det_image"][3])
+    np.testing.assert_allclose(angles, np.linspace(0, 180, 90, endpoint=False))
 
     # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume.
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))

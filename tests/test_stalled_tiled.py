@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import tiled.client.utils
 import zarr
 from bluesky import RunEngine
 
@@ -36,6 +37,13 @@ def own_server(tmp_path: Path) -> Iterator[Settings]:
     """A server of this test's own, which it may stop or kill."""
     with running_server(Settings(data_dir=tmp_path / "tiled", port=free_port())) as settings:
         yield settings
+
+
+@pytest.fixture
+def short_tiled_retries(monkeypatch) -> None:
+    """Tiled's client gives up on a dead server after 5 s, as ``TILED_RETRY_TIMEOUT=5`` makes it
+    (default 45 s per request; docs/faults.md): the fall-backs under test start sooner."""
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 5.0)
 
 
 def _scan(beamline, pipe: TomoPipeline, n_angles: int = 60, *also: Callable[[str, dict], None]) -> str:
@@ -70,7 +78,7 @@ def test_a_stalled_server_does_not_stall_the_scan_and_the_result_lands_when_it_r
 
 
 def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_it(
-    tmp_path, dask_client, beamline, caplog
+    tmp_path, dask_client, beamline, caplog, short_tiled_retries
 ):
     data_dir, port = tmp_path / "tiled", free_port()
     outbox = tmp_path / "outbox"
@@ -125,7 +133,7 @@ def _kill_after(n_events: int, server: psutil.Process, client) -> Callable[[str,
 
 
 def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delivers_both(
-    tmp_path, dask_client, beamline, monkeypatch, capsys
+    tmp_path, dask_client, beamline, monkeypatch, capsys, short_tiled_retries
 ):
     data_dir, port, outbox = tmp_path / "tiled", free_port(), tmp_path / "outbox"
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(outbox))

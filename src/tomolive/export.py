@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import h5py
 import numpy as np
 import tifffile
@@ -33,7 +32,7 @@ from tiled.client.base import BaseClient
 from tqdm import tqdm
 
 from .errors import BadInputError, MissingDataError
-from .store import jsonable, now
+from .store import fetched_here, jsonable, now
 
 FORMATS = ("tiff", "hdf5", "zarr")
 SUFFIXES = {"tiff": "-tiff", "hdf5": ".h5", "zarr": ".zarr"}
@@ -117,8 +116,7 @@ def slab_rows(array: BaseClient, slab_bytes: int = SLAB_BYTES) -> int:
 
 def slabs(array: BaseClient, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """``(z0, array[z0:z0 + rows])`` over the volume, one request per slab."""
-    # Read in this process even when a distributed Client is the default scheduler.
-    with dask.config.set(scheduler="synchronous"):
+    with fetched_here():
         for z0 in range(0, array.shape[0], rows):
             yield z0, array[z0 : z0 + rows]
 

@@ -34,7 +34,7 @@ import tomolive
 from .denoise import WEIGHTS_FORMAT, TrainResult, UNet25D, model_from_bytes, model_to_bytes
 from .errors import BadInputError, MissingDataError, TomoliveError
 from .provenance import compute_device, git_commit, package_versions
-from .store import jsonable, now
+from .store import fetched_here, jsonable, now
 
 MODELS = "models"
 MODEL_KIND = "noise2inverse-unet2.5d"
@@ -184,7 +184,8 @@ def load_model(client: BaseClient, model_id: str, device: str | torch.device = "
         The stored bytes do not hash to the recorded ``sha256``.
     """
     record = model_record(client, model_id)
-    blob = np.asarray(models_root(client)[model_id].read(), dtype=np.uint8).tobytes()
+    with fetched_here():
+        blob = np.asarray(models_root(client)[model_id].read(), dtype=np.uint8).tobytes()
     expected = record.metadata.get("sha256")
     digest = sha256(blob)
     if digest != expected:

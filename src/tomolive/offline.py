@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import BadInputError, MissingDataError
 from .formats import FrameStack, StoredScan, open_scan
-from .store import connect
+from .store import connect, fetched_here
 
 if TYPE_CHECKING:
     from .callbacks import TomoPipeline
@@ -28,6 +28,21 @@ RUN_STREAMS = {"darks": "dark", "flats": "flat", "projections": "primary"}
 
 def is_tiled_uri(source: str) -> bool:
     return source.startswith(("http://", "https://"))
+
+
+class _FetchedHere:
+    """A Tiled array whose slices this process fetches (see :func:`~tomolive.store.fetched_here`).
+
+    Through a distributed default client, a 16x96 frame took 0.6 s to read.
+    """
+
+    def __init__(self, array: Any):
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        with fetched_here():
+            return self.array[index]
 
 
 def open_tiled_run(uri: str, api_key: str | None = None) -> StoredScan:
@@ -41,9 +56,9 @@ def open_tiled_run(uri: str, api_key: str | None = None) -> StoredScan:
     for kind, stream in RUN_STREAMS.items():
         if stream not in run or tomo["image_field"] not in run[stream]:
             raise MissingDataError(f"run {uri} has no {tomo['image_field']!r} in a {stream!r} stream.")
-        images = run[stream][tomo["image_field"]]
+        images = _FetchedHere(run[stream][tomo["image_field"]])
         stacks[kind] = FrameStack(images, np.arange(images.shape[0]))
-    angles = np.asarray(run["primary"][tomo["angle_field"]].read(), dtype=np.float64)
+    angles = np.asarray(_FetchedHere(run["primary"][tomo["angle_field"]])[:], dtype=np.float64)
     if tomo.get("angle_units", "deg") != "deg":
         raise BadInputError(f"run {uri}: angle_units {tomo['angle_units']!r} not supported; expected 'deg'.")
     metadata = {"raw_uri": uri, "sample": start.get("sample"), "scan_id": start.get("scan_id")}

@@ -215,13 +215,15 @@ def local_cluster(n_workers: int | None = None, **kwargs: Any) -> LocalCluster:
 def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
     """A Dask client for ``dask`` (a client, a scheduler address, or None for a :func:`local_cluster`).
 
-    Returns the client and whether the caller owns it (and must close it).
+    Returns the client and whether the caller owns it (and must close it). A client made here
+    is not the process's default, so the user's own ``.compute()`` calls (and Tiled's client,
+    which reads arrays through Dask) keep running where they did, not on the scan's workers.
     """
     if isinstance(dask, Client):
         return dask, False
     if isinstance(dask, str):
-        return Client(dask), True
-    return Client(local_cluster()), True
+        return Client(dask, set_as_default=False), True
+    return Client(local_cluster(), set_as_default=False), True
 
 
 GPU = "GPU"

@@ -56,17 +56,22 @@ def server_command(settings: Settings, admin_password: str) -> tuple[list[str], 
 
 
 def wait_until_up(uri: str, timeout: float = 180.0, process: subprocess.Popen | None = None) -> None:
-    """Poll the server's API root until it answers, the process dies, or ``timeout`` passes."""
+    """Poll the server's API root until it answers, the process dies, or ``timeout`` passes.
+
+    One client serves every poll: a new one per poll builds a TLS context each time, which
+    cost as much CPU as the starting server itself.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise TomoliveError(f"Tiled server exited with code {process.returncode} while starting")
-        try:
-            if httpx.get(f"{uri}/api/v1/", timeout=2.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
+    with httpx.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise TomoliveError(f"Tiled server exited with code {process.returncode} while starting")
+            try:
+                if http.get(f"{uri}/api/v1/").status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
     raise TomoliveError(f"Tiled server at {uri} did not answer within {timeout:.0f} s")
 
 

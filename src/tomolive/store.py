@@ -24,11 +24,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
+import dask
 import httpx
 import numpy as np
 import zarr
@@ -84,6 +86,16 @@ def patiently(call: Callable[[], T], what: str, patience_s: float) -> T:
             logger.warning("Tiled unreachable while trying to %s (%s); retrying in %.1f s", what, err, delay)
             time.sleep(delay)
             delay = min(2 * delay, 10.0)
+
+
+def fetched_here() -> AbstractContextManager:
+    """A block in which Tiled reads are fetched by this process.
+
+    Tiled's client reads an array through a Dask array's ``compute()``: while a distributed
+    client is the process's default scheduler, each read would become a task on that cluster,
+    fetched by a worker (slow, and a worker may not reach the server).
+    """
+    return dask.config.set(scheduler="synchronous")
 
 
 def processed_root(client: BaseClient) -> BaseClient:

@@ -27,8 +27,11 @@ the mirror image about the centre. Both methods use that symmetry:
 - ``"auto"`` -- both. Registration runs first (when a partner within ``max_residual`` of
   180 degrees exists); when its correlation is >= 0.5 it narrows Vo's search to
   +/- max(n_cols/32, 8) px around it (widened again if Vo's minimum lands on that edge).
-  When the two agree to ``agree_px`` (default 2) the registration result is returned;
-  otherwise Vo's, with its confidence halved. Both results go in ``details``.
+  Vo then stops at its unit-step estimate, parabola-refined (``refined`` false in its
+  details; as accurate as the 0.25 px pass on noisy phantoms, 0.06 px, in half the
+  time) unless that lies within 0.5 px of the agreement limit or beyond. When the two
+  agree to ``agree_px`` (default 2) the registration result is returned; otherwise
+  Vo's, with its confidence halved. Both results go in ``details``.
 
 Measured on noisy ellipse phantoms (128-1024 px, 180-1500 angles, 180- and 360-degree
 scans, centres -7.5 .. +11.25 px off the middle): both methods within 0.2 px (Vo shows a
@@ -67,6 +70,7 @@ CENTER_METHODS = ("auto", "registration", "vo")
 _LAYOUT = "(n_angles, n_cols) or (n_angles, n_rows, n_cols)"
 _TWO_PI = 2.0 * np.pi
 _SEED_CONFIDENCE = 0.5  # registration NCC above which it narrows Vo's search in "auto"
+_UNREFINED_PX = 0.5  # error allowed for Vo's unit-step estimate when it only cross-checks
 
 
 @dataclass(frozen=True)
@@ -479,11 +483,13 @@ def _vo_row(
     step: float,
     radius: float,
     ratio: float,
+    refine: bool = True,
 ) -> tuple[float, float, dict[str, Any]]:
-    """Vo's method on one sinogram row: coarse integer search, then 0.25 px fine search.
+    """Vo's method on one sinogram row: coarse integer search, unit steps, then ``step``.
 
     The coarse search runs on a copy reduced to <= 360 angles and <= 320 columns; the
-    fine search on <= 720 angles at full column resolution.
+    fine search on <= 720 angles at full column resolution. Without ``refine`` the result
+    is the unit-step minimum refined by a parabola, and the ``step`` pass is skipped.
     """
     ncol = sino.shape[1]
     info: dict[str, Any] = {}
@@ -520,6 +526,8 @@ def _vo_row(
         confidence = float(np.clip(1.0 - metric.min() / typical, 0.0, 1.0)) if typical > 0 else 0.0
     k = int(np.argmin(metric))
     info["fine_at_edge"] = bool(k in (0, len(grid) - 1)) and len(grid) > 2
+    if not refine:
+        return center1, confidence, info
     center1 = float(np.clip(round(center1 / step) * step, 0, ncol - 1))
     grid = np.unique(np.clip(center1 + np.arange(-1.0, 1.0 + step / 2, step), 0, ncol - 1))
     metric = _vo_metrics(fine, grid, ratio)
@@ -549,6 +557,7 @@ def find_center_vo(
     step: float = 0.25,
     radius: float = 4.0,
     ratio: float = 0.5,
+    refine: bool = True,
 ) -> CenterResult:
     """Find the centre with Vo et al.'s (2014) Fourier-domain sinogram metric.
 
@@ -573,6 +582,9 @@ def find_center_vo(
     ratio : float
         Object width / detector width used to shape the double wedge, 0 < ratio <= 1
         (default 0.5; Vo's method is insensitive to it).
+    refine : bool
+        Run the ``step`` pass (default). Without it each row's centre is the unit-step
+        minimum refined by a parabola, in about half the time.
 
     Returns
     -------
@@ -600,7 +612,8 @@ def find_center_vo(
     # Rows are independent and numpy/scipy release the GIL: search them side by side.
     with ThreadPoolExecutor(max_workers=len(picked)) as pool:
         results = pool.map(
-            lambda row: _vo_row(data[:, row, :], theta, search[0], search[1], float(step), float(radius), float(ratio)),
+            lambda row: _vo_row(data[:, row, :], theta, search[0], search[1], float(step), float(radius),
+                                float(ratio), refine),
             picked,
         )  # fmt: skip
         for c, conf, info in results:
@@ -617,6 +630,7 @@ def find_center_vo(
             "confidences": [float(c) for c in confidences],
             "search_range": [float(search[0]), float(search[1])],
             "at_edge": bool(any(edges)),
+            "refined": bool(refine),
         },
     )
 
@@ -707,10 +721,15 @@ def find_center(
     if seeded:
         half = max(n_cols / 32.0, 8.0)
         vo_range = (max(reg.center - half, 0.0), min(reg.center + half, n_cols - 1.0))
-    vo = find_center_vo(data, theta, search_range=vo_range, rows=rows, **vo_opts)
+    # Vo only cross-checks a usable registration: its unit-step estimate is enough unless it
+    # comes near the agreement limit, where Vo's own centre may be the one returned.
+    vo = find_center_vo(data, theta, search_range=vo_range, rows=rows, refine=not usable, **vo_opts)
     if seeded and vo.details["at_edge"]:  # registration misled the search: search widely
         seeded = False
-        vo = find_center_vo(data, theta, search_range=search_range, rows=rows, **vo_opts)
+        vo_range = search_range
+        vo = find_center_vo(data, theta, search_range=vo_range, rows=rows, refine=False, **vo_opts)
+    if usable and abs(vo.center - reg.center) > agree_px - _UNREFINED_PX:
+        vo = find_center_vo(data, theta, search_range=vo_range, rows=rows, **vo_opts)
     details: dict[str, Any] = {
         "vo": vo.as_dict(),
         "registration": None if reg is None else reg.as_dict(),
