@@ -83,6 +83,15 @@ def test_projection_matches_voxel_sums(foam: FoamPhantom, theta: float, axis: in
     assert voxels.sum() == pytest.approx(exact.sum(), rel=0.005)
 
 
+def test_large_and_small_spheres_project_alike() -> None:
+    wide = make_foam((12, 256, 256), seed=4)  # pores of 8-23 px: projected one by one and in batches
+    assert wide.radii.max() > 17 and wide.radii.min() < 12
+    for theta, axis in ((0.0, 1), (np.pi / 2, 2)):
+        exact, voxels = wide.project(theta), wide.attenuation().sum(axis=axis)
+        assert np.mean(np.abs(exact - voxels)) < 0.01 * float(exact.max())
+        assert voxels.sum() == pytest.approx(exact.sum(), rel=0.005)
+
+
 def test_opposite_angles_are_mirror_images(foam: FoamPhantom) -> None:
     for theta in (0.0, 0.4, 1.3, 2.9):
         a, b = foam.project(theta), foam.project(theta + np.pi)

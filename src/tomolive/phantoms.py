@@ -85,20 +85,53 @@ class FoamPhantom:
         return lut[self.labels()]
 
     def project(self, theta: float) -> np.ndarray:
-        """Exact line integrals (float32, ``(n_slices, n_cols)``) at angle ``theta`` radians."""
+        """Exact line integrals (float32, ``(n_slices, n_cols)``) at angle ``theta`` radians.
+
+        Small spheres' chords are summed in batches, each on a square of pixels around its
+        projected centre, with one ``bincount`` per batch: one at a time they cost 0.1 ms each
+        in calls: 22 ms per 48 x 160 frame of a 251-sphere foam, against 6 ms batched.
+        """
         nz, _, nx = self.shape
         u = _grid(nx)
-        v = _grid(nz)
         chord = 2.0 * np.sqrt(np.clip(self.radius**2 - u**2, 0.0, None))
-        sinogram = np.broadcast_to(self.mu_solid * chord, (nz, nx)).astype(np.float32)
-        cos_t, sin_t = np.cos(theta), np.sin(theta)
-        for (zc, yc, xc), r, label in zip(self.centers, self.radii, self.labels_of_spheres):
-            uc = xc * cos_t + yc * sin_t
-            rows, cols = _window(v, zc, r), _window(u, uc, r)
-            d2 = (v[rows, None] - zc) ** 2 + (u[None, cols] - uc) ** 2
-            sphere_chord = 2.0 * np.sqrt(np.clip(r * r - d2, 0.0, None))
-            sinogram[rows, cols] += (self._mu(label) - self.mu_solid) * sphere_chord
-        return sinogram
+        sinogram = np.broadcast_to(self.mu_solid * chord, (nz, nx)).astype(np.float64)
+        zc = self.centers[:, 0]
+        uc = self.centers[:, 2] * np.cos(theta) + self.centers[:, 1] * np.sin(theta)
+        excess = np.array([self._mu(k) - self.mu_solid for k in self.labels_of_spheres])
+        reach = 4 * np.ceil((np.ceil(self.radii) + 1) / 4).astype(int)  # box half-widths, 4 px steps
+        for half_width in np.unique(reach):
+            same = np.flatnonzero(reach == half_width)
+            if half_width > _SMALL_SPHERE_PX:  # its pixels outweigh the calls: one at a time
+                for i in same:
+                    self._add_chord(sinogram, self.radii[i], zc[i], uc[i], excess[i])
+            else:
+                offsets = np.arange(-half_width, half_width + 1)
+                for batch in np.array_split(same, -(-len(same) * len(offsets) ** 2 // _PROJECT_BATCH_PIXELS)):
+                    sinogram += self._chords(batch, offsets, zc, uc, excess)
+        return sinogram.astype(np.float32)
+
+    def _add_chord(self, sinogram: np.ndarray, r: float, zc: float, uc: float, excess: float) -> None:
+        """Add one sphere of radius ``r`` projected at ``(zc, uc)`` to ``sinogram``, on its window."""
+        v, u = _grid(self.shape[0]), _grid(self.shape[2])
+        rows, cols = _window(v, zc, r), _window(u, uc, r)
+        d2 = (v[rows, None] - zc) ** 2 + (u[None, cols] - uc) ** 2
+        sinogram[rows, cols] += excess * 2.0 * np.sqrt(np.clip(r * r - d2, 0.0, None))
+
+    def _chords(self, batch: np.ndarray, offsets: np.ndarray, zc: np.ndarray, uc: np.ndarray,
+                excess: np.ndarray) -> np.ndarray:  # fmt: skip
+        """What the spheres ``batch`` add to a projection (float64 ``(n_slices, n_cols)``), each
+        on the pixels within ``offsets`` of its projected centre ``(zc, uc)``."""
+        nz, _, nx = self.shape
+        rows = np.rint(zc[batch] + (nz - 1) / 2)[:, None].astype(int) + offsets  # (spheres, box)
+        cols = np.rint(uc[batch] + (nx - 1) / 2)[:, None].astype(int) + offsets
+        d2 = (rows - (nz - 1) / 2 - zc[batch, None])[:, :, None] ** 2 + (
+            cols - (nx - 1) / 2 - uc[batch, None]
+        )[:, None, :] ** 2
+        r2 = (self.radii[batch] ** 2)[:, None, None]
+        inside = (d2 < r2) & ((rows >= 0) & (rows < nz))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+        weights = (excess[batch, None, None] * 2.0 * np.sqrt(r2 - d2, where=inside, out=np.zeros_like(d2)))[inside]
+        pixels = (rows[:, :, None] * nx + cols[:, None, :])[inside]
+        return np.bincount(pixels, weights=weights, minlength=nz * nx).reshape(nz, nx)
 
     def sinogram(self, angles: np.ndarray) -> np.ndarray:
         """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
@@ -462,6 +495,12 @@ def measure(
     if photons is not None:
         transmission = np.maximum(rng.poisson(photons * transmission), 0.5) / photons
     return (-np.log(transmission)).astype(np.float32)
+
+
+_SMALL_SPHERE_PX = 16
+"""Spheres up to this radius (rounded up) are projected together, in batches of up to
+:data:`_PROJECT_BATCH_PIXELS` pixels (spheres x box); larger ones one by one."""
+_PROJECT_BATCH_PIXELS = 2**18
 
 
 def _grid(n: int) -> np.ndarray:
