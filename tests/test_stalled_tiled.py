@@ -27,7 +27,7 @@ from tomolive.store import connect, processed_for
 
 def _server_process(settings: Settings) -> psutil.Process:
     for child in psutil.Process().children(recursive=True):
-        if "tiled" in child.cmdline() and str(settings.port) in child.cmdline():
+        if "tomolive.tiled_serve" in child.cmdline() and str(settings.port) in child.cmdline():
             return child
     raise LookupError(f"no tiled server process on port {settings.port}")
 

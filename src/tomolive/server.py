@@ -32,7 +32,7 @@ def config_path(settings: Settings) -> Path:
 
 
 def server_command(settings: Settings, admin_password: str) -> tuple[list[str], dict[str, str]]:
-    """The ``tiled serve config`` command line and environment for ``settings``."""
+    """The server's command line (``tiled serve config`` by way of :mod:`tomolive.tiled_serve`) and environment."""
     data_dir = settings.data_dir.absolute()
     (data_dir / "zarr").mkdir(parents=True, exist_ok=True)
     auth_uri, auth_password = split_password(settings.auth_db_uri)
@@ -47,7 +47,7 @@ def server_command(settings: Settings, admin_password: str) -> tuple[list[str], 
     if settings.catalog_uri:
         env["TOMOLIVE_CATALOG_URI"] = settings.catalog_uri
     command = [
-        sys.executable, "-m", "tiled", "serve", "config", str(config_path(settings)),
+        sys.executable, "-m", "tomolive.tiled_serve", str(config_path(settings)),
         "--host", settings.host, "--port", str(settings.port),
     ]  # fmt: skip
     if settings.public:
