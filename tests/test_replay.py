@@ -15,7 +15,7 @@ from event_model import DocumentNames, schema_validators
 from tiled.client import from_uri
 
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.formats import open_scan, write_dxchange, write_nxtomo
+from tomolive.formats import FrameStack, open_scan, write_dxchange, write_nxtomo
 from tomolive.phantoms import FoamPhantom, make_foam
 from tomolive.plans import replay_scan
 from tomolive.qc import circle_mask, psnr
@@ -84,9 +84,20 @@ def test_round_trip(tmp_path: Path, writer, fmt: str) -> None:
             stack = getattr(stored, name)
             assert stack.dtype == np.uint16 and stack.shape == scan[name].shape
             np.testing.assert_array_equal(stack.read(), scan[name])
+            np.testing.assert_array_equal(np.concatenate(list(stack.batches(max_bytes=80))), scan[name])
         rows = stored.projections.frame(3, slice(1, 3))
         np.testing.assert_array_equal(rows, scan["projections"][3, 1:3])
         np.testing.assert_array_equal(stored.angles_deg, scan["angles_deg"])
+
+
+def test_batches_read_every_frame_in_order_within_the_byte_limit() -> None:
+    frames = np.arange(10 * 4 * 5, dtype=np.uint16).reshape(10, 4, 5)  # 40 bytes a frame
+    index = np.array([0, 1, 2, 4, 5, 7, 8, 9])  # gaps, as flats between projections leave
+    stack = FrameStack(frames, index)
+    batches = list(stack.batches(max_bytes=3 * 40))
+    assert [len(batch) for batch in batches] == [3, 3, 2]
+    np.testing.assert_array_equal(np.concatenate(batches), frames[index])
+    assert [len(batch) for batch in stack.batches(max_bytes=1)] == [1] * 8  # a frame over the limit: alone
 
 
 def test_a_stored_scan_rewrites_frame_by_frame(tmp_path: Path) -> None:

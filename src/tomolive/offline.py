@@ -82,6 +82,11 @@ def process_scan(
     scan: StoredScan, uid: str, pipeline: TomoPipeline, *, sample: str | None = None, progress: bool = True
 ) -> ProcessedRun:
     """Feed every frame of ``scan`` to ``pipeline`` as a scan ``uid`` and wait for the result."""
+    if len(scan.angles_deg) != len(scan.projections):
+        raise BadInputError(
+            f"{scan.source}: {len(scan.angles_deg)} angles for {len(scan.projections)} projections; "
+            "expected one angle per projection."
+        )
     metadata = {
         "sample": sample or scan.metadata.get("sample") or Path(str(scan.source)).stem,
         "plan_name": "tomolive process",
@@ -91,13 +96,17 @@ def process_scan(
     }
     session = pipeline.session(uid, metadata, expected_angles=len(scan.projections))
     try:
-        for i in range(len(scan.darks)):
-            session.add_calibration("dark", scan.darks[i])
-        for i in range(len(scan.flats)):
-            session.add_calibration("flat", scan.flats[i])
-        frames = tqdm(range(len(scan.projections)), desc="read", unit="frame", disable=not progress)
-        for i in frames:
-            session.add_projection(scan.projections[i], float(scan.angles_deg[i]))
+        for kind, stack in (("dark", scan.darks), ("flat", scan.flats)):
+            for batch in stack.batches():
+                for frame in batch:
+                    session.add_calibration(kind, frame)
+        done = 0
+        with tqdm(total=len(scan.projections), desc="read", unit="frame", disable=not progress) as bar:
+            for batch in scan.projections.batches():
+                for frame, angle in zip(batch, scan.angles_deg[done : done + len(batch)]):
+                    session.add_projection(frame, float(angle))
+                done += len(batch)
+                bar.update(len(batch))
         session.finish()
     except Exception as err:  # marked failed in Tiled, like a live scan, not left "running"
         session.end("failed", f"{type(err).__name__}: {err}")
