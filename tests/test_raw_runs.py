@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from distributed import default_client, get_task_stream
 
 from tomolive.cli import main as tomolive_main
-from tomolive.offline import open_tiled_run
+from tomolive.errors import BadInputError
+from tomolive.formats import FrameStack, StoredScan
+from tomolive.offline import open_tiled_run, process_scan
 from tomolive.store import connect
 
 
@@ -71,3 +74,12 @@ def test_process_names_a_bad_source(tiled_server, tmp_path, capsys):
         assert str(missing) in str(err)
     else:
         raise AssertionError("a missing file must raise")
+
+
+def test_process_refuses_a_scan_whose_angles_do_not_match_its_projections(tmp_path):
+    frames = np.ones((5, 2, 3), np.uint16)
+    stack = FrameStack(frames, np.arange(5))
+    scan = StoredScan(stack, stack, stack, angles_deg=np.zeros(4), metadata={}, source=tmp_path / "x.h5",
+                      format="dxchange")  # fmt: skip
+    with pytest.raises(BadInputError, match="4 angles for 5 projections"):
+        process_scan(scan, "uid", pipeline=None)  # refused before a session (or a pipeline) is needed
