@@ -15,7 +15,10 @@ Reported per run:
   (centre finding, block reconstruction on Dask, Tiled writes, status update);
 - end to end: ``RE(...)`` called -> ``pipe.wait(uid)`` returns;
 - peak RSS of each Dask worker, of this (client) process and of the Tiled server during
-  processing, polled every 0.2 s with psutil, beside the worker's RSS just before.
+  processing, polled every 0.2 s with psutil, beside the worker's RSS just before;
+- CPU seconds of each of those processes during processing, and their sum as a share of the
+  CPUs this process may use (near 100 %: processing is CPU-bound, and the client's and the
+  server's CPU is taken from the workers).
 
 The machine's own ceiling is measured beside it, in every round: the same 32 block tasks
 (read the rows from a spool of the same layout, ``reconstruct``, write a zstd Zarr chunk as
@@ -276,6 +279,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         cluster.close()
     if result.status != "complete":
         raise RuntimeError(f"scan {uid} ended {result.status}: {result.reason}")
+    cpu = monitor.cpu_seconds(timer.t_stop)
     return {
         "workers": n_workers,
         "uid": uid,
@@ -288,7 +292,8 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         "rss_before_processing_mb": monitor.last_before(timer.t_stop),
         "peak_rss_acquisition_mb": monitor.peaks(timer.t_start, timer.t_stop),
         "peak_rss_processing_mb": monitor.peaks(timer.t_stop),
-        "cpu_s_processing": monitor.cpu_seconds(timer.t_stop),
+        "cpu_s_processing": cpu,
+        "cpu_busy_fraction": round(sum(cpu.values()) / ((t_done - timer.t_stop) * len(os.sched_getaffinity(0))), 2),
         "tasks": breakdown,
     }
 
@@ -398,7 +403,7 @@ def main(argv=None):
                 print(f"  worker task seconds (all workers) {run['tasks']['seconds']}; first "
                       f"reconstruct per worker {run['tasks']['first_recon_s']} s; busy "
                       f"{run['tasks']['busy_fraction']}; CPU s during processing "
-                      f"{run['cpu_s_processing']}", flush=True)
+                      f"{run['cpu_s_processing']}, {run['cpu_busy_fraction']:.0%} of this machine's CPUs", flush=True)
             first = {}
             for run in runs:
                 first.setdefault(run["workers"], run)
