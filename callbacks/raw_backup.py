@@ -74,7 +74,11 @@ class RawBackup:
 
 
 def raw_writer(client: BaseClient, outbox: Path, **kwargs: Any) -> TiledWriter:
-    """A ``TiledWriter`` into ``raw/`` whose runs fall back to ``<outbox>/raw`` if Tiled fails."""
+    """A ``TiledWriter`` into ``raw/`` whose runs fall back to ``<outbox>/raw`` if Tiled fails.
+
+    TiledWriter keeps each run's documents in memory until its stop, to back the whole run
+    up: with inline frames, the whole scan (docs/faults.md).
+    """
     return TiledWriter(raw_root(client), backup_dictionary=RawBackup(raw_backup_dir(outbox)), **kwargs)
 
 
