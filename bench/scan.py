@@ -143,10 +143,11 @@ class RssMonitor(threading.Thread):
         self.cpu.append((now, cpu))
 
     def cpu_seconds(self, t0):
-        """CPU seconds each process used from the last sample before t0 to the end."""
-        before = [c for t, c in self.cpu if t <= t0] or [self.cpu[0][1]]
-        end = self.cpu[-1][1]
-        return {k: round(end[k] - before[-1].get(k, 0.0), 2) for k in end}
+        """CPU seconds each process used from the last sample before t0 to the end, and the
+        seconds between those two samples."""
+        t_before, before = ([(t, c) for t, c in self.cpu if t <= t0] or [self.cpu[0]])[-1]
+        t_end, end = self.cpu[-1]
+        return {k: round(end[k] - before.get(k, 0.0), 2) for k in end}, t_end - t_before
 
     def run(self):
         while not self.halt.is_set():
@@ -178,7 +179,7 @@ def free_port() -> int:
 def tiled_server_pid() -> int | None:
     for child in psutil.Process().children(recursive=True):
         try:
-            if "tiled" in " ".join(child.cmdline()):
+            if "tomolive.tiled_serve" in child.cmdline():  # what running_server starts
                 return child.pid
         except psutil.Error:
             continue
@@ -279,7 +280,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         cluster.close()
     if result.status != "complete":
         raise RuntimeError(f"scan {uid} ended {result.status}: {result.reason}")
-    cpu = monitor.cpu_seconds(timer.t_stop)
+    cpu, cpu_span_s = monitor.cpu_seconds(timer.t_stop)
     return {
         "workers": n_workers,
         "uid": uid,
@@ -293,7 +294,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         "peak_rss_acquisition_mb": monitor.peaks(timer.t_start, timer.t_stop),
         "peak_rss_processing_mb": monitor.peaks(timer.t_stop),
         "cpu_s_processing": cpu,
-        "cpu_busy_fraction": round(sum(cpu.values()) / ((t_done - timer.t_stop) * len(os.sched_getaffinity(0))), 2),
+        "cpu_busy_fraction": round(sum(cpu.values()) / (cpu_span_s * len(os.sched_getaffinity(0))), 2),
         "tasks": breakdown,
     }
 

@@ -78,6 +78,8 @@ def test_catalog_and_auth_database(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     s = Settings.from_env()
     assert s.catalog_uri == "postgresql://tl:pw@db.example:5432/tomolive"
     assert s.auth_db_uri == "postgresql://tl:pw@db.example:5432/tomolive_auth"
+    short = Settings(catalog_uri="postgres://tl:pw@db/tomolive", auth_uri="postgres://tl:pw@db/auth")
+    assert (short.catalog_uri, short.auth_db_uri) == ("postgresql://tl:pw@db/tomolive", "postgresql://tl:pw@db/auth")
     with pytest.raises(ValueError, match="mysql://x/y.*postgresql://"):
         Settings(catalog_uri="mysql://x/y")
 

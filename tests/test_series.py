@@ -2,16 +2,16 @@
 
 After each scan's result and ``gc.collect()`` two numbers are taken: the bytes Python and
 numpy hold (``tracemalloc``, started after scan 1, which pays one-off costs: imports, client
-caches, FFT plans) and the bytes malloc holds. Growth is measured from scan 2 to scan 5.
+caches, FFT plans) and the bytes malloc has handed out. Growth is measured from scan 2 to scan 5.
 Per scan (48 x 160 x 160, 160 angles) the volume is 4.9 MB, the raw uint16 frames 2.5 MB and
 the spool's frame buffer 1.0 MB, so keeping any of them adds >= 3 MB over three scans.
 
 - Traced: 0.44-0.47 MB measured (the records of the last runs, which the pipeline keeps to
   recognise late documents, bounded at ``TomoPipeline.RECENT_RUNS``, and the histories
   that distributed's client keeps, bounded by its own settings); bound 1 MB.
-- Bytes malloc holds for the process (glibc's ``mallinfo2``: in use, in arenas and mapped),
-  a guard against leaks outside Python's allocators (C libraries, threads): bound 8 MB.
-  Not RSS, which was 1.6-6.0 MB in the full suite but 40-60 MB when this test ran alone:
+- Bytes malloc has handed out and not had back (glibc's ``mallinfo2``: arenas and mapped
+  chunks), a guard against leaks of C libraries outside Python's allocators: bound 8 MB.
+  Not RSS, which was 1.6-6.0 MB in the full suite but 36-60 MB when this test ran alone:
   glibc fills new per-thread malloc arenas during scans 2-4 of a fresh process (flat from
   scan 5 to 12; -1.6 MB with MALLOC_ARENA_MAX=2), free memory it keeps, not a leak. RSS is
   printed; where glibc is absent, RSS is the guard, with its old bound of 16 MB.

@@ -33,6 +33,8 @@ def split_password(uri: str) -> tuple[str, str | None]:
     Tiled 0.2.20 initialises a new authentication database in a subprocess handed
     ``str(engine.url)``, where SQLAlchemy masks the password as ``***``; so the password
     travels in ``PGPASSWORD`` instead (asyncpg and libpq read it when a URI has none).
+    :mod:`tomolive.tiled_serve` creates that database before Tiled starts, so Tiled's
+    subprocess is only its fall-back, but the server's connections use the same route.
     """
     parsed = urlsplit(uri)
     if not uri.startswith(POSTGRESQL_SCHEMES) or parsed.password is None:
@@ -55,6 +57,10 @@ class Settings:
     auth_uri: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("catalog_uri", "auth_uri"):  # SQLAlchemy knows only the long scheme name
+            uri = getattr(self, name)
+            if uri is not None and uri.startswith("postgres://"):
+                object.__setattr__(self, name, "postgresql://" + uri.removeprefix("postgres://"))
         if self.catalog_uri is not None and not self.catalog_uri.startswith(POSTGRESQL_SCHEMES):
             raise BadInputError(
                 f"catalog URI {self.catalog_uri!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB "

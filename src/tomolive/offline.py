@@ -1,9 +1,10 @@
 """Process a stored scan without a RunEngine: ``tomolive process <file or Tiled run URI>``.
 
 The frames go through the same :class:`~tomolive.session.ScanSession` the live callback
-uses (same normalisation, spool, preview, reconstruction and provenance), read one at a
-time from a DXchange/NeXus file (:mod:`tomolive.formats`) or from a raw Bluesky run saved
-in Tiled by bluesky-tiled-plugins' ``TiledWriter``.
+uses (same normalisation, spool, preview, reconstruction and provenance), read in batches
+of up to 64 MB (:meth:`~tomolive.formats.FrameStack.batches`) from a DXchange/NeXus file
+(:mod:`tomolive.formats`) or from a raw Bluesky run saved in Tiled by bluesky-tiled-plugins'
+``TiledWriter``.
 """
 
 from __future__ import annotations
