@@ -68,7 +68,7 @@ from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import PipelineParams, local_cluster, row_blocks
 from tomolive.plans import tomo_scan
-from tomolive.server import running_server
+from tomolive.server import SERVER_MODULE, running_server
 from tomolive.provenance import compute_device
 from tomolive.recon import reconstruct
 from tomolive.spool import ProjectionSpool, read_rows
@@ -179,7 +179,7 @@ def free_port() -> int:
 def tiled_server_pid() -> int | None:
     for child in psutil.Process().children(recursive=True):
         try:
-            if "tomolive.tiled_serve" in child.cmdline():  # what running_server starts
+            if SERVER_MODULE in child.cmdline():
                 return child.pid
         except psutil.Error:
             continue

@@ -20,14 +20,14 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
-from tomolive.server import running_server
+from tomolive.server import SERVER_MODULE, running_server
 from tomolive.outbox import OutboxEntry, pending
 from tomolive.store import connect, processed_for
 
 
 def _server_process(settings: Settings) -> psutil.Process:
     for child in psutil.Process().children(recursive=True):
-        if "tomolive.tiled_serve" in child.cmdline() and str(settings.port) in child.cmdline():
+        if SERVER_MODULE in child.cmdline() and str(settings.port) in child.cmdline():
             return child
     raise LookupError(f"no tiled server process on port {settings.port}")
 

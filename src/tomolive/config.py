@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .errors import BadInputError, MissingDataError
 
 KEY_FILE_NAME = "api_key"
-POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+POSTGRESQL_SCHEME = "postgresql://"  # Settings rewrites the short "postgres://" to it
 
 
 def split_password(uri: str) -> tuple[str, str | None]:
@@ -37,7 +37,7 @@ def split_password(uri: str) -> tuple[str, str | None]:
     subprocess is only its fall-back, but the server's connections use the same route.
     """
     parsed = urlsplit(uri)
-    if not uri.startswith(POSTGRESQL_SCHEMES) or parsed.password is None:
+    if not uri.startswith(POSTGRESQL_SCHEME) or parsed.password is None:
         return uri, None
     netloc = parsed.netloc.replace(f":{parsed.password}@", "@", 1)
     return urlunsplit(parsed._replace(netloc=netloc)), unquote(parsed.password)
@@ -60,8 +60,8 @@ class Settings:
         for name in ("catalog_uri", "auth_uri"):  # SQLAlchemy knows only the long scheme name
             uri = getattr(self, name)
             if uri is not None and uri.startswith("postgres://"):
-                object.__setattr__(self, name, "postgresql://" + uri.removeprefix("postgres://"))
-        if self.catalog_uri is not None and not self.catalog_uri.startswith(POSTGRESQL_SCHEMES):
+                object.__setattr__(self, name, POSTGRESQL_SCHEME + uri.removeprefix("postgres://"))
+        if self.catalog_uri is not None and not self.catalog_uri.startswith(POSTGRESQL_SCHEME):
             raise BadInputError(
                 f"catalog URI {self.catalog_uri!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB "
                 "(leave it unset for the embedded SQLite catalog in the data directory)"

@@ -101,12 +101,11 @@ def process_scan(
             for batch in stack.batches():
                 for frame in batch:
                     session.add_calibration(kind, frame)
-        done = 0
+        angles = iter(scan.angles_deg)  # as many as frames (checked above)
         with tqdm(total=len(scan.projections), desc="read", unit="frame", disable=not progress) as bar:
             for batch in scan.projections.batches():
-                for frame, angle in zip(batch, scan.angles_deg[done : done + len(batch)]):
+                for frame, angle in zip(batch, angles):  # zip stops at the batch's end first
                     session.add_projection(frame, float(angle))
-                done += len(batch)
                 bar.update(len(batch))
         session.finish()
     except Exception as err:  # marked failed in Tiled, like a live scan, not left "running"

@@ -25,6 +25,10 @@ from .errors import TomoliveError
 from .keys import issue_writer_key, principal_of
 
 
+SERVER_MODULE = "tomolive.tiled_serve"
+"""What the server process runs (``python -m``): find it among child processes by this."""
+
+
 def config_path(settings: Settings) -> Path:
     """The Tiled config (profile) shipped in ``tomolive.tiled_config`` that ``settings`` need."""
     name = "postgresql.yml" if settings.catalog_uri else "sqlite.yml"
@@ -47,7 +51,7 @@ def server_command(settings: Settings, admin_password: str) -> tuple[list[str], 
     if settings.catalog_uri:
         env["TOMOLIVE_CATALOG_URI"] = settings.catalog_uri
     command = [
-        sys.executable, "-m", "tomolive.tiled_serve", str(config_path(settings)),
+        sys.executable, "-m", SERVER_MODULE, str(config_path(settings)),
         "--host", settings.host, "--port", str(settings.port),
     ]  # fmt: skip
     if settings.public:

@@ -36,6 +36,11 @@ from tiled.config import parse_configs
 from tiled.utils import ensure_specified_sql_driver
 
 USAGE = "usage: python -m tomolive.tiled_serve PROFILE [tiled serve config options]"
+SCHEMAS = {
+    "auth": (authn_schema, authn_migrations, "tiled admin"),
+    "catalog": (catalog_schema, catalog_migrations, "tiled catalog"),
+}
+"""Tiled's tables, migrations and the command that upgrades them, per kind of database."""
 
 
 def create_if_missing(uri: str, schema: ModuleType, migrations: ModuleType) -> bool:
@@ -70,14 +75,12 @@ def create_databases(profile: Path) -> list[str]:
     A database of an older Tiled raises ``SystemExit`` with the command that upgrades it.
     """
     config = parse_configs(profile)
-    wanted = []
-    if config.database is not None and config.database.uri:
-        wanted.append(("auth", config.database.uri, authn_schema, authn_migrations, "tiled admin"))
-    for tree in config.trees or []:
-        if tree.tree_type is catalog_from_uri and tree.args and "uri" in tree.args:
-            wanted.append(("catalog", tree.args["uri"], catalog_schema, catalog_migrations, "tiled catalog"))
+    wanted = [("auth", config.database.uri)] if config.database is not None and config.database.uri else []
+    wanted += [("catalog", tree.args["uri"]) for tree in config.trees or []
+               if tree.tree_type is catalog_from_uri and tree.args and "uri" in tree.args]  # fmt: skip
     created = []
-    for kind, uri, schema, migrations, command in wanted:
+    for kind, uri in wanted:
+        schema, migrations, command = SCHEMAS[kind]
         try:
             if create_if_missing(uri, schema, migrations):
                 created.append(kind)
