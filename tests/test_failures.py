@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
@@ -63,16 +65,23 @@ def pause_after(n_events, plan):
     return bpp.plan_mutator(plan, insert_pause)
 
 
-def test_aborted_scan_is_marked_aborted(tiled_server, pipeline, beamline):
+def test_aborted_scan_is_marked_aborted_and_its_empty_volume_removed(tiled_server, pipeline, beamline):
     RE = RunEngine()
     RE.subscribe(pipeline)
+    starts = []
+    RE.subscribe(lambda name, doc: starts.append(doc["uid"]), "start")
     b = beamline
     plan = tomo_scan(b.detector, b.rotation, np.linspace(0, 180, 60, endpoint=False), 2, 2,
                      shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out,
                      md={"sample": "aborted"})  # fmt: skip
     with pytest.raises(RunEngineInterrupted):
-        RE(pause_after(10, plan))
+        RE(pause_after(10, plan))  # 2 darks, 2 flats, 6 projections
     assert RE.state == "paused"
+    record = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][starts[0]]
+    deadline = time.monotonic() + 30
+    while "recon" not in record and time.monotonic() < deadline:  # made once the frame shape is known
+        time.sleep(0.1)
+    assert record["recon"].shape == (16, 96, 96)
     (uid,) = RE.abort(reason="operator stopped the scan")
     outcome = pipeline.wait(uid, timeout=60)
     assert outcome.status == "aborted"

@@ -8,7 +8,9 @@ its frame rate. The queue is bounded (``QUEUE_BYTES``): if ingest ever fell that
 behind, the caller would wait rather than memory grow. Everything that waits on a server
 runs elsewhere too:
 
-- the Tiled record is created on an I/O thread when the session starts;
+- the Tiled record is created on an I/O thread when the session starts, and its empty
+  ``recon`` array when the first projection gives the frame shape, so that processing
+  starts with the centre search (an aborted scan's unwritten array is removed);
 - the live preview reconstructs and publishes on its own thread;
 - :meth:`finish` queues the volume reconstruction (centre, Dask blocks, status) on the
   pipeline's processing thread and returns at once.
@@ -40,7 +42,7 @@ from .analysis import analyse_scan, early_qc_rows, submit_qc
 from .errors import BadInputError, MissingDataError
 from .events import ResultEvents
 from .outbox import OutboxEntry
-from .pipeline import PipelineParams, denoise_scan, prepare_projection, start_reconstruction
+from .pipeline import PipelineParams, denoise_scan, new_recon_volume, prepare_projection, start_reconstruction
 from .preprocess import CenterResult
 from .preprocess import reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
@@ -48,7 +50,7 @@ from .progress import ProgressReporter
 from .provenance import Provenance
 from .spool import ProjectionSpool
 from .stage_runner import run_extra_stages
-from .store import ScanRecord, is_unreachable, now, patiently
+from .store import ScanRecord, VolumeTarget, is_unreachable, now, patiently
 
 logger = logging.getLogger(__name__)
 CALIBRATIONS = ("dark", "flat")
@@ -114,6 +116,7 @@ class ScanSession:
             patiently, lambda: ScanRecord.create(engine.client, uid, metadata, api_key),
             f"create the record of run {uid}", engine.patience_s,
         )  # fmt: skip
+        self._recon_volume: Future[VolumeTarget] | None = None  # made when the frame shape is known
 
     # -- the caller's thread: queue only ------------------------------------------------
 
@@ -265,6 +268,11 @@ class ScanSession:
         self.calibration = {name: [] for name in CALIBRATIONS}
         path = self.engine.scratch_dir / f"tomolive-spool-{self.uid}.zarr"
         self.spool = ProjectionSpool.create(path, frame.shape, params.rows_per_block, self.expected_angles)
+        with self._end_lock:  # a run that ended meanwhile gets no array (_store_end looks after the lock)
+            if not self.ended:
+                self._recon_volume = self.engine.io.submit(
+                    lambda: new_recon_volume(self._record.result(), frame.shape, params)
+                )  # fmt: skip
         self._start_preview(frame.shape)
 
     def _start_preview(self, frame_shape: tuple[int, int]) -> None:
@@ -325,7 +333,10 @@ class ScanSession:
         progress = ProgressReporter(sink, self.engine.io)
         n_rows, n_cols = self.spool.frame_shape
         qc_rows = early_qc_rows(params, n_rows)
-        recon = start_reconstruction(self.spool, sink, params, client, self.provenance, first_rows=qc_rows)
+        recon = start_reconstruction(
+            self.spool, sink, params, client, self.provenance, first_rows=qc_rows,
+            volume=self._recon_volume if isinstance(sink, ScanRecord) else None,
+        )  # fmt: skip
         if self.preview is not None:
             self.preview.close(timeout=0)  # its last publish runs beside the blocks
         qc = submit_qc(client, recon.target, None, params, recon.center.confidence,
@@ -402,6 +413,8 @@ class ScanSession:
         extra = {"reason": reason, "provenance": self.provenance.as_dict()}
         try:
             record = self._record.result()
+            if not self._submitted:
+                self._remove_unwritten_volume(record)
             patiently(lambda: record.set_status(status, **extra), f"mark it {status}", self.engine.patience_s)
             return ProcessedRun(self.uid, status, record.node.uri, reason)
         except Exception as err:
@@ -412,6 +425,15 @@ class ScanSession:
         entry.set_status(status, **extra)
         logger.error("Tiled is unreachable: status %r of run %s kept in %s", status, self.uid, entry.describe())
         return ProcessedRun(self.uid, status, None, reason, str(entry.path))
+
+    def _remove_unwritten_volume(self, record: ScanRecord) -> None:
+        """Delete the ``recon`` array made during a scan that ended before processing."""
+        if self._recon_volume is None or self._recon_volume.exception() is not None:
+            return
+        try:
+            record.remove("recon")
+        except Exception:  # the status still says why there is no result
+            logger.exception("could not remove the unwritten recon array of run %s", self.uid)
 
     def _close_preview(self) -> None:
         if self.preview is not None:

@@ -257,6 +257,9 @@ class ScanRecord:
             array_client.uri, self.api_key, rows_per_block, _writable_zarr_path(array_client)
         )
 
+    def remove(self, key: str) -> None:
+        """Delete the child ``key`` and its data."""
+        self.node.delete_contents(key, external_only=False)
 
     def write_preview(self, image: np.ndarray, metadata: dict) -> None:
         """Create or overwrite the ``preview`` array (one chunk), then its metadata.
