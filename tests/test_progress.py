@@ -29,14 +29,31 @@ def test_reports_return_at_once_and_only_the_newest_due_one_is_sent():
     sink = SlowSink()
     with ThreadPoolExecutor(1) as io:
         reporter = ProgressReporter(sink, io, interval_s=0.0)  # every report is due
-        for done in range(1, 11):
+        for done in range(1, 10):
             reporter.report(stage="recon", done=done, total=10)  # the first is in flight, blocked
         assert sink.sent == []
         sink.release.set()
         io.submit(lambda: None).result()  # the sender has taken what was waiting
-        assert reporter.finish() == {"stage": "recon", "done": 10, "total": 10}
-    assert sink.sent[-1] == {"stage": "recon", "done": 10, "total": 10}
+        assert reporter.finish() == {"stage": "recon", "done": 9, "total": 10}
+    assert sink.sent[-1] == {"stage": "recon", "done": 9, "total": 10}
     assert len(sink.sent) <= 2  # the one in flight (if it had started), then the newest waiting
+
+
+def test_a_stages_last_report_is_carried_by_the_next_stage_or_the_final_status():
+    sink = SlowSink()
+    sink.release.set()
+    with ThreadPoolExecutor(1) as io:
+        reporter = ProgressReporter(sink, io, interval_s=0.0)  # every report is due
+        reporter.report(stage="recon", done=1, total=2)
+        reporter.report(stage="recon", done=2, total=2)
+        io.submit(lambda: None).result()
+        assert sink.sent == [{"stage": "recon", "done": 1, "total": 2}]
+        reporter.report(stage="analysis")
+        io.submit(lambda: None).result()
+        reporter.report(stage="extra_stages", done=1, total=1)
+        final = reporter.finish()
+    assert sink.sent == [{"stage": "recon", "done": 1, "total": 2}, {"stage": "analysis"}]
+    assert final == {"stage": "extra_stages", "done": 1, "total": 1}
 
 
 def test_a_stage_is_sent_when_it_starts_then_at_most_every_interval_and_finish_returns_the_rest():
