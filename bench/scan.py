@@ -18,7 +18,10 @@ Reported per run:
   processing, polled every 0.2 s with psutil, beside the worker's RSS just before;
 - CPU seconds of each of those processes during processing, and their sum as a share of the
   CPUs this process may use (near 100 %: processing is CPU-bound, and the client's and the
-  server's CPU is taken from the workers).
+  server's CPU is taken from the workers);
+- what else the machine did meanwhile: CPU seconds of every other process and the kernel,
+  and the share of the vCPUs' time the hypervisor gave to other guests (steal), which on a
+  shared host is what makes one round slower than the next.
 
 The machine's own ceiling is measured beside it, in every round: the same 32 block tasks
 (read the rows from a spool of the same layout, ``reconstruct``, write a zstd Zarr chunk as
@@ -127,6 +130,7 @@ class RssMonitor(threading.Thread):
             self.procs["tiled-server"] = psutil.Process(server_pid)
         self.samples: list[tuple[float, dict[str, int]]] = []
         self.cpu: list[tuple[float, dict[str, float]]] = []
+        self.machine: list[tuple[float, dict[str, float]]] = []
         self.halt = threading.Event()
 
     def sample(self):
@@ -141,12 +145,14 @@ class RssMonitor(threading.Thread):
         now = time.perf_counter()
         self.samples.append((now, rss))
         self.cpu.append((now, cpu))
+        self.machine.append((now, machine_cpu()))
 
-    def cpu_seconds(self, t0):
-        """CPU seconds each process used from the last sample before t0 to the end, and the
-        seconds between those two samples."""
-        t_before, before = ([(t, c) for t, c in self.cpu if t <= t0] or [self.cpu[0]])[-1]
-        t_end, end = self.cpu[-1]
+    def cpu_seconds(self, t0, series=None):
+        """CPU seconds each process (or, with ``series=self.machine``, the whole machine)
+        used from the last sample before t0 to the end, and the seconds between those samples."""
+        series = self.cpu if series is None else series
+        t_before, before = ([(t, c) for t, c in series if t <= t0] or [series[0]])[-1]
+        t_end, end = series[-1]
         return {k: round(end[k] - before.get(k, 0.0), 2) for k in end}, t_end - t_before
 
     def run(self):
@@ -168,6 +174,14 @@ class RssMonitor(threading.Thread):
         """RSS (MB) in the last sample taken before t."""
         before = [rss for ts, rss in self.samples if ts <= t]
         return {k: round(v / MB, 1) for k, v in (before[-1] if before else {}).items()}
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds of the whole machine so far: busy (every process, the kernel) and stolen
+    (the hypervisor ran another guest on our vCPUs: time this machine lost)."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return {"busy": busy, "steal": getattr(t, "steal", 0.0)}
 
 
 def free_port() -> int:
@@ -281,6 +295,8 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
     if result.status != "complete":
         raise RuntimeError(f"scan {uid} ended {result.status}: {result.reason}")
     cpu, cpu_span_s = monitor.cpu_seconds(timer.t_stop)
+    machine, _ = monitor.cpu_seconds(timer.t_stop, monitor.machine)
+    n_cpus = len(os.sched_getaffinity(0))
     return {
         "workers": n_workers,
         "uid": uid,
@@ -294,7 +310,9 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         "peak_rss_acquisition_mb": monitor.peaks(timer.t_start, timer.t_stop),
         "peak_rss_processing_mb": monitor.peaks(timer.t_stop),
         "cpu_s_processing": cpu,
-        "cpu_busy_fraction": round(sum(cpu.values()) / (cpu_span_s * len(os.sched_getaffinity(0))), 2),
+        "cpu_busy_fraction": round(sum(cpu.values()) / (cpu_span_s * n_cpus), 2),
+        "other_cpu_s_processing": round(machine["busy"] - sum(cpu.values()), 2),
+        "steal_fraction": round(machine["steal"] / (cpu_span_s * n_cpus), 3),
         "tasks": breakdown,
     }
 
@@ -404,7 +422,9 @@ def main(argv=None):
                 print(f"  worker task seconds (all workers) {run['tasks']['seconds']}; first "
                       f"reconstruct per worker {run['tasks']['first_recon_s']} s; busy "
                       f"{run['tasks']['busy_fraction']}; CPU s during processing "
-                      f"{run['cpu_s_processing']}, {run['cpu_busy_fraction']:.0%} of this machine's CPUs", flush=True)
+                      f"{run['cpu_s_processing']}, {run['cpu_busy_fraction']:.0%} of this machine's CPUs; "
+                      f"other processes and the kernel {run['other_cpu_s_processing']} CPU s; stolen by the "
+                      f"hypervisor {run['steal_fraction']:.1%}", flush=True)
             first = {}
             for run in runs:
                 first.setdefault(run["workers"], run)
