@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from tomolive.errors import BadInputError
 from tomolive.phantoms import FoamPhantom, make_foam, measure
-from tomolive.qc import QCThresholds, edge_width, qc_alerts, qc_metrics, ring_severity, snr_cnr
+from tomolive.qc import QCThresholds, _sector_profiles, edge_width, qc_alerts, qc_metrics, ring_severity, snr_cnr
 from tomolive.recon import reconstruct
 
 ANGLES = np.linspace(0.0, np.pi, 150, endpoint=False)
@@ -58,6 +58,20 @@ def test_ring_severity_ignores_a_centred_cylinder() -> None:
     volume[:, (np.abs(np.hypot(g[:, None], g[None, :]) - 20.0) < 0.5)] += 0.05  # a 5% ring
     # one ring at one radius: an RMS over ~40 radii gives about 0.05 / sqrt(40)
     assert ring_severity(volume) > 0.004
+
+
+@pytest.mark.parametrize("shape", [(3, 96, 96), (2, 70, 101)])
+def test_sector_profiles_are_map_coordinates_on_the_polar_grid(shape) -> None:
+    """The sparse polar resampling gives scipy's bilinear interpolation, sector-averaged."""
+    images = np.random.default_rng(5).normal(size=shape).astype(np.float32)
+    n_images, ny, nx = shape
+    radii = np.arange(4, min(ny, nx) // 2 - 2, dtype=float)
+    per_sector = max(8, int(2 * np.pi * radii[-1]) // 8)
+    theta = np.linspace(0, 2 * np.pi, 8 * per_sector, endpoint=False)
+    coords = np.stack([(ny - 1) / 2 + radii[:, None] * np.sin(theta), (nx - 1) / 2 + radii[:, None] * np.cos(theta)])
+    expected = [ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), 8, -1).mean(axis=2)
+                for image in images]  # fmt: skip
+    np.testing.assert_allclose(_sector_profiles(images, 8), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_edge_width_of_a_blurred_step() -> None:

