@@ -130,7 +130,7 @@ class RssMonitor(threading.Thread):
             self.procs["tiled-server"] = psutil.Process(server_pid)
         self.samples: list[tuple[float, dict[str, int]]] = []
         self.cpu: list[tuple[float, dict[str, float]]] = []
-        self.machine: list[tuple[float, dict[str, float]]] = []
+        self.machine_cpu: list[tuple[float, dict[str, float]]] = []
         self.halt = threading.Event()
 
     def sample(self):
@@ -145,10 +145,10 @@ class RssMonitor(threading.Thread):
         now = time.perf_counter()
         self.samples.append((now, rss))
         self.cpu.append((now, cpu))
-        self.machine.append((now, machine_cpu()))
+        self.machine_cpu.append((now, machine_cpu()))
 
     def cpu_seconds(self, t0, series=None):
-        """CPU seconds each process (or, with ``series=self.machine``, the whole machine)
+        """CPU seconds each process (or, with ``series=self.machine_cpu``, the whole machine)
         used from the last sample before t0 to the end, and the seconds between those samples."""
         series = self.cpu if series is None else series
         t_before, before = ([(t, c) for t, c in series if t <= t0] or [series[0]])[-1]
@@ -295,7 +295,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
     if result.status != "complete":
         raise RuntimeError(f"scan {uid} ended {result.status}: {result.reason}")
     cpu, cpu_span_s = monitor.cpu_seconds(timer.t_stop)
-    machine, _ = monitor.cpu_seconds(timer.t_stop, monitor.machine)
+    machine, _ = monitor.cpu_seconds(timer.t_stop, monitor.machine_cpu)
     n_cpus = len(os.sched_getaffinity(0))
     return {
         "workers": n_workers,
@@ -312,7 +312,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         "cpu_s_processing": cpu,
         "cpu_busy_fraction": round(sum(cpu.values()) / (cpu_span_s * n_cpus), 2),
         "other_cpu_s_processing": round(machine["busy"] - sum(cpu.values()), 2),
-        "steal_fraction": round(machine["steal"] / (cpu_span_s * n_cpus), 3),
+        "steal_fraction": round(machine["steal"] / (cpu_span_s * psutil.cpu_count()), 3),
         "tasks": breakdown,
     }
 

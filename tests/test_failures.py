@@ -77,11 +77,11 @@ def test_aborted_scan_is_marked_aborted_and_its_empty_volume_removed(tiled_serve
     with pytest.raises(RunEngineInterrupted):
         RE(pause_after(10, plan))  # 2 darks, 2 flats, 6 projections
     assert RE.state == "paused"
-    record = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][starts[0]]
+    processed = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"]
     deadline = time.monotonic() + 30
-    while "recon" not in record and time.monotonic() < deadline:  # made once the frame shape is known
-        time.sleep(0.1)
-    assert record["recon"].shape == (16, 96, 96)
+    while not (starts[0] in processed and "recon" in processed[starts[0]]) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the record, then its array once a projection gave the frame shape
+    assert processed[starts[0]]["recon"].shape == (16, 96, 96)
     (uid,) = RE.abort(reason="operator stopped the scan")
     outcome = pipeline.wait(uid, timeout=60)
     assert outcome.status == "aborted"

@@ -39,21 +39,25 @@ def test_reports_return_at_once_and_only_the_newest_due_one_is_sent():
     assert len(sink.sent) <= 2  # the one in flight (if it had started), then the newest waiting
 
 
-def test_a_stages_last_report_is_carried_by_the_next_stage_or_the_final_status():
+def test_a_stages_last_report_is_not_sent_unless_it_is_also_its_first():
     sink = SlowSink()
     sink.release.set()
     with ThreadPoolExecutor(1) as io:
         reporter = ProgressReporter(sink, io, interval_s=0.0)  # every report is due
         reporter.report(stage="recon", done=1, total=2)
-        reporter.report(stage="recon", done=2, total=2)
+        reporter.report(stage="recon", done=2, total=2)  # replaced by the next stage's first
         io.submit(lambda: None).result()
         assert sink.sent == [{"stage": "recon", "done": 1, "total": 2}]
         reporter.report(stage="analysis")
+        reporter.report(stage="segment", done=1, total=1)  # a stage's only report goes out
         io.submit(lambda: None).result()
-        reporter.report(stage="extra_stages", done=1, total=1)
-        final = reporter.finish()
-    assert sink.sent == [{"stage": "recon", "done": 1, "total": 2}, {"stage": "analysis"}]
-    assert final == {"stage": "extra_stages", "done": 1, "total": 1}
+        reporter.report(stage="extra_stages", done=1, total=2)
+        io.submit(lambda: None).result()
+        reporter.report(stage="extra_stages", done=2, total=2)
+        final = reporter.finish()  # the final status carries it
+    assert sink.sent[0] == {"stage": "recon", "done": 1, "total": 2}
+    assert sink.sent[-2:] == [{"stage": "segment", "done": 1, "total": 1}, {"stage": "extra_stages", "done": 1, "total": 2}]
+    assert final == {"stage": "extra_stages", "done": 2, "total": 2}
 
 
 def test_a_stage_is_sent_when_it_starts_then_at_most_every_interval_and_finish_returns_the_rest():

@@ -13,8 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-import concurrent.futures
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future as LocalFuture, ThreadPoolExecutor
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -400,9 +399,9 @@ def start_reconstruction(
     provenance: Provenance,
     *,
     first_rows: Sequence[int] = (),
-    volume: concurrent.futures.Future[VolumeTarget] | None = None,
+    volume: LocalFuture[VolumeTarget] | None = None,
 ) -> Reconstruction:
-    """Find the centre, create ``sink``'s ``recon`` volume and submit its blocks to Dask.
+    """Find the centre, create ``sink``'s ``recon`` volume (unless given) and submit its blocks to Dask.
 
     Returns at once; :meth:`Reconstruction.wait` waits for the blocks. The blocks holding
     ``first_rows`` are submitted first, so work that reads those rows can start early.
@@ -415,7 +414,8 @@ def start_reconstruction(
         raise BadInputError(f"a scan needs at least 2 projections to reconstruct; got {len(angles)}.")
     n_rows, n_cols = spool.frame_shape
     with ThreadPoolExecutor(1, thread_name_prefix="tomolive-new-volume") as pool:
-        volume = volume or pool.submit(new_recon_volume, sink, spool.frame_shape, params)
+        if volume is None:
+            volume = pool.submit(new_recon_volume, sink, spool.frame_shape, params)
         with provenance.stage("center"):
             center = find_scan_center(spool, angles, params)
         provenance.results["center"] = center.as_dict()

@@ -5,10 +5,11 @@ A progress update is a metadata PATCH to Tiled: 0.13-0.16 s of the server's CPU 
 Sent inline, each one would delay the processing thread's next step.
 :class:`ProgressReporter` hands them to an I/O thread, sends a stage's first report at
 once and later ones at most every ``interval_s``, and only ever the newest: progress is
-a state, not a log. A stage's last report (``done == total``) is not sent on its own:
-the next stage's first report or the final status, moments later, carries it. The newest
-state is handed back by :meth:`ProgressReporter.finish`, so the final status update
-carries it instead of one more round trip on the way to the result.
+a state, not a log. A stage's last report (``done == total``), unless it is also its
+first, is not sent on its own: moments later the next stage's first report replaces it,
+or the final status carries it. The newest state is handed back by
+:meth:`ProgressReporter.finish`, so the final status update carries it instead of one
+more round trip on the way to the result.
 """
 
 from __future__ import annotations
@@ -51,17 +52,16 @@ class ProgressReporter:
     def report(self, **progress: Any) -> None:
         """Record ``progress`` (e.g. ``stage="recon", done=3, total=32``); returns at once.
 
-        It is sent when its stage is new or ``interval_s`` has passed since the last send,
-        replacing any update still waiting; otherwise, or when it is the stage's last
-        (``done == total``), it is held until the next one is due.
+        It is sent when its stage is new, or when ``interval_s`` has passed since the last
+        send and it is not the stage's last (``done == total``), replacing any update still
+        waiting; otherwise it is held until the next one is due.
         """
         with self._lock:
             self._raise_error()
             self._latest = progress
-            if "total" in progress and progress.get("done") == progress["total"]:
-                return
             new_stage = progress.get("stage") != self._queued_stage
-            if not (new_stage or time.monotonic() - self._queued_at >= self.interval_s):
+            last = "total" in progress and progress.get("done") == progress["total"]
+            if not (new_stage or (time.monotonic() - self._queued_at >= self.interval_s and not last)):
                 return
             self._pending = progress
             self._queued_stage, self._queued_at = progress.get("stage"), time.monotonic()

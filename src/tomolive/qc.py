@@ -227,8 +227,9 @@ def _sector_profiles(images: np.ndarray, sectors: int) -> np.ndarray:
 
     The same numbers as ``scipy.ndimage.map_coordinates(order=1)`` on the polar grid then
     the sector means (to float32 rounding), as sparse matrices of 4 corner weights per
-    sample point, applied to every image at once: 2-4x faster. Built for ~1M sample points
-    at a time, so memory stays bounded at any image size.
+    sample point applied to every image at once: 2.2-3x faster (measured at 512^2 and
+    2048^2). The matrices are built for ~1M sample points at a time (~30 MB), beside one
+    transposed copy of the images.
     """
     n_images, ny, nx = images.shape
     radii = np.arange(4, min(ny, nx) // 2 - 2, dtype=float)

@@ -9,8 +9,9 @@ behind, the caller would wait rather than memory grow. Everything that waits on 
 runs elsewhere too:
 
 - the Tiled record is created on an I/O thread when the session starts, and its empty
-  ``recon`` array when the first projection gives the frame shape, so that processing
-  starts with the centre search (an aborted scan's unwritten array is removed);
+  ``recon`` array once the first projection gives the frame shape, so that processing
+  starts with the centre search (a run that ends before its blocks are submitted has
+  it removed);
 - the live preview reconstructs and publishes on its own thread;
 - :meth:`finish` queues the volume reconstruction (centre, Dask blocks, status) on the
   pipeline's processing thread and returns at once.
@@ -117,6 +118,7 @@ class ScanSession:
             f"create the record of run {uid}", engine.patience_s,
         )  # fmt: skip
         self._recon_volume: Future[VolumeTarget] | None = None  # made when the frame shape is known
+        self._blocks_submitted = False  # processing has begun writing the recon array
 
     # -- the caller's thread: queue only ------------------------------------------------
 
@@ -268,12 +270,28 @@ class ScanSession:
         self.calibration = {name: [] for name in CALIBRATIONS}
         path = self.engine.scratch_dir / f"tomolive-spool-{self.uid}.zarr"
         self.spool = ProjectionSpool.create(path, frame.shape, params.rows_per_block, self.expected_angles)
-        with self._end_lock:  # a run that ended meanwhile gets no array (_store_end looks after the lock)
-            if not self.ended:
-                self._recon_volume = self.engine.io.submit(
-                    lambda: new_recon_volume(self._record.result(), frame.shape, params)
-                )  # fmt: skip
+        shape = frame.shape
+        self._record.add_done_callback(lambda record: self._make_recon_volume(record, shape))
         self._start_preview(frame.shape)
+
+    def _make_recon_volume(self, record: Future[ScanRecord], frame_shape: tuple[int, int]) -> None:
+        """Once the record exists, make its empty ``recon`` array on an I/O thread (no thread
+        waits for the record), unless the run has already ended: then processing makes it,
+        or nothing needs it. One made before the end is used, or removed by ``_store_end``
+        if the run ends before its blocks are submitted."""
+        with self._end_lock:
+            if not self.ended and record.exception() is None:
+                self._recon_volume = self.engine.io.submit(
+                    new_recon_volume, record.result(), frame_shape, self.engine.params
+                )  # fmt: skip
+
+    def _early_volume(self, sink: ScanRecord | OutboxEntry) -> Future[VolumeTarget] | None:
+        """The ``recon`` array made during the scan, if it is ``sink``'s and its making did not
+        fail (Tiled down at the time: processing makes it again)."""
+        volume = self._recon_volume if isinstance(sink, ScanRecord) else None
+        if volume is not None and volume.done() and volume.exception() is not None:
+            return None
+        return volume
 
     def _start_preview(self, frame_shape: tuple[int, int]) -> None:
         params = self.engine.params
@@ -334,9 +352,9 @@ class ScanSession:
         n_rows, n_cols = self.spool.frame_shape
         qc_rows = early_qc_rows(params, n_rows)
         recon = start_reconstruction(
-            self.spool, sink, params, client, self.provenance, first_rows=qc_rows,
-            volume=self._recon_volume if isinstance(sink, ScanRecord) else None,
+            self.spool, sink, params, client, self.provenance, first_rows=qc_rows, volume=self._early_volume(sink),
         )  # fmt: skip
+        self._blocks_submitted = True
         if self.preview is not None:
             self.preview.close(timeout=0)  # its last publish runs beside the blocks
         qc = submit_qc(client, recon.target, None, params, recon.center.confidence,
@@ -413,9 +431,9 @@ class ScanSession:
         extra = {"reason": reason, "provenance": self.provenance.as_dict()}
         try:
             record = self._record.result()
-            if not self._submitted:
-                self._remove_unwritten_volume(record)
             patiently(lambda: record.set_status(status, **extra), f"mark it {status}", self.engine.patience_s)
+            if not self._blocks_submitted:
+                self._remove_unwritten_volume(record)
             return ProcessedRun(self.uid, status, record.node.uri, reason)
         except Exception as err:
             if not is_unreachable(err):
@@ -427,13 +445,13 @@ class ScanSession:
         return ProcessedRun(self.uid, status, None, reason, str(entry.path))
 
     def _remove_unwritten_volume(self, record: ScanRecord) -> None:
-        """Delete the ``recon`` array made during a scan that ended before processing."""
+        """Delete the ``recon`` array made during a scan that ended before any block was written."""
         if self._recon_volume is None or self._recon_volume.exception() is not None:
             return
         try:
             record.remove("recon")
-        except Exception:  # the status still says why there is no result
-            logger.exception("could not remove the unwritten recon array of run %s", self.uid)
+        except Exception as err:  # the status, already set, says why there is no result
+            logger.warning("could not remove the empty recon array of run %s: %s", self.uid, err)
 
     def _close_preview(self) -> None:
         if self.preview is not None:

@@ -259,6 +259,8 @@ class ScanRecord:
 
     def remove(self, key: str) -> None:
         """Delete the child ``key`` and its data."""
+        if not key:  # Tiled reads no key as every child
+            raise ValueError(f"remove needs a child's key; got {key!r}")
         self.node.delete_contents(key, external_only=False)
 
     def write_preview(self, image: np.ndarray, metadata: dict) -> None:

@@ -126,7 +126,8 @@ async function showScan(uid) {
     showSlice("preview", uid, "preview", `${i},:,:`, [ny, nx], zoom([ny, nx]), preview.metadata.updated,
       `live preview · detector row ${row} · ${angles} angles`);
   }
-  if (chosen) {
+  // recon exists (empty) from the first projection on: show it once processing reports progress
+  if (chosen && (md.status !== "running" || md.progress)) {
     const [nz, ny, nx] = children[chosen].structure.shape;
     const [z, y, x] = [nz, ny, nx].map((n) => Math.floor(n / 2));
     const scale = zoom([nz, ny, nx]);
