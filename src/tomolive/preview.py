@@ -119,7 +119,7 @@ class LivePreview:
         publish: Callable[[PreviewSnapshot], None],
         *,
         size: int = 512,
-        interval_s: float = 1.0,
+        interval_s: float = 2.0,
     ):
         self.rows = tuple(int(r) for r in rows)
         self.fbp = IncrementalFBP(n_cols, center, size=size)
