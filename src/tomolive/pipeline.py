@@ -409,7 +409,8 @@ def start_reconstruction(
     ``first_rows`` are submitted first, so work that reads those rows can start early.
     ``volume`` is the ``recon`` volume when it is already being made (a future of
     :func:`new_recon_volume`, started during the scan); else it is made on a thread while
-    the centre is found. Creating an array costs Tiled two requests, ~0.3 s of its CPU.
+    the centre is found (creating an array is two Tiled requests: at the stop, they took
+    1.2 s of a 512^3 scan's start, queued behind the preview's last publish).
     """
     angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
     if len(angles) < 2:

@@ -269,10 +269,10 @@ class ScanSession:
         )  # fmt: skip
         self.calibration = {name: [] for name in CALIBRATIONS}
         path = self.engine.scratch_dir / f"tomolive-spool-{self.uid}.zarr"
-        self.spool = ProjectionSpool.create(path, frame.shape, params.rows_per_block, self.expected_angles)
-        shape = frame.shape
+        shape = frame.shape  # the callback keeps the shape, not the frame
+        self.spool = ProjectionSpool.create(path, shape, params.rows_per_block, self.expected_angles)
         self._record.add_done_callback(lambda record: self._make_recon_volume(record, shape))
-        self._start_preview(frame.shape)
+        self._start_preview(shape)
 
     def _make_recon_volume(self, record: Future[ScanRecord], frame_shape: tuple[int, int]) -> None:
         """Once the record exists, make its empty ``recon`` array on an I/O thread (no thread
