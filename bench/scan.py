@@ -13,6 +13,10 @@ Reported per run:
   from the start document to the stop document; the callback's share is shown apart;
 - processing (the figure of merit): stop document -> ``pipe.wait(uid)`` returns complete
   (centre finding, block reconstruction on Dask, Tiled writes, status update);
+- its three phases: before the first block task (the last frame's spooling, the centre
+  search, submitting), the block phase (block and QC tasks: the part that more workers
+  speed up, whose ratio is printed beside the bare ceiling) and after the last task (the
+  QC result, the final status);
 - end to end: ``RE(...)`` called -> ``pipe.wait(uid)`` returns;
 - peak RSS of each Dask worker, of this (client) process and of the Tiled server during
   processing, polled every 0.2 s with psutil, beside the worker's RSS just before;
@@ -206,7 +210,9 @@ def _warm_worker(uri, api_key, n, rows, cold):
     one block of random data of the scan's size (FFTW plans are measured once per process
     and size: ~3 s). Returns the pid and the seconds this took. Then wrap
     the three steps of a block task (read spool rows, reconstruct, write to Tiled: connect
-    + write) in timers. The wrappers only log start/end times; behaviour is unchanged."""
+    + write) and the QC task in timers. The wrappers only log start/end times; behaviour is
+    unchanged."""
+    import tomolive.analysis as an
     import tomolive.pipeline as pl
     import tomolive.store as st
 
@@ -230,6 +236,7 @@ def _warm_worker(uri, api_key, n, rows, cold):
         timed(pl, "reconstruct", "recon")
         timed(st.VolumeTarget, "write_block", "write")
         timed(st, "from_uri", "connect")
+        timed(an, "measure_quality", "qc")  # the QC task, which shares the workers with the blocks
     t0 = time.perf_counter()
     if not cold:
         st.from_uri(uri, api_key=api_key)
@@ -246,18 +253,29 @@ def _worker_log():
 
 def task_breakdown(logs, t0, t1):
     """Per step: total seconds over all workers, and the first reconstruct of each worker
-    (FFTW/finufft planning); busy fraction of the processing window per worker."""
+    (FFTW/finufft planning); busy fraction of the processing window per worker (block steps).
+
+    ``phases_s`` splits processing (stop ``t0`` -> complete ``t1``) in three: ``before_blocks``
+    (the stop document's last frame, the centre search, submitting), ``blocks`` (first block
+    read -> last block or QC task done: the part more workers speed up) and ``after_blocks``
+    (QC result, final status). Worker clocks are ``perf_counter``, shared by the processes.
+    """
     out: dict[str, float] = {}
     first_recon, busy = [], []
+    starts, ends = [], []
     for log in logs:
         recons = [e - s for label, s, e in log if label == "recon"]
         first_recon.append(round(recons[0], 2) if recons else None)
         for label, s, e in log:
             out[label] = out.get(label, 0.0) + (e - s)
-        busy.append(round(sum(e - s for label, s, e in log if label != "connect") / (t1 - t0), 2))
+        busy.append(round(sum(e - s for label, s, e in log if label not in ("connect", "qc")) / (t1 - t0), 2))
+        starts += [s for label, s, _ in log if label == "read"]
+        ends += [e for label, _, e in log if label in ("write", "qc")]
     out = {k: round(v, 2) for k, v in out.items()}
     out["write_excl_connect"] = round(out.get("write", 0.0) - out.get("connect", 0.0), 2)
-    return {"seconds": out, "first_recon_s": first_recon, "busy_fraction": busy}
+    phases = {"before_blocks": min(starts) - t0, "blocks": max(ends) - min(starts), "after_blocks": t1 - max(ends)}
+    return {"seconds": out, "first_recon_s": first_recon, "busy_fraction": busy,
+            "phases_s": {k: round(v, 3) for k, v in phases.items()}}
 
 
 def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold):
@@ -419,7 +437,8 @@ def main(argv=None):
                 print(f"  acquisition {run['acquisition_s']:.1f} s (projector {run['projector_s']:.1f} s, "
                       f"callback {run['callback_s']:.1f} s); processing {run['processing_s']:.2f} s; "
                       f"end to end {run['end_to_end_s']:.1f} s", flush=True)
-                print(f"  worker task seconds (all workers) {run['tasks']['seconds']}; first "
+                print(f"  phases {run['tasks']['phases_s']} s; worker task seconds (all workers) "
+                      f"{run['tasks']['seconds']}; first "
                       f"reconstruct per worker {run['tasks']['first_recon_s']} s; busy "
                       f"{run['tasks']['busy_fraction']}; CPU s during processing "
                       f"{run['cpu_s_processing']}, {run['cpu_busy_fraction']:.0%} of this machine's CPUs; "
@@ -453,11 +472,14 @@ def main(argv=None):
     ratio_medians = {k: float(np.median([r["speedup"] for r in runs if r["workers"] == k])) for k in args.workers}
     bare_medians = {k: float(np.median([s for w, s in bare if w == k])) for k in args.workers}
     bare_speedups = {k: round(bare_medians[args.workers[0]] / bare_medians[k], 2) for k in args.workers}
+    phase_medians = {k: {phase: float(np.median([r["tasks"]["phases_s"][phase] for r in runs if r["workers"] == k]))
+                         for phase in runs[0]["tasks"]["phases_s"]} for k in args.workers}  # fmt: skip
     for k in args.workers:
         print(f"median of {args.repeat}: {k} worker(s) {medians[k]:.2f} s -> speed-up {speedups[k]:.2f}x "
               f"(median of the rounds' ratios {ratio_medians[k]:.2f}x); bare block tasks "
               f"{bare_medians[k]:.2f} s -> {bare_speedups[k]:.2f}x; pipeline / bare "
-              f"{speedups[k] / bare_speedups[k]:.2f}")
+              f"{speedups[k] / bare_speedups[k]:.2f}; phases {phase_medians[k]} s (block phase "
+              f"{phase_medians[args.workers[0]]['blocks'] / phase_medians[k]['blocks']:.2f}x)")
     print(f"client process lifetime max RSS {client_maxrss_mb:.0f} MB (holds the cached "
           f"projections, {n ** 3 * 4 / MB:.0f} MB, and the phantom)")
     if check:
@@ -478,7 +500,8 @@ def main(argv=None):
             "speedup_of_medians": {str(k): v for k, v in speedups.items()},
             "median_round_speedup": {str(k): v for k, v in ratio_medians.items()},
             "bare_block_tasks_s": [[k, sec] for k, sec in bare],
-            "bare_speedup_of_medians": {str(k): v for k, v in bare_speedups.items()}, "runs": runs,
+            "bare_speedup_of_medians": {str(k): v for k, v in bare_speedups.items()},
+            "median_phases_s": {str(k): v for k, v in phase_medians.items()}, "runs": runs,
             "client_lifetime_maxrss_mb": round(client_maxrss_mb, 1), "check": check,
         })
         print(f"\nappended to {path}")
