@@ -90,21 +90,48 @@ def test_a_blocked_publisher_never_blocks_add_and_the_last_snapshot_has_every_an
     assert psnr(snapshots[-1].image[0], truth[2], mask=circle_mask((N, N), 0.9)) >= 24.0
 
 
-def test_a_held_preview_publishes_only_once_more_at_close(foam):
+def test_a_held_preview_drops_queued_frames_and_publishes_once_more_at_close(foam):
     _, sino, _ = foam
     snapshots: list[PreviewSnapshot] = []
-    preview = LivePreview((4,), N, (N - 1) / 2, snapshots.append, interval_s=0.0)
+    release = threading.Event()
+
+    def publish(snapshot: PreviewSnapshot) -> None:
+        snapshots.append(snapshot)
+        release.wait(timeout=30)  # a slow publish: the frames below queue up behind it
+
+    preview = LivePreview((4,), N, (N - 1) / 2, publish, interval_s=0.0)
     preview.add(sino[0], ANGLES[0])
     deadline = time.monotonic() + 30
     while not snapshots and time.monotonic() < deadline:
         time.sleep(0.01)
-    preview.hold()  # the scan ended: its volume's start comes first
-    for frame, angle in zip(sino[1:10], ANGLES[1:10]):
+    for frame, angle in zip(sino[1:10], ANGLES[1:10]):  # queued behind the publish
         preview.add(frame, angle)
+    preview.hold()  # the scan ended: its volume's start comes first
+    preview.add(sino[10], ANGLES[10])
+    release.set()
     time.sleep(0.3)  # due many times over at interval 0, were it not held
     assert [s.n_angles for s in snapshots] == [1]
     preview.close(timeout=30)
-    assert [s.n_angles for s in snapshots] == [1, 10]
+    assert preview.dropped == 10  # 9 queued at the hold, 1 after it
+    assert [(s.n_angles, s.dropped) for s in snapshots] == [(1, 0), (1, 10)]  # the last says so
+
+
+def test_a_held_preview_publishes_what_it_back_projected_since_its_last_publish(foam):
+    _, sino, _ = foam
+    snapshots: list[PreviewSnapshot] = []
+    preview = LivePreview((4,), N, (N - 1) / 2, snapshots.append, interval_s=60.0)
+    preview.add(sino[0], ANGLES[0])
+    deadline = time.monotonic() + 30
+    while not snapshots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for frame, angle in zip(sino[1:10], ANGLES[1:10]):
+        preview.add(frame, angle)
+    while preview.fbp.n_angles < 10 and time.monotonic() < deadline:  # all back-projected
+        time.sleep(0.01)
+    preview.hold()
+    assert [s.n_angles for s in snapshots] == [1]  # the first publish; the next is 60 s away
+    preview.close(timeout=30)
+    assert [s.n_angles for s in snapshots] == [1, 10] and preview.dropped == 0
 
 
 def test_publish_errors_are_logged_and_the_preview_goes_on(foam, caplog):

@@ -74,7 +74,8 @@ def test_a_stalled_server_does_not_stall_the_scan_and_the_result_lands_when_it_r
     node = connect(own_server.uri, api_key=own_server.api_key)["processed"][uid]
     assert node.metadata["status"] == "complete"
     assert node["recon"].shape == (16, 96, 96) and np.isfinite(node["recon"][8]).all()
-    assert node["preview"].metadata["n_angles"] == 60
+    preview = node["preview"].metadata  # frames queued behind the stalled publish at the stop were dropped
+    assert preview["n_angles"] >= 1 and preview["n_angles"] + preview["frames_dropped"] == 60
 
 
 def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_it(

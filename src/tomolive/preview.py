@@ -9,7 +9,9 @@ detectors are binned to at most ``size`` pixels across, so each frame costs abou
 :class:`LivePreview` runs this on its own thread: the RunEngine thread only hands over
 the preview rows of each frame (a copy of a few detector rows) and never waits, however
 slow the reconstruction or the Tiled server is. Results are published at most every
-``interval_s`` seconds.
+``interval_s`` seconds. When the acquisition outpaces it, frames queue up; those still
+queued when the scan ends are dropped (:meth:`LivePreview.hold`), since the volume's
+reconstruction starts then and needs the CPU more than the preview does.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class PreviewSnapshot:
     angle_range_deg: tuple[float, float]
     center: float
     binning: int
+    dropped: int = 0  # frames of the scan not in it: still queued when the scan ended
 
 
 class IncrementalFBP:
@@ -109,6 +112,7 @@ class LivePreview:
     ``publish`` is called on that thread with a :class:`PreviewSnapshot`, at most every
     ``interval_s`` seconds until :meth:`hold` and once more at :meth:`close`; its errors are
     logged and the preview goes on (a preview is worth having, never worth losing the scan for).
+    ``dropped`` counts the frames not back-projected because the scan ended first.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class LivePreview:
         self.publish = publish
         self.interval_s = interval_s
         self.published = 0
+        self.dropped = 0
         self._pending: list[tuple[np.ndarray, float]] = []
         self._wake = threading.Condition()
         self._closing = False
@@ -134,16 +139,23 @@ class LivePreview:
         self._thread.start()
 
     def add(self, frame: np.ndarray, angle_rad: float) -> None:
-        """Hand over a frame's preview rows (copied; returns at once)."""
+        """Hand over a frame's preview rows (copied; returns at once); dropped once held."""
         with self._wake:
+            if self._held:
+                self.dropped += 1
+                return
             self._pending.append((frame[list(self.rows)].copy(), angle_rad))
             self._wake.notify()
 
     def hold(self) -> None:
-        """Publish nothing more until :meth:`close`: the scan has ended, and the server and
-        the cores are busier with the start of its volume than with one more preview."""
+        """The scan has ended: drop the frames still queued and publish nothing more until
+        :meth:`close`. The server and the cores are busier with the start of its volume than
+        with the preview: at 512^2 with 2 Dask workers on 2 cores, 35-41 queued frames took
+        0.4 s of CPU beside the centre search (measured), and the volume soon shows every angle."""
         with self._wake:
             self._held = True
+            self.dropped += len(self._pending)
+            self._pending = []
 
     def close(self, timeout: float | None = None) -> None:
         """Back-project what is left, publish a last time and stop the thread."""
@@ -154,7 +166,7 @@ class LivePreview:
 
     def _run(self) -> None:
         last_publish = -math.inf
-        published_angles = 0
+        published_angles = published_dropped = 0
         while True:
             with self._wake:
                 unpublished = self.fbp.n_angles > published_angles
@@ -166,22 +178,26 @@ class LivePreview:
             for rows, angle in batch:
                 self.fbp.add(rows, angle)
             due = time.monotonic() - last_publish >= self.interval_s and not self._held
-            if self.fbp.n_angles > published_angles and (due or closing):
+            # the last publish also says how many frames were dropped, even with no new angle
+            news = self.fbp.n_angles > published_angles or (closing and self.dropped > published_dropped)
+            if news and (due or closing):
                 last_publish = time.monotonic()
-                if self._publish():
-                    published_angles = self.fbp.n_angles
+                snapshot = self._publish()
+                if snapshot is not None:
+                    published_angles, published_dropped = snapshot.n_angles, snapshot.dropped
             if closing:
                 return
 
-    def _publish(self) -> bool:
+    def _publish(self) -> PreviewSnapshot | None:
+        """Publish the preview as it is now; the snapshot, or None if publishing failed."""
         snapshot = PreviewSnapshot(
             self.fbp.image(), self.rows, self.fbp.n_angles, self.fbp.angle_range,
-            self.fbp.center, self.fbp.binning,
+            self.fbp.center, self.fbp.binning, self.dropped,
         )  # fmt: skip
         try:
             self.publish(snapshot)
         except Exception:
             logger.warning("could not publish the live preview (%d angles)", snapshot.n_angles, exc_info=True)
-            return False
+            return None
         self.published += 1
-        return True
+        return snapshot

@@ -319,6 +319,7 @@ class ScanSession:
                 "center": snapshot.center,
                 "center_source": "given" if self.engine.params.center is not None else "detector middle",
                 "binning": snapshot.binning,
+                "frames_dropped": snapshot.dropped,
                 "updated": now(),
             },
         )
