@@ -258,7 +258,9 @@ def task_breakdown(logs, t0, t1):
     ``phases_s`` splits processing (stop ``t0`` -> complete ``t1``) in three: ``before_blocks``
     (the stop document's last frame, the centre search, submitting), ``blocks`` (first block
     read -> last block or QC task done: the part more workers speed up) and ``after_blocks``
-    (QC result, final status). Worker clocks are ``perf_counter``, shared by the processes.
+    (QC result, final status; with ``PipelineParams`` this bench does not set, also
+    segmentation or denoising). Worker clocks are ``perf_counter``, shared by the processes.
+    None when no block ran (the run failed: ``run_once`` then raises with its reason).
     """
     out: dict[str, float] = {}
     first_recon, busy = [], []
@@ -273,9 +275,11 @@ def task_breakdown(logs, t0, t1):
         ends += [e for label, _, e in log if label in ("write", "qc")]
     out = {k: round(v, 2) for k, v in out.items()}
     out["write_excl_connect"] = round(out.get("write", 0.0) - out.get("connect", 0.0), 2)
-    phases = {"before_blocks": min(starts) - t0, "blocks": max(ends) - min(starts), "after_blocks": t1 - max(ends)}
-    return {"seconds": out, "first_recon_s": first_recon, "busy_fraction": busy,
-            "phases_s": {k: round(v, 3) for k, v in phases.items()}}
+    phases = None
+    if starts and ends:
+        phases = {"before_blocks": min(starts) - t0, "blocks": max(ends) - min(starts), "after_blocks": t1 - max(ends)}
+        phases = {k: round(v, 3) for k, v in phases.items()}
+    return {"seconds": out, "first_recon_s": first_recon, "busy_fraction": busy, "phases_s": phases}
 
 
 def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold):
