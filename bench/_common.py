@@ -11,13 +11,13 @@ import json
 import os
 import platform
 import socket
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from tomolive import phantoms
+from tomolive.provenance import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,16 +42,6 @@ def versions(*names: str) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def git_commit() -> str | None:
-    """The checkout's HEAD commit, or None outside a git checkout."""
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
 
 
 def machine_info(*packages: str) -> dict:

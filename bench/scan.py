@@ -28,8 +28,8 @@ Reported per run:
   shared host is what makes one round slower than the next.
 
 The machine's own ceiling is measured beside it, in every round: the same 32 block tasks
-(read the rows from a spool of the same layout, ``reconstruct``, write a zstd Zarr chunk as
-Tiled's arrays are) on a bare ``local_cluster`` of 1 and then 2 workers, with no RunEngine,
+(read the rows from a spool of the same layout, ``reconstruct``, write a Zarr chunk with the codec
+of tomolive's volumes) on a bare ``local_cluster`` of 1 and then 2 workers, with no RunEngine,
 Tiled, centre search, QC or progress. Two processes on this machine's two vCPUs slow each
 other's memory-bound work, so bare tasks do not scale 2x either; the pipeline's speed-up
 is printed beside that ceiling.
@@ -79,7 +79,7 @@ from tomolive.server import SERVER_MODULE, running_server
 from tomolive.provenance import compute_device
 from tomolive.recon import reconstruct
 from tomolive.spool import ProjectionSpool, read_rows
-from tomolive.store import ScanRecord, connect
+from tomolive.store import VOLUME_COMPRESSORS, ScanRecord, connect
 
 MB = 1024.0**2
 POLL_S = 0.2
@@ -365,7 +365,8 @@ def run_bare(n_workers: int, spool: str, scratch: str, n: int, rows_per_block: i
     """Seconds for every block task on a fresh bare ``local_cluster`` of ``n_workers`` (warmed)."""
     angles = np.deg2rad(np.linspace(0.0, 180.0, n, endpoint=False))
     out = str(Path(scratch) / f"bare-out-{n_workers}.zarr")
-    zarr.create_array(out, shape=(n, n, n), chunks=(rows_per_block, n, n), dtype="float32", overwrite=True)
+    zarr.create_array(out, shape=(n, n, n), chunks=(rows_per_block, n, n), dtype="float32",
+                      compressors=VOLUME_COMPRESSORS, overwrite=True)
     blocks = row_blocks(n, rows_per_block)
     with local_cluster(n_workers, dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(_warm_reconstruct, n, rows_per_block)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
+import pytest
+import zarr
 
 from tomolive.config import Settings
-from tomolive.store import ScanRecord, connect
+from tomolive.store import ScanRecord, connect, use_volume_compressors
 
 
 def test_blocks_written_directly_and_over_http_read_back_the_same(tiled_server: Settings) -> None:
@@ -27,3 +30,21 @@ def test_blocks_written_directly_and_over_http_read_back_the_same(tiled_server: 
 
     np.testing.assert_array_equal(record.node["recon"].read(), volume)
     np.testing.assert_array_equal(connect(record.node.uri, tiled_server.api_key)["recon"][3], volume[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
+def test_volumes_are_stored_bitshuffle_lz4_and_read_back_through_tiled(tiled_server: Settings, dtype: type) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    record = ScanRecord.create(client, f"store-test-codec-{np.dtype(dtype).name}", {}, tiled_server.api_key)
+    target = record.new_volume("labels", (4, 64, 64), rows_per_block=2, dtype=np.dtype(dtype))
+    (blosc,) = zarr.open_array(target.zarr_path, mode="r").compressors
+    assert (blosc.cname.value, blosc.shuffle.value, blosc.typesize) == ("lz4", "bitshuffle", np.dtype(dtype).itemsize)
+    volume = (np.arange(4 * 64 * 64) % 7).astype(dtype).reshape(4, 64, 64)
+
+    assert target.write_block(0, volume[0:2]) == "zarr"
+    assert dataclasses.replace(target, zarr_path=None).write_block(1, volume[2:4]) == "http"  # the server's codec
+
+    np.testing.assert_array_equal(record.node["labels"].read(), volume)
+    chunks = sorted(p for p in (Path(target.zarr_path) / "c").rglob("*") if p.is_file())
+    assert len(chunks) == 2 and all(p.stat().st_size < volume[0:2].nbytes / 4 for p in chunks)
+    assert not use_volume_compressors(target.zarr_path)  # holds chunks: left as it is

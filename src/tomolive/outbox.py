@@ -24,7 +24,7 @@ import zarr
 from tiled.client.base import BaseClient
 
 from .errors import MissingDataError
-from .store import ScanRecord, VolumeTarget, jsonable, now
+from .store import VOLUME_COMPRESSORS, ScanRecord, VolumeTarget, jsonable, now
 
 logger = logging.getLogger(__name__)
 RECORD_FILE = "record.json"
@@ -90,7 +90,7 @@ class OutboxEntry:
         path = self.path / f"{key}.zarr"
         array = zarr.create_array(
             store=str(path), shape=shape, chunks=(rows_per_block, *shape[1:]), dtype=dtype,
-            fill_value=0, overwrite=True,
+            fill_value=0, compressors=VOLUME_COMPRESSORS, overwrite=True,
         )  # fmt: skip
         array.attrs.update(jsonable(metadata or {}))
         return VolumeTarget("", None, rows_per_block, str(path))

@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -40,6 +41,8 @@ from tiled.queries import Key, Like
 from tiled.structures.array import ArrayStructure, BuiltinDtype
 from tiled.structures.core import Spec, StructureFamily
 from tiled.structures.data_source import DataSource
+from zarr.codecs import BloscCodec
+from zarr.storage import MemoryStore
 
 from .errors import BadInputError, MissingDataError
 
@@ -140,6 +143,40 @@ def _json_default(value: Any) -> Any:
 def now() -> str:
     """The current UTC time, ISO 8601."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+VOLUME_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
+"""How tomolive's volumes are compressed: Blosc bit-shuffle + LZ4 (the ``bslz4`` of HDF5 detector files).
+
+On a reconstructed 16 x 512 x 512 float32 foam block (one thread), Zarr's default Zstd
+takes 94 ms to write and 21 ms to read and keeps 92 % of the bytes; bit-shuffle + LZ4
+takes 20 ms and 12.5 ms and keeps 86 %. With Zstd, writing was a third of a block
+task's time on the workers (memory-bound work that two workers on two cores slow down).
+"""
+
+
+def use_volume_compressors(zarr_path: str) -> bool:
+    """Give the empty Zarr v3 array at ``zarr_path`` :data:`VOLUME_COMPRESSORS`; True if done.
+
+    Tiled makes writable arrays with Zarr's default codec and has no option for another,
+    but keeps no codec in its catalog: it opens the array's ``zarr.json`` on each request.
+    Rewriting that file's codecs before any chunk exists therefore changes how every
+    block is stored, whoever writes it (workers directly, or the server over HTTP), and
+    nothing else. An array that already holds chunks is left as it is.
+    """
+    path = Path(zarr_path)
+    chunks = path / "c"
+    if chunks.exists() and any(chunks.iterdir()):
+        return False
+    meta = json.loads((path / "zarr.json").read_text())
+    template = zarr.create_array(
+        MemoryStore(), shape=(1,), dtype=meta["data_type"], compressors=VOLUME_COMPRESSORS
+    )
+    meta["codecs"] = template.metadata.to_dict()["codecs"]
+    staged = path / "zarr.json.tomolive"
+    staged.write_text(json.dumps(meta, indent=2))
+    os.replace(staged, path / "zarr.json")
+    return True
 
 
 @dataclass
@@ -253,9 +290,10 @@ class ScanRecord:
             key=key,
             metadata=jsonable(metadata or {}),
         )
-        return VolumeTarget(
-            array_client.uri, self.api_key, rows_per_block, _writable_zarr_path(array_client)
-        )
+        zarr_path = _writable_zarr_path(array_client)
+        if zarr_path is not None and (Path(zarr_path) / "zarr.json").is_file():
+            use_volume_compressors(zarr_path)
+        return VolumeTarget(array_client.uri, self.api_key, rows_per_block, zarr_path)
 
     def remove(self, key: str) -> None:
         """Delete the child ``key`` and its data."""
