@@ -80,6 +80,7 @@ from tomolive.provenance import compute_device
 from tomolive.recon import reconstruct
 from tomolive.spool import ProjectionSpool, read_rows
 from tomolive.store import VOLUME_COMPRESSORS, ScanRecord, connect
+from tomolive.synced import open_for_writing
 
 MB = 1024.0**2
 POLL_S = 0.2
@@ -342,7 +343,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
 def _bare_block(spool: str, out: str, rows: tuple[int, int], angles: np.ndarray, center: float) -> None:
     """A recon block's work without the pipeline: read its rows, reconstruct, write its chunk."""
     volume = reconstruct(read_rows(spool, *rows), angles, center=center, ncore=1)
-    zarr.open_array(out, mode="r+")[rows[0]:rows[1]] = volume
+    open_for_writing(out)[rows[0]:rows[1]] = volume
 
 
 def _warm_reconstruct(n: int, rows: int) -> None:

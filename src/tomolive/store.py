@@ -45,6 +45,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
 from .errors import BadInputError, MissingDataError
+from .synced import open_for_writing
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +218,11 @@ def _array_client(uri: str, api_key: str | None) -> BaseClient:
 
 @functools.lru_cache(maxsize=8)
 def _local_zarr(path: str) -> zarr.Array | None:
-    """The array's Zarr directory opened for writing, or None where this process cannot see it."""
+    """The array's Zarr directory opened for writing (each chunk on disk when written), or
+    None where this process cannot see it."""
     if not (Path(path) / "zarr.json").is_file():
         return None
-    return zarr.open_array(path, mode="r+")
+    return open_for_writing(path)
 
 
 def _writable_zarr_path(array_client: BaseClient) -> str | None:
