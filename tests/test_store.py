@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pytest
 import zarr
 
+import tomolive.store as store
 from tomolive.config import Settings
 from tomolive.store import ScanRecord, connect, use_volume_compressors
 
@@ -42,9 +44,31 @@ def test_volumes_are_stored_bitshuffle_lz4_and_read_back_through_tiled(tiled_ser
     volume = (np.arange(4 * 64 * 64) % 7).astype(dtype).reshape(4, 64, 64)
 
     assert target.write_block(0, volume[0:2]) == "zarr"
-    assert dataclasses.replace(target, zarr_path=None).write_block(1, volume[2:4]) == "http"  # the server's codec
+    assert dataclasses.replace(target, zarr_path=None).write_block(1, volume[2:4]) == "http"  # written by the server
 
     np.testing.assert_array_equal(record.node["labels"].read(), volume)
-    chunks = sorted(p for p in (Path(target.zarr_path) / "c").rglob("*") if p.is_file())
-    assert len(chunks) == 2 and all(p.stat().st_size < volume[0:2].nbytes / 4 for p in chunks)
+    chunks = [Path(target.zarr_path) / "c" / str(i) / "0" / "0" for i in (0, 1)]
+    for chunk, rows in zip(chunks, (volume[0:2], volume[2:4]), strict=True):  # both are Blosc frames
+        assert numcodecs.blosc.decompress(chunk.read_bytes()) == rows.tobytes()
+        assert chunk.stat().st_size < rows.nbytes / 4
     assert not use_volume_compressors(target.zarr_path)  # holds chunks: left as it is
+
+
+def test_an_array_that_cannot_be_rewritten_keeps_the_default_codec(
+    tiled_server: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    record = ScanRecord.create(client, "store-test-codec-readonly", {}, tiled_server.api_key)
+
+    def refuse(path: Path, data: bytes) -> int:
+        raise PermissionError(f"read-only file system: {path}")
+
+    monkeypatch.setattr(store, "write_synced", refuse)
+    target = record.new_volume("recon", (4, 8, 8), rows_per_block=2)
+
+    assert [c.to_dict()["name"] for c in zarr.open_array(target.zarr_path, mode="r").compressors] == ["zstd"]
+    assert "keeps Zarr's default codec" in caplog.text and "read-only file system" in caplog.text
+    volume = np.ones((4, 8, 8), np.float32)
+    target.write_block(0, volume[0:2])
+    target.write_block(1, volume[2:4])
+    np.testing.assert_array_equal(record.node["recon"].read(), volume)

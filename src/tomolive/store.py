@@ -22,7 +22,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -41,11 +40,12 @@ from tiled.queries import Key, Like
 from tiled.structures.array import ArrayStructure, BuiltinDtype
 from tiled.structures.core import Spec, StructureFamily
 from tiled.structures.data_source import DataSource
+from zarr.abc.codec import BytesBytesCodec
 from zarr.codecs import BloscCodec
 from zarr.storage import MemoryStore
 
 from .errors import BadInputError, MissingDataError
-from .synced import open_for_writing
+from .synced import open_for_writing, write_synced
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def now() -> str:
 
 
 VOLUME_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
-"""How tomolive's volumes are compressed: Blosc bit-shuffle + LZ4 (the ``bslz4`` of HDF5 detector files).
+"""How tomolive's volumes are compressed: Blosc with bit-shuffle + LZ4, the same algorithm as
+the bitshuffle/LZ4 filter of HDF5 detector files.
 
 On a reconstructed 16 x 512 x 512 float32 foam block (one thread), Zarr's default Zstd
 takes 94 ms to write and 21 ms to read and keeps 92 % of the bytes; bit-shuffle + LZ4
@@ -161,22 +162,28 @@ def use_volume_compressors(zarr_path: str) -> bool:
 
     Tiled makes writable arrays with Zarr's default codec and has no option for another,
     but keeps no codec in its catalog: it opens the array's ``zarr.json`` on each request.
-    Rewriting that file's codecs before any chunk exists therefore changes how every
+    Replacing that file's compressors before any chunk exists therefore changes how every
     block is stored, whoever writes it (workers directly, or the server over HTTP), and
-    nothing else. An array that already holds chunks is left as it is.
+    nothing else. An array that already holds chunks is left as it is, and so is one this
+    process may not rewrite (a warning says so): it keeps Zarr's default.
     """
     path = Path(zarr_path)
-    chunks = path / "c"
-    if chunks.exists() and any(chunks.iterdir()):
+    try:
+        array = zarr.open_array(str(path), mode="r")
+        if array.nchunks_initialized:
+            return False
+        template = zarr.create_array(
+            MemoryStore(), shape=(1,), dtype=array.dtype, compressors=VOLUME_COMPRESSORS
+        )
+        meta = json.loads((path / "zarr.json").read_text())
+        meta["codecs"] = [
+            *(c.to_dict() for c in array.metadata.codecs if not isinstance(c, BytesBytesCodec)),
+            *(c.to_dict() for c in template.metadata.codecs if isinstance(c, BytesBytesCodec)),
+        ]
+        write_synced(path / "zarr.json", json.dumps(meta, indent=2).encode())
+    except OSError as err:
+        logger.warning("tomolive: %s keeps Zarr's default codec: %s", zarr_path, err)
         return False
-    meta = json.loads((path / "zarr.json").read_text())
-    template = zarr.create_array(
-        MemoryStore(), shape=(1,), dtype=meta["data_type"], compressors=VOLUME_COMPRESSORS
-    )
-    meta["codecs"] = template.metadata.to_dict()["codecs"]
-    staged = path / "zarr.json.tomolive"
-    staged.write_text(json.dumps(meta, indent=2))
-    os.replace(staged, path / "zarr.json")
     return True
 
 
