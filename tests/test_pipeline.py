@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 from bluesky import RunEngine
 from distributed import Client, get_task_stream
 from tiled.client import from_uri
 
+from tomolive.analysis import measure_quality
 from tomolive.callbacks import TomoPipeline
 from tomolive.devices import make_sim_beamline
 from tomolive.errors import BadInputError
@@ -16,7 +18,8 @@ from tomolive.pipeline import (
     PaganinParams, PipelineParams, blocks_holding, local_cluster, prepare_projection, row_blocks,
 )
 from tomolive.plans import tomo_scan
-from tomolive.qc import sampled_slices
+from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
+from tomolive.store import VolumeTarget
 
 
 def scan_and_read(tiled_server, dask, tmp_path, beamline, params):
@@ -105,6 +108,28 @@ def test_qc_starts_once_its_slices_are_written_and_runs_beside_the_other_blocks(
     assert qc["start"] < later[len(later) // 2]  # it did not wait for the rest (a block or two may start first)
     metadata = node.metadata
     assert metadata["qc"]["slices_used"] == 8 and metadata["provenance"]["seconds_per_stage"]["qc"] > 0
+    # QC measured the slices the blocks kept: the same numbers as the stored volume's
+    stored = qc_metrics(node["recon"].read(), center_confidence=metadata["qc"]["center_confidence"])
+    assert {k: metadata["qc"][k] for k in stored} == stored
+
+
+def test_qc_measures_the_slices_its_blocks_kept_instead_of_reading_them_back(tmp_path):
+    """One foam stored, another's slices kept by the blocks: QC's numbers are the kept foam's."""
+    def noisy_foam(seed: int) -> np.ndarray:
+        mu = make_foam((64, 64, 64), seed=seed).attenuation()
+        return (mu + np.random.default_rng(seed).normal(0, 0.05 * np.ptp(mu), mu.shape)).astype(np.float32)
+
+    kept_foam, stored_foam = noisy_foam(3), noisy_foam(4)
+    path = tmp_path / "recon.zarr"
+    zarr.create_array(str(path), shape=(64, 64, 64), chunks=(4, 64, 64), dtype="float32")[:] = stored_foam
+    target = VolumeTarget("http://unused", None, rows_per_block=4, zarr_path=str(path))
+    kept = [(0.1, "zarr", {z: kept_foam[z].copy()}) for z in sampled_slices(64)]
+
+    from_blocks = measure_quality(target, None, 3, None, QCThresholds(), after=kept)
+    one_missing = measure_quality(target, None, 3, None, QCThresholds(), after=kept[1:])
+
+    assert from_blocks["metrics"] == qc_metrics(kept_foam)
+    assert one_missing["metrics"] == qc_metrics(stored_foam) != from_blocks["metrics"]  # not all kept: read
 
 
 def _page_faults_of_second_reconstruction() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,11 +54,38 @@ def measure_quality(
     volume: VolumeTarget, labels: VolumeTarget | None, n_phases: int, center_confidence: float | None,
     thresholds: QCThresholds, after: Sequence[Any] = (),
 ) -> dict[str, Any]:  # fmt: skip
-    """Dask task: QC numbers and alerts of ``volume`` (``after``: results of the tasks it waited for)."""
+    """Dask task: QC numbers and alerts of ``volume``.
+
+    ``after`` holds the results of the tasks it waited for; where these are block results
+    carrying every slice QC samples (:func:`tomolive.pipeline.reconstruct_block`), and
+    there are no labels, those slices are measured instead of reading the stored chunks.
+    """
     start = time.perf_counter()
-    metrics = qc_metrics(volume.open(), None if labels is None else labels.open(), n_phases=n_phases,
+    stored = volume.open()
+    source = stored if labels is not None else _with_kept_slices(stored, after)
+    metrics = qc_metrics(source, None if labels is None else labels.open(), n_phases=n_phases,
                          center_confidence=center_confidence)  # fmt: skip
     return {"metrics": metrics, "alerts": qc_alerts(metrics, thresholds), "seconds": time.perf_counter() - start}
+
+
+@dataclass(frozen=True)
+class KeptSlices:
+    """Slices of a volume held in memory, indexed by slice number like the volume itself."""
+
+    shape: tuple[int, ...]
+    slices: dict[int, np.ndarray]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        return self.slices[z]
+
+
+def _with_kept_slices(stored: Any, after: Sequence[Any]) -> Any:
+    """The slices QC samples as the block tasks kept them, if they kept them all; else ``stored``."""
+    kept = {row: image for result in after if isinstance(result, tuple) and len(result) == 3
+            for row, image in result[2].items()}  # fmt: skip
+    if kept and all(z in kept for z in sampled_slices(stored.shape[0])):
+        return KeptSlices(tuple(stored.shape), kept)
+    return stored
 
 
 def early_qc_rows(params: Any, n_rows: int) -> list[int]:

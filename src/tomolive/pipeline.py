@@ -257,10 +257,13 @@ def reconstruct_block(
     center: float,
     params: PipelineParams,
     target: VolumeTarget,
-) -> tuple[float, str]:
+    keep_rows: tuple[int, ...] = (),
+) -> tuple[float, str, dict[int, np.ndarray]]:
     """Dask task: reconstruct rows ``[start, stop)`` and write them to ``target``.
 
-    Returns the task's seconds of work and how the block was written (``zarr``/``http``).
+    Returns the task's seconds of work, how the block was written (``zarr``/``http``) and
+    copies of the slices of ``keep_rows`` that it holds, for work on them (QC) that would
+    otherwise read back and decompress the whole stored chunk.
     """
     start = time.perf_counter()
     projections = read_rows(spool_path, *rows)
@@ -271,7 +274,13 @@ def reconstruct_block(
         ncore=1,  # one task per worker thread: more threads would oversubscribe the cores
     )  # fmt: skip
     how = target.write_block(index, volume)
-    return time.perf_counter() - start, how
+    kept = {row: volume[row - rows[0]].copy() for row in keep_rows if rows[0] <= row < rows[1]}
+    return time.perf_counter() - start, how, kept
+
+
+def _without_slices(result: tuple[float, str, dict[int, np.ndarray]]) -> tuple[float, str, dict]:
+    """Dask task: a block's result without its kept slices, for the client to gather."""
+    return result[0], result[1], {}
 
 
 def find_scan_center(spool: ProjectionSpool, angles: np.ndarray, params: PipelineParams) -> CenterResult:
@@ -361,10 +370,12 @@ class Reconstruction:
     gpu: bool
     provenance: Provenance
     started: float
+    with_slices: dict[int, Future]
 
     def futures_for_rows(self, rows: Sequence[int]) -> list[Future]:
-        """The block tasks that write volume rows ``rows``."""
-        return [self.run.futures[i] for i in blocks_holding(self.blocks, rows)]
+        """The block tasks that write volume rows ``rows``; those of ``first_rows`` (see
+        :func:`start_reconstruction`) return these rows' slices too."""
+        return [self.with_slices.get(i, self.run.futures[i]) for i in blocks_holding(self.blocks, rows)]
 
     def wait(self, progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> None:
         """Wait for every block; record the ``recon`` stage and the Dask run in provenance."""
@@ -376,8 +387,8 @@ class Reconstruction:
             "workers": len(client.scheduler_info()["workers"]),
             "blocks": len(self.blocks),
             "gpu_resource": self.gpu,
-            "task_seconds": round(sum(seconds for seconds, _ in results), 3),
-            "block_writes": dict(Counter(how for _, how in results)),
+            "task_seconds": round(sum(seconds for seconds, _, _ in results), 3),
+            "block_writes": dict(Counter(how for _, how, _ in results)),
         }
 
 
@@ -406,7 +417,9 @@ def start_reconstruction(
     """Find the centre, create ``sink``'s ``recon`` volume (unless given) and submit its blocks to Dask.
 
     Returns at once; :meth:`Reconstruction.wait` waits for the blocks. The blocks holding
-    ``first_rows`` are submitted first, so work that reads those rows can start early.
+    ``first_rows`` are submitted first and return those rows' slices to the tasks that ask
+    for them (:meth:`Reconstruction.futures_for_rows`), so work on those rows can start
+    early without reading them back; the client gathers only the blocks' timings.
     ``volume`` is the ``recon`` volume when it is already being made (a future of
     :func:`new_recon_volume`, started during the scan); else it is made on a thread while
     the centre is found (creating an array is two Tiled requests: at the stop, they took
@@ -426,12 +439,18 @@ def start_reconstruction(
     started = time.perf_counter()
     blocks = row_blocks(n_rows, params.rows_per_block)
     gpu = gpu_resources(client)
+    first = blocks_holding(blocks, first_rows)
+    keep = tuple(first_rows)
     run = submit_blocks(
         client, "recon", reconstruct_block,
-        [(str(spool.path), i, rows, angles, center.center, params, target) for i, rows in enumerate(blocks)],
-        resources=_recon_resources(params.method, gpu), first=blocks_holding(blocks, first_rows),
+        [(str(spool.path), i, rows, angles, center.center, params, target, keep if i in first else ())
+         for i, rows in enumerate(blocks)],
+        resources=_recon_resources(params.method, gpu), first=first,
     )  # fmt: skip
-    return Reconstruction(center, target, blocks, run, gpu is not None, provenance, started)
+    with_slices = {i: run.futures[i] for i in first}
+    for i, future in with_slices.items():
+        run.futures[i] = client.submit(_without_slices, future, key=future.key.replace("-block-", "-timing-", 1))
+    return Reconstruction(center, target, blocks, run, gpu is not None, provenance, started, with_slices)
 
 
 def split_block(
