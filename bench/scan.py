@@ -28,11 +28,11 @@ Reported per run:
   shared host is what makes one round slower than the next.
 
 The machine's own ceiling is measured beside it, in every round: the same 32 block tasks
-(read the rows from a spool of the same layout, ``reconstruct``, write a Zarr chunk as tomolive
-writes its volumes: same codec, flushed to disk) on a bare ``local_cluster`` of 1 and then 2 workers, with no RunEngine,
-Tiled, centre search, QC or progress. Two processes on this machine's two vCPUs slow each
-other's memory-bound work, so bare tasks do not scale 2x either; the pipeline's speed-up
-is printed beside that ceiling.
+(read the rows from a spool of the same layout, ``reconstruct``, write a Zarr chunk as
+tomolive writes its volumes: same codec, flushed to disk) on a bare ``local_cluster`` of 1
+and then 2 workers, with no RunEngine, Tiled, centre search, QC or progress. Two processes
+on this machine's two vCPUs slow each other's memory-bound work, so bare tasks do not
+scale 2x either; the pipeline's speed-up is printed beside that ceiling.
 
 The worker counts are run in turn ``--repeat`` times (1, 2, 1, 2, 1, 2 by default): this
 machine's speed drifts by 20 % from one minute to the next, so the figure of merit is the

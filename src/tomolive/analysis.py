@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ def segment_block(
 
 def measure_quality(
     volume: VolumeTarget, labels: VolumeTarget | None, n_phases: int, center_confidence: float | None,
-    thresholds: QCThresholds, after: Sequence[Any] = (),
+    thresholds: QCThresholds, after: Sequence[tuple[float, str, dict[int, np.ndarray]]] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """Dask task: QC numbers and alerts of ``volume``.
 
@@ -79,11 +79,10 @@ class KeptSlices:
         return self.slices[z]
 
 
-def _with_kept_slices(stored: Any, after: Sequence[Any]) -> Any:
+def _with_kept_slices(stored: Any, after: Sequence[tuple[float, str, dict[int, np.ndarray]]]) -> Any:
     """The slices QC samples as the block tasks kept them, if they kept them all; else ``stored``."""
-    kept = {row: image for result in after if isinstance(result, tuple) and len(result) == 3
-            for row, image in result[2].items()}  # fmt: skip
-    if kept and all(z in kept for z in sampled_slices(stored.shape[0])):
+    kept = {row: image for _, _, slices in after for row, image in slices.items()}
+    if all(z in kept for z in sampled_slices(stored.shape[0])):
         return KeptSlices(tuple(stored.shape), kept)
     return stored
 
