@@ -117,3 +117,12 @@ def test_read_rows_refuses_an_array_that_is_not_a_spool(tmp_path: Path) -> None:
     zarr.create_array(str(path), shape=(4, *FRAME), chunks=(4, 2, 6), dtype="float32")  # Zstd by default
     with pytest.raises(BadInputError, match="not a projection spool.*codecs"):
         read_rows(str(path), 0, 2)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 6), (3, 3), (-1, 2), (4, 2)])
+def test_read_rows_refuses_rows_outside_the_frames(tmp_path: Path, start: int, stop: int) -> None:
+    spool = ProjectionSpool.create(tmp_path / "o.zarr", FRAME, rows_per_block=2)
+    spool.append(_frames(1)[0], 0.0)
+    spool.finish()
+    with pytest.raises(BadInputError, match=rf"rows \[{start}, {stop}\) of spool .*0 <= start < stop <= 5"):
+        read_rows(str(spool.path), start, stop)

@@ -121,6 +121,8 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
     array = zarr.open_array(str(path), mode="r")
     _check_raw_float32(array, path)
     n_angles, n_rows, n_cols = array.shape
+    if not 0 <= start < stop <= n_rows:
+        raise BadInputError(f"rows [{start}, {stop}) of spool {path}: expected 0 <= start < stop <= {n_rows} (its rows).")
     depth, height, _ = array.chunks
     out = np.empty((n_angles, stop - start, n_cols), dtype="<f4")
     chunk = None  # scratch for chunks only partly wanted
