@@ -61,6 +61,12 @@ def test_rows_per_block_must_be_even():
         PipelineParams(rows_per_block=5)
 
 
+def test_finding_the_centre_needs_rows():
+    with pytest.raises(BadInputError, match="center_rows must be >= 1 to find the centre; got 0"):
+        PipelineParams(center_rows=0)
+    PipelineParams(center=10.0, center_rows=0)  # a given centre needs none
+
+
 def test_prepare_projection_matches_normalise_and_log():
     rng = np.random.default_rng(0)
     dark = np.full((8, 10), 100.0, np.float32)
@@ -152,3 +158,4 @@ def test_local_cluster_workers_reuse_block_buffers_instead_of_faulting_in_fresh_
     with local_cluster(1, dashboard_address=None) as cluster, Client(cluster) as client:
         faults = client.submit(_page_faults_of_second_reconstruction, pure=False).result()
     assert faults < 1000, f"{faults} page faults: the worker's allocator returns block buffers to the OS"
+

@@ -143,6 +143,8 @@ class PipelineParams:
             raise BadInputError(
                 f"rows_per_block must be an even number >= 2; got {self.rows_per_block!r}."
             )
+        if self.center is None and self.center_rows < 1:
+            raise BadInputError(f"center_rows must be >= 1 to find the centre; got {self.center_rows!r}.")
         check_stage_names(self.extra_stages, self.stage_params)
 
     def as_dict(self) -> dict[str, Any]:
