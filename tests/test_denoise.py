@@ -7,6 +7,7 @@ ground-truth phantom; the model store goes through a real Tiled server.
 from __future__ import annotations
 
 import doctest
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,10 +159,13 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tiny_splits, tmp_pa
         train(tiny_splits, wider, checkpoint_dir=tmp_path, resume=True)
 
 
-def test_time_budget_stops_training(tiny_splits):
+def test_time_budget_stops_training(tiny_splits, monkeypatch):
+    ticks = iter(np.arange(1, 100) * 0.125)  # the clock moves 0.125 s each time it is read
+    monkeypatch.setattr(tomolive.denoise, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     result = train(tiny_splits, DenoiseConfig(**{**TINY.as_dict(), "steps": 10**9, "time_budget": 0.5}))
-    assert result.stopped == "time" and 0 < result.steps < 10**9
-    assert len(result.losses) == result.steps and result.seconds >= 0.5
+    # read at the start, then before each step: 0.125, 0.25, 0.375 s pass, 0.5 s stops
+    assert result.stopped == "time" and result.steps == 3 and len(result.losses) == 3
+    assert result.seconds == 0.625  # the last read, after the stop
 
 
 def test_tiles_and_row_blocks_agree_with_the_whole_volume(scan, trained):

@@ -51,9 +51,8 @@ def test_one_and_two_workers_give_the_same_volume(tiled_server, dask_client, tmp
 
 
 def test_row_blocks_cover_every_row_once():
-    blocks = row_blocks(18, 4)
-    assert blocks[0] == (0, 4) and blocks[-1] == (16, 18)
-    assert sum(stop - start for start, stop in blocks) == 18
+    assert row_blocks(18, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    assert row_blocks(16, 4)[-1] == (12, 16) and row_blocks(3, 4) == [(0, 3)]
 
 
 def test_rows_per_block_must_be_even():

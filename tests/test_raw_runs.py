@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from distributed import default_client, get_task_stream
 
 from tomolive.cli import main as tomolive_main
-from tomolive.errors import BadInputError
+from tomolive.errors import BadInputError, MissingDataError
 from tomolive.formats import FrameStack, StoredScan
 from tomolive.offline import open_tiled_run, process_scan
 from tomolive.store import connect
@@ -68,12 +70,8 @@ def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, mo
 
 def test_process_names_a_bad_source(tiled_server, tmp_path, capsys):
     missing = tmp_path / "nope.h5"
-    try:
+    with pytest.raises(MissingDataError, match=re.escape(str(missing))):
         tomolive_main(["process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key])
-    except Exception as err:
-        assert str(missing) in str(err)
-    else:
-        raise AssertionError("a missing file must raise")
 
 
 def test_process_refuses_a_scan_whose_angles_do_not_match_its_projections(tmp_path):

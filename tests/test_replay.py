@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -197,17 +198,31 @@ def test_replay_documents_pass_the_schema(tmp_path: Path, phantom: FoamPhantom) 
     assert documents[-1][1]["exit_status"] == "success"
 
 
-def test_frame_rate_is_held(tmp_path: Path) -> None:
+def test_frame_rate_is_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frame k leaves at k / rate after the first, whatever the time spent between frames."""
+    replay_module = importlib.import_module("tomolive.plans.replay_scan")  # the module, not the plan
+
+    clock = [100.0]
+    sleeps: list[float] = []
+
+    async def fake_sleep(msg):  # the RunEngine's "sleep", on the plan's clock
+        sleeps.append(msg.args[0])
+        clock[0] += msg.args[0]
+
+    def busy_monotonic() -> float:  # each frame's own work takes 0.01 s of the clock
+        clock[0] += 0.01
+        return clock[0]
+
+    monkeypatch.setattr(replay_module, "time", SimpleNamespace(monotonic=busy_monotonic))
     path = write_dxchange(tmp_path / "scan.h5", **_small_scan(n_angles=15))  # 20 frames in all
     with open_scan(path) as scan:
         RE = RunEngine()
-        start = time.monotonic()
+        RE.register_command("sleep", fake_sleep)
         RE(replay_scan(scan, frame_rate=20.0))
-        elapsed = time.monotonic() - start
         assert scan.projections.frame(0).shape == (4, 5)  # a scan passed in is left open
-    # Frame k leaves no earlier than k / 20 s after the first; unpaced, the RunEngine takes
-    # ~0.35 s for 20 frames on a loaded 2-core machine (less on a faster one).
-    assert elapsed >= 19 / 20.0
+    # 19 waits after the first frame; each is the period less the 0.01 s the clock moved
+    # since the previous frame left
+    assert sleeps == pytest.approx([0.05 - 0.01] * 19)
 
 
 def test_bad_replay_arguments(phantom_file: Path) -> None:

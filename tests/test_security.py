@@ -11,6 +11,7 @@ import os
 import pickle
 import threading
 import time
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -34,7 +35,9 @@ from tomolive.worker import run_worker
 
 from .conftest import free_port
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tomolive"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = [ROOT / d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()]
+"""Every directory the installed ``tomolive`` package is built from (src/tomolive, plans/, callbacks/, ...)."""
 
 
 def test_read_only_key_reads_but_cannot_write(tiled_server, capsys):
@@ -116,9 +119,13 @@ def test_weights_with_pickled_code_are_refused(tmp_path):
     assert not ran.exists()
 
 
+def _package_files() -> list[Path]:
+    return [path for directory in PACKAGE_DIRS for path in directory.rglob("*.py")]
+
+
 def _calls(name: str) -> list[tuple[Path, ast.Call]]:
     found = []
-    for path in SRC.rglob("*.py"):
+    for path in _package_files():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == name:
                 found.append((path, node))
@@ -130,6 +137,8 @@ def _keyword(call: ast.Call, name: str) -> object:
 
 
 def test_every_load_in_the_package_refuses_pickled_code():
+    scanned = {path.relative_to(ROOT).as_posix() for path in _package_files()}
+    assert {"src/tomolive/denoise.py", "callbacks/raw_backup.py", "plans/replay_scan.py"} <= scanned
     torch_loads = _calls("torch.load")
     assert len(torch_loads) >= 3  # denoise (bytes, checkpoints) and segment
     assert all(_keyword(call, "weights_only") is True for _, call in torch_loads), torch_loads
