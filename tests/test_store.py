@@ -72,3 +72,18 @@ def test_an_array_that_cannot_be_rewritten_keeps_the_default_codec(
     target.write_block(0, volume[0:2])
     target.write_block(1, volume[2:4])
     np.testing.assert_array_equal(record.node["recon"].read(), volume)
+
+
+def test_a_volume_made_anew_at_the_same_path_is_written_as_the_new_one(tmp_path: Path) -> None:
+    """Processing a run again remakes its volume where it was; a worker's open array must follow."""
+    path = str(tmp_path / "recon.zarr")
+    zarr.create_array(path, shape=(8, 4, 4), chunks=(4, 4, 4), dtype="float32")
+    store.VolumeTarget("http://unused", None, rows_per_block=4, zarr_path=path).write_block(1, np.ones((4, 4, 4)))
+
+    zarr.create_array(path, shape=(16, 4, 4), chunks=(8, 4, 4), dtype="float32", overwrite=True)  # other blocks
+    block = np.arange(8 * 16, dtype=np.float32).reshape(8, 4, 4)
+    store.VolumeTarget("http://unused", None, rows_per_block=8, zarr_path=path).write_block(1, block)
+
+    again = zarr.open_array(path, mode="r")
+    np.testing.assert_array_equal(again[8:], block)
+    assert not again[:8].any()

@@ -223,12 +223,21 @@ def _array_client(uri: str, api_key: str | None) -> BaseClient:
     return from_uri(uri, api_key=api_key)
 
 
-@functools.lru_cache(maxsize=8)
 def _local_zarr(path: str) -> zarr.Array | None:
     """The array's Zarr directory opened for writing (each chunk on disk when written), or
     None where this process cannot see it."""
-    if not (Path(path) / "zarr.json").is_file():
+    try:
+        made = (Path(path) / "zarr.json").stat()
+    except OSError:
         return None
+    return _open_local_zarr(path, made.st_ino, made.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_local_zarr(path: str, inode: int, mtime_ns: int) -> zarr.Array:
+    """One open array per worker process and version of its ``zarr.json``: an array made
+    anew at the same path (a run processed again, with other blocks or frames) is opened
+    anew, not written with the old one's shape and chunks."""
     return open_for_writing(path)
 
 
