@@ -97,6 +97,7 @@ class TomoPipeline:
         self._processing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tomolive-process")
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tomolive-io")
         self._futures: dict[str, Future[ProcessedRun]] = {}
+        self._latest: str | None = None  # uid of the scan started last
         self._lock = threading.Lock()
         self.events = ResultEvents()
         self._runs: dict[str, _RunDocuments] = {}  # open and recent runs by uid
@@ -164,6 +165,8 @@ class TomoPipeline:
 
     def session(self, uid: str, metadata: dict, expected_angles: int = 256) -> ScanSession:
         """A new scan fed frame by frame (what the callback does per run; ``tomolive process`` too)."""
+        with self._lock:
+            self._latest = uid
         return ScanSession(self, uid, metadata, expected_angles)
 
     def submit(self, uid: str, job: Callable[[], ProcessedRun]) -> None:
@@ -184,14 +187,15 @@ class TomoPipeline:
         return self._dask
 
     def wait(self, uid: str | None = None, timeout: float | None = None) -> ProcessedRun:
-        """Block until scan ``uid`` (default: the latest) is processed; return its outcome."""
+        """Block until scan ``uid`` (default: the scan started last) is processed; return its outcome.
+
+        A scan's outcome exists once its stop document has been handled, just after ``RE()``
+        returns, so the default waits for that scan, never for the one before it.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                if uid is None and self._futures:
-                    future = list(self._futures.values())[-1]
-                else:
-                    future = self._futures.get(uid) if uid else None
+                future = self._futures.get(uid or self._latest or "")
             if future is not None:
                 return future.result(timeout=None if deadline is None else deadline - time.monotonic())
             if deadline is not None and time.monotonic() > deadline:

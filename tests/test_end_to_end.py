@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
 from tiled.client import from_uri
@@ -89,3 +90,12 @@ def test_tomolive_ls_lists_the_scan(tiled_server, pipeline, beamline, run_scan):
     ).stdout  # fmt: skip
     line = next(line for line in out.splitlines() if line.startswith(uid))
     assert "foam-ls" in line and "complete" in line and "16x96x96" in line
+
+
+def test_wait_without_a_uid_waits_for_the_scan_started_last(pipeline, beamline, run_scan):
+    first = run_scan(beamline, n_angles=30)
+    assert pipeline.wait(timeout=120).uid == first
+    pipeline.session("a-scan-under-way", {"sample": "next"})  # started, its stop not yet handled
+    with pytest.raises(TimeoutError, match=r"latest"):
+        pipeline.wait(timeout=0.3)  # the scan under way's outcome, not the first scan's
+    assert pipeline.wait(first, timeout=1).uid == first
