@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import bluesky.plan_stubs as bps
@@ -163,3 +164,29 @@ def test_non_tomography_runs_are_ignored(pipeline, beamline):
     RE(bp.count([beamline.detector], num=2))  # no "tomo" metadata: nothing happens
     with pytest.raises(TimeoutError):
         pipeline.wait(timeout=0.5)
+
+
+def test_a_scan_ended_while_its_first_frame_is_taken_in_leaves_no_spool_or_preview(pipeline, tmp_path, monkeypatch):
+    """The end is recorded on another thread than the frames': it waits for the frame in hand."""
+    import tomolive.session as session_module
+
+    inside, release = threading.Event(), threading.Event()
+    real_start = session_module.ScanSession._start
+
+    def slow_start(self, frame):  # the first projection makes the spool and the preview
+        inside.set()
+        release.wait(10)
+        real_start(self, frame)
+
+    monkeypatch.setattr(session_module.ScanSession, "_start", slow_start)
+    scan = pipeline.session("ended-mid-frame", {"sample": "ended mid-frame"})
+    scan.add_calibration("dark", np.zeros((16, 96), np.uint16))
+    scan.add_calibration("flat", np.full((16, 96), 1000, np.uint16))
+    scan.add_projection(np.full((16, 96), 500, np.uint16), 0.0)
+    assert inside.wait(10)
+    scan.end("aborted", "operator stopped the scan")
+    release.set()
+    assert pipeline.wait("ended-mid-frame", timeout=60).status == "aborted"
+    scan._ingest.join(10)
+    assert not scan._ingest.is_alive()
+    assert not list(tmp_path.glob("tomolive-spool-*")) and scan.preview is None

@@ -424,6 +424,7 @@ class ScanSession:
 
     def _store_end(self, status: str, reason: str) -> ProcessedRun:
         """Mark the run ended without a result, in Tiled or else the outbox; never raises."""
+        self._let_ingest_stop()
         if self.preview is not None:
             self.preview.close(timeout=0)
             self.preview = None
@@ -444,6 +445,15 @@ class ScanSession:
         entry.set_status(status, **extra)
         logger.error("Tiled is unreachable: status %r of run %s kept in %s", status, self.uid, entry.describe())
         return ProcessedRun(self.uid, status, None, reason, str(entry.path))
+
+    def _let_ingest_stop(self) -> None:
+        """Wait for the ingest thread to finish the frame it holds (the run has ended, so it
+        stops after that one): a spool or preview it is still making is then here to remove."""
+        ingest = self._ingest
+        if ingest is not None and ingest is not threading.current_thread():
+            ingest.join(timeout=self.engine.patience_s)
+            if ingest.is_alive():
+                logger.warning("run %s: its ingest thread is still busy after %s s", self.uid, self.engine.patience_s)
 
     def _remove_unwritten_volume(self, record: ScanRecord) -> None:
         """Delete the ``recon`` array made during a scan that ended before any block was written."""
