@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import zarr
@@ -15,7 +17,7 @@ from tomolive.devices import make_sim_beamline
 from tomolive.errors import BadInputError
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import (
-    PaganinParams, PipelineParams, blocks_holding, local_cluster, prepare_projection, row_blocks,
+    PaganinParams, PipelineParams, blocks_holding, local_cluster, prepare_projection, row_blocks, submit_blocks,
 )
 from tomolive.plans import tomo_scan
 from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
@@ -158,3 +160,18 @@ def test_local_cluster_workers_reuse_block_buffers_instead_of_faulting_in_fresh_
         faults = client.submit(_page_faults_of_second_reconstruction, pure=False).result()
     assert faults < 1000, f"{faults} page faults: the worker's allocator returns block buffers to the OS"
 
+
+
+def _block_that_fails_first(i: int) -> int:
+    if i == 0:
+        raise ValueError("block 0 is broken")
+    time.sleep(0.2)
+    return i
+
+
+def test_a_failed_block_cancels_the_blocks_not_yet_run(dask_client):
+    run = submit_blocks(dask_client, "failing", _block_that_fails_first, [(i,) for i in range(40)])
+    with pytest.raises(ValueError, match="block 0 is broken"):
+        run.wait(progress=False, on_progress=None)
+    cancelled = [future.status == "cancelled" for future in run.futures.values()]
+    assert sum(cancelled) >= 30  # 39 blocks of 0.2 s on 2 workers: only those started or done by then ran

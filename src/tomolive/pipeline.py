@@ -316,7 +316,8 @@ class BlockRun:
         """Every block's result, in block order; returns only when every block is in.
 
         ``on_progress(done, total)`` is called after each block (it decides what to send).
-        A failed block raises here as soon as it fails. The results are gathered once, at
+        A failed block raises here as soon as it fails, and the blocks not yet run are
+        cancelled (as they are when ``on_progress`` raises). The results are gathered once, at
         the end: one request per worker instead of one per block (a third less client CPU
         per block task, measured on a 2-worker LocalCluster).
 
@@ -325,17 +326,26 @@ class BlockRun:
         here), so block functions must be idempotent (each block writes whole chunks).
         """
         total = len(self.futures)
-        with tqdm(total=total, desc=self.name, unit="block", disable=not progress) as bar:
-            # as_completed defaults to the process's newest client's event loop; a second client
-            # (a user's own, say) would then own the futures' events and a rerun block's
-            # result() would fail with "bound to a different event loop".
-            for done, future in enumerate(as_completed(self.futures.values(), loop=self.client.loop), start=1):
-                if future.status != "finished":
-                    future.result()  # raises the block's error
-                bar.update()
-                if on_progress:
-                    on_progress(done, total)
+        try:
+            with tqdm(total=total, desc=self.name, unit="block", disable=not progress) as bar:
+                # as_completed defaults to the process's newest client's event loop; a second client
+                # (a user's own, say) would then own the futures' events and a rerun block's
+                # result() would fail with "bound to a different event loop".
+                for done, future in enumerate(as_completed(self.futures.values(), loop=self.client.loop), start=1):
+                    if future.status != "finished":
+                        future.result()  # raises the block's error
+                    bar.update()
+                    if on_progress:
+                        on_progress(done, total)
+        except BaseException:
+            self.cancel()
+            raise
         return self.client.gather([self.futures[i] for i in sorted(self.futures)])
+
+    def cancel(self, *also: Future) -> None:
+        """Drop the blocks (and ``also``) not yet run: a failed run's work is not done for nothing
+        (tasks already running finish; their results are dropped)."""
+        self.client.cancel([*self.futures.values(), *also])
 
 
 def submit_blocks(client: Client, name: str, function: Callable, args: list[tuple], *,
@@ -383,8 +393,16 @@ class Reconstruction:
         return [self.with_slices.get(i, self.run.futures[i]) for i in blocks_holding(self.blocks, rows)]
 
     def wait(self, progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> None:
-        """Wait for every block; record the ``recon`` stage and the Dask run in provenance."""
-        results = self.run.wait(progress, on_progress)
+        """Wait for every block; record the ``recon`` stage and the Dask run in provenance.
+
+        If a block fails, the blocks not yet run are cancelled, and so is the work waiting
+        on them (QC).
+        """
+        try:
+            results = self.run.wait(progress, on_progress)
+        except BaseException:
+            self.run.cancel(*self.with_slices.values())  # the blocks behind the timing tasks
+            raise
         self.provenance.stage_seconds["recon"] = round(time.perf_counter() - self.started, 4)
         client = self.run.client
         self.provenance.results["dask"] = {
