@@ -190,3 +190,19 @@ def test_a_scan_ended_while_its_first_frame_is_taken_in_leaves_no_spool_or_previ
     scan._ingest.join(10)
     assert not scan._ingest.is_alive()
     assert not list(tmp_path.glob("tomolive-spool-*")) and scan.preview is None
+
+
+def test_a_run_failing_before_its_blocks_keeps_no_empty_volume(tiled_server, pipeline, beamline, run_scan, monkeypatch):
+    """Processing made the array itself (none was made during the scan), then the centre search failed."""
+    import tomolive.pipeline as pipeline_module
+    import tomolive.session as session_module
+
+    def broken_centre(*args, **kwargs):
+        raise BadInputError("the centre search broke")
+
+    monkeypatch.setattr(session_module.ScanSession, "_make_recon_volume", lambda self, record, shape: None)
+    monkeypatch.setattr(pipeline_module, "find_scan_center", broken_centre)
+    uid = run_scan(beamline, n_angles=30, sample="centre fails")
+    outcome = pipeline.wait(uid, timeout=60)
+    assert outcome.status == "failed" and "the centre search broke" in outcome.reason
+    assert "recon" not in from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]

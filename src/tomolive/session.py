@@ -11,7 +11,7 @@ runs elsewhere too:
 - the Tiled record is created on an I/O thread when the session starts, and its empty
   ``recon`` array once the first projection gives the frame shape, so that processing
   starts with the centre search (a run that ends before its blocks are submitted has
-  it removed);
+  its empty array removed, whoever made it);
 - the live preview reconstructs and publishes on its own thread;
 - :meth:`finish` queues the volume reconstruction (centre, Dask blocks, status) on the
   pipeline's processing thread and returns at once.
@@ -456,11 +456,13 @@ class ScanSession:
                 logger.warning("run %s: its ingest thread is still busy after %s s", self.uid, self.engine.patience_s)
 
     def _remove_unwritten_volume(self, record: ScanRecord) -> None:
-        """Delete the ``recon`` array made during a scan that ended before any block was written."""
-        if self._recon_volume is None or self._recon_volume.exception() is not None:
-            return
+        """Delete the empty ``recon`` array of a run that ended before any block was written:
+        made during the scan, or by processing before its centre search failed."""
+        if self._recon_volume is not None:
+            self._recon_volume.exception()  # waits for one being made: no array appears after this
         try:
-            record.remove("recon")
+            if "recon" in record.node:
+                record.remove("recon")
         except Exception as err:  # the status, already set, says why there is no result
             logger.warning("could not remove the empty recon array of run %s: %s", self.uid, err)
 
