@@ -101,6 +101,12 @@ def one_dimensional_frames(relay, name, doc):
     return [(name, doc)]
 
 
+def empty_frames(relay, name, doc):
+    if name == "event":
+        doc["data"][relay.image] = np.asarray(doc["data"][relay.image])[:0]
+    return [(name, doc)]
+
+
 def stop_before_descriptors(relay, name, doc):
     if name == "start":
         stop = {"uid": str(uuid.uuid4()), "time": time.time(), "run_start": doc["uid"],
@@ -139,6 +145,7 @@ CASES = [
     (event_without_data, "'data' is missing"),
     (projection_narrower_than_darks, "shape (16, 92) but the frames before it have (16, 96)"),
     (one_dimensional_frames, "expected a 2-D detector image"),
+    (empty_frames, "shape (0, 96); expected a 2-D detector image (rows, columns) of at least 1 row"),
     (stop_before_descriptors, "stop"),
     (event_after_stop, "after the run's stop"),
     (second_stop, "after the run's stop"),

@@ -112,9 +112,10 @@ def test_read_rows_matches_zarr_for_every_row_range(tmp_path: Path) -> None:
             np.testing.assert_array_equal(rows, frames[:, start:stop])
 
 
-def test_read_rows_refuses_an_array_that_is_not_a_spool(tmp_path: Path) -> None:
-    path = tmp_path / "compressed.zarr"
-    zarr.create_array(str(path), shape=(4, *FRAME), chunks=(4, 2, 6), dtype="float32")  # Zstd by default
+@pytest.mark.parametrize("options", [{}, {"zarr_format": 2, "compressors": None}], ids=["zstd", "zarr-v2"])
+def test_read_rows_refuses_an_array_that_is_not_a_spool(tmp_path: Path, options: dict) -> None:
+    path = tmp_path / "other.zarr"
+    zarr.create_array(str(path), shape=(4, *FRAME), chunks=(4, 2, 6), dtype="float32", **options)
     with pytest.raises(BadInputError, match="not a projection spool.*codecs"):
         read_rows(str(path), 0, 2)
 

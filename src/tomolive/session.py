@@ -214,8 +214,11 @@ class ScanSession:
                 return
 
     def _check_frame(self, kind: str, frame: np.ndarray) -> None:
-        if frame.ndim != 2:
-            raise BadInputError(f"a {kind} frame has shape {frame.shape!r}; expected a 2-D detector image (rows, columns).")
+        if frame.ndim != 2 or frame.shape[0] < 1 or frame.shape[1] < 2:
+            raise BadInputError(
+                f"a {kind} frame has shape {frame.shape!r}; expected a 2-D detector image (rows, columns) "
+                "of at least 1 row and 2 columns."
+            )
         if self._frame_shape is None:
             self._frame_shape = frame.shape
         elif frame.shape != self._frame_shape:

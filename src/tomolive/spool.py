@@ -148,7 +148,7 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
 
 def _check_raw_float32(array: zarr.Array, path: str) -> None:
     """Raise unless ``array`` is laid out as :meth:`ProjectionSpool.create` makes spools."""
-    codecs = array.metadata.codecs
+    codecs = getattr(array.metadata, "codecs", ())  # Zarr v2 metadata has none: not a spool
     raw = len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (Endian.little, None)
     if not (raw and array.dtype == np.float32 and array.ndim == 3 and array.chunks[2] == array.shape[2]):
         raise BadInputError(
