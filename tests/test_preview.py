@@ -114,6 +114,7 @@ def test_a_held_preview_drops_queued_frames_and_publishes_once_more_at_close(foa
     preview.close(timeout=30)
     assert preview.dropped == 10  # 9 queued at the hold, 1 after it
     assert [(s.n_angles, s.dropped) for s in snapshots] == [(1, None), (1, 10)]  # the last says so
+    assert snapshots[0].image is not None and snapshots[1].image is None  # no new angle: metadata only
 
 
 def test_a_held_preview_publishes_what_it_back_projected_since_its_last_publish(foam):
@@ -132,6 +133,7 @@ def test_a_held_preview_publishes_what_it_back_projected_since_its_last_publish(
     assert [s.n_angles for s in snapshots] == [1]  # the first publish; the next is 60 s away
     preview.close(timeout=30)
     assert [(s.n_angles, s.dropped) for s in snapshots] == [(1, None), (10, 0)]
+    np.testing.assert_allclose(snapshots[-1].image, _preview_after(sino, 10, rows=(4,)), rtol=1e-5, atol=1e-6)
 
 
 def test_a_preview_held_before_any_frame_is_back_projected_publishes_nothing(foam):

@@ -12,6 +12,7 @@ import zarr
 
 import tomolive.store as store
 from tomolive.config import Settings
+from tomolive.errors import BadInputError
 from tomolive.store import ScanRecord, connect, use_volume_compressors
 
 
@@ -87,3 +88,17 @@ def test_a_volume_made_anew_at_the_same_path_is_written_as_the_new_one(tmp_path:
     again = zarr.open_array(path, mode="r")
     np.testing.assert_array_equal(again[8:], block)
     assert not again[:8].any()
+
+
+def test_a_preview_publish_without_an_image_updates_its_metadata_only(tiled_server: Settings) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    record = ScanRecord.create(client, "store-test-preview", {"sample": "preview"}, tiled_server.api_key)
+    with pytest.raises(BadInputError, match="no preview image yet"):
+        record.write_preview(None, {"n_angles": 0})
+    image = np.random.default_rng(2).random((3, 8, 8), dtype=np.float32)
+    record.write_preview(image, {"n_angles": 10, "frames_dropped": None})
+    record.write_preview(None, {"n_angles": 10, "frames_dropped": 4})
+
+    preview = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"]["store-test-preview"]["preview"]
+    np.testing.assert_array_equal(preview.read(), image)
+    assert preview.metadata["frames_dropped"] == 4 and preview.metadata["n_angles"] == 10

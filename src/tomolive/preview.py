@@ -40,9 +40,11 @@ def default_preview_rows(n_rows: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class PreviewSnapshot:
-    """The preview at one moment: ``image`` is float32 (len(rows), size, size)."""
+    """The preview at one moment: ``image`` is float32 (len(rows), size, size), or None when
+    it is the image of the previous snapshot (the last one, after :meth:`LivePreview.hold`,
+    often only adds ``dropped``)."""
 
-    image: np.ndarray
+    image: np.ndarray | None
     rows: tuple[int, ...]
     n_angles: int
     angle_range_deg: tuple[float, float]
@@ -184,14 +186,14 @@ class LivePreview:
             # the last publish is sent even with no new angle: it alone says how many were dropped
             if self.fbp.n_angles and (closing or (due and self.fbp.n_angles > published_angles)):
                 last_publish = time.monotonic()
-                if self._publish(dropped):
+                if self._publish(dropped, with_image=self.fbp.n_angles > published_angles):
                     published_angles = self.fbp.n_angles
             if closing:
                 return
 
-    def _publish(self, dropped: int | None) -> bool:
+    def _publish(self, dropped: int | None, with_image: bool) -> bool:
         snapshot = PreviewSnapshot(
-            self.fbp.image(), self.rows, self.fbp.n_angles, self.fbp.angle_range,
+            self.fbp.image() if with_image else None, self.rows, self.fbp.n_angles, self.fbp.angle_range,
             self.fbp.center, self.fbp.binning, dropped,
         )  # fmt: skip
         try:

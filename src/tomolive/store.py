@@ -319,11 +319,17 @@ class ScanRecord:
             raise ValueError(f"remove needs a child's key; got {key!r}")
         self.node.delete_contents(key, external_only=False)
 
-    def write_preview(self, image: np.ndarray, metadata: dict) -> None:
-        """Create or overwrite the ``preview`` array (one chunk), then its metadata.
+    def write_preview(self, image: np.ndarray | None, metadata: dict) -> None:
+        """Create or overwrite the ``preview`` array (one chunk), then its metadata; with
+        ``image`` None (unchanged since the last call), the metadata only.
 
         Data first, metadata second: the metadata never claims more angles than the data holds.
         """
+        if image is None:
+            if self._preview is None:
+                raise BadInputError("write_preview: no preview image yet, so one must be given.")
+            self._preview.update_metadata(metadata=jsonable(metadata), drop_revision=True)
+            return
         image = np.ascontiguousarray(image, dtype=np.float32)
         if self._preview is None:
             structure = ArrayStructure(
