@@ -12,6 +12,7 @@ from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan
+from tomolive.qc import qc_metrics
 from tomolive.segment import dice_scores, phase_statistics
 from tomolive.store import connect
 
@@ -43,7 +44,11 @@ def test_scan_is_segmented_with_phase_numbers_and_qc(method, tiled_server, dask_
     assert md["provenance"]["segment"]["method"] == ("unet" if method == "auto" else "otsu")
     assert abs(md["porosity"] - phase_statistics(truth, 3)["porosity"]) < 0.05
     assert md["phases"]["pore_count"] > 0
-    assert md["qc"]["snr"] > 0 and md["qc"]["center_confidence"] is not None
+    # QC measured the stored volume with its segmentation: the numbers recomputed here agree
+    qc = md["qc"]
+    stored = qc_metrics(scan["recon"].read(), labels, n_phases=3, center_confidence=qc["center_confidence"])
+    assert {k: qc[k] for k in stored} == stored and qc["snr"] > 0
+    assert qc["center_confidence"] == pytest.approx(md["provenance"]["center"]["confidence"], abs=1e-5)
     assert any("ring" in alert.lower() for alert in md["qc"]["alerts"])  # threshold set so it fires
     assert "segment" in md["stages"] and "qc" in md["stages"]
     assert uid in client["processed"].search(Key("sample") == sample).search(Key("porosity") > 0)
