@@ -161,7 +161,6 @@ def test_local_cluster_workers_reuse_block_buffers_instead_of_faulting_in_fresh_
     assert faults < 1000, f"{faults} page faults: the worker's allocator returns block buffers to the OS"
 
 
-
 def _block_that_fails_first(i: int) -> int:
     if i == 0:
         raise ValueError("block 0 is broken")

@@ -305,12 +305,14 @@ class BlockRun:
     """Block tasks submitted to Dask; :meth:`wait` gathers them with progress.
 
     ``futures`` maps block index to task, in the order the tasks were submitted, which is
-    the order Dask starts them in.
+    the order Dask starts them in; ``behind`` are tasks some of them wait on, cancelled
+    with them.
     """
 
     client: Client
     name: str
     futures: dict[int, Future]
+    behind: tuple[Future, ...] = ()
 
     def wait(self, progress: bool, on_progress: Callable[[int, int], None] | None) -> list[Any]:
         """Every block's result, in block order; returns only when every block is in.
@@ -338,14 +340,11 @@ class BlockRun:
                     if on_progress:
                         on_progress(done, total)
         except BaseException:
-            self.cancel()
+            # a failed run's work is not done for nothing: tasks already running finish, the
+            # others are dropped, and so is the work waiting on them (QC)
+            self.client.cancel([*self.futures.values(), *self.behind])
             raise
         return self.client.gather([self.futures[i] for i in sorted(self.futures)])
-
-    def cancel(self, *also: Future) -> None:
-        """Drop the blocks (and ``also``) not yet run: a failed run's work is not done for nothing
-        (tasks already running finish; their results are dropped)."""
-        self.client.cancel([*self.futures.values(), *also])
 
 
 def submit_blocks(client: Client, name: str, function: Callable, args: list[tuple], *,
@@ -393,16 +392,8 @@ class Reconstruction:
         return [self.with_slices.get(i, self.run.futures[i]) for i in blocks_holding(self.blocks, rows)]
 
     def wait(self, progress: bool = True, on_progress: Callable[[int, int], None] | None = None) -> None:
-        """Wait for every block; record the ``recon`` stage and the Dask run in provenance.
-
-        If a block fails, the blocks not yet run are cancelled, and so is the work waiting
-        on them (QC).
-        """
-        try:
-            results = self.run.wait(progress, on_progress)
-        except BaseException:
-            self.run.cancel(*self.with_slices.values())  # the blocks behind the timing tasks
-            raise
+        """Wait for every block; record the ``recon`` stage and the Dask run in provenance."""
+        results = self.run.wait(progress, on_progress)
         self.provenance.stage_seconds["recon"] = round(time.perf_counter() - self.started, 4)
         client = self.run.client
         self.provenance.results["dask"] = {
@@ -473,6 +464,7 @@ def start_reconstruction(
     with_slices = {i: run.futures[i] for i in first}
     for i, future in with_slices.items():
         run.futures[i] = client.submit(_without_slices, future, key=future.key.replace("-block-", "-timing-", 1))
+    run.behind = tuple(with_slices.values())
     return Reconstruction(center, target, blocks, run, gpu is not None, provenance, started, with_slices)
 
 

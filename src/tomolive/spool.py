@@ -128,7 +128,7 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
     chunk = None  # scratch for chunks only partly wanted
     for r0 in range(start - start % height, stop, height):
         lo, hi = max(start, r0), min(stop, r0 + height)
-        whole = lo == r0 and hi == r0 + height and (lo, hi) == (start, stop)
+        whole = (start, stop) == (r0, r0 + height)  # the target is exactly this row chunk
         for a0 in range(0, n_angles, depth):
             frames = min(depth, n_angles - a0)
             target = out[a0 : a0 + frames, lo - start : hi - start]
