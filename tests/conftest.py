@@ -27,6 +27,10 @@ from .postgres import PostgresServer, find_bin_dir, running_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TOMOLIVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAME_VOLUME = 1e-5
+"""Largest |difference| over the value range between two reconstructions of the same frames
+in different worker processes: each process measures its own FFTW plans, whose float32
+rounding differs (1.02e-6 of the range seen between a live and a reprocessed 16 x 96^2 scan)."""
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import PipelineParams, gpu_resources
 
-from .conftest import free_port
+from .conftest import SAME_VOLUME, free_port
 from .test_end_to_end import assert_matches_phantom
 from .test_pipeline import scan_and_read
 
@@ -111,7 +111,6 @@ def test_worker_killed_mid_reconstruction_gives_the_same_volume(tiled_server, cl
     killed = scan()  # returns at the stop document; the blocks run from now on
     root = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
     with Client(cluster, timeout=10) as client:
-        done = _wait_for_recon_progress(root, killed)
         victim, pid = _busy_recon_worker(client)
         os.kill(pid, signal.SIGKILL)
         outcome = pipeline.wait(killed, timeout=300)
@@ -119,32 +118,26 @@ def test_worker_killed_mid_reconstruction_gives_the_same_volume(tiled_server, cl
         # The kill landed mid-run: the scheduler lost recon blocks that were on that worker.
         removed = [msg for _, msg in client.get_events(victim) if msg.get("action") == "remove-worker"]
         lost = {str(k) for msg in removed for k in (*msg["processing-tasks"], *msg["lost-computed-tasks"])}
-        assert any(k.startswith("recon-block") for k in lost), (done, removed)
+        assert any(k.startswith("recon-block") for k in lost), removed
         client.wait_for_workers(2, timeout=120)  # the nanny restarted it
 
     a, b = (root["processed"][uid]["recon"].read() for uid in (clean, killed))
     assert a.shape == b.shape == (48, 128, 128)
     difference = float(np.max(np.abs(a - b)))
-    assert difference <= 1e-6 * float(np.ptp(a)), f"max |clean - killed| = {difference}"
+    assert difference <= SAME_VOLUME * float(np.ptp(a)), f"max |clean - killed| = {difference}"
 
 
-def _wait_for_recon_progress(root, uid: str, timeout: float = 120.0) -> dict:
-    """Poll the scan's Tiled progress until some, but not all, recon blocks are done."""
+def _busy_recon_worker(client: Client, timeout: float = 120.0) -> tuple[str, int]:
+    """The address and process id of the first worker seen running a recon block: asked of
+    the scheduler every 10 ms (Tiled's progress, sent at most every 2 s, can lag a run of
+    small blocks by all of it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        progress = root["processed"][uid].metadata.get("progress") or {}
-        if progress.get("stage") == "recon" and progress["done"] >= 1:
-            assert progress["done"] < progress["total"], f"recon finished before the kill: {progress}"
-            return progress
-        time.sleep(0.02)
-    raise AssertionError(f"no recon progress for {uid} within {timeout} s")
-
-
-def _busy_recon_worker(client: Client) -> tuple[str, int]:
-    """The address and process id of a worker the scheduler has running a recon block."""
-    busy = [w for w, keys in client.processing().items() if any(str(k).startswith("recon-block") for k in keys)]
-    assert busy, "no worker is running a recon block"
-    return busy[0], client.run(os.getpid, workers=busy[:1])[busy[0]]
+        busy = [w for w, keys in client.processing().items() if any(str(k).startswith("recon-block") for k in keys)]
+        if busy:
+            return busy[0], client.run(os.getpid, workers=busy[:1])[busy[0]]
+        time.sleep(0.01)
+    raise AssertionError(f"no worker ran a recon block within {timeout} s")
 
 
 def test_torch_stages_run_on_gpu_tagged_workers(tiled_server, tmp_path, cluster):

@@ -10,6 +10,8 @@ from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
 from tomolive.store import connect
 
+from .conftest import SAME_VOLUME
+
 
 def _volume(tiled_server, pipeline, run_scan, **beamline_options) -> np.ndarray:
     beamline = make_sim_beamline(make_foam((16, 96, 96), seed=11), photons=2000, seed=3, **beamline_options)
@@ -33,4 +35,4 @@ def test_external_assets_reconstruct_like_inline_images(
     inline = inline_volume["volume"]
     external = _volume(tiled_server, pipeline, run_scan, assets=assets, asset_dir=tmp_path / "det")
     assert list((tmp_path / "det").glob("*.h5"))  # the frames really came from files
-    np.testing.assert_allclose(external, inline, rtol=0, atol=1e-6 * np.ptp(inline))
+    np.testing.assert_allclose(external, inline, rtol=0, atol=SAME_VOLUME * np.ptp(inline))

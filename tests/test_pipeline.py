@@ -23,6 +23,8 @@ from tomolive.plans import tomo_scan
 from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
 from tomolive.store import VolumeTarget
 
+from .conftest import SAME_VOLUME
+
 
 def scan_and_read(tiled_server, dask, tmp_path, beamline, params):
     with TomoPipeline.from_uri(
@@ -47,7 +49,7 @@ def test_one_and_two_workers_give_the_same_volume(tiled_server, dask_client, tmp
         one = scan_and_read(tiled_server, one_worker, tmp_path, make_sim_beamline(phantom, photons=None), params)
     a, b = one["recon"].read(), two["recon"].read()
     assert a.shape == b.shape == (18, 64, 64)
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.ptp(a))
+    np.testing.assert_allclose(a, b, rtol=0, atol=SAME_VOLUME * np.ptp(a))
     assert one.metadata["provenance"]["dask"]["workers"] == 1
     assert two.metadata["provenance"]["dask"]["workers"] == 2
 

@@ -14,6 +14,8 @@ from tomolive.formats import FrameStack, StoredScan
 from tomolive.offline import open_tiled_run, process_scan
 from tomolive.store import connect
 
+from .conftest import SAME_VOLUME
+
 
 def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     tiled_server, pipeline, dask_client, beamline, scan_with_raw_run, monkeypatch, capsys
@@ -48,7 +50,7 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     again = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
     assert again.metadata["status"] == "complete"
     assert again.metadata["source"] == run.uri and again.metadata["format"] == "bluesky-run"
-    np.testing.assert_allclose(again["recon"].read(), live_volume, atol=1e-6 * np.ptp(live_volume))
+    np.testing.assert_allclose(again["recon"].read(), live_volume, atol=SAME_VOLUME * np.ptp(live_volume))
 
 
 def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, monkeypatch, capsys):

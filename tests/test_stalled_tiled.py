@@ -15,7 +15,7 @@ import tiled.client.utils
 import zarr
 from bluesky import RunEngine
 
-from tests.conftest import free_port, sim_tomo_scan
+from tests.conftest import SAME_VOLUME, free_port, sim_tomo_scan
 from tests.test_end_to_end import assert_matches_phantom
 from tomolive.callbacks import TomoPipeline
 from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
@@ -196,4 +196,4 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
         ])  # fmt: skip
         assert code == 0
         again = connect(settings.uri, api_key=settings.api_key)["processed"][uid]["recon"].read()
-        np.testing.assert_allclose(again, local, atol=1e-6 * np.ptp(local))
+        np.testing.assert_allclose(again, local, atol=SAME_VOLUME * np.ptp(local))
