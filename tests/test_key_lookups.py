@@ -1,0 +1,108 @@
+"""One API-key lookup per request: reused within a task, never across tasks or past its age."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from sqlalchemy.exc import InvalidRequestError
+
+from tomolive import key_lookups
+from tomolive.keys import create_key
+
+VALID, UNKNOWN = b"\x01" * 32, b"\x02" * 32
+
+
+class Session:
+    """Stands in for an AsyncSession: records what is attached to it."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.added: list[object] = []
+        self.refuse = refuse
+
+    def add(self, instance: object) -> None:
+        if self.refuse:
+            raise InvalidRequestError("Object is already attached to session 1")
+        self.added.append(instance)
+
+
+def counting_lookup() -> tuple[key_lookups.Lookup, list[bytes]]:
+    calls: list[bytes] = []
+
+    async def lookup(db: Session, secret: bytes) -> object | None:
+        calls.append(secret)
+        await asyncio.sleep(0)
+        return {"key": secret} if secret == VALID else None
+
+    return lookup, calls
+
+
+def test_a_task_looks_a_valid_key_up_once_and_attaches_it_to_each_session():
+    lookup, calls = counting_lookup()
+    shared = key_lookups.shared_per_task(lookup)
+
+    async def one_request() -> list[object]:
+        sessions = [Session(), Session(), Session()]
+        keys = [await shared(db, VALID) for db in sessions]
+        assert keys[0] is keys[1] is keys[2]
+        assert [db.added for db in sessions] == [[], [keys[0]], [keys[0]]]  # reused ones are attached
+        return keys
+
+    async def two_requests() -> None:
+        first, second = await asyncio.gather(asyncio.create_task(one_request()), asyncio.create_task(one_request()))
+        assert first[0] is not second[0]
+
+    asyncio.run(two_requests())
+    assert calls == [VALID, VALID]  # one lookup per task
+
+
+def test_unknown_keys_are_never_kept():
+    lookup, calls = counting_lookup()
+    shared = key_lookups.shared_per_task(lookup)
+
+    async def request() -> None:
+        assert await shared(Session(), UNKNOWN) is None
+        assert await shared(Session(), UNKNOWN) is None
+
+    asyncio.run(request())
+    assert calls == [UNKNOWN, UNKNOWN]
+
+
+def test_a_key_is_looked_up_again_past_its_age_or_when_another_session_holds_it(monkeypatch):
+    lookup, calls = counting_lookup()
+    shared = key_lookups.shared_per_task(lookup, max_age_s=1.0)
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    async def request() -> None:
+        await shared(Session(), VALID)
+        clock[0] += 0.9
+        await shared(Session(), VALID)  # reused
+        clock[0] += 0.2
+        await shared(Session(), VALID)  # 1.1 s old: looked up again
+        await shared(Session(refuse=True), VALID)  # held by an open session: looked up again
+
+    asyncio.run(request())
+    assert calls == [VALID] * 3
+
+
+def test_server_still_records_latest_activity_and_refuses_a_revoked_key_at_once(tiled_server):
+    api, as_writer = f"{tiled_server.uri}/api/v1", {"Authorization": f"Apikey {tiled_server.api_key}"}
+    reader = create_key(tiled_server.uri, tiled_server.api_key, read_only=True)
+    as_reader = {"Authorization": f"Apikey {reader}"}
+
+    def latest_activity() -> str:
+        keys = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()["api_keys"]
+        return next(key["latest_activity"] for key in keys if key["first_eight"] == reader[:8])
+
+    assert httpx.get(f"{api}/metadata/", headers=as_reader).status_code == 200
+    before = latest_activity()
+    time.sleep(1.1)  # Tiled records it to the second
+    assert httpx.get(f"{api}/metadata/", headers=as_reader).status_code == 200
+    assert latest_activity() > before
+
+    me = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()
+    httpx.delete(f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": reader[:8]},
+                 headers=as_writer).raise_for_status()  # fmt: skip
+    assert httpx.get(f"{api}/metadata/", headers=as_reader).status_code == 401
