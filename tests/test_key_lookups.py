@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
+from sqlalchemy import inspect
 from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.orm import make_transient_to_detached
+from tiled.authn_database import core
+from tiled.authn_database.orm import APIKey
+from tiled.server import authentication
 
 from tomolive import key_lookups
 from tomolive.keys import create_key
@@ -17,9 +23,10 @@ VALID, UNKNOWN = b"\x01" * 32, b"\x02" * 32
 class Session:
     """Stands in for an AsyncSession: records what is attached to it."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False, bind: str = "auth.db") -> None:
         self.added: list[object] = []
         self.refuse = refuse
+        self.bind = bind
 
     def add(self, instance: object) -> None:
         if self.refuse:
@@ -27,13 +34,22 @@ class Session:
         self.added.append(instance)
 
 
-def counting_lookup() -> tuple[key_lookups.Lookup, list[bytes]]:
+def loaded_key(secret: bytes, expires: datetime | None = None) -> APIKey:
+    """An APIKey as a closed session leaves it: loaded, then detached."""
+    key = APIKey(first_eight=secret.hex()[:8], hashed_secret=secret, expiration_time=expires, scopes=[])
+    for name in inspect(key).unloaded:  # a lookup loads every column and the principal
+        setattr(key, name, None)
+    make_transient_to_detached(key)
+    return key
+
+
+def counting_lookup(expires: datetime | None = None) -> tuple[key_lookups.Lookup, list[bytes]]:
     calls: list[bytes] = []
 
-    async def lookup(db: Session, secret: bytes) -> object | None:
+    async def lookup(db: Session, secret: bytes) -> APIKey | None:
         calls.append(secret)
         await asyncio.sleep(0)
-        return {"key": secret} if secret == VALID else None
+        return loaded_key(secret, expires) if secret == VALID else None
 
     return lookup, calls
 
@@ -82,9 +98,46 @@ def test_a_key_is_looked_up_again_past_its_age_or_when_another_session_holds_it(
         clock[0] += 0.2
         await shared(Session(), VALID)  # 1.1 s old: looked up again
         await shared(Session(refuse=True), VALID)  # held by an open session: looked up again
+        await shared(Session(bind="other.db"), VALID)  # another database: looked up there
 
     asyncio.run(request())
-    assert calls == [VALID] * 3
+    assert calls == [VALID] * 4
+
+
+def test_a_key_that_expired_since_is_looked_up_again():
+    lookup, calls = counting_lookup(expires=datetime.now(UTC) + timedelta(milliseconds=50))
+    shared = key_lookups.shared_per_task(lookup)
+
+    async def request() -> None:
+        first = await shared(Session(), VALID)
+        assert await shared(Session(), VALID) is first
+        await asyncio.sleep(0.1)  # it expires here: Tiled's lookup must see it (and delete it)
+        assert await shared(Session(), VALID) is not first
+
+    asyncio.run(request())
+    assert calls == [VALID] * 2
+
+
+def test_a_key_changed_by_a_session_since_is_looked_up_again():
+    lookup, calls = counting_lookup()
+    shared = key_lookups.shared_per_task(lookup)
+
+    async def request() -> None:
+        first = await shared(Session(), VALID)
+        first.note = "changed by a session that did not commit"
+        assert await shared(Session(), VALID) is not first
+
+    asyncio.run(request())
+    assert calls == [VALID] * 2
+
+
+def test_install_wraps_tiled_lookup_once(monkeypatch):
+    monkeypatch.setattr(authentication, "lookup_valid_api_key", core.lookup_valid_api_key)
+    key_lookups.install()
+    installed = authentication.lookup_valid_api_key
+    assert installed is not core.lookup_valid_api_key
+    key_lookups.install()
+    assert authentication.lookup_valid_api_key is installed
 
 
 def test_server_still_records_latest_activity_and_refuses_a_revoked_key_at_once(tiled_server):
@@ -103,6 +156,8 @@ def test_server_still_records_latest_activity_and_refuses_a_revoked_key_at_once(
     assert latest_activity() > before
 
     me = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()
-    httpx.delete(f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": reader[:8]},
-                 headers=as_writer).raise_for_status()  # fmt: skip
-    assert httpx.get(f"{api}/metadata/", headers=as_reader).status_code == 401
+    with httpx.Client(headers=as_reader) as kept_alive:  # one connection: requests share it, not keys
+        assert kept_alive.get(f"{api}/metadata/").status_code == 200
+        httpx.delete(f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": reader[:8]},
+                     headers=as_writer).raise_for_status()  # fmt: skip
+        assert kept_alive.get(f"{api}/metadata/").status_code == 401
