@@ -10,7 +10,7 @@ well under a second (0.57 s measured for a new catalog). A server start went fro
 therefore leave the catalog's ``init_if_not_exists`` off; the authentication database's
 stays on, a fall-back Tiled takes only if it finds that database missing.
 
-It also makes Tiled look up a request's API key once instead of three times
+It also makes Tiled look up a request's API key once instead of three or four times
 (:mod:`tomolive.key_lookups`): half of a request's server CPU.
 """
 
