@@ -2,8 +2,8 @@
 
 Both serve ``tiled_config/sqlite.yml`` (multi-user, scoped API keys) from a fresh data dir
 on loopback; the only difference is tomolive's one API-key lookup per request
-(:mod:`tomolive.key_lookups`). Stock Tiled is started as ``tiled serve config`` would be,
-after the databases are created as tomolive creates them. With the writer key, each
+(:mod:`tomolive.key_lookups`). Stock Tiled is ``tomolive.tiled_serve`` with that change
+left out: the same database creation, then ``tiled serve config``. With the writer key, each
 server answers the requests a scan makes while its workers run, ``--requests`` of each
 kind per batch, ``--batches`` batches in turn (server A, server B, A, B, ...):
 
@@ -42,10 +42,9 @@ from tomolive.keys import issue_writer_key
 from tomolive.server import server_command, wait_until_up
 from tomolive.store import ScanRecord
 
-STOCK = "import sys; from tomolive.tiled_serve import create_databases; from pathlib import Path; " \
-        "from tiled.commandline.main import cli_app; create_databases(Path(sys.argv[1])); " \
-        "cli_app(args=['serve', 'config', *sys.argv[1:]], prog_name='tiled')"  # fmt: skip
-"""Stock Tiled on the same profile: tomolive's database creation, then ``tiled serve config``."""
+STOCK = "import sys; from tomolive import key_lookups, tiled_serve; " \
+        "key_lookups.install = lambda: None; tiled_serve.main(sys.argv[1:])"  # fmt: skip
+"""Stock Tiled on the same profile: :mod:`tomolive.tiled_serve` without its one change to Tiled."""
 
 
 @contextmanager

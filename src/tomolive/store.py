@@ -325,26 +325,24 @@ class ScanRecord:
 
         Data first, metadata second: the metadata never claims more angles than the data holds.
         """
-        if image is None:
+        if image is not None:
+            image = np.ascontiguousarray(image, dtype=np.float32)
             if self._preview is None:
-                raise BadInputError("write_preview: no preview image yet, so one must be given.")
-            self._preview.update_metadata(metadata=jsonable(metadata), drop_revision=True)
-            return
-        image = np.ascontiguousarray(image, dtype=np.float32)
-        if self._preview is None:
-            structure = ArrayStructure(
-                data_type=BuiltinDtype.from_numpy_dtype(image.dtype),
-                shape=image.shape,
-                chunks=tuple((n,) for n in image.shape),
-                dims=("slice", "y", "x"),
-            )
-            self._preview = self.node.new(
-                StructureFamily.array,
-                [DataSource(structure=structure, structure_family=StructureFamily.array)],
-                key="preview",
-                metadata=jsonable(metadata),
-            )
-        self._preview.write_block(image, block=(0,) * image.ndim)
+                structure = ArrayStructure(
+                    data_type=BuiltinDtype.from_numpy_dtype(image.dtype),
+                    shape=image.shape,
+                    chunks=tuple((n,) for n in image.shape),
+                    dims=("slice", "y", "x"),
+                )
+                self._preview = self.node.new(
+                    StructureFamily.array,
+                    [DataSource(structure=structure, structure_family=StructureFamily.array)],
+                    key="preview",
+                    metadata=jsonable(metadata),
+                )
+            self._preview.write_block(image, block=(0,) * image.ndim)
+        elif self._preview is None:
+            raise BadInputError("write_preview: no preview image yet, so one must be given.")
         self._preview.update_metadata(metadata=jsonable(metadata), drop_revision=True)
 
 
