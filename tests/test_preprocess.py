@@ -138,6 +138,22 @@ def test_auto_reports_both_methods() -> None:
         result.center = 1.0  # type: ignore[misc]  # frozen
 
 
+def test_auto_cross_checks_on_one_row_and_refines_on_all() -> None:
+    theta = np.linspace(0.0, np.pi, 180, endpoint=False)
+    sino = ellipse_sinogram(theta, 128, 66.8)
+    block = np.stack([noisy(sino, seed=s) for s in range(8)], axis=1)  # (angles, rows, cols)
+    check = find_center(block, theta)
+    assert check.method == "registration" and check.details["agree"] is True
+    assert check.details["vo"]["details"]["rows"] == [4]  # the middle of Vo's rows 2, 4, 5
+    assert abs(check.details["vo"]["center"] - 66.8) < 0.5
+    decide = find_center(block, theta, agree_px=0.4)  # near the limit: Vo refined, on every row
+    assert decide.details["vo"]["details"]["rows"] == [2, 4, 5]
+    assert decide.details["vo"]["details"]["refined"] is True
+    assert abs(decide.details["vo"]["center"] - 66.8) < 0.3
+    given = find_center(block, theta, rows=[1, 6])  # rows the caller chose are all used
+    assert given.details["vo"]["details"]["rows"] == [1, 6]
+
+
 def test_auto_refines_vo_when_it_may_decide() -> None:
     theta = np.linspace(0.0, np.pi, 180, endpoint=False)
     sino = noisy(ellipse_sinogram(theta, 128, 66.8))
