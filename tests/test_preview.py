@@ -120,6 +120,39 @@ def test_a_held_preview_drops_queued_frames_and_publishes_once_more_at_close(foa
     assert snapshots[0].image is not None and snapshots[1].image is None  # no new angle: metadata only
 
 
+def test_a_hold_also_drops_the_rest_of_the_batch_being_back_projected(foam):
+    _, sino, _ = foam
+    snapshots: list[PreviewSnapshot] = []
+    release, started = threading.Event(), threading.Event()
+
+    def publish(snapshot: PreviewSnapshot) -> None:
+        snapshots.append(snapshot)
+        release.wait(timeout=30)  # the frames below queue up behind this publish: one batch
+
+    preview = LivePreview((4,), N, (N - 1) / 2, publish, interval_s=0.0)
+    preview.add(sino[0], ANGLES[0])
+    deadline = time.monotonic() + 30
+    while not snapshots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for frame, angle in zip(sino[1:21], ANGLES[1:21]):
+        preview.add(frame, angle)
+    back_project = preview.fbp.add
+
+    def slow_add(rows: np.ndarray, angle: float) -> None:
+        started.set()
+        time.sleep(0.2)
+        back_project(rows, angle)
+
+    preview.fbp.add = slow_add
+    release.set()
+    assert started.wait(timeout=30)  # the thread has taken the batch of 20
+    preview.hold()
+    preview.close(timeout=30)
+    assert 2 <= preview.fbp.n_angles <= 4  # the frame before, and the one or two under way
+    assert preview.dropped == 21 - preview.fbp.n_angles
+    assert (snapshots[-1].n_angles, snapshots[-1].dropped) == (preview.fbp.n_angles, preview.dropped)
+
+
 def test_a_held_preview_publishes_what_it_back_projected_since_its_last_publish(foam):
     _, sino, _ = foam
     snapshots: list[PreviewSnapshot] = []
