@@ -1,4 +1,4 @@
-"""ProjectionSpool: append, buffered chunk writes, growth past capacity, trimming, row-block reads, removal."""
+"""ProjectionSpool: append (each frame on disk at once), growth past capacity, trimming, row-block reads, removal."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from tomolive.errors import BadInputError
-from tomolive.spool import BUFFER_BYTES, GROWTH, ProjectionSpool, frames_per_chunk, read_rows
+from tomolive.spool import FRAMES_PER_CHUNK, GROWTH, ProjectionSpool, read_rows
 
 FRAME = (5, 6)
 
@@ -28,10 +28,14 @@ def test_append_finish_and_read_rows(tmp_path: Path) -> None:
     for i, frame in enumerate(frames):
         spool.append(frame, angle=0.5 * i)
     assert len(spool) == 6
-    assert not spool.array[:6].any()  # still buffered: written a chunk at a time
+    first_rows = spool.path / spool.array.metadata.encode_chunk_key((0, 0, 0))
+    assert first_rows.stat().st_size == 6 * 2 * 6 * 4  # every frame's rows 0-1 are on disk already
     assert spool.angles == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     spool.finish()
     assert spool.array.shape == (6, *FRAME)
+    assert spool.array.chunks[0] == FRAMES_PER_CHUNK
+    with pytest.raises(BadInputError, match="finished"):
+        spool.append(frames[0], angle=3.0)
     rows = read_rows(str(path), 1, 4)
     assert rows.shape == (6, 3, 6) and rows.dtype == np.float32
     np.testing.assert_array_equal(rows, frames[:, 1:4])
@@ -80,14 +84,6 @@ def test_remove_deletes_the_directory(tmp_path: Path) -> None:
     spool.remove()  # idempotent
 
 
-@pytest.mark.parametrize(
-    ("frame", "expected"), [((5, 6), 32), ((512, 512), 32), ((2048, 2048), 2), ((4096, 4096), 1)]
-)
-def test_frames_per_chunk_bounds_the_buffer(frame: tuple[int, int], expected: int) -> None:
-    assert frames_per_chunk(frame) == expected
-    assert expected == 1 or expected * 4 * frame[0] * frame[1] <= BUFFER_BYTES
-
-
 def test_read_rows_spans_partial_last_chunk(tmp_path: Path) -> None:
     spool = ProjectionSpool.create(tmp_path / "p.zarr", FRAME, rows_per_block=2, expected=40)
     frames = _frames(45)  # one full chunk of 32 and a partial one of 13
@@ -100,11 +96,12 @@ def test_read_rows_spans_partial_last_chunk(tmp_path: Path) -> None:
 def test_read_rows_matches_zarr_for_every_row_range(tmp_path: Path) -> None:
     spool = ProjectionSpool.create(tmp_path / "r.zarr", FRAME, rows_per_block=2, expected=40)
     frames = _frames(40)
-    frames[32:, 2:4] = 0.0  # all fill value: Zarr stores no file for that chunk
     for i, frame in enumerate(frames):
         spool.append(frame, i)
     spool.finish()
-    assert not (spool.path / spool.array.metadata.encode_chunk_key((1, 1, 0))).exists()
+    np.testing.assert_array_equal(spool.array[:], frames)  # Zarr reads the files the spool wrote
+    frames[32:, 2:4] = 0.0  # a chunk with no file (as Zarr leaves one of fill values) reads as 0
+    (spool.path / spool.array.metadata.encode_chunk_key((1, 1, 0))).unlink()
     for start in range(FRAME[0]):
         for stop in range(start + 1, FRAME[0] + 1):
             rows = read_rows(str(spool.path), start, stop)
@@ -127,3 +124,24 @@ def test_read_rows_refuses_rows_outside_the_frames(tmp_path: Path, start: int, s
     spool.finish()
     with pytest.raises(BadInputError, match=rf"rows \[{start}, {stop}\) of spool .*0 <= start < stop <= 5"):
         read_rows(str(spool.path), start, stop)
+
+
+def test_rows_per_block_needing_more_open_files_than_allowed_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import tomolive.spool
+
+    monkeypatch.setattr(tomolive.spool, "_open_file_limit", lambda: 4)  # 2 files open per spool at most
+    with pytest.raises(BadInputError, match=r"rows_per_block=2 cuts 5 detector rows into 3 blocks.*ulimit -n"):
+        ProjectionSpool.create(tmp_path / "many.zarr", FRAME, rows_per_block=2)
+    assert not (tmp_path / "many.zarr").exists()
+    ProjectionSpool.create(tmp_path / "few.zarr", FRAME, rows_per_block=4)  # 2 blocks
+
+
+def test_a_removed_spool_takes_no_frames_and_keeps_no_file_open(tmp_path: Path) -> None:
+    spool = ProjectionSpool.create(tmp_path / "r.zarr", FRAME, rows_per_block=2)
+    spool.append(_frames(1)[0], 0.0)
+    files = list(spool._files.values())
+    assert len(files) == 3  # one per row block while the chunk fills
+    spool.remove()
+    assert all(f.closed for f in files) and not spool.path.exists()
+    with pytest.raises(BadInputError, match="finished or removed"):
+        spool.append(_frames(1)[0], 1.0)
