@@ -145,3 +145,10 @@ def test_a_removed_spool_takes_no_frames_and_keeps_no_file_open(tmp_path: Path) 
     assert all(f.closed for f in files) and not spool.path.exists()
     with pytest.raises(BadInputError, match="finished or removed"):
         spool.append(_frames(1)[0], 1.0)
+
+
+def test_an_unlimited_open_file_limit_is_no_limit(tmp_path: Path, monkeypatch) -> None:
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    ProjectionSpool.create(tmp_path / "unlimited.zarr", FRAME, rows_per_block=2)

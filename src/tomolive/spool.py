@@ -13,6 +13,7 @@ it, once its last frame is in or the spool is finished.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import threading
 from pathlib import Path
@@ -99,7 +100,9 @@ class ProjectionSpool:
                 rows = frame[r0 : r0 + height]
                 if len(rows) < height:  # the last block, when rows_per_block does not divide the rows
                     rows = np.concatenate([rows, np.zeros((height - len(rows), cols), "<f4")])
-                _write_all(self._file(chunk, block), rows)  # the file's next slot: frames come in order
+                file = self._file(chunk, block)
+                file.seek(slot * height * cols * 4)  # the frame's slot, wherever a failed write left off
+                _write_all(file, rows)
             self.angles.append(float(angle))
 
     def finish(self) -> None:
@@ -145,13 +148,14 @@ def _write_all(file: io.FileIO, data: np.ndarray) -> None:
         view = view[file.write(view) :]
 
 
-def _open_file_limit() -> int:
+def _open_file_limit() -> float:
     """How many files this process may open (POSIX soft limit; Windows' C runtime: 8192)."""
     try:
         import resource
     except ImportError:  # Windows
         return 8192
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return math.inf if soft == resource.RLIM_INFINITY else soft
 
 
 def _round_up(n: int, multiple: int) -> int:
