@@ -175,15 +175,24 @@ def prepare_projection(
     return -np.log(np.maximum(retrieved, 1e-6, dtype=np.float32))
 
 
-WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+WORKER_ENVIRON = {
+    "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+    "MALLOC_ARENA_MAX": "1",
+}
 """glibc allocator settings for worker processes (set before they start).
 
 Dask gives its workers ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's mmap
 threshold at 128 KiB: every block-sized buffer is then a fresh mmap, zero-filled page by
 page and unmapped when freed (~18,000 page faults, +30 % time per 512^2 reconstruction
 block). Block tasks allocate buffers of the same sizes task after task, so these keep
-allocations under 64 MiB in the heap and return freed memory above 256 MiB. As in Dask,
-a variable already set in the environment wins.
+allocations under 64 MiB in the heap and return freed memory above 256 MiB. One arena:
+a block's buffers are also allocated on the threads Zarr encodes and writes on, and
+glibc gives each thread an arena of its own, whose heaps it may unmap once empty and map
+again, zero-filled, for the next block. With every thread on the main heap, the 32 blocks
+of a 512^3 scan took 1-5 thousand page faults per worker instead of 8-55 thousand, and
+their writes 0.06-0.13 s of system time per worker instead of 0.25-0.28 (2 workers,
+measured). As in Dask, a variable already set in the environment wins.
 """
 
 
