@@ -70,7 +70,8 @@ def requests_of(uri: str, api_key: str) -> dict[str, Callable[[int], object]]:
     client = from_uri(uri, api_key=api_key)
     record = ScanRecord.create(client, "bench-requests", {"sample": "bench"})
     record.node.write_array(np.random.default_rng(0).random((512, 512), dtype=np.float32), key="slice")
-    container, tile = client["processed"]["bench-requests"], client["processed"]["bench-requests"]["slice"]
+    container = record.node
+    tile = container["slice"]
     return {
         "metadata read": lambda i: container.refresh().metadata,
         "progress PATCH": lambda i: record.update(progress={"stage": "recon", "done": i, "total": 32}),

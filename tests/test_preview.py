@@ -93,6 +93,14 @@ def test_a_blocked_publisher_never_blocks_add_and_the_last_snapshot_has_every_an
     assert psnr(last_image.image[0], truth[2], mask=circle_mask((N, N), 0.9)) >= 24.0
 
 
+def _publish_first_frame(preview: LivePreview, sino: np.ndarray, snapshots: list[PreviewSnapshot]) -> None:
+    """Add the first frame and wait (up to 30 s) until the preview thread has published it."""
+    preview.add(sino[0], ANGLES[0])
+    deadline = time.monotonic() + 30
+    while not snapshots and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_held_preview_drops_queued_frames_and_publishes_once_more_at_close(foam):
     _, sino, _ = foam
     snapshots: list[PreviewSnapshot] = []
@@ -103,10 +111,7 @@ def test_a_held_preview_drops_queued_frames_and_publishes_once_more_at_close(foa
         release.wait(timeout=30)  # a slow publish: the frames below queue up behind it
 
     preview = LivePreview((4,), N, (N - 1) / 2, publish, interval_s=0.0)
-    preview.add(sino[0], ANGLES[0])
-    deadline = time.monotonic() + 30
-    while not snapshots and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _publish_first_frame(preview, sino, snapshots)
     for frame, angle in zip(sino[1:10], ANGLES[1:10]):  # queued behind the publish
         preview.add(frame, angle)
     preview.hold()  # the scan ended: its volume's start comes first
@@ -130,10 +135,7 @@ def test_a_hold_also_drops_the_rest_of_the_batch_being_back_projected(foam):
         release.wait(timeout=30)  # the frames below queue up behind this publish: one batch
 
     preview = LivePreview((4,), N, (N - 1) / 2, publish, interval_s=0.0)
-    preview.add(sino[0], ANGLES[0])
-    deadline = time.monotonic() + 30
-    while not snapshots and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _publish_first_frame(preview, sino, snapshots)
     for frame, angle in zip(sino[1:21], ANGLES[1:21]):
         preview.add(frame, angle)
     back_project = preview.fbp.add
@@ -157,12 +159,10 @@ def test_a_held_preview_publishes_what_it_back_projected_since_its_last_publish(
     _, sino, _ = foam
     snapshots: list[PreviewSnapshot] = []
     preview = LivePreview((4,), N, (N - 1) / 2, snapshots.append, interval_s=60.0)
-    preview.add(sino[0], ANGLES[0])
-    deadline = time.monotonic() + 30
-    while not snapshots and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _publish_first_frame(preview, sino, snapshots)
     for frame, angle in zip(sino[1:10], ANGLES[1:10]):
         preview.add(frame, angle)
+    deadline = time.monotonic() + 30
     while preview.fbp.n_angles < 10 and time.monotonic() < deadline:  # all back-projected
         time.sleep(0.01)
     preview.hold()
