@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
+LINTED := src plans callbacks tests bench scripts examples tiled_config
 # Extra wheels (torch's CPU build) may live in /opt/wheels; pip's own config already points there.
 
-.PHONY: demo test bench serve venv clean
+.PHONY: demo test lint bench serve venv clean
 
 venv: $(STAMP)
 
@@ -20,7 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/tomolive demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+test: lint
 	TMPDIR=$${TMPDIR:-/tmp} MPLBACKEND=Agg $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

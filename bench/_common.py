@@ -79,8 +79,7 @@ def shepp_logan_ellipses(n: int, mu: float = 2.0) -> list[tuple[float, ...]]:
     return phantoms.shepp_logan_ellipses(n, mu / n)
 
 
-def ellipse_image(ellipses, n: int, x_first: float, y_first: float, y_step: float = 1.0,
-                  k: int = 4) -> np.ndarray:
+def ellipse_image(ellipses, n: int, x_first: float, y_first: float, y_step: float = 1.0, k: int = 4) -> np.ndarray:
     """The phantom averaged over each pixel (k x k samples) on a library's output grid.
 
     Pixel [i, j] is centred at ``x = x_first + j``, ``y = y_first + y_step * i`` (pixels,

@@ -33,10 +33,10 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from _common import append_result, machine_info
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from _common import append_result, machine_info
 from tomolive.denoise import DenoiseConfig, denoise, split_reconstructions, train
 from tomolive.phantoms import FoamPhantom, make_foam
 from tomolive.qc import circle_mask, psnr, snr_cnr
@@ -46,11 +46,14 @@ from tomolive.recon import available_methods, reconstruct
 def pixel_averaged(phantom: FoamPhantom, factor: int = 2) -> np.ndarray:
     """The phantom's attenuation averaged over each voxel (``factor``^3 samples), float32."""
     fine = FoamPhantom(
-        shape=tuple(s * factor for s in phantom.shape), radius=phantom.radius * factor,
-        centers=phantom.centers * factor, radii=phantom.radii * factor,
-        labels_of_spheres=phantom.labels_of_spheres, mu_solid=phantom.mu_solid,
+        shape=tuple(s * factor for s in phantom.shape),
+        radius=phantom.radius * factor,
+        centers=phantom.centers * factor,
+        radii=phantom.radii * factor,
+        labels_of_spheres=phantom.labels_of_spheres,
+        mu_solid=phantom.mu_solid,
         mu_inclusion=phantom.mu_inclusion,
-    )  # fmt: skip
+    )
     nz, ny, nx = phantom.shape
     out = np.empty(phantom.shape, dtype=np.float32)
     attenuation = fine.attenuation()
@@ -88,8 +91,11 @@ class Scorer:
 
     def score(self, volume: np.ndarray) -> dict:
         ssim = structural_similarity(volume[self.square], self.truth[self.square], data_range=self.range)
-        return {"psnr_db": round(self.psnr(volume), 2), "ssim": round(float(ssim), 4),
-                "snr": round(snr_cnr(volume, self.labels, max_slices=16)["snr"], 3)}  # fmt: skip
+        return {
+            "psnr_db": round(self.psnr(volume), 2),
+            "ssim": round(float(ssim), 4),
+            "snr": round(snr_cnr(volume, self.labels, max_slices=16)["snr"], 3),
+        }
 
     def rows(self, rows: slice) -> Scorer:
         """A scorer for a slab of slices."""
@@ -105,11 +111,13 @@ def oracle(name, filt, strengths, raw, scorer: Scorer, rows: slice | None = None
     start = time.perf_counter()
     volume = filt(raw, best)
     seconds = time.perf_counter() - start
-    print(f"  {name}: PSNR by strength {({k: round(v, 2) for k, v in scores.items()})} -> {best}",
-          flush=True)  # fmt: skip
-    return volume, {"strength": best, "seconds": round(seconds, 2),
-                    "tuned_on": "all slices" if rows is None else f"slices {rows.start}:{rows.stop}",
-                    "at_grid_edge": best in (strengths[0], strengths[-1])}  # fmt: skip
+    print(f"  {name}: PSNR by strength { ({k: round(v, 2) for k, v in scores.items()}) } -> {best}", flush=True)
+    return volume, {
+        "strength": best,
+        "seconds": round(seconds, 2),
+        "tuned_on": "all slices" if rows is None else f"slices {rows.start}:{rows.stop}",
+        "at_grid_edge": best in (strengths[0], strengths[-1]),
+    }
 
 
 def classical(raw: np.ndarray, scorer: Scorer) -> dict[str, tuple[np.ndarray, dict]]:
@@ -124,30 +132,44 @@ def classical(raw: np.ndarray, scorer: Scorer) -> dict[str, tuple[np.ndarray, di
         return denoise_tv_chambolle(volume, weight=w * scale).astype(np.float32)
 
     return {
-        "gaussian": oracle("gaussian (sigma, 3D)", lambda v, s: ndimage.gaussian_filter(v, s),
-                           (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 2.0), raw, scorer),
-        "median": oracle("median (size, 3D)", lambda v, s: ndimage.median_filter(v, size=s),
-                         (3, 5), raw, scorer, mid),
-        "tv": oracle("tv (Chambolle weight / std, 3D)", tv,
-                     (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0), raw, scorer, mid),
-    }  # fmt: skip
+        "gaussian": oracle(
+            "gaussian (sigma, 3D)",
+            lambda v, s: ndimage.gaussian_filter(v, s),
+            (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 2.0),
+            raw,
+            scorer,
+        ),
+        "median": oracle("median (size, 3D)", lambda v, s: ndimage.median_filter(v, size=s), (3, 5), raw, scorer, mid),
+        "tv": oracle(
+            "tv (Chambolle weight / std, 3D)",
+            tv,
+            (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+            raw,
+            scorer,
+            mid,
+        ),
+    }
 
 
 def run(args) -> dict:
     n = args.size
-    n_angles = args.angles or int(round(np.pi / 2 * n))
+    n_angles = args.angles or round(np.pi / 2 * n)
     t0 = time.perf_counter()
     phantom, angles, projections = low_dose_scan(n, n_angles, args.photons, args.seed)
     scorer = Scorer(pixel_averaged(phantom), phantom.labels())
-    print(f"{n}^3 foam, {n_angles} angles, {args.photons:g} photons/pixel "
-          f"(simulated in {time.perf_counter() - t0:.1f} s)", flush=True)  # fmt: skip
+    print(
+        f"{n}^3 foam, {n_angles} angles, {args.photons:g} photons/pixel "
+        f"(simulated in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
     rows: dict[str, dict] = {}
 
     def record(name, volume, **extra):
         rows[name] = {**scorer.score(volume), **extra}
         r = rows[name]
-        print(f"  {name:<10} PSNR {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.4f}  SNR {r['snr']:6.2f}  {extra}",
-              flush=True)  # fmt: skip
+        print(
+            f"  {name:<10} PSNR {r['psnr_db']:6.2f} dB  SSIM {r['ssim']:.4f}  SNR {r['snr']:6.2f}  {extra}", flush=True
+        )
 
     start = time.perf_counter()
     raw = reconstruct(projections, angles)
@@ -166,13 +188,25 @@ def run(args) -> dict:
     start = time.perf_counter()
     denoised = denoise(result.model, splits, config=config)
     infer_seconds = time.perf_counter() - start
-    record("n2i", denoised, split_seconds=round(split_seconds, 2), train_seconds=result.seconds,
-           train_steps=result.steps, stopped=result.stopped, infer_seconds=round(infer_seconds, 2),
-           infer_slices_per_s=round(n / infer_seconds, 2),
-           loss_first_last=[round(float(np.mean(result.losses[:20])), 4),
-                            round(float(np.mean(result.losses[-20:])), 4)])  # fmt: skip
-    return {"size": n, "angles": n_angles, "photons": args.photons, "seed": args.seed,
-            "config": config.as_dict(), "results": rows}  # fmt: skip
+    record(
+        "n2i",
+        denoised,
+        split_seconds=round(split_seconds, 2),
+        train_seconds=result.seconds,
+        train_steps=result.steps,
+        stopped=result.stopped,
+        infer_seconds=round(infer_seconds, 2),
+        infer_slices_per_s=round(n / infer_seconds, 2),
+        loss_first_last=[round(float(np.mean(result.losses[:20])), 4), round(float(np.mean(result.losses[-20:])), 4)],
+    )
+    return {
+        "size": n,
+        "angles": n_angles,
+        "photons": args.photons,
+        "seed": args.seed,
+        "config": config.as_dict(),
+        "results": rows,
+    }
 
 
 def ratios(rows: dict) -> dict:
@@ -196,11 +230,14 @@ def main(argv=None) -> int:
     ap.add_argument("--angles", type=int, default=None, help="default round(pi / 2 * N)")
     ap.add_argument("--photons", type=float, default=300.0)
     ap.add_argument("--k", type=int, default=2, help="Noise2Inverse angle splits")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="training seconds (default: DenoiseConfig's)")
+    ap.add_argument("--budget", type=float, default=None, help="training seconds (default: DenoiseConfig's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default all cores; 1 on a machine busy with other work)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default all cores; 1 on a machine busy with other work)",
+    )
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results")
     args = ap.parse_args(argv)
     args.size = args.size or (128 if args.quick else 256)

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import append_result, machine_info
 from scan import free_port
+
 from tomolive.config import Settings
 from tomolive.export import FORMATS, export_scan
 from tomolive.server import running_server
@@ -33,7 +33,10 @@ def main() -> None:
     n, rows = args.size, 32
     volume = np.random.default_rng(0).normal(size=(n, n, n)).astype(np.float32)
     mb = volume.nbytes / 1e6
-    with tempfile.TemporaryDirectory() as tmp, running_server(Settings(data_dir=Path(tmp) / "tiled", port=free_port())) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_server(Settings(data_dir=Path(tmp) / "tiled", port=free_port())) as server,
+    ):
         client = connect(server.uri, api_key=server.api_key)
         record = ScanRecord.create(client, "bench-export", {"sample": "bench"}, server.api_key)
         target = record.new_volume("recon", volume.shape, rows)
@@ -53,7 +56,9 @@ def main() -> None:
     print(f"export of a {n}^3 float32 volume ({mb:.0f} MB) from Tiled on loopback:")
     for name, rate in figures.items():
         print(f"  {name:32} {rate:7.1f} MB/s")
-    path = append_result("export", {"size": n, "mb": mb, "mb_per_s": figures, "machine": machine_info("tiled", "zarr", "h5py")})
+    path = append_result(
+        "export", {"size": n, "mb": mb, "mb_per_s": figures, "machine": machine_info("tiled", "zarr", "h5py")}
+    )
     print(f"appended to {path}")
 
 

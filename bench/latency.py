@@ -33,14 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import append_result, machine_info
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.callbacks.zmq import Publisher
 from distributed import Client
-
-from _common import append_result, machine_info
 from scan import CachedPhantom, _warm_worker, free_port
+
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
@@ -120,8 +120,17 @@ class PreviewWatcher(threading.Thread):
 
 
 def scan_plan(bl, angles, md):
-    return tomo_scan(bl.detector, bl.rotation, angles, n_darks=10, n_flats=10, shutter=bl.shutter,
-                     sample_x=bl.sample_x, sample_out=bl.sample_out, md=md)  # fmt: skip
+    return tomo_scan(
+        bl.detector,
+        bl.rotation,
+        angles,
+        n_darks=10,
+        n_flats=10,
+        shutter=bl.shutter,
+        sample_x=bl.sample_x,
+        sample_out=bl.sample_out,
+        md=md,
+    )
 
 
 def frame_rates(bl, angles, pipe, fps):
@@ -156,9 +165,21 @@ def offline_command(path: Path, settings: Settings, env: dict) -> float:
     """Wall seconds of ``tomolive process <path>`` as a fresh command."""
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "tomolive.cli", "process", str(path), "--uri", settings.uri,
-         "--api-key", settings.api_key], check=True, env=env, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tomolive.cli",
+            "process",
+            str(path),
+            "--uri",
+            settings.uri,
+            "--api-key",
+            settings.api_key,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -171,8 +192,14 @@ def run_size(n, fps, settings, client, scratch):
     print(f"  {n}^3: projections precomputed in {time.perf_counter() - t0:.1f} s", flush=True)
     bl = make_sim_beamline(phantom, photons=5000, seed=0)
     client.run(_warm_worker, settings.uri, settings.api_key, n, 16, False)
-    pipe = TomoPipeline.from_uri(settings.uri, api_key=settings.api_key, dask=client,
-                                 scratch_dir=scratch, outbox_dir=scratch / "outbox", progress=False)  # fmt: skip
+    pipe = TomoPipeline.from_uri(
+        settings.uri,
+        api_key=settings.api_key,
+        dask=client,
+        scratch_dir=scratch,
+        outbox_dir=scratch / "outbox",
+        progress=False,
+    )
 
     frames = Frames(keep=True)
     watcher = PreviewWatcher(settings, frames)
@@ -191,10 +218,19 @@ def run_size(n, fps, settings, client, scratch):
         "stop_to_recon_s": round(t_done - frames.t_stop, 2),
     }
     raw = scratch / f"raw-{n}.h5"
-    write_dxchange(raw, np.stack(frames.frames["primary"]), np.stack(frames.frames["flat"]),
-                   np.stack(frames.frames["dark"]), np.asarray(frames.angles))  # fmt: skip
+    write_dxchange(
+        raw,
+        np.stack(frames.frames["primary"]),
+        np.stack(frames.frames["flat"]),
+        np.stack(frames.frames["dark"]),
+        np.asarray(frames.angles),
+    )
     del frames
-    env = {**os.environ, "TOMOLIVE_OUTBOX": str(scratch / "outbox"), "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {
+        **os.environ,
+        "TOMOLIVE_OUTBOX": str(scratch / "outbox"),
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+    }
     offline_cmd = offline_command(raw, settings, env)
     t0 = time.perf_counter()
     with open_scan(raw) as scan:
@@ -203,12 +239,14 @@ def run_size(n, fps, settings, client, scratch):
     rates = frame_rates(bl, angles, pipe, fps)
     pipe.close()
     return {
-        "size": n, **live,
-        "offline_command_s": round(offline_cmd, 2), "offline_warm_s": round(offline_warm, 2),
+        "size": n,
+        **live,
+        "offline_command_s": round(offline_cmd, 2),
+        "offline_warm_s": round(offline_warm, 2),
         "live_over_offline_command": round(live["stop_to_recon_s"] / offline_cmd, 3),
         "live_over_offline_warm": round(live["stop_to_recon_s"] / offline_warm, 3),
         "re_frame_rate_hz": rates,
-    }  # fmt: skip
+    }
 
 
 def main(argv=None):
@@ -224,27 +262,38 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory(prefix="tomolive-latency-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", port=free_port())
-        with running_server(settings) as settings, \
-                local_cluster(args.workers, dashboard_address=None) as cluster, \
-                Client(cluster) as client:  # fmt: skip
+        with (
+            running_server(settings) as settings,
+            local_cluster(args.workers, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             for n in args.sizes:
                 rows.append(run_size(n, args.fps, settings, client, Path(tmp)))
-    print(f"\n{'N':>5} {'fps':>6} {'1st preview s':>14} {'stop->recon s':>14} {'offline cmd s':>14} "
-          f"{'ratio':>6} {'offline warm s':>15} {'ratio':>6}")  # fmt: skip
+    print(
+        f"\n{'N':>5} {'fps':>6} {'1st preview s':>14} {'stop->recon s':>14} {'offline cmd s':>14} "
+        f"{'ratio':>6} {'offline warm s':>15} {'ratio':>6}"
+    )
     for r in rows:
-        print(f"{r['size']:>5} {r['frame_rate_hz']:>6} {r['first_preview_s']!s:>14} {r['stop_to_recon_s']:>14} "
-              f"{r['offline_command_s']:>14} {r['live_over_offline_command']:>6} {r['offline_warm_s']:>15} "
-              f"{r['live_over_offline_warm']:>6}")  # fmt: skip
-    print(f"\nRunEngine frame rate (Hz) and share kept: {'N':>5} pacing   without  in-process (kept)  0MQ publisher (kept)")
+        print(
+            f"{r['size']:>5} {r['frame_rate_hz']:>6} {r['first_preview_s']!s:>14} {r['stop_to_recon_s']:>14} "
+            f"{r['offline_command_s']:>14} {r['live_over_offline_command']:>6} {r['offline_warm_s']:>15} "
+            f"{r['live_over_offline_warm']:>6}"
+        )
+    print(
+        f"\nRunEngine frame rate (Hz) and share kept: {'N':>5} pacing   without  in-process (kept)  0MQ publisher (kept)"
+    )
     for r in rows:
         fr = r["re_frame_rate_hz"]
         for pacing in ("paced", "unpaced"):
-            print(f"{'':41} {r['size']:>5} {pacing:8} {fr[f'without_{pacing}']:>7} {fr[f'in_process_{pacing}']:>11} "
-                  f"({fr[f'kept_in_process_{pacing}']}) {fr[f'zmq_publisher_{pacing}']:>13} ({fr[f'kept_zmq_publisher_{pacing}']})")
+            print(
+                f"{'':41} {r['size']:>5} {pacing:8} {fr[f'without_{pacing}']:>7} {fr[f'in_process_{pacing}']:>11} "
+                f"({fr[f'kept_in_process_{pacing}']}) {fr[f'zmq_publisher_{pacing}']:>13} ({fr[f'kept_zmq_publisher_{pacing}']})"
+            )
     print("goals: stop->recon <= 0.5 x offline at 512^3; frame rate kept >= 0.95")
     if not args.no_save:
-        path = append_result("latency", {"bench": "latency", "fps": args.fps, "workers": args.workers,
-                                         "rows": rows, "machine": info})  # fmt: skip
+        path = append_result(
+            "latency", {"bench": "latency", "fps": args.fps, "workers": args.workers, "rows": rows, "machine": info}
+        )
         print(f"appended to {path}")
 
 

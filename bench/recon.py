@@ -25,7 +25,6 @@ import time
 import warnings
 
 import numpy as np
-
 from _common import append_result, ellipse_image, machine_info, psnr_disc, shepp_logan_ellipses
 
 from tomolive.phantoms import project_ellipses
@@ -44,8 +43,12 @@ def _timed(fn, n_slices):
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return out, {"slices": n_slices, "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3),
-                 "slices_per_s": round(n_slices / wall, 3)}
+    return out, {
+        "slices": n_slices,
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "slices_per_s": round(n_slices / wall, 3),
+    }
 
 
 @contextlib.contextmanager
@@ -66,27 +69,44 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
     mid, half = (n - 1) / 2.0, float(n // 2)
     sino = project_ellipses(ell, angles, n, mid).astype(np.float32)
     proj = np.ascontiguousarray(np.repeat(sino[:, None, :], rows, axis=1))
-    truth = {"ours": ellipse_image(ell, n, -mid, -mid), "flip": ellipse_image(ell, n, -mid, mid, -1.0),
-             "half": ellipse_image(ell, n, -half, half, -1.0)}
+    truth = {
+        "ours": ellipse_image(ell, n, -mid, -mid),
+        "flip": ellipse_image(ell, n, -mid, mid, -1.0),
+        "half": ellipse_image(ell, n, -half, half, -1.0),
+    }
     results = []
 
     def record(method, threads, out, timing, grid, note=""):
-        row = {"size": n, "angles": n_angles, "method": method, "threads": threads, **timing,
-               "psnr_db": round(psnr_disc(out, truth[grid]), 2)}
+        row = {
+            "size": n,
+            "angles": n_angles,
+            "method": method,
+            "threads": threads,
+            **timing,
+            "psnr_db": round(psnr_disc(out, truth[grid]), 2),
+        }
         if note:
             row["note"] = note
         results.append(row)
-        print(f"  {method:<28} {threads:>3} thr  {timing['slices_per_s']:>8.3f} slices/s"
-              f"  {row['psnr_db']:6.2f} dB  ({timing['slices']} slices, {timing['seconds']:.1f} s)",
-              flush=True)
+        print(
+            f"  {method:<28} {threads:>3} thr  {timing['slices_per_s']:>8.3f} slices/s"
+            f"  {row['psnr_db']:6.2f} dB  ({timing['slices']} slices, {timing['seconds']:.1f} s)",
+            flush=True,
+        )
 
     print(f"\n{n}^2 x {n_angles} angles", flush=True)
     # tomolive default: first call plans FFTW (once per process and size), then timed.
     method = available_methods()[0]
     _, cold = _timed(lambda: reconstruct(proj, angles, mid), rows)
     out, t = _best_of(3, lambda: reconstruct(proj, angles, mid), rows)
-    record(f"tomolive {method}", cores, out[-1], t, "ours",
-           note=f"best of 3; first call incl. FFTW planning: {cold['seconds']} s")
+    record(
+        f"tomolive {method}",
+        cores,
+        out[-1],
+        t,
+        "ours",
+        note=f"best of 3; first call incl. FFTW planning: {cold['seconds']} s",
+    )
     reconstruct(proj[:, :2], angles, mid, ncore=1, fft_plan="measure")
     out, t = _best_of(3, lambda: reconstruct(proj, angles, mid, ncore=1), rows)
     record(f"tomolive {method}", 1, out[-1], t, "ours", note="best of 3")
@@ -101,16 +121,36 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
         print("  algotom not installed: skipped")
     else:
         with _numba_threads(1):
-            arec.fbp_reconstruction(pk[:, :1, :64].copy(), 31.5, angles=angles, ratio=None,
-                                    filter_name=None, apply_log=False, gpu=False, ncore=1)
-            out, t = _timed(lambda: arec.fbp_reconstruction(
-                pk.copy(), mid, angles=angles, ratio=None, filter_name=None, apply_log=False,
-                gpu=False, ncore=1), peer_rows)
-        record("algotom fbp", 1, out[:, -1] * (n_angles - 1) / n_angles, t, "flip",
-               note="scaled by (N-1)/N: algotom assumes an inclusive 0-180 angle list")
-        out, t = _timed(lambda: arec.dfi_reconstruction(
-            pk.copy(), mid, angles=angles, ratio=None, filter_name=None, apply_log=False,
-            ncore=1), peer_rows)
+            arec.fbp_reconstruction(
+                pk[:, :1, :64].copy(),
+                31.5,
+                angles=angles,
+                ratio=None,
+                filter_name=None,
+                apply_log=False,
+                gpu=False,
+                ncore=1,
+            )
+            out, t = _timed(
+                lambda: arec.fbp_reconstruction(
+                    pk.copy(), mid, angles=angles, ratio=None, filter_name=None, apply_log=False, gpu=False, ncore=1
+                ),
+                peer_rows,
+            )
+        record(
+            "algotom fbp",
+            1,
+            out[:, -1] * (n_angles - 1) / n_angles,
+            t,
+            "flip",
+            note="scaled by (N-1)/N: algotom assumes an inclusive 0-180 angle list",
+        )
+        out, t = _timed(
+            lambda: arec.dfi_reconstruction(
+                pk.copy(), mid, angles=angles, ratio=None, filter_name=None, apply_log=False, ncore=1
+            ),
+            peer_rows,
+        )
         record("algotom dfi", 1, out[:, -1], t, "half")
     if "astra" in available_methods():
         out, t = _timed(lambda: reconstruct(pk, angles, mid, method="astra"), peer_rows)
@@ -120,9 +160,13 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
     from skimage.transform import iradon
 
     sk_sino = project_ellipses(ell, angles, n, half).T.astype(np.float32)  # axis at n // 2
-    out, t = _timed(lambda: [iradon(sk_sino, np.degrees(angles), filter_name="ramp",
-                                    circle=True, output_size=n) for _ in range(peer_rows)],
-                    peer_rows)
+    out, t = _timed(
+        lambda: [
+            iradon(sk_sino, np.degrees(angles), filter_name="ramp", circle=True, output_size=n)
+            for _ in range(peer_rows)
+        ],
+        peer_rows,
+    )
     record("skimage iradon", 1, out[-1], t, "half")
     return results
 
@@ -132,8 +176,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer slices, 1024 only")
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--angles", type=int, default=1500)
-    ap.add_argument("--with-fbp", action="store_true",
-                    help="also time tomolive's torch FBP on one slice (slow on CPU)")
+    ap.add_argument("--with-fbp", action="store_true", help="also time tomolive's torch FBP on one slice (slow on CPU)")
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results")
     args = ap.parse_args(argv)
     sizes = args.sizes or ([1024] if args.quick else [1024, 2048])
@@ -149,24 +192,34 @@ def main(argv=None):
     ratios = {}
     print("\nratios (tomolive default, all cores / peer):")
     for n in sizes:
-        ours = [r for r in results if r["size"] == n and r["method"].startswith("tomolive")
-                and r["threads"] == cores and "fbp" not in r["method"]][0]
-        one = [r for r in results if r["size"] == n and r["method"] == ours["method"]
-               and r["threads"] == 1][0]
+        ours = next(
+            r
+            for r in results
+            if r["size"] == n
+            and r["method"].startswith("tomolive")
+            and r["threads"] == cores
+            and "fbp" not in r["method"]
+        )
+        one = next(r for r in results if r["size"] == n and r["method"] == ours["method"] and r["threads"] == 1)
         for r in results:
             if r["size"] != n or r["method"].startswith("tomolive"):
                 continue
             key = f"{n}:{r['method']}"
-            ratios[key] = {"speed": round(ours["slices_per_s"] / r["slices_per_s"], 1),
-                           "speed_1_thread": round(one["slices_per_s"] / r["slices_per_s"], 1),
-                           "psnr_db_diff": round(ours["psnr_db"] - r["psnr_db"], 2)}
-            print(f"  {n}^2  vs {r['method']:<26} x{ratios[key]['speed']:>7.1f} "
-                  f"(1 thread x{ratios[key]['speed_1_thread']:.1f})  "
-                  f"PSNR {ratios[key]['psnr_db_diff']:+.2f} dB")
+            ratios[key] = {
+                "speed": round(ours["slices_per_s"] / r["slices_per_s"], 1),
+                "speed_1_thread": round(one["slices_per_s"] / r["slices_per_s"], 1),
+                "psnr_db_diff": round(ours["psnr_db"] - r["psnr_db"], 2),
+            }
+            print(
+                f"  {n}^2  vs {r['method']:<26} x{ratios[key]['speed']:>7.1f} "
+                f"(1 thread x{ratios[key]['speed_1_thread']:.1f})  "
+                f"PSNR {ratios[key]['psnr_db_diff']:+.2f} dB"
+            )
     info["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     if not args.no_save:
-        path = append_result("recon", {"bench": "recon", "quick": args.quick, "machine": info,
-                                       "results": results, "ratios": ratios})
+        path = append_result(
+            "recon", {"bench": "recon", "quick": args.quick, "machine": info, "results": results, "ratios": ratios}
+        )
         print(f"\nappended to {path}")
     return 0
 

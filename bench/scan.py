@@ -64,20 +64,20 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from bluesky import RunEngine
 import zarr
+from _common import append_result, machine_info
+from bluesky import RunEngine
 from distributed import Client, wait
 
-from _common import append_result, machine_info
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import PipelineParams, local_cluster, row_blocks
 from tomolive.plans import tomo_scan
-from tomolive.server import SERVER_MODULE, running_server
 from tomolive.provenance import compute_device
 from tomolive.recon import reconstruct
+from tomolive.server import SERVER_MODULE, running_server
 from tomolive.spool import ProjectionSpool, read_rows
 from tomolive.store import VOLUME_COMPRESSORS, ScanRecord, connect
 from tomolive.synced import open_for_writing
@@ -289,11 +289,11 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
     client = Client(cluster)
     try:
         n = phantom.shape[2]
-        warm = list(client.run(_warm_worker, settings.uri, settings.api_key, n,
-                               params.rows_per_block, cold).values())
+        warm = list(client.run(_warm_worker, settings.uri, settings.api_key, n, params.rows_per_block, cold).values())
         worker_pids = [pid for pid, _ in warm]
-        pipe = TomoPipeline.from_uri(settings.uri, api_key=settings.api_key, dask=client,
-                                     params=params, scratch_dir=scratch, progress=False)
+        pipe = TomoPipeline.from_uri(
+            settings.uri, api_key=settings.api_key, dask=client, params=params, scratch_dir=scratch, progress=False
+        )
         timer = DocTimer(pipe)
         RE = RunEngine({})
         RE.subscribe(timer.before)
@@ -303,9 +303,19 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
         monitor = RssMonitor(worker_pids, tiled_server_pid())
         monitor.start()
         t_call = time.perf_counter()
-        uid, = RE(tomo_scan(bl.detector, bl.rotation, angles, n_darks=10, n_flats=10,
-                            shutter=bl.shutter, sample_x=bl.sample_x, sample_out=bl.sample_out,
-                            md={"sample": sample}))
+        (uid,) = RE(
+            tomo_scan(
+                bl.detector,
+                bl.rotation,
+                angles,
+                n_darks=10,
+                n_flats=10,
+                shutter=bl.shutter,
+                sample_x=bl.sample_x,
+                sample_out=bl.sample_out,
+                md={"sample": sample},
+            )
+        )
         result = pipe.wait(uid)
         t_done = time.perf_counter()
         monitor.halt.set()
@@ -343,7 +353,7 @@ def run_once(n_workers, phantom, angles, settings, params, scratch, sample, cold
 def _bare_block(spool: str, out: str, rows: tuple[int, int], angles: np.ndarray, center: float) -> None:
     """A recon block's work without the pipeline: read its rows, reconstruct, write its chunk."""
     volume = reconstruct(read_rows(spool, *rows), angles, center=center, ncore=1)
-    open_for_writing(out)[rows[0]:rows[1]] = volume
+    open_for_writing(out)[rows[0] : rows[1]] = volume
 
 
 def _warm_reconstruct(n: int, rows: int) -> None:
@@ -355,7 +365,9 @@ def _warm_reconstruct(n: int, rows: int) -> None:
 def make_bare_spool(phantom: CachedPhantom, angles_deg: np.ndarray, rows_per_block: int, scratch: str) -> str:
     """A projection spool laid out as the pipeline's (exact projections: same work per block)."""
     n = phantom.shape[2]
-    spool = ProjectionSpool.create(Path(scratch) / "bare-spool.zarr", (phantom.shape[0], n), rows_per_block, len(angles_deg))
+    spool = ProjectionSpool.create(
+        Path(scratch) / "bare-spool.zarr", (phantom.shape[0], n), rows_per_block, len(angles_deg)
+    )
     for theta in angles_deg:
         spool.append(phantom.project(float(theta)).astype(np.float32), float(theta))
     spool.finish()
@@ -366,8 +378,14 @@ def run_bare(n_workers: int, spool: str, scratch: str, n: int, rows_per_block: i
     """Seconds for every block task on a fresh bare ``local_cluster`` of ``n_workers`` (warmed)."""
     angles = np.deg2rad(np.linspace(0.0, 180.0, n, endpoint=False))
     out = str(Path(scratch) / f"bare-out-{n_workers}.zarr")
-    zarr.create_array(out, shape=(n, n, n), chunks=(rows_per_block, n, n), dtype="float32",
-                      compressors=VOLUME_COMPRESSORS, overwrite=True)
+    zarr.create_array(
+        out,
+        shape=(n, n, n),
+        chunks=(rows_per_block, n, n),
+        dtype="float32",
+        compressors=VOLUME_COMPRESSORS,
+        overwrite=True,
+    )
     blocks = row_blocks(n, rows_per_block)
     with local_cluster(n_workers, dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(_warm_reconstruct, n, rows_per_block)
@@ -384,17 +402,20 @@ def compare_volumes(tiled, uid_a, uid_b, rows=64):
         raise RuntimeError(f"recon shapes differ: {ra.shape} vs {rb.shape}")
     lo, hi, diff = np.inf, -np.inf, 0.0
     for z in range(0, ra.shape[0], rows):
-        a, b = ra[z:z + rows], rb[z:z + rows]
+        a, b = ra[z : z + rows], rb[z : z + rows]
         lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
         diff = max(diff, float(np.abs(a - b).max()))
     meta = a_node.metadata
     prov = meta.get("provenance", {})
-    return {"shape": list(ra.shape), "max_abs_diff": diff, "value_range": [lo, hi],
-            "rel_diff": diff / (hi - lo), "center": prov.get("center"),
-            "stages_s": [tiled["processed"][u].metadata["provenance"].get("seconds_per_stage")
-                         for u in (uid_a, uid_b)],
-            "dask": [tiled["processed"][u].metadata["provenance"].get("dask")
-                     for u in (uid_a, uid_b)]}
+    return {
+        "shape": list(ra.shape),
+        "max_abs_diff": diff,
+        "value_range": [lo, hi],
+        "rel_diff": diff / (hi - lo),
+        "center": prov.get("center"),
+        "stages_s": [tiled["processed"][u].metadata["provenance"].get("seconds_per_stage") for u in (uid_a, uid_b)],
+        "dask": [tiled["processed"][u].metadata["provenance"].get("dask") for u in (uid_a, uid_b)],
+    }
 
 
 def main(argv=None):
@@ -404,9 +425,12 @@ def main(argv=None):
     ap.add_argument("--rows-per-block", type=int, default=PipelineParams().rows_per_block)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=3, help="rounds over the worker counts (default 3)")
-    ap.add_argument("--cold", action="store_true",
-                    help="no worker warm-up: each fresh worker pays its Tiled-client import and "
-                         "FFTW planning inside the timed processing")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="no worker warm-up: each fresh worker pays its Tiled-client import and "
+        "FFTW planning inside the timed processing",
+    )
     ap.add_argument("--no-save", action="store_true", help="do not append to bench/results")
     args = ap.parse_args(argv)
     n = 256 if args.quick else args.size
@@ -419,9 +443,12 @@ def main(argv=None):
     foam_s = time.perf_counter() - t0
     angles = np.linspace(0.0, 180.0, n, endpoint=False)
     block_mb = args.rows_per_block * n * n * 4 / MB
-    print(f"scan {n} rows x {n} cols x {n} angles; volume {n ** 3 * 4 / MB:.0f} MB float32; "
-          f"{-(-n // args.rows_per_block)} blocks of {args.rows_per_block} rows "
-          f"({block_mb:.0f} MB in, {block_mb:.0f} MB out); foam made in {foam_s:.1f} s", flush=True)
+    print(
+        f"scan {n} rows x {n} cols x {n} angles; volume {n**3 * 4 / MB:.0f} MB float32; "
+        f"{-(-n // args.rows_per_block)} blocks of {args.rows_per_block} rows "
+        f"({block_mb:.0f} MB in, {block_mb:.0f} MB out); foam made in {foam_s:.1f} s",
+        flush=True,
+    )
     runs = []
     with tempfile.TemporaryDirectory(prefix="tomolive-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", port=free_port())
@@ -435,81 +462,119 @@ def main(argv=None):
             bare: list[tuple[int, float]] = []
             for round_, k in ((r, k) for r in range(args.repeat) for k in args.workers):
                 print(f"\nround {round_ + 1}/{args.repeat}, {k} worker(s): scanning ...", flush=True)
-                run = run_once(k, phantom, angles, settings, params, tmp, f"bench-foam-{n}",
-                               args.cold)
+                run = run_once(k, phantom, angles, settings, params, tmp, f"bench-foam-{n}", args.cold)
                 runs.append(run)
                 bare.append((k, run_bare(k, bare_spool, tmp, n, args.rows_per_block)))
                 print(f"  bare block tasks (the machine's ceiling): {bare[-1][1]:.2f} s", flush=True)
-                print(f"  acquisition {run['acquisition_s']:.1f} s (projector {run['projector_s']:.1f} s, "
-                      f"callback {run['callback_s']:.1f} s); processing {run['processing_s']:.2f} s; "
-                      f"end to end {run['end_to_end_s']:.1f} s", flush=True)
-                print(f"  phases {run['tasks']['phases_s']} s; worker task seconds (all workers) "
-                      f"{run['tasks']['seconds']}; first "
-                      f"reconstruct per worker {run['tasks']['first_recon_s']} s; busy "
-                      f"{run['tasks']['busy_fraction']}; CPU s during processing "
-                      f"{run['cpu_s_processing']}, {run['cpu_busy_fraction']:.0%} of this machine's CPUs; "
-                      f"other processes and the kernel {run['other_cpu_s_processing']} CPU s; stolen by the "
-                      f"hypervisor {run['steal_fraction']:.1%}", flush=True)
+                print(
+                    f"  acquisition {run['acquisition_s']:.1f} s (projector {run['projector_s']:.1f} s, "
+                    f"callback {run['callback_s']:.1f} s); processing {run['processing_s']:.2f} s; "
+                    f"end to end {run['end_to_end_s']:.1f} s",
+                    flush=True,
+                )
+                print(
+                    f"  phases {run['tasks']['phases_s']} s; worker task seconds (all workers) "
+                    f"{run['tasks']['seconds']}; first "
+                    f"reconstruct per worker {run['tasks']['first_recon_s']} s; busy "
+                    f"{run['tasks']['busy_fraction']}; CPU s during processing "
+                    f"{run['cpu_s_processing']}, {run['cpu_busy_fraction']:.0%} of this machine's CPUs; "
+                    f"other processes and the kernel {run['other_cpu_s_processing']} CPU s; stolen by the "
+                    f"hypervisor {run['steal_fraction']:.1%}",
+                    flush=True,
+                )
             first = {}
             for run in runs:
                 first.setdefault(run["workers"], run)
-            check = (compare_volumes(tiled, first[args.workers[0]]["uid"], first[args.workers[-1]]["uid"])
-                     if len(first) > 1 else None)  # fmt: skip
+            check = (
+                compare_volumes(tiled, first[args.workers[0]]["uid"], first[args.workers[-1]]["uid"])
+                if len(first) > 1
+                else None
+            )
     client_maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     medians = {k: float(np.median([r["processing_s"] for r in runs if r["workers"] == k])) for k in args.workers}
     base = medians[args.workers[0]]
-    print(f"\n{n}^3 scan, rows_per_block={args.rows_per_block}, "
-          f"{'cold' if args.cold else 'warmed'} workers: processing = stop document -> "
-          f"pipe.wait() complete")
-    print(f"{'round':>5} {'workers':>7} {'processing s':>13} {'speed-up':>9} {'end-to-end s':>13} "
-          f"{'worker RSS MB (before -> peak)':>34} {'client peak MB':>15} {'tiled peak MB':>14}")
+    print(
+        f"\n{n}^3 scan, rows_per_block={args.rows_per_block}, "
+        f"{'cold' if args.cold else 'warmed'} workers: processing = stop document -> "
+        f"pipe.wait() complete"
+    )
+    print(
+        f"{'round':>5} {'workers':>7} {'processing s':>13} {'speed-up':>9} {'end-to-end s':>13} "
+        f"{'worker RSS MB (before -> peak)':>34} {'client peak MB':>15} {'tiled peak MB':>14}"
+    )
     per_round = len(args.workers)
     for i, run in enumerate(runs):
         # against the same round's first worker count: the machine's speed drifts between rounds
         run["speedup"] = round(runs[i - i % per_round]["processing_s"] / run["processing_s"], 2)
         peak, before = run["peak_rss_processing_mb"], run["rss_before_processing_mb"]
-        workers = ", ".join(f"{before.get(w, 0):.0f}->{peak[w]:.0f}"
-                            for w in sorted(peak) if w.startswith("worker"))
-        print(f"{i // per_round + 1:>5} {run['workers']:>7} {run['processing_s']:>13.2f} {run['speedup']:>8.2f}x "
-              f"{run['end_to_end_s']:>13.1f} {workers:>34} {peak.get('client', 0):>15.0f} "
-              f"{peak.get('tiled-server', 0):>14.0f}")
+        workers = ", ".join(f"{before.get(w, 0):.0f}->{peak[w]:.0f}" for w in sorted(peak) if w.startswith("worker"))
+        print(
+            f"{i // per_round + 1:>5} {run['workers']:>7} {run['processing_s']:>13.2f} {run['speedup']:>8.2f}x "
+            f"{run['end_to_end_s']:>13.1f} {workers:>34} {peak.get('client', 0):>15.0f} "
+            f"{peak.get('tiled-server', 0):>14.0f}"
+        )
     speedups = {k: round(base / medians[k], 2) for k in args.workers}
     ratio_medians = {k: float(np.median([r["speedup"] for r in runs if r["workers"] == k])) for k in args.workers}
     bare_medians = {k: float(np.median([s for w, s in bare if w == k])) for k in args.workers}
     bare_speedups = {k: round(bare_medians[args.workers[0]] / bare_medians[k], 2) for k in args.workers}
-    phase_medians = {k: {phase: float(np.median([r["tasks"]["phases_s"][phase] for r in runs if r["workers"] == k]))
-                         for phase in runs[0]["tasks"]["phases_s"]} for k in args.workers}  # fmt: skip
+    phase_medians = {
+        k: {
+            phase: float(np.median([r["tasks"]["phases_s"][phase] for r in runs if r["workers"] == k]))
+            for phase in runs[0]["tasks"]["phases_s"]
+        }
+        for k in args.workers
+    }
     for k in args.workers:
-        print(f"median of {args.repeat}: {k} worker(s) {medians[k]:.2f} s -> speed-up {speedups[k]:.2f}x "
-              f"(median of the rounds' ratios {ratio_medians[k]:.2f}x); bare block tasks "
-              f"{bare_medians[k]:.2f} s -> {bare_speedups[k]:.2f}x; pipeline / bare "
-              f"{speedups[k] / bare_speedups[k]:.2f}; phases {phase_medians[k]} s (block phase "
-              f"{phase_medians[args.workers[0]]['blocks'] / phase_medians[k]['blocks']:.2f}x)")
-    print(f"client process lifetime max RSS {client_maxrss_mb:.0f} MB (holds the cached "
-          f"projections, {n ** 3 * 4 / MB:.0f} MB, and the phantom)")
+        print(
+            f"median of {args.repeat}: {k} worker(s) {medians[k]:.2f} s -> speed-up {speedups[k]:.2f}x "
+            f"(median of the rounds' ratios {ratio_medians[k]:.2f}x); bare block tasks "
+            f"{bare_medians[k]:.2f} s -> {bare_speedups[k]:.2f}x; pipeline / bare "
+            f"{speedups[k] / bare_speedups[k]:.2f}; phases {phase_medians[k]} s (block phase "
+            f"{phase_medians[args.workers[0]]['blocks'] / phase_medians[k]['blocks']:.2f}x)"
+        )
+    print(
+        f"client process lifetime max RSS {client_maxrss_mb:.0f} MB (holds the cached "
+        f"projections, {n**3 * 4 / MB:.0f} MB, and the phantom)"
+    )
     if check:
-        print(f"{args.workers[0]} vs {args.workers[-1]} workers, read back through Tiled: max |diff| "
-              f"{check['max_abs_diff']:.3g} over range {check['value_range'][1] - check['value_range'][0]:.3g} "
-              f"-> relative {check['rel_diff']:.2e} ({'OK' if check['rel_diff'] < 1e-5 else 'DIFFERENT'})")
-        for run, stages, dask in zip((first[args.workers[0]], first[args.workers[-1]]), check["stages_s"], check["dask"]):
+        print(
+            f"{args.workers[0]} vs {args.workers[-1]} workers, read back through Tiled: max |diff| "
+            f"{check['max_abs_diff']:.3g} over range {check['value_range'][1] - check['value_range'][0]:.3g} "
+            f"-> relative {check['rel_diff']:.2e} ({'OK' if check['rel_diff'] < 1e-5 else 'DIFFERENT'})"
+        )
+        for run, stages, dask in zip(
+            (first[args.workers[0]], first[args.workers[-1]]), check["stages_s"], check["dask"]
+        ):
             print(f"  {run['workers']} worker(s): seconds per stage {stages}; dask {dask}")
         c = check["center"] or {}
         print(f"  centre found {c.get('center')} by {c.get('method')} (true {(n - 1) / 2})")
     info["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     if not args.no_save:
-        path = append_result("scan", {
-            "bench": "scan", "size": n, "angles": n, "rows_per_block": args.rows_per_block,
-            "block_mb": round(block_mb, 1), "volume_mb": round(n ** 3 * 4 / MB, 1),
-            "photons": 5000, "cold_workers": args.cold, "machine": info, "repeat": args.repeat,
-            "median_processing_s": {str(k): v for k, v in medians.items()},
-            "speedup_of_medians": {str(k): v for k, v in speedups.items()},
-            "median_round_speedup": {str(k): v for k, v in ratio_medians.items()},
-            "bare_block_tasks_s": [[k, sec] for k, sec in bare],
-            "bare_speedup_of_medians": {str(k): v for k, v in bare_speedups.items()},
-            "median_phases_s": {str(k): v for k, v in phase_medians.items()}, "runs": runs,
-            "client_lifetime_maxrss_mb": round(client_maxrss_mb, 1), "check": check,
-        })
+        path = append_result(
+            "scan",
+            {
+                "bench": "scan",
+                "size": n,
+                "angles": n,
+                "rows_per_block": args.rows_per_block,
+                "block_mb": round(block_mb, 1),
+                "volume_mb": round(n**3 * 4 / MB, 1),
+                "photons": 5000,
+                "cold_workers": args.cold,
+                "machine": info,
+                "repeat": args.repeat,
+                "median_processing_s": {str(k): v for k, v in medians.items()},
+                "speedup_of_medians": {str(k): v for k, v in speedups.items()},
+                "median_round_speedup": {str(k): v for k, v in ratio_medians.items()},
+                "bare_block_tasks_s": [[k, sec] for k, sec in bare],
+                "bare_speedup_of_medians": {str(k): v for k, v in bare_speedups.items()},
+                "median_phases_s": {str(k): v for k, v in phase_medians.items()},
+                "runs": runs,
+                "client_lifetime_maxrss_mb": round(client_maxrss_mb, 1),
+                "check": check,
+            },
+        )
         print(f"\nappended to {path}")
     return 0
 

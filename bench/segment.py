@@ -22,9 +22,8 @@ import time
 
 import numpy as np
 import torch
-from scipy import ndimage
-
 from _common import append_result, machine_info
+from scipy import ndimage
 
 from tomolive.phantoms import make_foam, make_rock, measure
 from tomolive.recon import reconstruct
@@ -69,12 +68,15 @@ def run_method(volume, truth, mask, method, model, device, true_porosity):
     dice = dice_scores(labels, truth, len(PHASES), mask=mask)
     porosity = phase_statistics(labels)["porosity"]
     return {
-        "method": info["method"], "device": device or "cpu",
+        "method": info["method"],
+        "device": device or "cpu",
         "dice": {name: round(d, 4) for name, d in zip(PHASES, dice)},
         "mean_dice": round(float(np.nanmean(dice)), 4),
-        "porosity": round(porosity, 4), "porosity_error": round(porosity - true_porosity, 4),
-        "slices_per_s": round(volume.shape[0] / min(runs), 2), "seconds": [round(s, 3) for s in runs],
-    }  # fmt: skip
+        "porosity": round(porosity, 4),
+        "porosity_error": round(porosity - true_porosity, 4),
+        "slices_per_s": round(volume.shape[0] / min(runs), 2),
+        "seconds": [round(s, 3) for s in runs],
+    }
 
 
 def main() -> None:
@@ -87,8 +89,10 @@ def main() -> None:
     shape, n_angles, n2i_seconds = ((16, 128, 128), 180, 30.0) if args.quick else ((32, 256, 256), 360, 90.0)
     model = load_model(device="cpu")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"shape {shape}, {n_angles} angles, {args.photons:g} photons; model {model.name} {model.sha256[:12]}; "
-          f"devices {devices} (GPU {'available' if len(devices) > 1 else 'not available on this machine'})")  # fmt: skip
+    print(
+        f"shape {shape}, {n_angles} angles, {args.photons:g} photons; model {model.name} {model.sha256[:12]}; "
+        f"devices {devices} (GPU {'available' if len(devices) > 1 else 'not available on this machine'})"
+    )
     rows = []
     for kind, phantom in (("foam", make_foam(shape, seed=SEED)), ("rock", make_rock(shape, seed=SEED))):
         data, angles, raw = scan(phantom, n_angles, args.photons, SEED)
@@ -100,20 +104,27 @@ def main() -> None:
             inputs[f"noise2inverse ({n2i_seconds:g} s training)"] = denoised
         for input_name, volume in inputs.items():
             for method, device in [("unet", d) for d in devices] + [("otsu", None)]:
-                row = {"phantom": kind, "input": input_name,
-                       **run_method(volume, truth, mask, method, model if method == "unet" else None,
-                                    device, true_porosity)}  # fmt: skip
+                row = {
+                    "phantom": kind,
+                    "input": input_name,
+                    **run_method(
+                        volume, truth, mask, method, model if method == "unet" else None, device, true_porosity
+                    ),
+                }
                 rows.append(row)
                 d = row["dice"]
-                print(f"  {kind:<5} {input_name:<30} {row['method']:<5} {row['device']:<5} "
-                      f"Dice pore {d['pore']:.3f} solid {d['solid']:.3f} incl {d['inclusion']:.3f} "
-                      f"(mean {row['mean_dice']:.3f})  porosity {row['porosity']:.3f} "
-                      f"(true {true_porosity:.3f})  {row['slices_per_s']:8.1f} slices/s")  # fmt: skip
+                print(
+                    f"  {kind:<5} {input_name:<30} {row['method']:<5} {row['device']:<5} "
+                    f"Dice pore {d['pore']:.3f} solid {d['solid']:.3f} incl {d['inclusion']:.3f} "
+                    f"(mean {row['mean_dice']:.3f})  porosity {row['porosity']:.3f} "
+                    f"(true {true_porosity:.3f})  {row['slices_per_s']:8.1f} slices/s"
+                )
     ratios = {}
     for r in rows:
         if r["method"] == "unet" and r["device"] == "cpu":
-            peer = next(o for o in rows if o["method"] == "otsu" and o["phantom"] == r["phantom"]
-                        and o["input"] == r["input"])  # fmt: skip
+            peer = next(
+                o for o in rows if o["method"] == "otsu" and o["phantom"] == r["phantom"] and o["input"] == r["input"]
+            )
             ratios[f"{r['phantom']}:{r['input']}"] = {
                 "mean_dice_diff": round(r["mean_dice"] - peer["mean_dice"], 4),
                 "speed": round(r["slices_per_s"] / peer["slices_per_s"], 3),
@@ -121,12 +132,23 @@ def main() -> None:
     print("unet vs multi-Otsu (same input):")
     for key, ratio in ratios.items():
         print(f"  {key:<45} mean Dice {ratio['mean_dice_diff']:+.3f}   speed x{ratio['speed']:.2f}")
-    path = append_result("segment", {
-        "benchmark": "segment", "quick": args.quick, "shape": list(shape), "angles": n_angles,
-        "photons": args.photons, "seed": SEED, "model": model.info(), "devices": devices,
-        "torch_threads": torch.get_num_threads(),
-        "machine": machine_info("torch", "scikit-image"), "results": rows, "ratios": ratios,
-    })  # fmt: skip
+    path = append_result(
+        "segment",
+        {
+            "benchmark": "segment",
+            "quick": args.quick,
+            "shape": list(shape),
+            "angles": n_angles,
+            "photons": args.photons,
+            "seed": SEED,
+            "model": model.info(),
+            "devices": devices,
+            "torch_threads": torch.get_num_threads(),
+            "machine": machine_info("torch", "scikit-image"),
+            "results": rows,
+            "ratios": ratios,
+        },
+    )
     print(f"appended to {path}")
 
 

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from _common import append_result, machine_info
 from bluesky import RunEngine
 from distributed import Client
-
-from _common import append_result, machine_info
 from latency import paced, scan_plan
 from scan import CachedPhantom, _warm_worker, free_port
+
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
@@ -84,10 +84,14 @@ def summarise(uids: list[str], clock: Clock) -> dict:
         "max_backlog_scans": max(backlog),
         "capacity_scans_per_hour": round(3600 / statistics.median(processing), 1),
         "scans": [
-            {"acquire_s": round(b - a, 2), "stop_to_result_s": round(d - b, 2), "processing_s": round(p, 2),
-             "rss_after_mb": round(clock.result[u][2], 1)}
+            {
+                "acquire_s": round(b - a, 2),
+                "stop_to_result_s": round(d - b, 2),
+                "processing_s": round(p, 2),
+                "rss_after_mb": round(clock.result[u][2], 1),
+            }
             for u, a, b, d, p in zip(uids, start, stop, done, processing)
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -99,8 +103,14 @@ def soak(n_scans: int, n: int, fps: float, settings: Settings, client: Client, s
     bl = make_sim_beamline(phantom, photons=5000, seed=0)
     client.run(_warm_worker, settings.uri, settings.api_key, n, 16, False)
     clock = Clock()
-    with TomoPipeline.from_uri(settings.uri, api_key=settings.api_key, dask=client, scratch_dir=scratch,
-                               outbox_dir=scratch / "outbox", progress=False) as pipe:  # fmt: skip
+    with TomoPipeline.from_uri(
+        settings.uri,
+        api_key=settings.api_key,
+        dask=client,
+        scratch_dir=scratch,
+        outbox_dir=scratch / "outbox",
+        progress=False,
+    ) as pipe:
         pipe.subscribe(clock.event, kinds=("complete", "failed", "aborted"))
         RE = RunEngine({})
         RE.subscribe(clock.document)
@@ -115,11 +125,13 @@ def soak(n_scans: int, n: int, fps: float, settings: Settings, client: Client, s
     lost = [u for u in uids if u not in processed or processed[u].metadata.get("status") != "complete"]
     worker_peaks = client.run(_peak_rss_mb)
     return {
-        "size": n, "n_scans": n_scans, **summarise(uids, clock),
+        "size": n,
+        "n_scans": n_scans,
+        **summarise(uids, clock),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "worker_peak_rss_mb": sorted(round(v, 1) for v in worker_peaks.values()),
         "results_lost": len(lost),
-    }  # fmt: skip
+    }
 
 
 def main(argv=None):
@@ -135,17 +147,23 @@ def main(argv=None):
     print(f"{info['cpu_model']}, {info['cores']} cores, load {info['loadavg_1m']}")
     with tempfile.TemporaryDirectory(prefix="tomolive-soak-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", port=free_port())
-        with running_server(settings) as settings, \
-                local_cluster(args.workers, dashboard_address=None) as cluster, \
-                Client(cluster) as client:  # fmt: skip
+        with (
+            running_server(settings) as settings,
+            local_cluster(args.workers, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             r = soak(args.scans, args.size, args.fps, settings, client, Path(tmp))
     print(f"\n{'scan':>4} {'acquire s':>10} {'stop->result s':>15} {'processing s':>13} {'RSS after MB':>13}")
     for i, s in enumerate(r["scans"], start=1):
-        print(f"{i:>4} {s['acquire_s']:>10} {s['stop_to_result_s']:>15} {s['processing_s']:>13} {s['rss_after_mb']:>13}")
+        print(
+            f"{i:>4} {s['acquire_s']:>10} {s['stop_to_result_s']:>15} {s['processing_s']:>13} {s['rss_after_mb']:>13}"
+        )
     print(f"\n{r['n_scans']} scans of {r['size']}^3 at {args.fps:g} fps")
     print(f"scans/hour acquired (beamline):  {r['acquired_scans_per_hour']}")
-    print(f"scans/hour processed (tomolive): {r['processed_scans_per_hour']}   kept pace: {r['kept_pace']}   "
-          f"max backlog: {r['max_backlog_scans']} scans   capacity: {r['capacity_scans_per_hour']} scans/hour")  # fmt: skip
+    print(
+        f"scans/hour processed (tomolive): {r['processed_scans_per_hour']}   kept pace: {r['kept_pace']}   "
+        f"max backlog: {r['max_backlog_scans']} scans   capacity: {r['capacity_scans_per_hour']} scans/hour"
+    )
     print(f"peak RSS: this process {r['peak_rss_mb']} MB; Dask workers {r['worker_peak_rss_mb']} MB")
     print(f"results lost: {r['results_lost']} (goal: 0)")
     if not args.no_save:

@@ -42,8 +42,10 @@ from tomolive.keys import issue_writer_key
 from tomolive.server import server_command, wait_until_up
 from tomolive.store import ScanRecord
 
-STOCK = "import sys; from tomolive import key_lookups, tiled_serve; " \
-        "key_lookups.install = lambda: None; tiled_serve.main(sys.argv[1:])"  # fmt: skip
+STOCK = (
+    "import sys; from tomolive import key_lookups, tiled_serve; "
+    "key_lookups.install = lambda: None; tiled_serve.main(sys.argv[1:])"
+)
 """Stock Tiled on the same profile: :mod:`tomolive.tiled_serve` without its one change to Tiled."""
 
 
@@ -75,7 +77,7 @@ def requests_of(uri: str, api_key: str) -> dict[str, Callable[[int], object]]:
     return {
         "metadata read": lambda i: container.refresh().metadata,
         "progress PATCH": lambda i: record.update(progress={"stage": "recon", "done": i, "total": 32}),
-        "64x64 tile read": lambda i: tile[64 * (i % 8): 64 * (i % 8) + 64, :64],
+        "64x64 tile read": lambda i: tile[64 * (i % 8) : 64 * (i % 8) + 64, :64],
     }
 
 
@@ -98,31 +100,48 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{info['cpu_model']}, {info['cores']} cores, load {info['loadavg_1m']}")
     names = {False: "tomolive", True: "stock Tiled"}
     samples: dict[str, dict[str, list[tuple[float, float]]]] = {name: {} for name in names.values()}
-    with tempfile.TemporaryDirectory(prefix="tomolive-bench-") as tmp, \
-            serving(Path(tmp, "ours"), free_port(), stock=False) as ours, \
-            serving(Path(tmp, "stock"), free_port(), stock=True) as stock:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="tomolive-bench-") as tmp,
+        serving(Path(tmp, "ours"), free_port(), stock=False) as ours,
+        serving(Path(tmp, "stock"), free_port(), stock=True) as stock,
+    ):
         servers = {"tomolive": (ours[2], requests_of(*ours[:2])), "stock Tiled": (stock[2], requests_of(*stock[:2]))}
-        for name, (_, calls) in servers.items():  # first requests (imports, caches) are not timed
+        for _, calls in servers.values():  # first requests (imports, caches) are not timed
             for call in calls.values():
                 call(0)
         for _ in range(args.batches):
             for name, (process, calls) in servers.items():
                 for kind, call in calls.items():
                     samples[name].setdefault(kind, []).append(batch(call, process, args.requests))
-    medians = {name: {kind: {"server_cpu_ms": round(statistics.median(s[0] for s in runs), 1),
-                             "wall_ms": round(statistics.median(s[1] for s in runs), 1)}
-                      for kind, runs in kinds.items()}
-               for name, kinds in samples.items()}  # fmt: skip
+    medians = {
+        name: {
+            kind: {
+                "server_cpu_ms": round(statistics.median(s[0] for s in runs), 1),
+                "wall_ms": round(statistics.median(s[1] for s in runs), 1),
+            }
+            for kind, runs in kinds.items()
+        }
+        for name, kinds in samples.items()
+    }
     print(f"\nper request, median of {args.batches} batches of {args.requests}:")
-    print(f"{'request':18s} {'tomolive CPU':>13s} {'stock CPU':>10s} {'ratio':>6s}   {'tomolive wall':>13s} {'stock wall':>10s}")
+    print(
+        f"{'request':18s} {'tomolive CPU':>13s} {'stock CPU':>10s} {'ratio':>6s}   {'tomolive wall':>13s} {'stock wall':>10s}"
+    )
     for kind in medians["tomolive"]:
         ours_, stock_ = medians["tomolive"][kind], medians["stock Tiled"][kind]
-        print(f"{kind:18s} {ours_['server_cpu_ms']:10.1f} ms {stock_['server_cpu_ms']:7.1f} ms "
-              f"{stock_['server_cpu_ms'] / ours_['server_cpu_ms']:5.2f}x   "
-              f"{ours_['wall_ms']:10.1f} ms {stock_['wall_ms']:7.1f} ms")  # fmt: skip
+        print(
+            f"{kind:18s} {ours_['server_cpu_ms']:10.1f} ms {stock_['server_cpu_ms']:7.1f} ms "
+            f"{stock_['server_cpu_ms'] / ours_['server_cpu_ms']:5.2f}x   "
+            f"{ours_['wall_ms']:10.1f} ms {stock_['wall_ms']:7.1f} ms"
+        )
     if not args.no_save:
-        record = {"bench": "tiled_requests", "requests": args.requests, "batches": args.batches,
-                  "machine": info, "median_per_request": medians}  # fmt: skip
+        record = {
+            "bench": "tiled_requests",
+            "requests": args.requests,
+            "batches": args.batches,
+            "machine": info,
+            "median_per_request": medians,
+        }
         print("appended to", append_result("tiled_requests", record))
 
 

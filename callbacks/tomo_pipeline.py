@@ -154,7 +154,9 @@ class TomoPipeline:
         """A document that could not be routed: fail its run, else every open tomography run."""
         descriptor = doc.get("descriptor") if isinstance(doc, dict) else None
         if name in ("event", "event_page") and run is None and isinstance(err, KeyError) and err.args == (descriptor,):
-            reason = f"an {name!r} document refers to descriptor uid {descriptor!r}, which no descriptor document announced"
+            reason = (
+                f"an {name!r} document refers to descriptor uid {descriptor!r}, which no descriptor document announced"
+            )
         else:
             reason = f"malformed {name!r} document: {_describe(err)}"
         runs = [run] if run is not None else [r for r in self._runs.values() if not r.stopped]
@@ -238,7 +240,7 @@ class _RunDocuments(DocumentRouter):
         n_angles = self.tomo.get("n_angles") if isinstance(self.tomo, dict) else None
         self.session = pipeline.session(
             start_doc["uid"], _scan_metadata(start_doc), n_angles if isinstance(n_angles, int) and n_angles > 0 else 256
-        )  # fmt: skip
+        )
         try:
             self.field: str = _check_tomo(self.tomo)
         except BadInputError as err:
@@ -264,8 +266,7 @@ class _RunDocuments(DocumentRouter):
     def descriptor(self, doc: dict) -> None:
         if self.field not in doc["data_keys"]:
             raise BadInputError(
-                f"stream {doc['name']!r} has no image field {self.field!r}; data keys are "
-                f"{sorted(doc['data_keys'])!r}."
+                f"stream {doc['name']!r} has no image field {self.field!r}; data keys are {sorted(doc['data_keys'])!r}."
             )
         self.streams[doc["uid"]] = doc["name"]
 
@@ -335,7 +336,7 @@ class _RunDocuments(DocumentRouter):
 
 def _import_array_client() -> None:
     """Import what the first array write needs (Tiled's array client and serialisers)."""
-    import tiled.client.array  # noqa: F401
+    import tiled.client.array
     import tiled.serialization.array  # noqa: F401
 
 
@@ -353,7 +354,9 @@ def _check_tomo(tomo: Any) -> str:
     """The image field of a start document's ``tomo`` block, after checking what the run needs."""
     needed = {"image_field": "the detector's image data key", "angle_field": "the rotation's data key"}
     if not isinstance(tomo, dict):
-        raise BadInputError(f"the start document's 'tomo' block must be a mapping with {sorted(needed)!r}; got {tomo!r}.")
+        raise BadInputError(
+            f"the start document's 'tomo' block must be a mapping with {sorted(needed)!r}; got {tomo!r}."
+        )
     for key, what in needed.items():
         if not isinstance(tomo.get(key), str):
             raise BadInputError(

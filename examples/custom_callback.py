@@ -72,9 +72,19 @@ def main() -> None:
     with TomoPipeline.from_uri(args.uri, api_key=args.api_key, dask=args.dask, progress=False) as pipe:
         RE.subscribe(pipe)
         bl = make_sim_beamline(make_foam((args.size // 4, args.size, args.size), seed=2), photons=5000)
-        (uid,) = RE(tomo_scan(bl.detector, bl.rotation, np.linspace(0, 180, 90, endpoint=False), 3, 3,
-                              shutter=bl.shutter, sample_x=bl.sample_x, sample_out=bl.sample_out,
-                              md={"sample": "foam-callback"}))  # fmt: skip
+        (uid,) = RE(
+            tomo_scan(
+                bl.detector,
+                bl.rotation,
+                np.linspace(0, 180, 90, endpoint=False),
+                3,
+                3,
+                shutter=bl.shutter,
+                sample_x=bl.sample_x,
+                sample_out=bl.sample_out,
+                md={"sample": "foam-callback"},
+            )
+        )
         print(f"tomolive: scan {uid} {pipe.wait(uid).status}")
 
 

@@ -97,16 +97,28 @@ def main() -> None:
         params = PipelineParams(
             extra_stages=tuple(ENTRY_POINTS),
             stage_params={"solid_mask": {"level": level}, "solid_fraction": {"level": level}},
-        )  # fmt: skip
-        with TomoPipeline.from_uri(args.uri, api_key=args.api_key, dask=args.dask, params=params, progress=False) as pipe:
+        )
+        with TomoPipeline.from_uri(
+            args.uri, api_key=args.api_key, dask=args.dask, params=params, progress=False
+        ) as pipe:
             if not installed:
                 pipe.dask_client().run(addsitedir, site)  # the workers load the stages by name too
             pipe.subscribe(report, kinds=("complete", "failed", "qc_alert"))
             RE = RunEngine()
             RE.subscribe(pipe)
-            (uid,) = RE(tomo_scan(bl.detector, bl.rotation, np.linspace(0, 180, 90, endpoint=False), 3, 3,
-                                  shutter=bl.shutter, sample_x=bl.sample_x, sample_out=bl.sample_out,
-                                  md={"sample": "foam-stage"}))  # fmt: skip
+            (uid,) = RE(
+                tomo_scan(
+                    bl.detector,
+                    bl.rotation,
+                    np.linspace(0, 180, 90, endpoint=False),
+                    3,
+                    3,
+                    shutter=bl.shutter,
+                    sample_x=bl.sample_x,
+                    sample_out=bl.sample_out,
+                    md={"sample": "foam-stage"},
+                )
+            )
             outcome = pipe.wait(uid)
             scan = pipe.client["processed"][uid]
             mask = scan["solid_mask"].read()

@@ -38,14 +38,27 @@ def scan(uri: str, api_key: str | None, sample: str, size: int, n_angles: int, d
         RE.subscribe(pipe)
         bl = make_sim_beamline(make_foam((size // 4, size, size), seed=1), photons=5000)
         angles = np.linspace(0, 180, n_angles, endpoint=False)  # degrees
-        (uid,) = RE(tomo_scan(bl.detector, bl.rotation, angles, n_darks=5, n_flats=5, shutter=bl.shutter,
-                              sample_x=bl.sample_x, sample_out=bl.sample_out, md={"sample": sample}))  # fmt: skip
+        (uid,) = RE(
+            tomo_scan(
+                bl.detector,
+                bl.rotation,
+                angles,
+                n_darks=5,
+                n_flats=5,
+                shutter=bl.shutter,
+                sample_x=bl.sample_x,
+                sample_out=bl.sample_out,
+                md={"sample": sample},
+            )
+        )
         result = pipe.wait(uid)  # the RunEngine never waits; we do, to print the result
     print(f"scan {uid}: {result.status}" + (f" ({result.reason})" if result.reason else ""))
     if result.status == "complete":
         node = client["processed"][uid]
         print(f"  result: {node.uri}")
-        print(f"  recon:  {node['recon'].shape} float32, centre {node.metadata['provenance']['center']['center']:.2f} px")
+        print(
+            f"  recon:  {node['recon'].shape} float32, centre {node.metadata['provenance']['center']['center']:.2f} px"
+        )
         print(f"  raw:    {client['raw'][uid].uri}")
         print(f"  fetch:  from_uri({uri!r}, api_key=...)['processed'][{uid!r}]['recon'][{size // 8}]")
     return uid

@@ -38,8 +38,10 @@ def main() -> None:
     z = recon.shape[0] // 2
     middle = recon[z]  # one slice over HTTP, not the volume
     column = recon[:, recon.shape[1] // 2, recon.shape[2] // 2]  # a line through all slices
-    print(f"latest {uid}: recon {recon.shape} {recon.dtype}; slice {z} mean {middle.mean():.4f}, "
-          f"central column {column.shape}")  # fmt: skip
+    print(
+        f"latest {uid}: recon {recon.shape} {recon.dtype}; slice {z} mean {middle.mean():.4f}, "
+        f"central column {column.shape}"
+    )
     print(f"  rotation centre {scan.metadata['provenance']['center']['center']:.2f} px")
 
     # processed -> raw: the processed metadata names the raw run (raw is never modified)

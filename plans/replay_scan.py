@@ -40,9 +40,14 @@ class ReplayDetector(Device):
     frame_kind = Cpt(Signal, value="projection", kind="config")
 
     def __init__(
-        self, prefix: str = "", *, name: str, scan: StoredScan, rows: slice | None = None,
+        self,
+        prefix: str = "",
+        *,
+        name: str,
+        scan: StoredScan,
+        rows: slice | None = None,
         **kwargs: Any,
-    ):  # fmt: skip
+    ):
         super().__init__(prefix, name=name, **kwargs)
         self.scan, self.rows = scan, rows
         self._next = {"dark": 0, "flat": 0, "projection": 0}
@@ -57,8 +62,7 @@ class ReplayDetector(Device):
         stack, i = self.scan.stack(kind), self._next[kind]
         if i >= len(stack):
             raise MissingDataError(
-                f"{self.name}: {str(self.scan.source)!r} holds {len(stack)} {kind} frames; "
-                f"frame {i} was asked for."
+                f"{self.name}: {str(self.scan.source)!r} holds {len(stack)} {kind} frames; frame {i} was asked for."
             )
         self.image.put(stack.frame(i, self.rows))
         self.frame_index.put(i)
@@ -120,18 +124,14 @@ def replay_scan(
     >>> RE(replay_scan("tooth.h5", frame_rate=100))  # doctest: +SKIP
     """
     if frame_rate is not None and not frame_rate > 0:
-        raise BadInputError(
-            f"frame_rate must be a positive number of Hz or None; got {frame_rate!r}."
-        )
+        raise BadInputError(f"frame_rate must be a positive number of Hz or None; got {frame_rate!r}.")
     if isinstance(path_or_scan, StoredScan):
         return (yield from _replay(path_or_scan, frame_rate, md, rows))
     with open_scan(path_or_scan) as scan:
         return (yield from _replay(scan, frame_rate, md, rows))
 
 
-def _replay(
-    scan: StoredScan, frame_rate: float | None, md: dict | None, rows: slice | None
-) -> MsgGenerator[str]:
+def _replay(scan: StoredScan, frame_rate: float | None, md: dict | None, rows: slice | None) -> MsgGenerator[str]:
     _check_rows(rows, scan)
     detector = ReplayDetector(name="replay_det", scan=scan, rows=rows)
     rotation = Signal(name="replay_rotation", value=float(scan.angles_deg[0]))
@@ -158,9 +158,12 @@ def _replay(
 
 
 def _start_metadata(
-    scan: StoredScan, detector: ReplayDetector, rotation: Signal,
-    frame_rate: float | None, rows: slice | None,
-) -> dict[str, Any]:  # fmt: skip
+    scan: StoredScan,
+    detector: ReplayDetector,
+    rotation: Signal,
+    frame_rate: float | None,
+    rows: slice | None,
+) -> dict[str, Any]:
     """The start document: tomo_scan's keys plus where the frames came from."""
     angles = [float(a) for a in scan.angles_deg]
     row_range = None if rows is None else [rows.start, rows.stop, rows.step]
@@ -196,6 +199,5 @@ def _check_rows(rows: slice | None, scan: StoredScan) -> None:
         return
     if not isinstance(rows, slice) or (rows.step or 1) < 1 or not range(n_rows)[rows]:
         raise BadInputError(
-            f"rows must be a slice selecting some of the {n_rows} detector rows of "
-            f"{str(scan.source)!r}; got {rows!r}."
+            f"rows must be a slice selecting some of the {n_rows} detector rows of {str(scan.source)!r}; got {rows!r}."
         )

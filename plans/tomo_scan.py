@@ -68,9 +68,7 @@ def tomo_scan(
     if n_darks and shutter is None:
         raise BadInputError(f"n_darks={n_darks} needs a shutter to close; pass shutter=...")
     if n_flats and (sample_x is None or sample_out is None):
-        raise BadInputError(
-            f"n_flats={n_flats} needs sample_x and sample_out to move the sample out of the beam."
-        )
+        raise BadInputError(f"n_flats={n_flats} needs sample_x and sample_out to move the sample out of the beam.")
     image_field = _image_field(detector)
     angle_field = _readback_field(stage)
     _md = {

@@ -74,22 +74,38 @@ def random_phantom(kind: str, rng: np.random.Generator, seed: int):
     pore, inclusion = float(rng.uniform(0.02, 0.05)), float(rng.uniform(0.02, 0.07))
     if kind == "foam":
         return make_foam(
-            SHAPE, porosity=float(rng.uniform(0.05, 0.3)), pore_radius=(pore, 2.5 * pore),
-            n_inclusions=int(rng.choice([0, 4, 8, 12, 16])), inclusion_radius=(inclusion, 2 * inclusion),
-            seed=seed, mu_solid=mu, mu_inclusion=mu * ratio,
-        )  # fmt: skip
+            SHAPE,
+            porosity=float(rng.uniform(0.05, 0.3)),
+            pore_radius=(pore, 2.5 * pore),
+            n_inclusions=int(rng.choice([0, 4, 8, 12, 16])),
+            inclusion_radius=(inclusion, 2 * inclusion),
+            seed=seed,
+            mu_solid=mu,
+            mu_inclusion=mu * ratio,
+        )
     return make_rock(
-        SHAPE, porosity=float(rng.uniform(0.05, 0.25)), pore_radius=(pore, 2.5 * pore),
-        n_inclusions=int(rng.choice([0, 10, 20, 30])), inclusion_radius=(inclusion / 1.5, inclusion),
-        grain_contrast=float(rng.uniform(0.0, 0.25)), seed=seed, mu_matrix=mu, mu_inclusion=mu * ratio,
-    )  # fmt: skip
+        SHAPE,
+        porosity=float(rng.uniform(0.05, 0.25)),
+        pore_radius=(pore, 2.5 * pore),
+        n_inclusions=int(rng.choice([0, 10, 20, 30])),
+        inclusion_radius=(inclusion / 1.5, inclusion),
+        grain_contrast=float(rng.uniform(0.0, 0.25)),
+        seed=seed,
+        mu_matrix=mu,
+        mu_inclusion=mu * ratio,
+    )
 
 
 def simulate(phantom, conditions: dict, seed: int) -> np.ndarray:
     """Reconstructed grey values of one simulated scan of ``phantom``."""
     angles = np.linspace(0.0, np.pi, conditions["n_angles"], endpoint=False)
-    data = measure(phantom.sinogram(angles), photons=conditions["photons"], seed=seed,
-                   stripe_fraction=conditions["stripe_fraction"], stripe_strength=conditions["stripe_strength"])  # fmt: skip
+    data = measure(
+        phantom.sinogram(angles),
+        photons=conditions["photons"],
+        seed=seed,
+        stripe_fraction=conditions["stripe_fraction"],
+        stripe_strength=conditions["stripe_strength"],
+    )
     volume = reconstruct(data, angles, method="gridrec")
     if conditions["smooth_sigma"]:
         volume = ndimage.gaussian_filter(volume, (0, conditions["smooth_sigma"], conditions["smooth_sigma"]))
@@ -134,21 +150,32 @@ def validate(model, seed: int) -> dict:
     at the training scale (``SHAPE``) and at twice its resolution (features twice as wide)."""
     scores = {}
     for name, shape, n_angles in (("", SHAPE, 180), (" 256px", (8, 256, 256), 360)):
-        conditions = {"photons": 2000.0, "n_angles": n_angles, "stripe_fraction": 0.01,
-                      "stripe_strength": 0.03, "smooth_sigma": 0.0}  # fmt: skip
+        conditions = {
+            "photons": 2000.0,
+            "n_angles": n_angles,
+            "stripe_fraction": 0.01,
+            "stripe_strength": 0.03,
+            "smooth_sigma": 0.0,
+        }
         for kind, make in (("foam", make_foam), ("rock", make_rock)):
             phantom = make(shape, seed=seed)
             labels, _ = segment_volume(simulate(phantom, conditions, seed), "unet", model, device="cpu")
             dice = dice_scores(labels, phantom.labels(), len(PHASES), mask=sample_mask(phantom))
             scores[kind + name] = {p: round(d, 4) for p, d in zip(PHASES, dice)}
-    return {"conditions": {"photons": 2000.0, "stripe_fraction": 0.01, "stripe_strength": 0.03, "seed": seed,
-                           "shapes": {"": list(SHAPE), " 256px": [8, 256, 256]}}, "dice": scores}  # fmt: skip
+    return {
+        "conditions": {
+            "photons": 2000.0,
+            "stripe_fraction": 0.01,
+            "stripe_strength": 0.03,
+            "seed": seed,
+            "shapes": {"": list(SHAPE), " 256px": [8, 256, 256]},
+        },
+        "dice": scores,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt")
     parser.add_argument("--steps", type=int, default=SETTINGS.steps)
     parser.add_argument(
@@ -172,18 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     validation = validate(model, VALIDATION_SEED)
     model.record = {
         "script": "scripts/train_segmenter.py",
-        "data": {"description": "simulated foam and rock scans reconstructed by tomolive.recon (gridrec)",
-                 "shape": list(SHAPE), "slices": int(len(inputs)), "scans": scans},
-        "training": {**asdict(settings), "threads": args.threads, "device": "cpu",
-                     "loss_first": round(float(np.mean(losses[:20])), 4),
-                     "loss_last": round(float(np.mean(losses[-20:])), 4),
-                     "seconds": round(time.perf_counter() - started, 1)},
-        "normalization": {"percentiles": list(PERCENTILES), "smoothing_sigma": RANGE_SIGMA,
-                          "of": "inscribed reconstruction circle"},
+        "data": {
+            "description": "simulated foam and rock scans reconstructed by tomolive.recon (gridrec)",
+            "shape": list(SHAPE),
+            "slices": len(inputs),
+            "scans": scans,
+        },
+        "training": {
+            **asdict(settings),
+            "threads": args.threads,
+            "device": "cpu",
+            "loss_first": round(float(np.mean(losses[:20])), 4),
+            "loss_last": round(float(np.mean(losses[-20:])), 4),
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        "normalization": {
+            "percentiles": list(PERCENTILES),
+            "smoothing_sigma": RANGE_SIGMA,
+            "of": "inscribed reconstruction circle",
+        },
         "validation": validation,
         "torch": torch.__version__,
         "numpy": np.__version__,
-    }  # fmt: skip
+    }
     path = save_model(model, args.out)
     print(f"validation Dice: {validation['dice']}")
     print(f"wrote {path} and {path.with_suffix('.json')} in {time.perf_counter() - started:.0f} s")

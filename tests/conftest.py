@@ -65,8 +65,10 @@ def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server on 127.0.0.1 (Debian's ``postgresql`` package; .ci/run installs it)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: "
-                    "install Debian's `postgresql` package (.ci/run does)")  # fmt: skip
+        pytest.skip(
+            "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin: "
+            "install Debian's `postgresql` package (.ci/run does)"
+        )
     with running_postgres(bin_dir, free_port()) as server:
         yield server
 
@@ -80,9 +82,13 @@ def dask_client() -> Iterator[Client]:
 @pytest.fixture
 def pipeline(tiled_server: Settings, dask_client: Client, tmp_path: Path) -> Iterator[TomoPipeline]:
     with TomoPipeline.from_uri(
-        tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client,
-        scratch_dir=tmp_path, outbox_dir=tmp_path / "outbox", progress=False,
-    ) as pipe:  # fmt: skip
+        tiled_server.uri,
+        api_key=tiled_server.api_key,
+        dask=dask_client,
+        scratch_dir=tmp_path,
+        outbox_dir=tmp_path / "outbox",
+        progress=False,
+    ) as pipe:
         yield pipe
 
 
@@ -95,14 +101,28 @@ def beamline() -> SimBeamline:
 ScanRunner = Callable[..., str]
 
 
-def sim_tomo_scan(beamline: SimBeamline, *, n_angles: int = 120, n_darks: int = 3, n_flats: int = 3,
-                  angles=None, md: dict | None = None) -> MsgGenerator[str]:  # fmt: skip
+def sim_tomo_scan(
+    beamline: SimBeamline,
+    *,
+    n_angles: int = 120,
+    n_darks: int = 3,
+    n_flats: int = 3,
+    angles=None,
+    md: dict | None = None,
+) -> MsgGenerator[str]:
     """``tomo_scan`` of the simulated ``beamline`` at ``n_angles`` in [0, 180) degrees (or ``angles``)."""
     angles = np.linspace(0, 180, n_angles, endpoint=False) if angles is None else angles
     return tomo_scan(
-        beamline.detector, beamline.rotation, angles, n_darks, n_flats, shutter=beamline.shutter,
-        sample_x=beamline.sample_x, sample_out=beamline.sample_out, md=md,
-    )  # fmt: skip
+        beamline.detector,
+        beamline.rotation,
+        angles,
+        n_darks,
+        n_flats,
+        shutter=beamline.shutter,
+        sample_x=beamline.sample_x,
+        sample_out=beamline.sample_out,
+        md=md,
+    )
 
 
 @pytest.fixture
@@ -115,12 +135,21 @@ def scan_plan() -> Callable[..., MsgGenerator[str]]:
 def run_scan(pipeline: TomoPipeline) -> ScanRunner:
     """Run ``tomo_scan`` on a beamline in a fresh RunEngine with ``pipeline`` subscribed."""
 
-    def run(beamline: SimBeamline, *, n_angles: int = 120, sample: str = "foam-test",
-            n_darks: int = 3, n_flats: int = 3, angles=None, RE: RunEngine | None = None) -> str:  # fmt: skip
+    def run(
+        beamline: SimBeamline,
+        *,
+        n_angles: int = 120,
+        sample: str = "foam-test",
+        n_darks: int = 3,
+        n_flats: int = 3,
+        angles=None,
+        RE: RunEngine | None = None,
+    ) -> str:
         RE = RE or RunEngine()
         RE.subscribe(pipeline)
-        plan = sim_tomo_scan(beamline, n_angles=n_angles, n_darks=n_darks, n_flats=n_flats, angles=angles,
-                             md={"sample": sample})  # fmt: skip
+        plan = sim_tomo_scan(
+            beamline, n_angles=n_angles, n_darks=n_darks, n_flats=n_flats, angles=angles, md={"sample": sample}
+        )
         (uid,) = RE(plan)
         return uid
 

@@ -49,8 +49,10 @@ class PostgresServer:
         """Run ``sql`` in ``database``; return unaligned, tuples-only output."""
         return subprocess.run(
             [str(self.bin_dir / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql, self.uri(database)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
 
     def create_database(self, name: str) -> str:
         self.psql("postgres", f'CREATE DATABASE "{name}"')
@@ -74,8 +76,19 @@ def running_postgres(bin_dir: Path, port: int) -> Iterator[PostgresServer]:
             raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr or done.stdout}")
 
     try:
-        run(str(bin_dir / "initdb"), "-D", str(data), "-U", ROLE, f"--pwfile={pwfile}",
-            "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C")  # fmt: skip
+        run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            ROLE,
+            f"--pwfile={pwfile}",
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
         options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root}"
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start")
         try:

@@ -23,14 +23,29 @@ def test_scan_is_segmented_with_phase_numbers_and_qc(method, tiled_server, dask_
     beamline = make_sim_beamline(make_foam((16, 128, 128), seed=21), photons=5000, seed=4)
     sample = f"foam-seg-{method}"
     with TomoPipeline.from_uri(
-        tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client, params=params,
-        scratch_dir=tmp_path, outbox_dir=tmp_path / "outbox", progress=False,
-    ) as pipe:  # fmt: skip
+        tiled_server.uri,
+        api_key=tiled_server.api_key,
+        dask=dask_client,
+        params=params,
+        scratch_dir=tmp_path,
+        outbox_dir=tmp_path / "outbox",
+        progress=False,
+    ) as pipe:
         RE = RunEngine()
         RE.subscribe(pipe)
-        (uid,) = RE(tomo_scan(beamline.detector, beamline.rotation, np.linspace(0, 180, 180, endpoint=False), 3, 3,
-                              shutter=beamline.shutter, sample_x=beamline.sample_x,
-                              sample_out=beamline.sample_out, md={"sample": sample}))  # fmt: skip
+        (uid,) = RE(
+            tomo_scan(
+                beamline.detector,
+                beamline.rotation,
+                np.linspace(0, 180, 180, endpoint=False),
+                3,
+                3,
+                shutter=beamline.shutter,
+                sample_x=beamline.sample_x,
+                sample_out=beamline.sample_out,
+                md={"sample": sample},
+            )
+        )
         outcome = pipe.wait(uid, timeout=300)
     assert outcome.status == "complete", outcome.reason
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)

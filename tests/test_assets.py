@@ -90,15 +90,23 @@ Subscriber = Callable[[str, dict], None]
 def _scan(assets: str, asset_dir: Path | None, also: Subscriber | None = None) -> ScanLog:
     """A noisy seeded tomo_scan (the noise makes equal frames mean equal RNG draws)."""
     log = ScanLog()
-    b = make_sim_beamline(
-        make_foam((8, 32, 32), seed=2), photons=1000, seed=5, assets=assets, asset_dir=asset_dir
-    )
+    b = make_sim_beamline(make_foam((8, 32, 32), seed=2), photons=1000, seed=5, assets=assets, asset_dir=asset_dir)
     RE = RunEngine()
     RE.subscribe(log)
     if also is not None:
         RE.subscribe(also)
-    (log.uid,) = RE(tomo_scan(b.detector, b.rotation, ANGLES, N_DARKS, N_FLATS, shutter=b.shutter,
-                              sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+    (log.uid,) = RE(
+        tomo_scan(
+            b.detector,
+            b.rotation,
+            ANGLES,
+            N_DARKS,
+            N_FLATS,
+            shutter=b.shutter,
+            sample_x=b.sample_x,
+            sample_out=b.sample_out,
+        )
+    )
     return log
 
 
@@ -119,14 +127,13 @@ def _check_frames_equal_inline(log: ScanLog, inline: ScanLog) -> None:
 N_EVENTS = {"dark": N_DARKS, "flat": N_FLATS, "primary": len(ANGLES)}
 
 
-def _check_one_file_per_stream(log: ScanLog, datums: list[dict], resource_key: str,
-                               index: Callable[[dict], int]) -> None:  # fmt: skip
+def _check_one_file_per_stream(
+    log: ScanLog, datums: list[dict], resource_key: str, index: Callable[[dict], int]
+) -> None:
     """Each stream's frames sit in a file of their own, numbered from 0 in the order taken."""
     files: dict[str, list[tuple[str, int]]] = {}
     for datum, event in zip(datums, log.docs("event"), strict=True):
-        files.setdefault(datum[resource_key], []).append(
-            (log.streams[event["descriptor"]], index(datum))
-        )
+        files.setdefault(datum[resource_key], []).append((log.streams[event["descriptor"]], index(datum)))
     expected = [[(stream, i) for i in range(n)] for stream, n in N_EVENTS.items()]
     assert sorted(files.values()) == sorted(expected)
     assert all(doc["run_start"] == log.uid for doc in log.docs(resource_key))
@@ -136,8 +143,13 @@ def test_resource_mode(inline: ScanLog, tmp_path: Path) -> None:
     log = _scan("resource", tmp_path)
     n_events = N_DARKS + N_FLATS + len(ANGLES)
     assert Counter(log.names()) == {
-        "start": 1, "descriptor": 3, "resource": 3, "datum": n_events, "event": n_events, "stop": 1
-    }  # fmt: skip
+        "start": 1,
+        "descriptor": 3,
+        "resource": 3,
+        "datum": n_events,
+        "event": n_events,
+        "stop": 1,
+    }
     for resource in log.docs("resource"):
         assert resource["spec"] == "AD_HDF5"
         assert resource["resource_kwargs"] == {"frame_per_point": 1}
@@ -150,9 +162,7 @@ def test_resource_mode(inline: ScanLog, tmp_path: Path) -> None:
         assert event["data"][IMAGE] == datum["datum_id"] and event["filled"] == {IMAGE: False}
     # each datum arrives just before the event that refers to it
     assert [names[j + 1] for j, n in enumerate(names) if n == "datum"] == ["event"] * n_events
-    _check_one_file_per_stream(
-        log, log.docs("datum"), "resource", lambda d: d["datum_kwargs"]["point_number"]
-    )
+    _check_one_file_per_stream(log, log.docs("datum"), "resource", lambda d: d["datum_kwargs"]["point_number"])
     _check_frames_equal_inline(log, inline)
 
 
@@ -160,9 +170,13 @@ def test_stream_mode(inline: ScanLog, tmp_path: Path) -> None:
     log = _scan("stream", tmp_path)
     n_events = N_DARKS + N_FLATS + len(ANGLES)
     assert Counter(log.names()) == {
-        "start": 1, "descriptor": 3, "stream_resource": 3, "stream_datum": n_events,
-        "event": n_events, "stop": 1,
-    }  # fmt: skip
+        "start": 1,
+        "descriptor": 3,
+        "stream_resource": 3,
+        "stream_datum": n_events,
+        "event": n_events,
+        "stop": 1,
+    }
     for resource in log.docs("stream_resource"):
         assert resource["mimetype"] == "application/x-hdf5" and resource["data_key"] == IMAGE
         assert resource["uri"].startswith(f"file://localhost{tmp_path.resolve()}/")
@@ -178,9 +192,7 @@ def test_stream_mode(inline: ScanLog, tmp_path: Path) -> None:
         assert datum["descriptor"] == event["descriptor"]
         assert datum["seq_nums"] == {"start": event["seq_num"], "stop": event["seq_num"] + 1}
     assert all(d["indices"]["stop"] == d["indices"]["start"] + 1 for d in log.docs("stream_datum"))
-    _check_one_file_per_stream(
-        log, log.docs("stream_datum"), "stream_resource", lambda d: d["indices"]["start"]
-    )
+    _check_one_file_per_stream(log, log.docs("stream_datum"), "stream_resource", lambda d: d["indices"]["start"])
     _check_frames_equal_inline(log, inline)
 
 
@@ -220,8 +232,9 @@ def test_another_process_reads_frames_during_the_scan(tmp_path: Path) -> None:
             resources[doc["uid"]] = doc
         if name == "stream_datum" and len(resources) == 3 and doc["indices"]["start"] == 1:
             payload = json.dumps([resources[doc["stream_resource"]], doc])
-            out = subprocess.run([sys.executable, "-c", READER], input=payload, text=True,
-                                 capture_output=True, check=True, timeout=60)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-c", READER], input=payload, text=True, capture_output=True, check=True, timeout=60
+            )
             read_elsewhere.append(np.array(json.loads(out.stdout), dtype=np.uint16))
 
     log = _scan("stream", tmp_path, also=reader)
@@ -231,8 +244,7 @@ def test_another_process_reads_frames_during_the_scan(tmp_path: Path) -> None:
 
 def test_npy_seq_from_ophyd_sim(tmp_path: Path) -> None:
     calls = itertools.count()  # ophyd.sim also calls the function outside triggers
-    det = SynSignalWithRegistry(lambda: np.full((3, 4), next(calls)), name="img",
-                                save_path=str(tmp_path))  # fmt: skip
+    det = SynSignalWithRegistry(lambda: np.full((3, 4), next(calls)), name="img", save_path=str(tmp_path))
     resolver, ids = AssetResolver(), []
 
     def feed(name: str, doc: dict) -> None:
@@ -258,26 +270,32 @@ def _h5(path: Path, frames: int = 2) -> Path:
 
 
 def _resource(path: Path, spec: str = "AD_HDF5", uid: str = "res-1") -> dict:
-    return {"uid": uid, "spec": spec, "root": str(path.parent), "resource_path": path.name,
-            "resource_kwargs": {"frame_per_point": 1}, "path_semantics": "posix"}  # fmt: skip
+    return {
+        "uid": uid,
+        "spec": spec,
+        "root": str(path.parent),
+        "resource_path": path.name,
+        "resource_kwargs": {"frame_per_point": 1},
+        "path_semantics": "posix",
+    }
 
 
 def _datum(point: int, resource: str = "res-1") -> dict:
-    return {"datum_id": f"{resource}/{point}", "resource": resource,
-            "datum_kwargs": {"point_number": point}}  # fmt: skip
+    return {"datum_id": f"{resource}/{point}", "resource": resource, "datum_kwargs": {"point_number": point}}
 
 
-def _stream_resource(
-    uri: str, mimetype: str = "application/x-hdf5", dataset: str = "/entry/data/data"
-) -> dict:
-    return {"uid": "sres-1", "data_key": IMAGE, "mimetype": mimetype, "uri": uri,
-            "parameters": {"dataset": dataset}}  # fmt: skip
+def _stream_resource(uri: str, mimetype: str = "application/x-hdf5", dataset: str = "/entry/data/data") -> dict:
+    return {"uid": "sres-1", "data_key": IMAGE, "mimetype": mimetype, "uri": uri, "parameters": {"dataset": dataset}}
 
 
 def _stream_datum(start: int, stop: int, resource: str = "sres-1") -> dict:
-    return {"uid": f"{resource}/{start}", "stream_resource": resource, "descriptor": "desc-1",
-            "indices": {"start": start, "stop": stop},
-            "seq_nums": {"start": start + 1, "stop": stop + 1}}  # fmt: skip
+    return {
+        "uid": f"{resource}/{start}",
+        "stream_resource": resource,
+        "descriptor": "desc-1",
+        "indices": {"start": start, "stop": stop},
+        "seq_nums": {"start": start + 1, "stop": stop + 1},
+    }
 
 
 def test_fill_reads_frames_and_names_what_is_missing(tmp_path: Path) -> None:

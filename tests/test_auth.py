@@ -20,9 +20,10 @@ def test_private_server_refuses_anonymous_reads_and_writes(tiled_server):
     api = f"{tiled_server.uri}/api/v1"
     assert httpx.get(f"{api}/metadata/").status_code == 401
     assert httpx.post(f"{api}/metadata/", json=NEW_CONTAINER).status_code == 401
-    assert httpx.post(
-        f"{api}/metadata/", json=NEW_CONTAINER, headers={"Authorization": "Apikey wrong-key"}
-    ).status_code == 401
+    assert (
+        httpx.post(f"{api}/metadata/", json=NEW_CONTAINER, headers={"Authorization": "Apikey wrong-key"}).status_code
+        == 401
+    )
     keyed = httpx.get(f"{api}/metadata/", headers={"Authorization": f"Apikey {tiled_server.api_key}"})
     assert keyed.status_code == 200
 

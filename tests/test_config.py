@@ -36,8 +36,12 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("TOMOLIVE_PUBLIC", "Yes")
     s = Settings.from_env()
     assert (s.data_dir, s.host, s.port, s.api_key, s.public) == (
-        tmp_path, "0.0.0.0", 8123, "secret", True,
-    )  # fmt: skip
+        tmp_path,
+        "0.0.0.0",
+        8123,
+        "secret",
+        True,
+    )
     assert isinstance(s.port, int)
     assert s.uri == "http://0.0.0.0:8123"
     assert s.resolved_api_key() == "secret"

@@ -48,18 +48,22 @@ N_ANGLES = 180
 #: other work run ~10x slower than one (OpenMP threads wait on each other).
 TRAIN = DenoiseConfig(steps=200, time_budget=None, seed=0, threads=1)
 #: A tiny network for the mechanics tests (checkpoints, seeds, stores).
-TINY = DenoiseConfig(features=4, depth=1, patch=16, batch=2, steps=6, time_budget=None,
-                     checkpoint_every=2, slices_per_batch=3, threads=1)  # fmt: skip
+TINY = DenoiseConfig(
+    features=4, depth=1, patch=16, batch=2, steps=6, time_budget=None, checkpoint_every=2, slices_per_batch=3, threads=1
+)
 
 
 def pixel_averaged(phantom: FoamPhantom, factor: int = 2) -> np.ndarray:
     """The phantom's attenuation averaged over each voxel (``factor``^3 samples)."""
     fine = FoamPhantom(
-        shape=tuple(s * factor for s in phantom.shape), radius=phantom.radius * factor,
-        centers=phantom.centers * factor, radii=phantom.radii * factor,
-        labels_of_spheres=phantom.labels_of_spheres, mu_solid=phantom.mu_solid,
+        shape=tuple(s * factor for s in phantom.shape),
+        radius=phantom.radius * factor,
+        centers=phantom.centers * factor,
+        radii=phantom.radii * factor,
+        labels_of_spheres=phantom.labels_of_spheres,
+        mu_solid=phantom.mu_solid,
         mu_inclusion=phantom.mu_inclusion,
-    )  # fmt: skip
+    )
     nz, ny, nx = phantom.shape
     return fine.attenuation().reshape(nz, factor, ny, factor, nx, factor).mean(axis=(1, 3, 5))
 
@@ -113,8 +117,7 @@ def test_splits_are_half_scans_that_average_to_the_full_reconstruction(scan):
 def test_noise2inverse_raises_psnr_against_the_phantom(scan, trained):
     truth, mask = scan["truth"], scan["mask"]
     raw = psnr(scan["recon"], truth, mask=mask)
-    gaussian = max(psnr(ndimage.gaussian_filter(scan["recon"], sigma), truth, mask=mask)
-                   for sigma in (0.8, 1.0, 1.2))  # fmt: skip
+    gaussian = max(psnr(ndimage.gaussian_filter(scan["recon"], sigma), truth, mask=mask) for sigma in (0.8, 1.0, 1.2))
     denoised = denoise(trained.model, scan["splits"], config=TRAIN)
     assert denoised.shape == SHAPE and denoised.dtype == np.float32
     gained = psnr(denoised, truth, mask=mask)
@@ -147,7 +150,9 @@ def test_resume_continues_exactly_where_training_stopped(tiny_splits, tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     # Checkpoints every 2 steps, at the end, and only the last two are kept.
     assert [p.name for p in sorted(tmp_path.glob("checkpoint-*.pt"))] == [
-        "checkpoint-000000004.pt", "checkpoint-000000006.pt"]  # fmt: skip
+        "checkpoint-000000004.pt",
+        "checkpoint-000000006.pt",
+    ]
     again = train(tiny_splits, TINY, checkpoint_dir=tmp_path, resume=True)
     assert again.steps == 6 and again.resumed_from == 6 and again.losses == straight.losses
 
@@ -180,16 +185,16 @@ def test_tiles_and_row_blocks_agree_with_the_whole_volume(scan, trained):
 
 
 def test_zarr_splits_train_in_slabs_and_denoise_into_zarr(tiny_splits, tmp_path):
-    on_disk = zarr.open_array(tmp_path / "splits.zarr", mode="w", shape=tiny_splits.shape,
-                              chunks=(1, 2, 24, 24), dtype="float32")  # fmt: skip
+    on_disk = zarr.open_array(
+        tmp_path / "splits.zarr", mode="w", shape=tiny_splits.shape, chunks=(1, 2, 24, 24), dtype="float32"
+    )
     on_disk[:] = tiny_splits
     # Room for 4 slices of both splits at once: training moves between slabs.
     slabs = DenoiseConfig(**{**TINY.as_dict(), "slab_bytes": 4 * 2 * 24 * 24 * 4, "slab_steps": 2})
     from_disk = train(on_disk, slabs)
     in_memory = train(tiny_splits, slabs)
     assert from_disk.losses == in_memory.losses
-    out = zarr.open_array(tmp_path / "denoised.zarr", mode="w", shape=(10, 24, 24),
-                          chunks=(2, 24, 24), dtype="float32")  # fmt: skip
+    out = zarr.open_array(tmp_path / "denoised.zarr", mode="w", shape=(10, 24, 24), chunks=(2, 24, 24), dtype="float32")
     assert denoise(from_disk.model, on_disk, out=out, config=TINY) is out
     np.testing.assert_allclose(out[:], denoise(in_memory.model, tiny_splits, config=TINY), atol=1e-6)
 
@@ -203,8 +208,14 @@ def test_fine_tune_keeps_the_normalisation_and_continues(tiny_splits):
 
 
 def test_model_store_round_trip_and_search(client, trained, scan):
-    model_id = save_model(client, trained.model, sample_class="foam-n2i-test", training=trained,
-                          scan_uids=["uid-a"], metadata={"beamline": "sim"})  # fmt: skip
+    model_id = save_model(
+        client,
+        trained.model,
+        sample_class="foam-n2i-test",
+        training=trained,
+        scan_uids=["uid-a"],
+        metadata={"beamline": "sim"},
+    )
     assert save_model(client, trained.model, sample_class="foam-n2i-test") == model_id
     found = find_models(client, sample_class="foam-n2i-test")
     assert [m.id for m in found] == [model_id]
@@ -216,12 +227,12 @@ def test_model_store_round_trip_and_search(client, trained, scan):
     assert find_models(client, sample_class="no-such-class") == []
     loaded = load_model(client, model_id)
     splits = scan["splits"][:, :3]
-    np.testing.assert_array_equal(denoise(loaded, splits, config=TRAIN),
-                                  denoise(trained.model, splits, config=TRAIN))  # fmt: skip
+    np.testing.assert_array_equal(denoise(loaded, splits, config=TRAIN), denoise(trained.model, splits, config=TRAIN))
     # Fine-tune the stored model on a scan and store the child with its parent's id.
     tuned = train(splits, DenoiseConfig(**{**TRAIN.as_dict(), "steps": 2}), model=loaded)
-    child = save_model(client, tuned.model, sample_class="foam-n2i-test", training=tuned,
-                       scan_uids=["uid-b"], parent=model_id)  # fmt: skip
+    child = save_model(
+        client, tuned.model, sample_class="foam-n2i-test", training=tuned, scan_uids=["uid-b"], parent=model_id
+    )
     assert child != model_id and model_record(client, child).metadata["parent_model"] == model_id
     assert {m.id for m in find_models(client, sample_class="foam-n2i-test")} == {model_id, child}
 
@@ -232,8 +243,9 @@ def test_tampered_weights_are_refused(client):
     record = model_record(client, model_id)
     blob = bytearray(model_to_bytes(model))
     blob[len(blob) // 2] ^= 0xFF
-    models_root(client).write_array(np.frombuffer(bytes(blob), dtype=np.uint8), key="n2i-tampered",
-                                    metadata=record.metadata)  # fmt: skip
+    models_root(client).write_array(
+        np.frombuffer(bytes(blob), dtype=np.uint8), key="n2i-tampered", metadata=record.metadata
+    )
     with pytest.raises(ModelIntegrityError, match="refusing"):
         load_model(client, "n2i-tampered")
     assert isinstance(load_model(client, model_id), type(model))
@@ -250,8 +262,9 @@ def test_torchscript_model_denoises_like_the_original(trained, scan, tmp_path):
     scripted = load_torchscript(path)
     with pytest.raises(BadInputError, match="neighbours"):
         denoise(scripted, splits, config=TRAIN)
-    np.testing.assert_allclose(denoise(scripted, splits, neighbours=2, config=TRAIN),
-                               denoise(trained.model, splits, config=TRAIN), atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        denoise(scripted, splits, neighbours=2, config=TRAIN), denoise(trained.model, splits, config=TRAIN), atol=1e-6
+    )
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(BadInputError, match="junk.pt"):
         load_torchscript(tmp_path / "junk.pt")
@@ -269,8 +282,7 @@ def test_torchscript_model_denoises_like_the_original(trained, scan, tmp_path):
         (lambda s: denoise(new_model(TINY), s, rows=(5, 20)), "rows"),
         (lambda s: denoise(new_model(TINY), s, out=np.empty((3, 24, 24))), "out"),
         (lambda s: train(s, TINY, resume=True), "resume"),
-        (lambda s: train(s, DenoiseConfig(**{**TINY.as_dict(), "depth": 5, "patch": 32, "tile": 96})),
-         "splits"),
+        (lambda s: train(s, DenoiseConfig(**{**TINY.as_dict(), "depth": 5, "patch": 32, "tile": 96})), "splits"),
         (lambda s: DenoiseConfig(k=1), "k"),
         (lambda s: DenoiseConfig(patch=30), "patch"),
         (lambda s: DenoiseConfig(time_budget=0), "time_budget"),

@@ -28,10 +28,14 @@ an idle 2-core machine; 72 steps when the 40 s budget cut a loaded run short sti
 @pytest.fixture
 def denoise_pipeline(tiled_server, dask_client, tmp_path):
     with TomoPipeline.from_uri(
-        tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client,
-        scratch_dir=tmp_path, outbox_dir=tmp_path / "outbox", progress=False,
+        tiled_server.uri,
+        api_key=tiled_server.api_key,
+        dask=dask_client,
+        scratch_dir=tmp_path,
+        outbox_dir=tmp_path / "outbox",
+        progress=False,
         params=PipelineParams(denoise=DENOISE),
-    ) as pipe:  # fmt: skip
+    ) as pipe:
         yield pipe
 
 
@@ -43,9 +47,16 @@ def test_low_dose_scan_is_denoised_into_tiled(tiled_server, denoise_pipeline, tm
     angles = np.linspace(0, 180, 120, endpoint=False)
     (uid,) = RE(
         tomo_scan(
-            beamline.detector, beamline.rotation, angles, 3, 3, shutter=beamline.shutter,
-            sample_x=beamline.sample_x, sample_out=beamline.sample_out, md={"sample": "foam-n2i"},
-        )  # fmt: skip
+            beamline.detector,
+            beamline.rotation,
+            angles,
+            3,
+            3,
+            shutter=beamline.shutter,
+            sample_x=beamline.sample_x,
+            sample_out=beamline.sample_out,
+            md={"sample": "foam-n2i"},
+        )
     )
     outcome = denoise_pipeline.wait(uid, timeout=300)
     assert outcome.status == "complete", outcome.reason

@@ -46,8 +46,20 @@ def dask_cluster(log_dir: Path, *workers: list[str]) -> Iterator[str]:
         scheduler = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
         stack.enter_context(_process(log_dir / "scheduler.log", scheduler))
         for i, extra in enumerate(workers):
-            worker = ["worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
-                      "--no-dashboard", "--local-directory", str(log_dir / f"worker-{i}"), *extra]  # fmt: skip
+            worker = [
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--local-directory",
+                str(log_dir / f"worker-{i}"),
+                *extra,
+            ]
             stack.enter_context(_process(log_dir / f"worker-{i}.log", worker))
         with Client(address, timeout=60) as client:
             client.wait_for_workers(len(workers), timeout=120)
@@ -78,14 +90,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pipeline(tiled_server: Settings, cluster: str, tmp_path: Path) -> Iterator[TomoPipeline]:
     """Overrides conftest's: the pipeline is given the external scheduler's address."""
     with TomoPipeline.from_uri(
-        tiled_server.uri, api_key=tiled_server.api_key, dask=cluster, params=TORCH_PARAMS,
-        scratch_dir=tmp_path, outbox_dir=tmp_path / "outbox", progress=False,
-    ) as pipe:  # fmt: skip
+        tiled_server.uri,
+        api_key=tiled_server.api_key,
+        dask=cluster,
+        params=TORCH_PARAMS,
+        scratch_dir=tmp_path,
+        outbox_dir=tmp_path / "outbox",
+        progress=False,
+    ) as pipe:
         yield pipe
 
 
-def test_scan_runs_on_an_external_cluster_and_leaves_it_running(tiled_server, cluster, pipeline, beamline,
-                                                                run_scan):  # fmt: skip
+def test_scan_runs_on_an_external_cluster_and_leaves_it_running(tiled_server, cluster, pipeline, beamline, run_scan):
     uid = run_scan(beamline, sample="foam-distributed")
     outcome = pipeline.wait(uid, timeout=300)
     assert outcome.status == "complete", outcome.reason

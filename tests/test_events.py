@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import pytest
@@ -59,7 +58,7 @@ def test_payloads_are_copies():
 
 def test_scan_events_reach_user_callbacks_off_the_runengine_thread(
     tiled_server, pipeline, monkeypatch, beamline, scan_plan, caplog
-):  # fmt: skip
+):
     monkeypatch.setattr(pipeline, "params", PipelineParams(qc_thresholds={"max_ring_severity": 1e-9}))  # an alert
     recorder, dropped = Recorder(), Recorder()
     re_threads: set[str] = set()

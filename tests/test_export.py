@@ -26,8 +26,10 @@ def make_scan(settings: Settings, status: str = "complete", uid: str | None = No
     client = connect(settings.uri, api_key=settings.api_key)
     record = ScanRecord.create(client, uid, {"sample": "export-foam", "provenance": {"center": {"center": 7.5}}})
     rng = np.random.default_rng(3)
-    volumes = {"recon": rng.normal(size=SHAPE).astype(np.float32),
-               "segmented": rng.integers(0, 3, size=SHAPE, dtype=np.uint8)}  # fmt: skip
+    volumes = {
+        "recon": rng.normal(size=SHAPE).astype(np.float32),
+        "segmented": rng.integers(0, 3, size=SHAPE, dtype=np.uint8),
+    }
     for name, volume in volumes.items():
         target = record.new_volume(name, SHAPE, 4, volume.dtype, metadata={"units": "1/pixel"})
         for index, start in enumerate(range(0, SHAPE[0], 4)):
@@ -44,8 +46,10 @@ def export(settings: Settings, *args: str) -> int:
 def test_round_trip_equals_the_tiled_arrays(tiled_server, tmp_path, capsys, fmt):
     uid, volumes = make_scan(tiled_server)
     out = tmp_path / f"scan.{fmt}"
-    assert export(tiled_server, uid[:13], "--format", fmt, "--out", str(out), "--array", "recon",
-                  "--array", "segmented") == 0, capsys.readouterr().err  # fmt: skip
+    assert (
+        export(tiled_server, uid[:13], "--format", fmt, "--out", str(out), "--array", "recon", "--array", "segmented")
+        == 0
+    ), capsys.readouterr().err
     assert f"exported {uid} to {out}" in capsys.readouterr().out
     assert not out.with_name(out.name + ".partial").exists()
     if fmt == "tiff":

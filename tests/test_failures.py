@@ -46,9 +46,15 @@ class FaultyDetector(SimTomoDetector):
 def faulty(beamline, fault, good_frames):
     b = beamline
     return FaultyDetector(
-        name="faulty_det", phantom=b.phantom, rotation=b.rotation, sample_x=b.sample_x,
-        shutter=b.shutter, photons=None, fault=fault, good_frames=good_frames,
-    )  # fmt: skip
+        name="faulty_det",
+        phantom=b.phantom,
+        rotation=b.rotation,
+        sample_x=b.sample_x,
+        shutter=b.shutter,
+        photons=None,
+        fault=fault,
+        good_frames=good_frames,
+    )
 
 
 def pause_after(n_events, plan):
@@ -72,9 +78,17 @@ def test_aborted_scan_is_marked_aborted_and_its_empty_volume_removed(tiled_serve
     starts = []
     RE.subscribe(lambda name, doc: starts.append(doc["uid"]), "start")
     b = beamline
-    plan = tomo_scan(b.detector, b.rotation, np.linspace(0, 180, 60, endpoint=False), 2, 2,
-                     shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out,
-                     md={"sample": "aborted"})  # fmt: skip
+    plan = tomo_scan(
+        b.detector,
+        b.rotation,
+        np.linspace(0, 180, 60, endpoint=False),
+        2,
+        2,
+        shutter=b.shutter,
+        sample_x=b.sample_x,
+        sample_out=b.sample_out,
+        md={"sample": "aborted"},
+    )
     with pytest.raises(RunEngineInterrupted):
         RE(pause_after(10, plan))  # 2 darks, 2 flats, 6 projections
     assert RE.state == "paused"
@@ -105,14 +119,28 @@ def test_unknown_backend_fails_cleanly(tiled_server, tmp_path, dask_client, beam
     from tomolive.callbacks import TomoPipeline
 
     with TomoPipeline.from_uri(
-        tiled_server.uri, api_key=tiled_server.api_key, dask=dask_client,
-        params=PipelineParams(method="no-such-backend"), scratch_dir=tmp_path, progress=False,
-    ) as pipe:  # fmt: skip
+        tiled_server.uri,
+        api_key=tiled_server.api_key,
+        dask=dask_client,
+        params=PipelineParams(method="no-such-backend"),
+        scratch_dir=tmp_path,
+        progress=False,
+    ) as pipe:
         RE = RunEngine()
         RE.subscribe(pipe)
         b = beamline
-        (uid,) = RE(tomo_scan(b.detector, b.rotation, np.linspace(0, 180, 30, endpoint=False), 1, 1,
-                              shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+        (uid,) = RE(
+            tomo_scan(
+                b.detector,
+                b.rotation,
+                np.linspace(0, 180, 30, endpoint=False),
+                1,
+                1,
+                shutter=b.shutter,
+                sample_x=b.sample_x,
+                sample_out=b.sample_out,
+            )
+        )
         outcome = pipe.wait(uid, timeout=120)
     assert outcome.status == "failed" and "no-such-backend" in outcome.reason
 
@@ -126,8 +154,18 @@ def test_bad_frames_fail_the_run_not_the_runengine(tiled_server, pipeline, beaml
     RE.subscribe(pipeline)
     b = beamline
     detector = faulty(b, fault, good_frames=2 + 2 + 5)  # darks + flats + 5 projections
-    (uid,) = RE(tomo_scan(detector, b.rotation, np.linspace(0, 180, 20, endpoint=False), 2, 2,
-                          shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+    (uid,) = RE(
+        tomo_scan(
+            detector,
+            b.rotation,
+            np.linspace(0, 180, 20, endpoint=False),
+            2,
+            2,
+            shutter=b.shutter,
+            sample_x=b.sample_x,
+            sample_out=b.sample_out,
+        )
+    )
     outcome = pipeline.wait(uid, timeout=60)
     assert outcome.status == "failed" and expected in outcome.reason
     md = container_md(tiled_server, uid)
@@ -147,8 +185,11 @@ def test_missing_darks_or_flats_are_named(tiled_server, pipeline, beamline, run_
 def test_plan_refuses_fewer_than_two_angles(beamline):
     b = beamline
     with pytest.raises(BadInputError, match="at least 2"):
-        list(tomo_scan(b.detector, b.rotation, [0.0], 1, 1, shutter=b.shutter,
-                       sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+        list(
+            tomo_scan(
+                b.detector, b.rotation, [0.0], 1, 1, shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out
+            )
+        )
 
 
 def test_plan_refuses_darks_without_shutter(beamline):

@@ -158,6 +158,7 @@ def test_server_still_records_latest_activity_and_refuses_a_revoked_key_at_once(
     me = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()
     with httpx.Client(headers=as_reader) as kept_alive:  # one connection: requests share it, not keys
         assert kept_alive.get(f"{api}/metadata/").status_code == 200
-        httpx.delete(f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": reader[:8]},
-                     headers=as_writer).raise_for_status()  # fmt: skip
+        httpx.delete(
+            f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": reader[:8]}, headers=as_writer
+        ).raise_for_status()
         assert kept_alive.get(f"{api}/metadata/").status_code == 401

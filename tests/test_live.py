@@ -26,9 +26,7 @@ def _wait_for_preview(client, uid: str, n_angles: int, timeout: float = 30.0):
     raise AssertionError(f"no preview with >= {n_angles} angles within {timeout} s")
 
 
-def test_preview_lands_before_the_stop_and_sharpens_as_angles_accumulate(
-    tiled_server, pipeline, beamline, run_scan
-):
+def test_preview_lands_before_the_stop_and_sharpens_as_angles_accumulate(tiled_server, pipeline, beamline, run_scan):
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
     truth = beamline.phantom.attenuation()[8]
     mask = circle_mask(truth.shape, 0.9)

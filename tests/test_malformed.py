@@ -18,7 +18,6 @@ import pytest
 from bluesky import RunEngine
 from tiled.client import from_uri
 
-
 Docs = list[tuple[str, dict]]
 
 
@@ -109,8 +108,14 @@ def empty_frames(relay, name, doc):
 
 def stop_before_descriptors(relay, name, doc):
     if name == "start":
-        stop = {"uid": str(uuid.uuid4()), "time": time.time(), "run_start": doc["uid"],
-                "exit_status": "success", "reason": "", "num_events": {}}  # fmt: skip
+        stop = {
+            "uid": str(uuid.uuid4()),
+            "time": time.time(),
+            "run_start": doc["uid"],
+            "exit_status": "success",
+            "reason": "",
+            "num_events": {},
+        }
         return [(name, doc), ("stop", stop)]
     return [(name, doc)]
 
@@ -156,7 +161,7 @@ CASES = [
 @pytest.mark.parametrize(("mutate", "expected"), CASES, ids=[c[0].__name__ for c in CASES])
 def test_malformed_documents_fail_the_run_not_the_runengine(
     tiled_server, pipeline, beamline, scan_plan, caplog, mutate, expected
-):  # fmt: skip
+):
     RE = RunEngine()
     RE.subscribe(Relay(pipeline, mutate))
     (uid,) = RE(scan_plan(beamline, n_angles=20, n_darks=2, n_flats=2, md={"sample": f"malformed-{mutate.__name__}"}))

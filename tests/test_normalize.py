@@ -36,9 +36,7 @@ def test_arithmetic_transmission_and_minus_log() -> None:
 def test_known_values() -> None:
     flat, dark = np.full((2, 2), 110.0), np.full((2, 2), 10.0)
     p = np.array([[60.0, 110.0], [35.0, 10.0 + 100 * np.exp(-2.0)]])
-    np.testing.assert_allclose(
-        normalize(p, flat, dark), [[np.log(2.0), 0.0], [np.log(4.0), 2.0]], atol=1e-6
-    )
+    np.testing.assert_allclose(normalize(p, flat, dark), [[np.log(2.0), 0.0], [np.log(4.0), 2.0]], atol=1e-6)
 
 
 def test_floor_keeps_dead_pixels_and_zero_counts_finite() -> None:

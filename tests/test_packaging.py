@@ -11,7 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_imports_work_from_outside_the_checkout(tmp_path):
-    code = "import tomolive.plans, tomolive.callbacks, tomolive.tiled_config; print(tomolive.plans.tomo_scan.__module__)"
+    code = (
+        "import tomolive.plans, tomolive.callbacks, tomolive.tiled_config; print(tomolive.plans.tomo_scan.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "tomolive.plans.tomo_scan"
     bare = subprocess.run([sys.executable, "-c", "import plans"], cwd=tmp_path, capture_output=True)
@@ -20,10 +22,21 @@ def test_imports_work_from_outside_the_checkout(tmp_path):
 
 def test_wheel_contains_plans_callbacks_and_config(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), "-q"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("tomolive-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (

@@ -55,9 +55,7 @@ def test_labels_hold_three_phases_with_sensible_fractions(foam: FoamPhantom) -> 
 @pytest.mark.parametrize("target", [0.05, 0.12, 0.2])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_porosity_inside_cylinder_near_target(target: float, seed: int) -> None:
-    assert _pore_fraction(make_foam(SHAPE, porosity=target, seed=seed)) == pytest.approx(
-        target, abs=0.02
-    )
+    assert _pore_fraction(make_foam(SHAPE, porosity=target, seed=seed)) == pytest.approx(target, abs=0.02)
 
 
 def test_two_phase_foam_has_no_inclusions() -> None:

@@ -17,7 +17,13 @@ from tomolive.devices import make_sim_beamline
 from tomolive.errors import BadInputError
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import (
-    PaganinParams, PipelineParams, blocks_holding, local_cluster, prepare_projection, row_blocks, submit_blocks,
+    PaganinParams,
+    PipelineParams,
+    blocks_holding,
+    local_cluster,
+    prepare_projection,
+    row_blocks,
+    submit_blocks,
 )
 from tomolive.plans import tomo_scan
 from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
@@ -28,14 +34,28 @@ from .conftest import SAME_VOLUME
 
 def scan_and_read(tiled_server, dask, tmp_path, beamline, params):
     with TomoPipeline.from_uri(
-        tiled_server.uri, api_key=tiled_server.api_key, dask=dask, params=params,
-        scratch_dir=tmp_path, progress=False,
-    ) as pipe:  # fmt: skip
+        tiled_server.uri,
+        api_key=tiled_server.api_key,
+        dask=dask,
+        params=params,
+        scratch_dir=tmp_path,
+        progress=False,
+    ) as pipe:
         RE = RunEngine()
         RE.subscribe(pipe)
         b = beamline
-        (uid,) = RE(tomo_scan(b.detector, b.rotation, np.linspace(0, 180, 90, endpoint=False), 2, 2,
-                              shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out))  # fmt: skip
+        (uid,) = RE(
+            tomo_scan(
+                b.detector,
+                b.rotation,
+                np.linspace(0, 180, 90, endpoint=False),
+                2,
+                2,
+                shutter=b.shutter,
+                sample_x=b.sample_x,
+                sample_out=b.sample_out,
+            )
+        )
         assert pipe.wait(uid, timeout=300).status == "complete"
     return from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
 
@@ -44,8 +64,7 @@ def test_one_and_two_workers_give_the_same_volume(tiled_server, dask_client, tmp
     params = PipelineParams(rows_per_block=4)  # 5 blocks, an odd tail: uneven work split
     phantom = make_foam((18, 64, 64), seed=5)
     two = scan_and_read(tiled_server, dask_client, tmp_path, make_sim_beamline(phantom, photons=None), params)
-    with local_cluster(1) as cluster, \
-            Client(cluster) as one_worker:  # fmt: skip
+    with local_cluster(1) as cluster, Client(cluster) as one_worker:
         one = scan_and_read(tiled_server, one_worker, tmp_path, make_sim_beamline(phantom, photons=None), params)
     a, b = one["recon"].read(), two["recon"].read()
     assert a.shape == b.shape == (18, 64, 64)
@@ -99,8 +118,7 @@ def test_qc_starts_once_its_slices_are_written_and_runs_beside_the_other_blocks(
     cluster ahead of the remaining blocks, so on more workers it overlaps the reconstruction."""
     params = PipelineParams(rows_per_block=4)  # 16 blocks; QC's slices lie in 8 of them
     phantom = make_foam((64, 64, 64), seed=5)
-    with local_cluster(1) as cluster, \
-            Client(cluster) as client, get_task_stream(client) as stream:  # fmt: skip
+    with local_cluster(1) as cluster, Client(cluster) as client, get_task_stream(client) as stream:
         node = scan_and_read(tiled_server, client, tmp_path, make_sim_beamline(phantom, photons=None), params)
     computed = {
         task["key"]: next(s for s in task["startstops"] if s["action"] == "compute")
@@ -124,6 +142,7 @@ def test_qc_starts_once_its_slices_are_written_and_runs_beside_the_other_blocks(
 
 def test_qc_measures_the_slices_its_blocks_kept_instead_of_reading_them_back(tmp_path):
     """One foam stored, another's slices kept by the blocks: QC's numbers are the kept foam's."""
+
     def noisy_foam(seed: int) -> np.ndarray:
         mu = make_foam((64, 64, 64), seed=seed).attenuation()
         return (mu + np.random.default_rng(seed).normal(0, 0.05 * np.ptp(mu), mu.shape)).astype(np.float32)

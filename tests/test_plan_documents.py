@@ -23,9 +23,20 @@ def test_every_document_passes_the_schema(beamline):
     angles = np.linspace(0, 180, 12, endpoint=False)
     b = beamline
     (uid,) = RE(
-        tomo_scan(b.detector, b.rotation, angles, 3, 4, shutter=b.shutter, sample_x=b.sample_x,
-                  sample_out=b.sample_out, pixel_size=0.65, energy=25.0, md={"sample": "foam-1"})
-    )  # fmt: skip
+        tomo_scan(
+            b.detector,
+            b.rotation,
+            angles,
+            3,
+            4,
+            shutter=b.shutter,
+            sample_x=b.sample_x,
+            sample_out=b.sample_out,
+            pixel_size=0.65,
+            energy=25.0,
+            md={"sample": "foam-1"},
+        )
+    )
     names = Counter(name for name, _ in documents)
     assert names == {"start": 1, "descriptor": 3, "event": 3 + 4 + 12, "stop": 1}
 

@@ -29,9 +29,11 @@ from .test_security import test_read_only_key_reads_but_cannot_write  # noqa: F4
 def tiled_server(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """tomolive's Tiled server with catalog, tables and API keys in PostgreSQL, Zarr on disk."""
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("tiled-pg"), port=free_port(),
-        catalog_uri=postgres.create_database("tomolive"), auth_uri=postgres.create_database("tomolive_auth"),
-    )  # fmt: skip
+        data_dir=tmp_path_factory.mktemp("tiled-pg"),
+        port=free_port(),
+        catalog_uri=postgres.create_database("tomolive"),
+        auth_uri=postgres.create_database("tomolive_auth"),
+    )
     with running_server(settings) as running:
         yield running
 

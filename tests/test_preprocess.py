@@ -276,9 +276,7 @@ def test_stripe_removal_matches_algotom() -> None:
     _, striped = striped_sinogram(seed=2)
     expected = removal.remove_stripe_based_sorting(striped, 21)
     np.testing.assert_allclose(remove_stripe_sorting(striped, 21), expected, atol=1e-6)
-    np.testing.assert_allclose(
-        remove_all_stripes(striped), removal.remove_all_stripe(striped, 3.0, 51, 21), atol=1e-4
-    )
+    np.testing.assert_allclose(remove_all_stripes(striped), removal.remove_all_stripe(striped, 3.0, 51, 21), atol=1e-4)
 
 
 def test_stripe_removal_noise_free_input_does_not_raise() -> None:

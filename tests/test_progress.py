@@ -56,7 +56,10 @@ def test_a_stages_last_report_is_not_sent_unless_it_is_also_its_first():
         reporter.report(stage="extra_stages", done=2, total=2)
         final = reporter.finish()  # the final status carries it
     assert sink.sent[0] == {"stage": "recon", "done": 1, "total": 2}
-    assert sink.sent[-2:] == [{"stage": "segment", "done": 1, "total": 1}, {"stage": "extra_stages", "done": 1, "total": 2}]
+    assert sink.sent[-2:] == [
+        {"stage": "segment", "done": 1, "total": 1},
+        {"stage": "extra_stages", "done": 1, "total": 2},
+    ]
     assert final == {"stage": "extra_stages", "done": 2, "total": 2}
 
 
@@ -74,8 +77,10 @@ def test_a_stage_is_sent_when_it_starts_then_at_most_every_interval_and_finish_r
             io.submit(lambda: None).result()
         reporter.report(stage="extra_stages", done=2, total=2)
         final = reporter.finish()  # sends nothing more: the caller's final status carries it
-    assert sink.sent[1:] == [{"stage": "analysis", "done": 1, "total": 2},
-                             {"stage": "extra_stages", "done": 1, "total": 2}]  # fmt: skip
+    assert sink.sent[1:] == [
+        {"stage": "analysis", "done": 1, "total": 2},
+        {"stage": "extra_stages", "done": 1, "total": 2},
+    ]
     assert final == {"stage": "extra_stages", "done": 2, "total": 2}
 
 

@@ -22,9 +22,7 @@ def test_psnr_known_values() -> None:
     assert psnr(2 * ref + 0.1, 2 * ref) == pytest.approx(20 * np.log10(20.0))  # peak 2
     noise = np.random.default_rng(0).standard_normal(ref.shape)
     noise *= 0.05 / noise.std()
-    assert psnr(ref + noise, ref) == pytest.approx(
-        10 * np.log10(1.0 / np.mean(noise**2)), rel=1e-12
-    )
+    assert psnr(ref + noise, ref) == pytest.approx(10 * np.log10(1.0 / np.mean(noise**2)), rel=1e-12)
     assert psnr(ref, ref) == float("inf")
 
 
@@ -56,9 +54,7 @@ def test_shape_mismatch_names_both_shapes() -> None:
         psnr(np.zeros((4, 5)), np.zeros((4, 4)))
 
 
-@pytest.mark.parametrize(
-    ("shape", "fraction"), [((128, 128), 0.95), ((101, 101), 0.5), ((64, 96), 1.0)]
-)
+@pytest.mark.parametrize(("shape", "fraction"), [((128, 128), 0.95), ((101, 101), 0.5), ((64, 96), 1.0)])
 def test_circle_mask_area(shape: tuple[int, int], fraction: float) -> None:
     mask = circle_mask(shape, fraction)
     assert mask.shape == shape and mask.dtype == bool

@@ -64,13 +64,14 @@ def test_ring_severity_ignores_a_centred_cylinder() -> None:
 def test_sector_profiles_are_map_coordinates_on_the_polar_grid(shape) -> None:
     """The sparse polar resampling gives scipy's bilinear interpolation, sector-averaged."""
     images = np.random.default_rng(5).normal(size=shape).astype(np.float32)
-    n_images, ny, nx = shape
+    _n_images, ny, nx = shape
     radii = np.arange(4, min(ny, nx) // 2 - 2, dtype=float)
     per_sector = max(8, int(2 * np.pi * radii[-1]) // 8)
     theta = np.linspace(0, 2 * np.pi, 8 * per_sector, endpoint=False)
     coords = np.stack([(ny - 1) / 2 + radii[:, None] * np.sin(theta), (nx - 1) / 2 + radii[:, None] * np.cos(theta)])
-    expected = [ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), 8, -1).mean(axis=2)
-                for image in images]  # fmt: skip
+    expected = [
+        ndimage.map_coordinates(image, coords, order=1).reshape(len(radii), 8, -1).mean(axis=2) for image in images
+    ]
     np.testing.assert_allclose(_sector_profiles(images, 8), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -93,24 +94,32 @@ def test_edge_width_grows_with_blur(foam: FoamPhantom, sinogram: np.ndarray) -> 
 
 def test_qc_metrics_are_json_and_alert_on_a_bad_scan(foam: FoamPhantom, sinogram: np.ndarray) -> None:
     good = qc_metrics(_scan(sinogram, photons=20000), foam.labels(), center_confidence=0.9)
-    bad = qc_metrics(_scan(sinogram, photons=300, stripe_fraction=0.05, stripe_strength=0.05),
-                     foam.labels(), center_confidence=0.2)  # fmt: skip
+    bad = qc_metrics(
+        _scan(sinogram, photons=300, stripe_fraction=0.05, stripe_strength=0.05), foam.labels(), center_confidence=0.2
+    )
     json.dumps(good, allow_nan=False)
     assert good["phases_from"] == "labels" and good["center_confidence"] == 0.9
     assert qc_alerts(good) == []
     alerts = qc_alerts(bad)
     assert [a.split(":")[0] for a in alerts] == [
-        "low signal-to-noise ratio", "low pore/solid contrast-to-noise ratio", "ring artefacts",
+        "low signal-to-noise ratio",
+        "low pore/solid contrast-to-noise ratio",
+        "ring artefacts",
         "uncertain rotation centre",
-    ]  # fmt: skip
+    ]
     assert "stripe_method" in alerts[2] and f"{bad['ring_severity']:.2g}" in alerts[2]
 
 
 @pytest.mark.parametrize(
     ("key", "limit", "inside", "outside"),
-    [("snr", "min_snr", 5.0, 4.99), ("cnr", "min_cnr", 3.0, 2.9), ("ring_severity", "max_ring_severity", 0.005, 0.0051),
-     ("edge_width_px", "max_edge_width", 3.0, 3.01), ("center_confidence", "min_center_confidence", 0.5, 0.49)],
-)  # fmt: skip
+    [
+        ("snr", "min_snr", 5.0, 4.99),
+        ("cnr", "min_cnr", 3.0, 2.9),
+        ("ring_severity", "max_ring_severity", 0.005, 0.0051),
+        ("edge_width_px", "max_edge_width", 3.0, 3.01),
+        ("center_confidence", "min_center_confidence", 0.5, 0.49),
+    ],
+)
 def test_alerts_fire_beyond_each_threshold(key: str, limit: str, inside: float, outside: float) -> None:
     assert getattr(QCThresholds(), limit) == inside  # the documented defaults
     assert qc_alerts({key: inside}) == []

@@ -42,10 +42,18 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
 
     # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume.
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))
-    code = tomolive_main([
-        "process", run.uri, "--uri", tiled_server.uri, "--api-key", tiled_server.api_key,
-        "--dask", pipeline.dask_client().scheduler.address,
-    ])  # fmt: skip
+    code = tomolive_main(
+        [
+            "process",
+            run.uri,
+            "--uri",
+            tiled_server.uri,
+            "--api-key",
+            tiled_server.api_key,
+            "--dask",
+            pipeline.dask_client().scheduler.address,
+        ]
+    )
     assert code == 0, capsys.readouterr()
     again = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
     assert again.metadata["status"] == "complete"
@@ -55,8 +63,16 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
 
 def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, monkeypatch, capsys):
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))
-    args = ["process", str(shared_data / "tooth.h5"), "--uri", tiled_server.uri,
-            "--api-key", tiled_server.api_key, "--dask", pipeline.dask_client().scheduler.address]  # fmt: skip
+    args = [
+        "process",
+        str(shared_data / "tooth.h5"),
+        "--uri",
+        tiled_server.uri,
+        "--api-key",
+        tiled_server.api_key,
+        "--dask",
+        pipeline.dask_client().scheduler.address,
+    ]
     assert tomolive_main(args) == 0
     assert tomolive_main(args) == 0  # processing the same file again replaces its result
     out = capsys.readouterr().out
@@ -79,7 +95,8 @@ def test_process_names_a_bad_source(tiled_server, tmp_path, capsys):
 def test_process_refuses_a_scan_whose_angles_do_not_match_its_projections(tmp_path):
     frames = np.ones((5, 2, 3), np.uint16)
     stack = FrameStack(frames, np.arange(5))
-    scan = StoredScan(stack, stack, stack, angles_deg=np.zeros(4), metadata={}, source=tmp_path / "x.h5",
-                      format="dxchange")  # fmt: skip
+    scan = StoredScan(
+        stack, stack, stack, angles_deg=np.zeros(4), metadata={}, source=tmp_path / "x.h5", format="dxchange"
+    )
     with pytest.raises(BadInputError, match="4 angles for 5 projections"):
         process_scan(scan, "uid", pipeline=None)  # refused before a session (or a pipeline) is needed

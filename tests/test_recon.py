@@ -15,6 +15,7 @@ from tomolive.recon import (
     reconstruct,
 )
 
+
 def ellipses_px(n: int, scale_mu: float = 0.01) -> list[tuple[float, ...]]:
     """Shepp-Logan ellipses in pixels around the rotation axis, mu in 1/px."""
     return shepp_logan_ellipses(n, scale_mu)
@@ -65,8 +66,7 @@ def test_backends_registered_and_auto_is_gridrec_on_cpu():
     angles = np.linspace(0, np.pi, 60, endpoint=False)
     sino = disc_sino(angles, 32, 15.5, r=8.0)
     # Threaded spreading sums in varying order: equal to float32 rounding, not bitwise.
-    assert np.allclose(reconstruct(sino, angles), reconstruct(sino, angles, method="gridrec"),
-                       rtol=0, atol=1e-7)
+    assert np.allclose(reconstruct(sino, angles), reconstruct(sino, angles, method="gridrec"), rtol=0, atol=1e-7)
 
 
 def test_angle_weights_sum_to_pi_and_fold_360():
@@ -84,8 +84,7 @@ def test_angle_weights_sum_to_pi_and_fold_360():
 def test_scaling_uniform_disc_is_mu_per_pixel(filt, method):
     n, mu = 96, 0.01
     angles = np.linspace(0, np.pi, 180, endpoint=False)
-    rec = reconstruct(disc_sino(angles, n, (n - 1) / 2, r=35.0, mu=mu), angles,
-                      method=method, filter=filt)
+    rec = reconstruct(disc_sino(angles, n, (n - 1) / 2, r=35.0, mu=mu), angles, method=method, filter=filt)
     assert rec.dtype == np.float32 and rec.shape == (1, n, n)
     c = np.arange(n) - (n - 1) / 2
     inner = (c[None] ** 2 + c[:, None] ** 2) < 25.0**2
@@ -98,8 +97,7 @@ def test_scaling_uniform_disc_is_mu_per_pixel(filt, method):
 def test_off_centre_disc_lands_at_x_y_with_off_centre_axis(method):
     n, center, x0, y0 = 128, 60.3, 21.0, -30.0
     angles = np.linspace(0, np.pi, 240, endpoint=False)
-    rec = reconstruct(disc_sino(angles, n, center, x0=x0, y0=y0, r=6.0), angles, center,
-                      method=method)[0]
+    rec = reconstruct(disc_sino(angles, n, center, x0=x0, y0=y0, r=6.0), angles, center, method=method)[0]
     w = np.clip(rec, 0.5 * rec.max(), None) - 0.5 * rec.max()
     yi, xi = np.indices(rec.shape)
     cx, cy = (w * xi).sum() / w.sum(), (w * yi).sum() / w.sum()
@@ -137,9 +135,10 @@ def test_0_360_scan_matches_0_180(shepp256, method):
 
 # gridrec shares each finufft transform between two rows; its eps=1e-2 error (~50 dB below
 # the range) therefore depends a little on the partner row.
-@pytest.mark.parametrize(("method", "opts", "tol"), [("fbp", {"rows_per_batch": 2}, 1e-6),
-                                                     ("gridrec", {"pairs_per_batch": 2}, 5e-3),
-                                                     ("gridrec", {"eps": 1e-5}, 1e-4)])
+@pytest.mark.parametrize(
+    ("method", "opts", "tol"),
+    [("fbp", {"rows_per_batch": 2}, 1e-6), ("gridrec", {"pairs_per_batch": 2}, 5e-3), ("gridrec", {"eps": 1e-5}, 1e-4)],
+)
 def test_rows_are_independent_and_batched(method, opts, tol):
     n = 64
     angles = np.linspace(0, np.pi, 100, endpoint=False)
@@ -181,9 +180,9 @@ def test_gridrec_psnr_at_512_is_within_half_a_db_of_algotom_fbp():
     threads = numba.get_num_threads()
     numba.set_num_threads(1)  # its threaded back-projection races with > 1 thread
     try:
-        peer = algotom_rec.fbp_reconstruction(sino[:, 0, :], (n - 1) / 2, angles=angles,
-                                              ratio=None, filter_name=None, apply_log=False,
-                                              gpu=False, ncore=1)
+        peer = algotom_rec.fbp_reconstruction(
+            sino[:, 0, :], (n - 1) / 2, angles=angles, ratio=None, filter_name=None, apply_log=False, gpu=False, ncore=1
+        )
     finally:
         numba.set_num_threads(threads)
     peer = peer[::-1] * (len(angles) - 1) / len(angles)  # its y runs the other way; pi/(N-1)
@@ -220,8 +219,11 @@ def test_astra_backend_matches_gridrec_when_installed():
     ],
 )
 def test_bad_input_errors_name_the_input(kwargs, match):
-    args = {"projections": np.zeros((10, 1, 32), np.float32),
-            "angles": np.linspace(0, np.pi, 10, endpoint=False), "method": "fbp"}
+    args = {
+        "projections": np.zeros((10, 1, 32), np.float32),
+        "angles": np.linspace(0, np.pi, 10, endpoint=False),
+        "method": "fbp",
+    }
     args.update(kwargs)
     with pytest.raises(BadInputError, match=match):
         reconstruct(**args)

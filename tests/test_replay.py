@@ -72,9 +72,7 @@ def _small_scan(n_angles: int = 7) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize(
-    ("writer", "fmt"), [(write_dxchange, "dxchange"), (write_nxtomo, "nxtomo")]
-)
+@pytest.mark.parametrize(("writer", "fmt"), [(write_dxchange, "dxchange"), (write_nxtomo, "nxtomo")])
 def test_round_trip(tmp_path: Path, writer, fmt: str) -> None:
     scan = _small_scan()
     path = writer(tmp_path / "scan.h5", **scan, sample="s1")
@@ -104,8 +102,7 @@ def test_batches_read_every_frame_in_order_within_the_byte_limit() -> None:
 def test_a_stored_scan_rewrites_frame_by_frame(tmp_path: Path) -> None:
     scan = _small_scan()
     with open_scan(write_nxtomo(tmp_path / "a.nxs", **scan)) as stored:
-        copy = write_dxchange(tmp_path / "b.h5", stored.projections, stored.flats, stored.darks,
-                              stored.angles_deg)  # fmt: skip
+        copy = write_dxchange(tmp_path / "b.h5", stored.projections, stored.flats, stored.darks, stored.angles_deg)
     with open_scan(copy) as again:
         np.testing.assert_array_equal(again.flats.read(), scan["flats"])
 
@@ -189,9 +186,8 @@ def test_replay_documents_pass_the_schema(tmp_path: Path, phantom: FoamPhantom) 
         key = descriptor["data_keys"][tomo["image_field"]]
         assert key["shape"] == [4, 96] and key["dtype_numpy"] == "<u2"
     primary = [
-        doc for name, doc in documents
-        if name == "event" and descriptors[doc["descriptor"]]["name"] == "primary"
-    ]  # fmt: skip
+        doc for name, doc in documents if name == "event" and descriptors[doc["descriptor"]]["name"] == "primary"
+    ]
     np.testing.assert_allclose([e["data"][tomo["angle_field"]] for e in primary], angles)
     expected = _counts(phantom, angles)["projections"][2, 4:8]
     np.testing.assert_array_equal(primary[2]["data"][tomo["image_field"]], expected)

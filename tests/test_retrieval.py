@@ -57,9 +57,19 @@ def test_databroker_queries_find_the_right_raw_run(tiled_server, beamline):
     tag = uuid.uuid4().hex[:8]
     uids, between = [], 0.0
     for i in range(2):
-        (uid,) = RE(tomo_scan(beamline.detector, beamline.rotation, [0.0, 90.0], 1, 1, shutter=beamline.shutter,
-                              sample_x=beamline.sample_x, sample_out=beamline.sample_out,
-                              md={"sample": f"db-{tag}-{i}"}))  # fmt: skip
+        (uid,) = RE(
+            tomo_scan(
+                beamline.detector,
+                beamline.rotation,
+                [0.0, 90.0],
+                1,
+                1,
+                shutter=beamline.shutter,
+                sample_x=beamline.sample_x,
+                sample_out=beamline.sample_out,
+                md={"sample": f"db-{tag}-{i}"},
+            )
+        )
         uids.append(uid)
         if i == 0:
             time.sleep(0.05)

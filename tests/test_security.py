@@ -36,7 +36,9 @@ from tomolive.worker import run_worker
 from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = [ROOT / d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()]
+PACKAGE_DIRS = [
+    ROOT / d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+]
 """Every directory the installed ``tomolive`` package is built from (src/tomolive, plans/, callbacks/, ...)."""
 
 
@@ -75,16 +77,16 @@ def test_read_only_key_reads_but_cannot_write(tiled_server, capsys):
     api, as_writer = f"{tiled_server.uri}/api/v1", {"Authorization": f"Apikey {tiled_server.api_key}"}
     me = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()
     assert read_only[:8] in {key["first_eight"] for key in me["api_keys"]}
-    httpx.delete(f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": read_only[:8]},
-                 headers=as_writer).raise_for_status()  # fmt: skip
+    httpx.delete(
+        f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": read_only[:8]}, headers=as_writer
+    ).raise_for_status()
     assert httpx.get(f"{api}/metadata/", headers={"Authorization": f"Apikey {read_only}"}).status_code == 401
 
 
 def test_server_refuses_an_explicit_key_it_did_not_issue(tmp_path):
     settings = Settings(data_dir=tmp_path, port=free_port(), api_key="ab" * 36)
-    with pytest.raises(TomoliveError, match="TOMOLIVE_API_KEY/--api-key is not known"):
-        with running_server(settings):
-            pass
+    with pytest.raises(TomoliveError, match="TOMOLIVE_API_KEY/--api-key is not known"), running_server(settings):
+        pass
     assert not (tmp_path / "api_key").exists()
 
 

@@ -96,8 +96,9 @@ def test_shipped_weights_and_their_record(model: SegmentationModel) -> None:
     assert model.n_classes == 3 and model.info()["sha256"] == record["sha256"]
 
 
-def test_unet_beats_floor_on_held_out_foam(model: SegmentationModel, foam: FoamPhantom,
-                                           foam_volume: np.ndarray) -> None:  # fmt: skip
+def test_unet_beats_floor_on_held_out_foam(
+    model: SegmentationModel, foam: FoamPhantom, foam_volume: np.ndarray
+) -> None:
     labels, info = segment_volume(foam_volume, model=model)
     assert labels.shape == SHAPE and labels.dtype == np.uint8
     assert info["method"] == "unet" and info["requested"] == "auto" and "n_phases not given" in info["reason"]
@@ -148,16 +149,15 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     assert info["method"] == "otsu" and "corrupt" in info["reason"]
 
 
-def test_blocks_with_context_match_the_whole_volume(
-    model: SegmentationModel, foam_volume: np.ndarray
-) -> None:
+def test_blocks_with_context_match_the_whole_volume(model: SegmentationModel, foam_volume: np.ndarray) -> None:
     whole, _ = segment_volume(foam_volume, model=model)
     value_range = intensity_range(foam_volume)
     assert list(value_range) == segment_volume(foam_volume, model=model)[1]["value_range"]
     for start, stop in ((0, 8), (8, 14), (14, 20)):
         lo, hi = max(0, start - 1), min(SHAPE[0], stop + 1)
-        block, info = segment_volume(foam_volume[lo:hi], model=model, value_range=value_range,
-                                     context=(start - lo, hi - stop))  # fmt: skip
+        block, _info = segment_volume(
+            foam_volume[lo:hi], model=model, value_range=value_range, context=(start - lo, hi - stop)
+        )
         np.testing.assert_array_equal(block, whole[start:stop])
 
 
@@ -184,9 +184,7 @@ def test_fine_tuning_on_three_slices_learns_an_unseen_sample_class(model: Segmen
     assert model.sha256 == load_model(device="cpu").sha256  # the parent is untouched
 
 
-def test_fine_tune_takes_a_label_volume_with_unlabelled_pixels(
-    tmp_path: Path, model: SegmentationModel
-) -> None:
+def test_fine_tune_takes_a_label_volume_with_unlabelled_pixels(tmp_path: Path, model: SegmentationModel) -> None:
     small = make_foam((8, 64, 64), seed=5)
     labels = np.full(small.shape, -1, dtype=np.int16)
     labels[2, 10:50, 10:50] = small.labels()[2, 10:50, 10:50]  # a partly labelled slice

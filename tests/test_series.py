@@ -44,8 +44,21 @@ PSNR_FLOOR_DB = 25.0  # noise-free foam, 160 angles: 27.0-28.4 dB measured; a wr
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def malloc_in_use_mb() -> float | None:
@@ -90,8 +103,10 @@ def test_five_scans_back_to_back_all_complete_without_growth(tiled_server, pipel
         score = psnr(series[uid]["recon"][24], truth, mask=circle_mask(truth.shape), fit=True)
         assert score >= PSNR_FLOOR_DB, (i, score)
     traced = traced_mb[-1] - traced_mb[1]
-    print(f"after each scan (MB): RSS {[round(r, 1) for r in rss_mb]}, malloc in use "
-          f"{[m and round(m, 1) for m in malloc_mb]}, traced {[round(t, 2) for t in traced_mb]}; threads: {threads}")  # fmt: skip
+    print(
+        f"after each scan (MB): RSS {[round(r, 1) for r in rss_mb]}, malloc in use "
+        f"{[m and round(m, 1) for m in malloc_mb]}, traced {[round(t, 2) for t in traced_mb]}; threads: {threads}"
+    )
     assert traced < MAX_TRACED_GROWTH_MB, traced_mb
     if malloc_mb[0] is not None:
         assert malloc_mb[-1] - malloc_mb[1] < MAX_MALLOC_GROWTH_MB, malloc_mb

@@ -66,7 +66,7 @@ def user_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dask_client) ->
 
 def test_entry_point_stages_run_in_a_scan_and_land_in_tiled(
     tiled_server, pipeline, monkeypatch, beamline, scan_plan, user_stages
-):  # fmt: skip
+):
     names = ("z_gradient", "scaled", "above")
     stage_params = {"scaled": {"factor": 2.0, "offset": 1.0}, "above": {"level": 0.01}}
     params = PipelineParams(rows_per_block=4, extra_stages=names, stage_params=stage_params)  # 4 blocks
@@ -90,9 +90,13 @@ def test_entry_point_stages_run_in_a_scan_and_land_in_tiled(
     assert md["stages"][-3:] == list(names)
     records = {r["name"]: r for r in md["provenance"]["extra_stages"]}
     assert records["scaled"] == {
-        "name": "scaled", "distribution": "tomolive-test-stages", "version": "0.3",
-        "value": "tomolive_test_stages:scaled", "output": "volume", "params": {"factor": 2.0, "offset": 1.0},
-    }  # fmt: skip
+        "name": "scaled",
+        "distribution": "tomolive-test-stages",
+        "version": "0.3",
+        "value": "tomolive_test_stages:scaled",
+        "output": "volume",
+        "params": {"factor": 2.0, "offset": 1.0},
+    }
     assert records["above"]["output"] == "metrics" and records["above"]["params"] == {"level": 0.01}
     assert set(names) <= set(md["provenance"]["seconds_per_stage"])
     assert uid in client["processed"].search(Key("metrics.above.fraction_above") > 0)

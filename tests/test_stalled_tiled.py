@@ -21,8 +21,8 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
-from tomolive.server import SERVER_MODULE, running_server
 from tomolive.outbox import OutboxEntry, pending
+from tomolive.server import SERVER_MODULE, running_server
 from tomolive.store import connect, processed_for
 
 
@@ -61,9 +61,15 @@ def test_a_stalled_server_does_not_stall_the_scan_and_the_result_lands_when_it_r
 ):
     server = _server_process(own_server)
     with TomoPipeline.from_uri(
-        own_server.uri, api_key=own_server.api_key, dask=dask_client, timeout_s=2.0,
-        scratch_dir=tmp_path, outbox_dir=tmp_path / "outbox", patience_s=300, progress=False,
-    ) as pipe:  # fmt: skip
+        own_server.uri,
+        api_key=own_server.api_key,
+        dask=dask_client,
+        timeout_s=2.0,
+        scratch_dir=tmp_path,
+        outbox_dir=tmp_path / "outbox",
+        patience_s=300,
+        progress=False,
+    ) as pipe:
         os.kill(server.pid, signal.SIGSTOP)  # the server accepts connections but never answers
         try:
             uid = _scan(beamline, pipe)  # returns: nothing on the RunEngine thread waits for Tiled
@@ -87,9 +93,15 @@ def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_
     outbox = tmp_path / "outbox"
     with running_server(Settings(data_dir=data_dir, port=port)) as settings:
         pipe = TomoPipeline.from_uri(
-            settings.uri, api_key=settings.api_key, dask=dask_client, timeout_s=2.0,
-            scratch_dir=tmp_path, outbox_dir=outbox, patience_s=3.0, progress=False,
-        )  # fmt: skip
+            settings.uri,
+            api_key=settings.api_key,
+            dask=dask_client,
+            timeout_s=2.0,
+            scratch_dir=tmp_path,
+            outbox_dir=outbox,
+            patience_s=3.0,
+            progress=False,
+        )
         _server_process(settings).kill()
     with pipe:
         uid = _scan(beamline, pipe)
@@ -144,9 +156,15 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
     with running_server(Settings(data_dir=data_dir, port=port)) as settings:
         client = connect(settings.uri, api_key=settings.api_key, timeout_s=2.0)
         with TomoPipeline.from_uri(
-            settings.uri, api_key=settings.api_key, dask=dask_client, timeout_s=2.0,
-            scratch_dir=tmp_path, outbox_dir=outbox, patience_s=3.0, progress=False,
-        ) as pipe:  # fmt: skip
+            settings.uri,
+            api_key=settings.api_key,
+            dask=dask_client,
+            timeout_s=2.0,
+            scratch_dir=tmp_path,
+            outbox_dir=outbox,
+            patience_s=3.0,
+            progress=False,
+        ) as pipe:
             killer = _kill_after(20, _server_process(settings), client)
             uid = _scan(beamline, pipe, 60, raw_writer(client, outbox, batch_size=5), killer)  # the plan ran to its end
             result = pipe.wait(uid, timeout=300)
@@ -190,10 +208,18 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
         assert "nothing to upload" in capsys.readouterr().out
 
         # Nothing lost: the uploaded raw run reconstructs to the volume spooled during the scan.
-        code = tomolive_main([
-            "process", run.uri, "--uri", settings.uri, "--api-key", settings.api_key,
-            "--dask", dask_client.scheduler.address,
-        ])  # fmt: skip
+        code = tomolive_main(
+            [
+                "process",
+                run.uri,
+                "--uri",
+                settings.uri,
+                "--api-key",
+                settings.api_key,
+                "--dask",
+                dask_client.scheduler.address,
+            ]
+        )
         assert code == 0
         again = connect(settings.uri, api_key=settings.api_key)["processed"][uid]["recon"].read()
         np.testing.assert_allclose(again, local, atol=SAME_VOLUME * np.ptp(local))

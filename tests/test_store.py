@@ -18,9 +18,7 @@ from tomolive.store import ScanRecord, connect, use_volume_compressors
 
 def test_blocks_written_directly_and_over_http_read_back_the_same(tiled_server: Settings) -> None:
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    record = ScanRecord.create(
-        client, "store-test-write-paths", {"sample": "blocks"}, tiled_server.api_key
-    )
+    record = ScanRecord.create(client, "store-test-write-paths", {"sample": "blocks"}, tiled_server.api_key)
     target = record.new_volume("recon", (6, 4, 4), rows_per_block=2)
     assert target.zarr_path is not None  # same machine: the worker can see the server's Zarr
     over_http = dataclasses.replace(target, zarr_path=None)

@@ -15,8 +15,9 @@ from tomolive.store import VOLUME_COMPRESSORS
 
 def test_blocks_are_flushed_before_they_appear_and_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "recon.zarr"
-    zarr.create_array(str(path), shape=(4, 8, 8), chunks=(2, 8, 8), dtype="float32", fill_value=0,
-                      compressors=VOLUME_COMPRESSORS)  # fmt: skip
+    zarr.create_array(
+        str(path), shape=(4, 8, 8), chunks=(2, 8, 8), dtype="float32", fill_value=0, compressors=VOLUME_COMPRESSORS
+    )
     chunks_at_each_flush: list[int] = []
     real_sync = synced._sync_data
 
@@ -30,7 +31,9 @@ def test_blocks_are_flushed_before_they_appear_and_read_back(tmp_path: Path, mon
     array[0:2] = volume[0:2]
     array[2:4] = np.zeros((2, 8, 8), np.float32)  # an all-fill block is still written: no empty-chunk pass
 
-    np.testing.assert_array_equal(zarr.open_array(str(path), mode="r")[:], np.concatenate([volume[0:2], np.zeros((2, 8, 8))]))
+    np.testing.assert_array_equal(
+        zarr.open_array(str(path), mode="r")[:], np.concatenate([volume[0:2], np.zeros((2, 8, 8))])
+    )
     chunks = sorted(p.relative_to(path).as_posix() for p in (path / "c").rglob("*") if p.is_file())
     assert chunks == ["c/0/0/0", "c/1/0/0"]
     assert chunks_at_each_flush == [0, 1]  # each chunk was flushed before it appeared under its name

@@ -38,11 +38,24 @@ def browse(url: str, tmp_path: Path, name: str) -> tuple[np.ndarray, str]:
     """Open ``url`` in a fresh headless profile: the screenshot (grey levels) and the DOM."""
     png = tmp_path / f"{name}.png"
     command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={tmp_path / name}",
-        "--window-size=1280,1000", "--virtual-time-budget=15000", f"--screenshot={png}", "--dump-dom", url,
-    ]  # fmt: skip
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={tmp_path / name}",
+        "--window-size=1280,1000",
+        "--virtual-time-budget=15000",
+        f"--screenshot={png}",
+        "--dump-dom",
+        url,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
     return np.asarray(Image.open(png).convert("L"), dtype=np.float32), result.stdout
 
@@ -73,9 +86,11 @@ def test_page_shows_central_slices_and_metadata(tiled_server, pipeline, beamline
 
     screen, dom = browse(f"{web_url(tiled_server.uri)}?scan={uid}&api_key={tiled_server.api_key}", tmp_path, "key")
     shown = {
-        "xy": recon[nz // 2], "xz": recon[:, ny // 2], "yz": recon[:, :, nx // 2],
+        "xy": recon[nz // 2],
+        "xz": recon[:, ny // 2],
+        "yz": recon[:, :, nx // 2],
         "preview": preview[len(preview) // 2],
-    }  # fmt: skip
+    }
     scores = {name: best_match(screen, image) for name, image in shown.items()}
     assert min(scores.values()) >= MATCH_FLOOR, scores
 
@@ -84,8 +99,9 @@ def test_page_shows_central_slices_and_metadata(tiled_server, pipeline, beamline
     other = make_sim_beamline(make_foam((16, 96, 96), seed=12), photons=None, seed=12).phantom
     wrong = {
         "other foam": reconstruct(other.sinogram(angles)[:, nz // 2 : nz // 2 + 1], angles)[0],
-        "4 planes away": recon[nz // 2 - 4], "transposed": recon[nz // 2].T,
-    }  # fmt: skip
+        "4 planes away": recon[nz // 2 - 4],
+        "transposed": recon[nz // 2].T,
+    }
     wrong_scores = {name: best_match(screen, image) for name, image in wrong.items()}
     assert max(wrong_scores.values()) < MATCH_FLOOR, wrong_scores
 

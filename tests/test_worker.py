@@ -23,9 +23,12 @@ BIN = Path(sys.executable).parent
 
 def test_wire_round_trips_documents_with_arrays():
     doc = {
-        "uid": "x", "seq_num": [1, 2], "nested": {"a": np.float32(1.5), "b": (1, 2)},
-        "image": np.arange(12, dtype=np.uint16).reshape(3, 4), "f": np.linspace(0, 1, 3),
-    }  # fmt: skip
+        "uid": "x",
+        "seq_num": [1, 2],
+        "nested": {"a": np.float32(1.5), "b": (1, 2)},
+        "image": np.arange(12, dtype=np.uint16).reshape(3, 4),
+        "f": np.linspace(0, 1, 3),
+    }
     back = unpack(pack(doc))
     np.testing.assert_array_equal(back["image"], doc["image"])
     assert back["image"].dtype == np.uint16 and back["nested"] == {"a": 1.5, "b": [1, 2]}
@@ -51,13 +54,14 @@ def _wait_for_line(process: subprocess.Popen, text: str, timeout: float = 60.0) 
 def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_server, dask_client, beamline, tmp_path):
     port_in, port_out = free_port(), free_port()
     proxy = subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), str(port_in), str(port_out)])
-    env_args = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key,
-                "--dask", dask_client.scheduler.address]  # fmt: skip
+    env_args = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--dask", dask_client.scheduler.address]
     worker = subprocess.Popen(
         [str(BIN / "tomolive"), "worker", "--zmq", f"127.0.0.1:{port_out}", *env_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={"TMPDIR": str(tmp_path), "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"), "PATH": str(BIN)},
-    )  # fmt: skip
+    )
     publisher = Publisher(f"127.0.0.1:{port_in}", serializer=pack)
     try:
         _wait_for_line(worker, "tomolive worker:")
@@ -66,9 +70,18 @@ def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_ser
         RE.subscribe(publisher)
         angles = np.linspace(0, 180, 90, endpoint=False)
         (uid,) = RE(
-            tomo_scan(beamline.detector, beamline.rotation, angles, 2, 2, shutter=beamline.shutter,
-                      sample_x=beamline.sample_x, sample_out=beamline.sample_out, md={"sample": "over-zmq"})
-        )  # fmt: skip
+            tomo_scan(
+                beamline.detector,
+                beamline.rotation,
+                angles,
+                2,
+                2,
+                shutter=beamline.shutter,
+                sample_x=beamline.sample_x,
+                sample_out=beamline.sample_out,
+                md={"sample": "over-zmq"},
+            )
+        )
         client = connect(tiled_server.uri, api_key=tiled_server.api_key)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from distributed import Client, Future
 
-from .pipeline import run_blocks, gpu_resources
+from .pipeline import gpu_resources, run_blocks
 from .provenance import Provenance
 from .qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
 from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
@@ -33,10 +33,17 @@ logger = logging.getLogger(__name__)
 
 
 def segment_block(
-    source: VolumeTarget, target: VolumeTarget, index: int, rows: tuple[int, int], n_rows: int,
-    method: str, model: str | None, n_phases: int, value_range: tuple[float, float],
+    source: VolumeTarget,
+    target: VolumeTarget,
+    index: int,
+    rows: tuple[int, int],
+    n_rows: int,
+    method: str,
+    model: str | None,
+    n_phases: int,
+    value_range: tuple[float, float],
     thresholds: list[float] | None,
-) -> None:  # fmt: skip
+) -> None:
     """Dask task: segment rows ``[start, stop)`` (reading one neighbour slice each side)."""
     import torch
 
@@ -44,16 +51,25 @@ def segment_block(
     start, stop = rows
     lo, hi = max(0, start - 1), min(n_rows, stop + 1)
     labels, _ = segment_volume(
-        source.open()[lo:hi], method, model, n_phases=n_phases, value_range=value_range,
-        thresholds=thresholds, context=(start - lo, hi - stop),
-    )  # fmt: skip
+        source.open()[lo:hi],
+        method,
+        model,
+        n_phases=n_phases,
+        value_range=value_range,
+        thresholds=thresholds,
+        context=(start - lo, hi - stop),
+    )
     target.write_block(index, labels)
 
 
 def measure_quality(
-    volume: VolumeTarget, labels: VolumeTarget | None, n_phases: int, center_confidence: float | None,
-    thresholds: QCThresholds, after: Sequence[tuple[float, str, dict[int, np.ndarray]]] = (),
-) -> dict[str, Any]:  # fmt: skip
+    volume: VolumeTarget,
+    labels: VolumeTarget | None,
+    n_phases: int,
+    center_confidence: float | None,
+    thresholds: QCThresholds,
+    after: Sequence[tuple[float, str, dict[int, np.ndarray]]] = (),
+) -> dict[str, Any]:
     """Dask task: QC numbers and alerts of ``volume``.
 
     ``after`` holds the results of the tasks it waited for; where these are block results
@@ -63,8 +79,9 @@ def measure_quality(
     start = time.perf_counter()
     stored = volume.open()
     source = stored if labels is not None else _with_kept_slices(stored, after)
-    metrics = qc_metrics(source, None if labels is None else labels.open(), n_phases=n_phases,
-                         center_confidence=center_confidence)  # fmt: skip
+    metrics = qc_metrics(
+        source, None if labels is None else labels.open(), n_phases=n_phases, center_confidence=center_confidence
+    )
     return {"metrics": metrics, "alerts": qc_alerts(metrics, thresholds), "seconds": time.perf_counter() - start}
 
 
@@ -94,21 +111,38 @@ def early_qc_rows(params: Any, n_rows: int) -> list[int]:
 
 
 def submit_qc(
-    client: Client, volume: VolumeTarget, labels: VolumeTarget | None, params: Any,
-    center_confidence: float | None, after: Sequence[Future] = (),
-) -> Future:  # fmt: skip
+    client: Client,
+    volume: VolumeTarget,
+    labels: VolumeTarget | None,
+    params: Any,
+    center_confidence: float | None,
+    after: Sequence[Future] = (),
+) -> Future:
     """Queue :func:`measure_quality` on Dask, to run once ``after`` is done, ahead of other queued blocks."""
     thresholds = QCThresholds.from_mapping(params.qc_thresholds or {})  # bad keys fail here, not on a worker
     return client.submit(
-        measure_quality, volume, labels, params.n_phases or 3, center_confidence, thresholds, list(after),
-        key=f"qc-{uuid.uuid4().hex}", priority=1,
-    )  # fmt: skip
+        measure_quality,
+        volume,
+        labels,
+        params.n_phases or 3,
+        center_confidence,
+        thresholds,
+        list(after),
+        key=f"qc-{uuid.uuid4().hex}",
+        priority=1,
+    )
 
 
 def analyse_scan(
-    sink: Any, recon: VolumeTarget, blocks: list[tuple[int, int]], params: Any, client: Client,
-    provenance: Provenance, center_confidence: float | None, qc: Future | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    sink: Any,
+    recon: VolumeTarget,
+    blocks: list[tuple[int, int]],
+    params: Any,
+    client: Client,
+    provenance: Provenance,
+    center_confidence: float | None,
+    qc: Future | None = None,
+) -> dict[str, Any]:
     """Segment (if asked) and measure ``recon``; return the container metadata to add.
 
     ``qc`` is the QC task when it was submitted early (:func:`submit_qc`); else QC runs
@@ -123,21 +157,35 @@ def analyse_scan(
             n_phases = model.n_classes if model is not None else (params.n_phases or 3)
             value_range = intensity_range(volume)
             thresholds = otsu_thresholds(volume, n_phases) if method == "otsu" else None
-            labels = sink.new_volume("segmented", tuple(volume.shape), params.rows_per_block, dtype=np.dtype(np.uint8),
-                                     metadata={"phases": list(model.phases) if model else None})  # fmt: skip
+            labels = sink.new_volume(
+                "segmented",
+                tuple(volume.shape),
+                params.rows_per_block,
+                dtype=np.dtype(np.uint8),
+                metadata={"phases": list(model.phases) if model else None},
+            )
             name = model.name if model is not None else None
             run_blocks(
-                client, "segment", segment_block,
-                [(recon, labels, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
-                 for i, rows in enumerate(blocks)],
-                False, None, resources=gpu_resources(client) if method == "unet" else None,
-            )  # fmt: skip
+                client,
+                "segment",
+                segment_block,
+                [
+                    (recon, labels, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
+                    for i, rows in enumerate(blocks)
+                ],
+                False,
+                None,
+                resources=gpu_resources(client) if method == "unet" else None,
+            )
             stats = phase_statistics(labels.open(), n_phases)
         provenance.parameters["segment"] = {"method": params.segment, "n_phases": params.n_phases}
         provenance.results["segment"] = {
-            "method": method, "reason": reason, "n_phases": n_phases, "value_range": list(value_range),
+            "method": method,
+            "reason": reason,
+            "n_phases": n_phases,
+            "value_range": list(value_range),
             "model": None if model is None else {"name": model.name, "sha256": model.sha256},
-        }  # fmt: skip
+        }
         metadata.update(phases=stats, porosity=stats.get("porosity"))
     if qc is None:
         qc = submit_qc(client, recon, labels, params, center_confidence)

@@ -93,8 +93,7 @@ class AssetResolver:
         resource = self._resources.get(datum["resource"])
         if resource is None:
             raise MissingDataError(
-                f"datum {datum_id!r} refers to resource {datum['resource']!r}, which was never "
-                "received."
+                f"datum {datum_id!r} refers to resource {datum['resource']!r}, which was never received."
             )
         reader = _RESOURCE_READERS.get(resource["spec"])
         if reader is None:

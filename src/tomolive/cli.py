@@ -57,8 +57,15 @@ def cmd_key(args: argparse.Namespace) -> int:
     from .keys import create_key
 
     settings = _settings(args)
-    print(create_key(settings.uri, settings.resolved_api_key(), read_only=args.read_only,
-                     note=args.note, expires_in=args.expires_in))  # fmt: skip
+    print(
+        create_key(
+            settings.uri,
+            settings.resolved_api_key(),
+            read_only=args.read_only,
+            note=args.note,
+            expires_in=args.expires_in,
+        )
+    )
     return 0
 
 
@@ -77,7 +84,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for row in rows:
         shape = "x".join(map(str, row["shape"])) if row["shape"] else "-"
         print(
-            f"{row['uid']:36}  {str(row['sample'])[:16]:16} {str(row['scan_id']):>7}  "
+            f"{row['uid']:36}  {str(row['sample'])[:16]:16} {row['scan_id']!s:>7}  "
             f"{row['status']:9} {shape:16} {row['when']}"
         )
         if row["status"] in ("failed", "aborted") and row["reason"]:
@@ -99,8 +106,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"tomolive export {args.uid}: {err}", file=sys.stderr)
         return 1
     mb = done.nbytes / 1e6
-    print(f"exported {node.item['id']} to {done.path} ({mb:.1f} MB in {done.seconds:.1f} s, "
-          f"{mb / max(done.seconds, 1e-9):.0f} MB/s)")  # fmt: skip
+    print(
+        f"exported {node.item['id']} to {done.path} ({mb:.1f} MB in {done.seconds:.1f} s, "
+        f"{mb / max(done.seconds, 1e-9):.0f} MB/s)"
+    )
     return 0
 
 
@@ -119,8 +128,12 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     key = _key_or_none(settings)
-    overrides = {"center": args.center, "method": args.method, "stripe_method": args.stripes,
-                 "rows_per_block": args.rows_per_block}  # fmt: skip
+    overrides = {
+        "center": args.center,
+        "method": args.method,
+        "stripe_method": args.stripes,
+        "rows_per_block": args.rows_per_block,
+    }
     params = PipelineParams(**{k: v for k, v in overrides.items() if v is not None})
     scan, uid = open_source(args.source, args.source_api_key or key)
     with scan, TomoPipeline.from_uri(settings.uri, api_key=key, dask=args.dask, params=params) as pipe:
@@ -192,10 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the Tiled server (SQLite or PostgreSQL catalog, Zarr arrays)")
     serve.add_argument("--data-dir", help="arrays, key file (and SQLite catalog) directory (default ./tomolive-data)")
-    serve.add_argument("--catalog", help="postgresql://USER:PASSWORD@HOST:PORT/DB: catalog and tables in "
-                                         "PostgreSQL (default: SQLite in the data dir; env TOMOLIVE_CATALOG_URI)")
-    serve.add_argument("--auth-db", help="database for principals and API keys (default sqlite in the "
-                                         "data dir; env TOMOLIVE_AUTH_DB_URI)")
+    serve.add_argument(
+        "--catalog",
+        help="postgresql://USER:PASSWORD@HOST:PORT/DB: catalog and tables in "
+        "PostgreSQL (default: SQLite in the data dir; env TOMOLIVE_CATALOG_URI)",
+    )
+    serve.add_argument(
+        "--auth-db",
+        help="database for principals and API keys (default sqlite in the data dir; env TOMOLIVE_AUTH_DB_URI)",
+    )
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--api-key", help="writer key this server issued earlier (default: the key file)")
@@ -257,13 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--data-dir", help="where to find the key file")
     worker.add_argument("--api-key")
     worker.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
-    worker.add_argument("--trust-pickle", action="store_true",
-                        help="accept bluesky's default pickled documents (runs code from the sender)")
+    worker.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="accept bluesky's default pickled documents (runs code from the sender)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     upload = sub.add_parser("upload-spool", help="upload results and raw runs kept locally while Tiled was down")
-    upload.add_argument("paths", nargs="*", help="outbox entries or raw-run backups (raw/*.jsonl); "
-                                                    "default: everything in the outbox")
+    upload.add_argument(
+        "paths", nargs="*", help="outbox entries or raw-run backups (raw/*.jsonl); default: everything in the outbox"
+    )
     upload.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
     upload.add_argument("--data-dir", help="where to find the key file")
     upload.add_argument("--api-key")

@@ -30,8 +30,9 @@ def save_slice_png(image: np.ndarray, path: Path) -> Path:
     return path
 
 
-def run_demo(settings: Settings, *, size: int = 256, n_angles: int = 360, rows: int = 64,
-             output_dir: str | Path = "demo-output") -> Path:  # fmt: skip
+def run_demo(
+    settings: Settings, *, size: int = 256, n_angles: int = 360, rows: int = 64, output_dir: str | Path = "demo-output"
+) -> Path:
     """Start a server, scan a simulated foam, reconstruct it into Tiled, and report where it is."""
     print(f"tomolive demo: starting the Tiled server in {settings.data_dir.absolute()} ...", flush=True)
     with running_server(settings) as server:
@@ -44,10 +45,17 @@ def run_demo(settings: Settings, *, size: int = 256, n_angles: int = 360, rows: 
             print(f"scanning {n_angles} projections of {rows}x{size} pixels ...", flush=True)
             (uid,) = RE(
                 tomo_scan(
-                    beamline.detector, beamline.rotation, angles, n_darks=10, n_flats=10,
-                    shutter=beamline.shutter, sample_x=beamline.sample_x,
-                    sample_out=beamline.sample_out, pixel_size=1.0, md={"sample": SAMPLE},
-                )  # fmt: skip
+                    beamline.detector,
+                    beamline.rotation,
+                    angles,
+                    n_darks=10,
+                    n_flats=10,
+                    shutter=beamline.shutter,
+                    sample_x=beamline.sample_x,
+                    sample_out=beamline.sample_out,
+                    pixel_size=1.0,
+                    md={"sample": SAMPLE},
+                )
             )
             scanned = time.perf_counter()
             outcome = pipe.wait(uid)

@@ -125,8 +125,19 @@ class DenoiseConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("k", "features", "depth", "patch", "batch", "steps", "checkpoint_every",
-                    "slab_bytes", "slab_steps", "tile", "slices_per_batch")  # fmt: skip
+        positive = (
+            "k",
+            "features",
+            "depth",
+            "patch",
+            "batch",
+            "steps",
+            "checkpoint_every",
+            "slab_bytes",
+            "slab_steps",
+            "tile",
+            "slices_per_batch",
+        )
         for name in positive:
             _require(self, name, _is_int(getattr(self, name), 1), "a positive integer")
         _require(self, "k", self.k >= 2, "k >= 2 splits (Noise2Inverse holds one out)")
@@ -194,18 +205,13 @@ def split_reconstructions(
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise BadInputError(f"k: Noise2Inverse needs an integer k >= 2 angle splits, got {k!r}")
     if proj.ndim != 3:
-        raise BadInputError(
-            f"projections: expected a 3D array (n_angles, n_rows, n_cols), got shape {proj.shape!r}"
-        )
+        raise BadInputError(f"projections: expected a 3D array (n_angles, n_rows, n_cols), got shape {proj.shape!r}")
     if ang.ndim != 1 or ang.shape[0] != proj.shape[0]:
         raise BadInputError(
-            f"angles: expected a 1D array of {proj.shape[0]} angles (one per projection), "
-            f"got shape {ang.shape!r}"
+            f"angles: expected a 1D array of {proj.shape[0]} angles (one per projection), got shape {ang.shape!r}"
         )
     if proj.shape[0] < 2 * k:
-        raise BadInputError(
-            f"projections: {proj.shape[0]} angles cannot make k={k} splits of >= 2 angles each"
-        )
+        raise BadInputError(f"projections: {proj.shape[0]} angles cannot make k={k} splits of >= 2 angles each")
     n_rows, n_cols = proj.shape[1:]
     out = np.empty((k, n_rows, n_cols, n_cols), dtype=np.float32)
     for j in range(k):
@@ -218,9 +224,11 @@ def split_reconstructions(
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
-    )  # fmt: skip
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
 
 
 class UNet25D(nn.Module):
@@ -351,9 +359,7 @@ def check_splits(splits: Any, k: int | None = None) -> tuple[int, int, int, int]
         )
     n_splits, nz, ny, nx = (int(s) for s in shape)
     if n_splits < 2:
-        raise BadInputError(
-            f"splits: Noise2Inverse needs k >= 2 splits along axis 0, got shape {tuple(shape)!r}"
-        )
+        raise BadInputError(f"splits: Noise2Inverse needs k >= 2 splits along axis 0, got shape {tuple(shape)!r}")
     if k is not None and n_splits != k:
         raise BadInputError(f"splits: config.k = {k} but splits has {n_splits} along axis 0")
     if nz < 1 or min(ny, nx) < 8:

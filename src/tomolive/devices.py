@@ -44,9 +44,7 @@ class ImageSignal(Signal):
     def describe(self) -> dict:
         description = super().describe()
         value = np.asarray(self.get())
-        description[self.name].update(
-            dtype="array", shape=list(value.shape), dtype_numpy=value.dtype.str
-        )
+        description[self.name].update(dtype="array", shape=list(value.shape), dtype_numpy=value.dtype.str)
         return description
 
 
@@ -225,9 +223,7 @@ def _check_assets(assets: str, asset_dir: str | Path | None) -> tuple[str, Path 
     if assets not in ASSET_MODES:
         raise BadInputError(f"assets must be one of {ASSET_MODES!r}; got {assets!r}.")
     if assets != "inline" and asset_dir is None:
-        raise BadInputError(
-            f"assets={assets!r} writes HDF5 files: pass asset_dir=<directory> for them."
-        )
+        raise BadInputError(f"assets={assets!r} writes HDF5 files: pass asset_dir=<directory> for them.")
     return assets, None if asset_dir is None else Path(asset_dir).resolve()
 
 
@@ -242,9 +238,12 @@ class _FrameFile:
         self.chunk_shape = (1, *frame_shape)
         self._file = h5py.File(path, "w", libver="latest")
         self._data = self._file.create_dataset(
-            IMAGE_DATASET, shape=(0, *frame_shape), maxshape=(None, *frame_shape),
-            dtype=dtype, chunks=self.chunk_shape,
-        )  # fmt: skip
+            IMAGE_DATASET,
+            shape=(0, *frame_shape),
+            maxshape=(None, *frame_shape),
+            dtype=dtype,
+            chunks=self.chunk_shape,
+        )
         self._file.swmr_mode = True
 
     def append(self, frame: np.ndarray) -> int:
@@ -289,16 +288,20 @@ class _ResourceWriter(_AssetWriter):
     def _resource_doc(self) -> tuple[str, dict]:
         path = self.file.path
         return "resource", {
-            "uid": self.uid, "spec": "AD_HDF5", "root": str(path.parent),
-            "resource_path": path.name, "resource_kwargs": {"frame_per_point": 1},
+            "uid": self.uid,
+            "spec": "AD_HDF5",
+            "root": str(path.parent),
+            "resource_path": path.name,
+            "resource_kwargs": {"frame_per_point": 1},
             "path_semantics": "posix",
-        }  # fmt: skip
+        }
 
     def _datum_doc(self, index: int) -> tuple[str, dict]:
         return "datum", {
-            "datum_id": f"{self.uid}/{index}", "resource": self.uid,
+            "datum_id": f"{self.uid}/{index}",
+            "resource": self.uid,
             "datum_kwargs": {"point_number": index},
-        }  # fmt: skip
+        }
 
 
 class _StreamWriter(_AssetWriter):
@@ -309,16 +312,21 @@ class _StreamWriter(_AssetWriter):
 
     def _resource_doc(self) -> tuple[str, dict]:
         return "stream_resource", {
-            "uid": self.uid, "data_key": self.data_key, "mimetype": "application/x-hdf5",
+            "uid": self.uid,
+            "data_key": self.data_key,
+            "mimetype": "application/x-hdf5",
             "uri": f"file://localhost{self.file.path.as_posix()}",
             "parameters": {"dataset": IMAGE_DATASET, "chunk_shape": list(self.file.chunk_shape)},
-        }  # fmt: skip
+        }
 
     def _datum_doc(self, index: int) -> tuple[str, dict]:
         return "stream_datum", {
-            "uid": f"{self.uid}/{index}", "stream_resource": self.uid, "descriptor": "",
-            "indices": {"start": index, "stop": index + 1}, "seq_nums": {"start": 0, "stop": 0},
-        }  # fmt: skip
+            "uid": f"{self.uid}/{index}",
+            "stream_resource": self.uid,
+            "descriptor": "",
+            "indices": {"start": index, "stop": index + 1},
+            "seq_nums": {"start": 0, "stop": 0},
+        }
 
 
 @dataclass

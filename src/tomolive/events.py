@@ -84,5 +84,7 @@ class ResultEvents:
             except Exception:
                 logger.exception(
                     "tomolive: result callback %r raised on the %r event of run %s; processing goes on",
-                    callback, kind, payload.get("uid"),
-                )  # fmt: skip
+                    callback,
+                    kind,
+                    payload.get("uid"),
+                )

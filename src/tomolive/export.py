@@ -121,8 +121,9 @@ def slabs(array: BaseClient, rows: int) -> Iterator[tuple[int, np.ndarray]]:
             yield z0, array[z0 : z0 + rows]
 
 
-def _copy(sources: dict[str, BaseClient], open_target: Callable[[str, BaseClient, int], SlabWriter],
-          progress: bool) -> int:  # fmt: skip
+def _copy(
+    sources: dict[str, BaseClient], open_target: Callable[[str, BaseClient, int], SlabWriter], progress: bool
+) -> int:
     """Stream every source array slab by slab into the writer ``open_target`` returns for it."""
     total = sum(int(a.nbytes) for a in sources.values())
     with tqdm(total=total, unit="B", unit_scale=True, desc="export", disable=not progress) as bar:
@@ -173,7 +174,9 @@ def write_dxchange(out: Path, sources: dict[str, BaseClient], metadata: dict, pr
             path = "exchange/data" if name == first else f"exchange/{name}"
             dataset = f.create_dataset(path, shape=array.shape, dtype=array.dtype, chunks=(1, *array.shape[1:]))
             attrs = _array_attrs(array)
-            dataset.attrs.update({k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()})
+            dataset.attrs.update(
+                {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()}
+            )
             dataset.attrs.update(axes=":".join(attrs["dims"]), tomolive_array=name)
 
             def write(z0: int, slab: np.ndarray) -> None:

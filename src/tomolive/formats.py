@@ -167,15 +167,11 @@ def open_scan(path: str | Path) -> StoredScan:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingDataError(
-            f"scan file {str(path)!r} does not exist; expected {EXPECTED_LAYOUTS}."
-        )
+        raise MissingDataError(f"scan file {str(path)!r} does not exist; expected {EXPECTED_LAYOUTS}.")
     try:
         file = h5py.File(path, "r")
     except OSError as err:
-        raise BadInputError(
-            f"{str(path)!r} is not a readable HDF5 file ({err}); expected {EXPECTED_LAYOUTS}."
-        ) from err
+        raise BadInputError(f"{str(path)!r} is not a readable HDF5 file ({err}); expected {EXPECTED_LAYOUTS}.") from err
     try:
         return _read(file, path)
     except BaseException:
@@ -204,17 +200,16 @@ def _read_dxchange(file: h5py.File, path: Path) -> StoredScan:
     angles, note = _dxchange_angles(exchange, len(data), path)
     metadata = {
         "paths": {
-            "projections": "/exchange/data", "flats": "/exchange/data_white",
+            "projections": "/exchange/data",
+            "flats": "/exchange/data_white",
             "darks": "/exchange/data_dark",
             "angles": "/exchange/theta" if note is None else None,
         },
         "angles_assumed": note is not None,
         **({"angles_note": note} if note else {}),
         **_sample(file, "measurement/sample/name"),
-    }  # fmt: skip
-    return StoredScan(
-        _whole(data), _whole(flats), _whole(darks), angles, metadata, path, "dxchange", file
-    )
+    }
+    return StoredScan(_whole(data), _whole(flats), _whole(darks), angles, metadata, path, "dxchange", file)
 
 
 def _dxchange_angles(exchange: h5py.Group, n: int, path: Path) -> tuple[np.ndarray, str | None]:
@@ -235,9 +230,10 @@ def _dxchange_angles(exchange: h5py.Group, n: int, path: Path) -> tuple[np.ndarr
 def _nexus_entries(file: h5py.File) -> list[h5py.Group]:
     """Top-level NXentry groups (or groups named ``entry*``)."""
     return [
-        obj for name, obj in file.items()
+        obj
+        for name, obj in file.items()
         if isinstance(obj, h5py.Group) and (_nx_class(obj) == "NXentry" or name.startswith("entry"))
-    ]  # fmt: skip
+    ]
 
 
 def _find_nxtomo(entry: h5py.Group) -> tuple[h5py.Group, str] | None:
@@ -246,9 +242,10 @@ def _find_nxtomo(entry: h5py.Group) -> tuple[h5py.Group, str] | None:
     if not isinstance(instrument, h5py.Group):
         return None
     candidates = [
-        group for group in instrument.values()
+        group
+        for group in instrument.values()
         if isinstance(group, h5py.Group) and "data" in group and "image_key" in group
-    ]  # fmt: skip
+    ]
     detectors = [group for group in candidates if isinstance(group.get("data"), h5py.Dataset)]
     if candidates and not detectors:
         links = [str(group.get("data", getlink=True)) for group in candidates]
@@ -262,9 +259,7 @@ def _find_nxtomo(entry: h5py.Group) -> tuple[h5py.Group, str] | None:
     return detectors[0], f"{entry.name}/{angles[0]}"
 
 
-def _read_nxtomo(
-    file: h5py.File, path: Path, entry: h5py.Group, detector: h5py.Group, angles_path: str
-) -> StoredScan:
+def _read_nxtomo(file: h5py.File, path: Path, entry: h5py.Group, detector: h5py.Group, angles_path: str) -> StoredScan:
     data = _frames(detector, "data", path)
     keys_path = f"{detector.name}/image_key"
     keys = np.asarray(file[keys_path][()])
@@ -286,9 +281,7 @@ def _read_nxtomo(
         "angles_assumed": False,
         **_sample(entry, "sample/name"),
     }
-    return StoredScan(
-        stacks["projection"], stacks["flat"], stacks["dark"], angles, metadata, path, "nxtomo", file
-    )
+    return StoredScan(stacks["projection"], stacks["flat"], stacks["dark"], angles, metadata, path, "nxtomo", file)
 
 
 def _projection_angles(angles: np.ndarray, keys: np.ndarray, name: str, path: Path) -> np.ndarray:
@@ -304,9 +297,7 @@ def _projection_angles(angles: np.ndarray, keys: np.ndarray, name: str, path: Pa
     )
 
 
-def _frames(
-    group: h5py.Group, name: str, path: Path, frame_shape: tuple[int, ...] | None = None
-) -> h5py.Dataset:
+def _frames(group: h5py.Group, name: str, path: Path, frame_shape: tuple[int, ...] | None = None) -> h5py.Dataset:
     """The 3D dataset ``name`` of ``group``: present, not empty, frames of ``frame_shape``."""
     label = f"{group.name}/{name}".replace("//", "/")
     if name not in group:
@@ -316,9 +307,7 @@ def _frames(
         raise MissingDataError(f"{str(path)!r}: {label} holds no frames.")
     if data.ndim != 3 or (frame_shape is not None and data.shape[1:] != frame_shape):
         expected = "(n, rows, cols)" if frame_shape is None else f"(n, *{frame_shape!r})"
-        raise BadInputError(
-            f"{str(path)!r}: {label} has shape {data.shape!r}; expected {expected}."
-        )
+        raise BadInputError(f"{str(path)!r}: {label} has shape {data.shape!r}; expected {expected}.")
     return data
 
 
@@ -431,8 +420,11 @@ def write_nxtomo(
             sample_group["name"] = sample
         data = _nx_group(entry, "data", "NXdata")
         data.attrs["signal"] = "data"
-        for name, target in (("data", detector["data"]), ("image_key", detector["image_key"]),
-                             ("rotation_angle", sample_group["rotation_angle"])):  # fmt: skip
+        for name, target in (
+            ("data", detector["data"]),
+            ("image_key", detector["image_key"]),
+            ("rotation_angle", sample_group["rotation_angle"]),
+        ):
             data[name] = h5py.SoftLink(target.name)
     return path
 
@@ -452,9 +444,7 @@ def _stacks(*stacks: Any) -> list[Any]:
 def _angles(angles_deg: Any, n: int) -> np.ndarray:
     angles = np.asarray(angles_deg, dtype=np.float64)
     if angles.shape != (n,):
-        raise BadInputError(
-            f"angles_deg must hold one angle per projection, shape ({n},); got {angles.shape!r}."
-        )
+        raise BadInputError(f"angles_deg must hold one angle per projection, shape ({n},); got {angles.shape!r}.")
     return angles
 
 

@@ -42,8 +42,9 @@ def principal_of(uri: str, api_key: str) -> str | None:
     return body["uuid"] if body else None
 
 
-def _new_key(uri: str, headers: dict[str, str], principal: str, scopes: tuple[str, ...],
-             note: str, expires_in: int | None) -> str:  # fmt: skip
+def _new_key(
+    uri: str, headers: dict[str, str], principal: str, scopes: tuple[str, ...], note: str, expires_in: int | None
+) -> str:
     body = {"scopes": list(scopes), "note": note, "expires_in": expires_in, "access_tags": None}
     url = f"{_api(uri)}/auth/principal/{principal}/apikey"
     return _checked(httpx.post(url, json=body, headers=headers), f"creating a {note!r} key")["secret"]
@@ -52,8 +53,9 @@ def _new_key(uri: str, headers: dict[str, str], principal: str, scopes: tuple[st
 def issue_writer_key(uri: str, admin_password: str) -> str:
     """Log in as the built-in admin, make an admin service principal, and return its new key."""
     token = _checked(
-        httpx.post(f"{_api(uri)}/auth/provider/{PROVIDER}/token",
-                   data={"username": ADMIN_USER, "password": admin_password}),  # fmt: skip
+        httpx.post(
+            f"{_api(uri)}/auth/provider/{PROVIDER}/token", data={"username": ADMIN_USER, "password": admin_password}
+        ),
         f"logging in as {ADMIN_USER}",
     )["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
@@ -64,8 +66,9 @@ def issue_writer_key(uri: str, admin_password: str) -> str:
     return _new_key(uri, headers, service["uuid"], WRITER_SCOPES, "tomolive writer", None)
 
 
-def create_key(uri: str, api_key: str, *, read_only: bool, note: str | None = None,
-               expires_in: int | None = None) -> str:  # fmt: skip
+def create_key(
+    uri: str, api_key: str, *, read_only: bool, note: str | None = None, expires_in: int | None = None
+) -> str:
     """A new key for the principal holding ``api_key`` (which must have ``admin:apikeys``).
 
     ``read_only`` keys carry only ``read:metadata`` and ``read:data``: Tiled answers their

@@ -110,9 +110,12 @@ def save_model(
         return model_id
     record = _record(model, model_id, digest, len(blob), sample_class, training, list(scan_uids), parent)
     root.write_array(
-        np.frombuffer(blob, dtype=np.uint8), key=model_id, dims=["byte"],
-        metadata=jsonable({**(metadata or {}), **record}), specs=[MODEL_SPEC],
-    )  # fmt: skip
+        np.frombuffer(blob, dtype=np.uint8),
+        key=model_id,
+        dims=["byte"],
+        metadata=jsonable({**(metadata or {}), **record}),
+        specs=[MODEL_SPEC],
+    )
     return model_id
 
 

@@ -89,14 +89,21 @@ class OutboxEntry:
         """A local Zarr volume chunked like its Tiled twin; workers write it directly."""
         path = self.path / f"{key}.zarr"
         array = zarr.create_array(
-            store=str(path), shape=shape, chunks=(rows_per_block, *shape[1:]), dtype=dtype,
-            fill_value=0, compressors=VOLUME_COMPRESSORS, overwrite=True,
-        )  # fmt: skip
+            store=str(path),
+            shape=shape,
+            chunks=(rows_per_block, *shape[1:]),
+            dtype=dtype,
+            fill_value=0,
+            compressors=VOLUME_COMPRESSORS,
+            overwrite=True,
+        )
         array.attrs.update(jsonable(metadata or {}))
         return VolumeTarget("", None, rows_per_block, str(path))
 
     def volumes(self) -> dict[str, zarr.Array]:
-        return {p.name.removesuffix(".zarr"): zarr.open_array(str(p), mode="r") for p in sorted(self.path.glob("*.zarr"))}
+        return {
+            p.name.removesuffix(".zarr"): zarr.open_array(str(p), mode="r") for p in sorted(self.path.glob("*.zarr"))
+        }
 
     def describe(self) -> str:
         return f"{self.path} (tomolive upload-spool {self.path})"

@@ -74,11 +74,7 @@ class FoamPhantom:
         z = _grid(nz)
         for (zc, yc, xc), r, label in zip(self.centers, self.radii, self.labels_of_spheres):
             zs, ys, xs = (_window(axis, c, r) for axis, c in ((z, zc), (y, yc), (x, xc)))
-            dist2 = (
-                (z[zs, None, None] - zc) ** 2
-                + (y[None, ys, None] - yc) ** 2
-                + (x[None, None, xs] - xc) ** 2
-            )
+            dist2 = (z[zs, None, None] - zc) ** 2 + (y[None, ys, None] - yc) ** 2 + (x[None, None, xs] - xc) ** 2
             view = volume[zs, ys, xs]
             view[dist2 <= r * r] = label
         return volume
@@ -114,16 +110,17 @@ class FoamPhantom:
                     sinogram += self._chords(batch, offsets, zc, uc, excess)
         return sinogram.astype(np.float32)
 
-    def _chords(self, batch: np.ndarray, offsets: np.ndarray, zc: np.ndarray, uc: np.ndarray,
-                excess: np.ndarray) -> np.ndarray:  # fmt: skip
+    def _chords(
+        self, batch: np.ndarray, offsets: np.ndarray, zc: np.ndarray, uc: np.ndarray, excess: np.ndarray
+    ) -> np.ndarray:
         """What the spheres ``batch`` add to a projection (float64 ``(n_slices, n_cols)``), each
         on the pixels within ``offsets`` of its projected centre ``(zc, uc)``."""
         nz, _, nx = self.shape
         rows = np.rint(zc[batch] + (nz - 1) / 2)[:, None].astype(int) + offsets  # (spheres, box)
         cols = np.rint(uc[batch] + (nx - 1) / 2)[:, None].astype(int) + offsets
-        d2 = (rows - (nz - 1) / 2 - zc[batch, None])[:, :, None] ** 2 + (
-            cols - (nx - 1) / 2 - uc[batch, None]
-        )[:, None, :] ** 2
+        d2 = (rows - (nz - 1) / 2 - zc[batch, None])[:, :, None] ** 2 + (cols - (nx - 1) / 2 - uc[batch, None])[
+            :, None, :
+        ] ** 2
         r2 = (self.radii[batch] ** 2)[:, None, None]
         inside = (d2 < r2) & ((rows >= 0) & (rows < nz))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
         weights = (excess[batch, None, None] * 2.0 * np.sqrt(r2 - d2, where=inside, out=np.zeros_like(d2)))[inside]
@@ -167,9 +164,7 @@ def make_foam(
     """
     nz, ny, nx = shape
     if ny != nx or min(shape) < 8:
-        raise BadInputError(
-            f"shape must be (n_slices, n, n) with n >= 8 and square slices; got {shape!r}."
-        )
+        raise BadInputError(f"shape must be (n_slices, n, n) with n >= 8 and square slices; got {shape!r}.")
     if not 0.0 <= porosity < 0.6:
         raise BadInputError(f"porosity must be in [0, 0.6); got {porosity!r}.")
     rng = np.random.default_rng(seed)
@@ -284,7 +279,7 @@ class RockPhantom:
         return volume
 
     def _cylinder(self, fill: float, dtype: type) -> np.ndarray:
-        nz, ny, nx = self.shape
+        _nz, ny, nx = self.shape
         y, x = _grid(ny), _grid(nx)
         inside = (y[:, None] ** 2 + x[None, :] ** 2) <= self.radius**2
         return np.broadcast_to((inside * fill).astype(dtype), self.shape).copy()
@@ -363,9 +358,7 @@ def make_rock(
     """
     nz, ny, nx = shape
     if ny != nx or min(shape) < 8:
-        raise BadInputError(
-            f"shape must be (n_slices, n, n) with n >= 8 and square slices; got {shape!r}."
-        )
+        raise BadInputError(f"shape must be (n_slices, n, n) with n >= 8 and square slices; got {shape!r}.")
     if not 0.0 <= porosity <= 0.3:
         raise BadInputError(f"porosity must be in [0, 0.3]; got {porosity!r}.")
     if not 0.0 <= grain_contrast < 0.5:
@@ -500,8 +493,9 @@ _SMALL_SPHERE_PX = 16
 _PROJECT_BATCH_PIXELS = 2**18
 
 
-def _add_chord(sinogram: np.ndarray, v: np.ndarray, u: np.ndarray, r: float, zc: float, uc: float,
-               excess: float) -> None:  # fmt: skip
+def _add_chord(
+    sinogram: np.ndarray, v: np.ndarray, u: np.ndarray, r: float, zc: float, uc: float, excess: float
+) -> None:
     """Add one sphere of radius ``r`` projected at ``(zc, uc)`` to ``sinogram`` (rows on grid
     ``v``, columns on ``u``), on its window."""
     rows, cols = _window(v, zc, r), _window(u, uc, r)
@@ -550,8 +544,7 @@ def shepp_logan_ellipses(n: int, mu_scale: float) -> list[tuple[float, ...]]:
     Each ellipse's density is ``rho * mu_scale`` (attenuation per pixel); angles in radians.
     """
     r = n / 2.0
-    return [(rho * mu_scale, a * r, b * r, x * r, y * r, np.radians(phi))
-            for rho, a, b, x, y, phi in SHEPP_LOGAN]  # fmt: skip
+    return [(rho * mu_scale, a * r, b * r, x * r, y * r, np.radians(phi)) for rho, a, b, x, y, phi in SHEPP_LOGAN]
 
 
 def project_ellipses(ellipses, angles: np.ndarray, n_cols: int, center: float) -> np.ndarray:

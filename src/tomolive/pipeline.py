@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future as LocalFuture, ThreadPoolExecutor
-import shutil
+from concurrent.futures import Future as LocalFuture
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dask import config as dask_config
 import numpy as np
+from dask import config as dask_config
 from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
@@ -140,9 +141,7 @@ class PipelineParams:
 
     def __post_init__(self) -> None:
         if self.rows_per_block < 2 or self.rows_per_block % 2:
-            raise BadInputError(
-                f"rows_per_block must be an even number >= 2; got {self.rows_per_block!r}."
-            )
+            raise BadInputError(f"rows_per_block must be an even number >= 2; got {self.rows_per_block!r}.")
         if self.center is None and self.center_rows < 1:
             raise BadInputError(f"center_rows must be >= 1 to find the centre; got {self.center_rows!r}.")
         check_stage_names(self.extra_stages, self.stage_params)
@@ -155,14 +154,16 @@ class ResultSink(Protocol):
     """Where a scan's volumes go: a Tiled record (``store.ScanRecord``) or the local outbox."""
 
     def new_volume(
-        self, key: str, shape: tuple[int, int, int], rows_per_block: int, dtype: np.dtype = ...,
+        self,
+        key: str,
+        shape: tuple[int, int, int],
+        rows_per_block: int,
+        dtype: np.dtype = ...,
         metadata: dict | None = None,
-    ) -> VolumeTarget: ...  # fmt: skip
+    ) -> VolumeTarget: ...
 
 
-def prepare_projection(
-    image: np.ndarray, flat: np.ndarray, dark: np.ndarray, params: PipelineParams
-) -> np.ndarray:
+def prepare_projection(image: np.ndarray, flat: np.ndarray, dark: np.ndarray, params: PipelineParams) -> np.ndarray:
     """One raw frame -> line integrals: zingers, flat/dark, optional Paganin, -log (float32)."""
     check_finite(image, "projection")
     frame = image
@@ -221,8 +222,9 @@ def local_cluster(n_workers: int | None = None, **kwargs: Any) -> LocalCluster:
     workers = n_workers or max(1, min(os.cpu_count() or 1, 8))
     environ = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}
     with dask_config.set({**HOUSEKEEPING, **environ}):
-        return LocalCluster(**{"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                               "dashboard_address": ":0", **kwargs})  # fmt: skip
+        return LocalCluster(
+            **{"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0", **kwargs}
+        )
 
 
 def connect_dask(dask: Client | str | None) -> tuple[Client, bool]:
@@ -281,9 +283,13 @@ def reconstruct_block(
     if params.stripe_method != "none":
         projections = remove_stripes(projections, params.stripe_method)
     volume = reconstruct(
-        projections, angles, center=center, method=params.method, filter=params.filter,
+        projections,
+        angles,
+        center=center,
+        method=params.method,
+        filter=params.filter,
         ncore=1,  # one task per worker thread: more threads would oversubscribe the cores
-    )  # fmt: skip
+    )
     how = target.write_block(index, volume)
     kept = {row: volume[row - rows[0]].copy() for row in keep_rows if rows[0] <= row < rows[1]}
     return time.perf_counter() - start, how, kept
@@ -356,8 +362,15 @@ class BlockRun:
         return self.client.gather([self.futures[i] for i in sorted(self.futures)])
 
 
-def submit_blocks(client: Client, name: str, function: Callable, args: list[tuple], *,
-                  resources: dict[str, float] | None = None, first: Sequence[int] = ()) -> BlockRun:  # fmt: skip
+def submit_blocks(
+    client: Client,
+    name: str,
+    function: Callable,
+    args: list[tuple],
+    *,
+    resources: dict[str, float] | None = None,
+    first: Sequence[int] = (),
+) -> BlockRun:
     """Submit ``function(*args[i])`` for each block ``i`` on Dask: blocks ``first`` first
     (for work that needs them early), then the others in order."""
     run = uuid.uuid4().hex
@@ -374,9 +387,16 @@ def blocks_holding(blocks: list[tuple[int, int]], rows: Sequence[int]) -> list[i
     return [i for i, (start, stop) in enumerate(blocks) if any(start <= row < stop for row in rows)]
 
 
-def run_blocks(client: Client, name: str, function: Callable, args: list[tuple], progress: bool,
-                on_progress: Callable[[int, int], None] | None, *,
-                resources: dict[str, float] | None = None) -> list[Any]:  # fmt: skip
+def run_blocks(
+    client: Client,
+    name: str,
+    function: Callable,
+    args: list[tuple],
+    progress: bool,
+    on_progress: Callable[[int, int], None] | None,
+    *,
+    resources: dict[str, float] | None = None,
+) -> list[Any]:
     """Submit ``function(*a)`` for each ``a`` in ``args`` on Dask and wait for them all
     (see :meth:`BlockRun.wait`); results in block order."""
     return submit_blocks(client, name, function, args, resources=resources).wait(progress, on_progress)
@@ -451,7 +471,7 @@ def start_reconstruction(
     angles = np.deg2rad(np.asarray(spool.angles, dtype=np.float64))
     if len(angles) < 2:
         raise BadInputError(f"a scan needs at least 2 projections to reconstruct; got {len(angles)}.")
-    n_rows, n_cols = spool.frame_shape
+    n_rows, _n_cols = spool.frame_shape
     with ThreadPoolExecutor(1, thread_name_prefix="tomolive-new-volume") as pool:
         if volume is None:
             volume = pool.submit(new_recon_volume, sink, spool.frame_shape, params)
@@ -465,11 +485,16 @@ def start_reconstruction(
     first = blocks_holding(blocks, first_rows)
     keep = tuple(first_rows)
     run = submit_blocks(
-        client, "recon", reconstruct_block,
-        [(str(spool.path), i, rows, angles, center.center, params, target, keep if i in first else ())
-         for i, rows in enumerate(blocks)],
-        resources=_recon_resources(params.method, gpu), first=first,
-    )  # fmt: skip
+        client,
+        "recon",
+        reconstruct_block,
+        [
+            (str(spool.path), i, rows, angles, center.center, params, target, keep if i in first else ())
+            for i, rows in enumerate(blocks)
+        ],
+        resources=_recon_resources(params.method, gpu),
+        first=first,
+    )
     with_slices = {i: run.futures[i] for i in first}
     for i, future in with_slices.items():
         run.futures[i] = client.submit(_without_slices, future, key=future.key.replace("-block-", "-timing-", 1))
@@ -478,9 +503,13 @@ def start_reconstruction(
 
 
 def split_block(
-    spool_path: str, scratch_path: str, rows: tuple[int, int], angles: np.ndarray, center: float,
+    spool_path: str,
+    scratch_path: str,
+    rows: tuple[int, int],
+    angles: np.ndarray,
+    center: float,
     params: PipelineParams,
-) -> float:  # fmt: skip
+) -> float:
     """Dask task: the ``k`` split reconstructions of rows ``[start, stop)`` into the scratch Zarr."""
     import zarr
 
@@ -491,17 +520,26 @@ def split_block(
     if params.stripe_method != "none":
         projections = remove_stripes(projections, params.stripe_method)
     splits = split_reconstructions(
-        projections, angles, center, k=params.denoise.k, method=params.method, filter=params.filter,
+        projections,
+        angles,
+        center,
+        k=params.denoise.k,
+        method=params.method,
+        filter=params.filter,
         ncore=1,
-    )  # fmt: skip
+    )
     zarr.open_array(scratch_path, mode="r+")[:, rows[0] : rows[1]] = splits
     return time.perf_counter() - start
 
 
 def denoise_block(
-    blob: bytes, scratch_path: str, index: int, rows: tuple[int, int], config: DenoiseConfig,
+    blob: bytes,
+    scratch_path: str,
+    index: int,
+    rows: tuple[int, int],
+    config: DenoiseConfig,
     target: VolumeTarget,
-) -> float:  # fmt: skip
+) -> float:
     """Dask task: denoise rows ``[start, stop)`` from the scratch splits and write them to ``target``."""
     import zarr
 
@@ -552,17 +590,23 @@ def denoise_scan(
     gpu = gpu_resources(client)
     try:
         splits = zarr.create_array(
-            store=str(scratch), shape=(config.k, n_rows, n_cols, n_cols),
-            chunks=(1, params.rows_per_block, n_cols, n_cols), dtype=np.float32, fill_value=0,
+            store=str(scratch),
+            shape=(config.k, n_rows, n_cols, n_cols),
+            chunks=(1, params.rows_per_block, n_cols, n_cols),
+            dtype=np.float32,
+            fill_value=0,
             overwrite=True,
-        )  # fmt: skip
+        )
         with provenance.stage("denoise_splits"):
             run_blocks(
-                client, "n2i-splits", split_block,
+                client,
+                "n2i-splits",
+                split_block,
                 [(str(spool.path), str(scratch), rows, angles, center, params) for rows in blocks],
-                progress, on_progress and (lambda d, t: on_progress("denoise_splits", d, t)),
+                progress,
+                on_progress and (lambda d, t: on_progress("denoise_splits", d, t)),
                 resources=_recon_resources(params.method, gpu),
-            )  # fmt: skip
+            )
         if on_progress:
             on_progress("denoise_train", 0, 1)
         with provenance.stage("denoise_train"):
@@ -573,9 +617,12 @@ def denoise_scan(
             from .models import save_model
 
             model_id = save_model(
-                model_client, result.model, sample_class=sample_class, training=result,
+                model_client,
+                result.model,
+                sample_class=sample_class,
+                training=result,
                 scan_uids=list(scan_uids),
-            )  # fmt: skip
+            )
         from .models import sha256
 
         provenance.results["denoise"] = {
@@ -587,16 +634,26 @@ def denoise_scan(
             "final_loss": result.losses[-1] if result.losses else None,
         }
         target = sink.new_volume(
-            "denoised", (n_rows, n_cols, n_cols), params.rows_per_block,
-            metadata={"units": "attenuation per pixel", "method": "noise2inverse", "model_id": model_id,
-                      "center": center},
-        )  # fmt: skip
+            "denoised",
+            (n_rows, n_cols, n_cols),
+            params.rows_per_block,
+            metadata={
+                "units": "attenuation per pixel",
+                "method": "noise2inverse",
+                "model_id": model_id,
+                "center": center,
+            },
+        )
         with provenance.stage("denoise"):
             run_blocks(
-                client, "n2i-denoise", denoise_block,
+                client,
+                "n2i-denoise",
+                denoise_block,
                 [(blob, str(scratch), i, rows, config, target) for i, rows in enumerate(blocks)],
-                progress, on_progress and (lambda d, t: on_progress("denoise", d, t)), resources=gpu,
-            )  # fmt: skip
+                progress,
+                on_progress and (lambda d, t: on_progress("denoise", d, t)),
+                resources=gpu,
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return model_id

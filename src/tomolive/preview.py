@@ -200,9 +200,14 @@ class LivePreview:
 
     def _publish(self, dropped: int | None, with_image: bool) -> bool:
         snapshot = PreviewSnapshot(
-            self.fbp.image() if with_image else None, self.rows, self.fbp.n_angles, self.fbp.angle_range,
-            self.fbp.center, self.fbp.binning, dropped,
-        )  # fmt: skip
+            self.fbp.image() if with_image else None,
+            self.rows,
+            self.fbp.n_angles,
+            self.fbp.angle_range,
+            self.fbp.center,
+            self.fbp.binning,
+            dropped,
+        )
         try:
             self.publish(snapshot)
         except Exception:

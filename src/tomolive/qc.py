@@ -48,9 +48,7 @@ def psnr(
     """
     image, reference = np.asarray(image, dtype=np.float64), np.asarray(reference, dtype=np.float64)
     if image.shape != reference.shape:
-        raise BadInputError(
-            f"image has shape {image.shape!r} but reference has {reference.shape!r}; they must match."
-        )
+        raise BadInputError(f"image has shape {image.shape!r} but reference has {reference.shape!r}; they must match.")
     if mask is not None:
         image, reference = image[mask], reference[mask]
     if fit:
@@ -91,18 +89,14 @@ class QCThresholds:
         """Defaults overridden by ``values`` (e.g. a config section); unknown keys are an error."""
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise BadInputError(
-                f"QC thresholds: unknown keys {unknown!r}; known: {[f.name for f in fields(cls)]!r}"
-            )
+            raise BadInputError(f"QC thresholds: unknown keys {unknown!r}; known: {[f.name for f in fields(cls)]!r}")
         return cls(**{k: float(v) for k, v in values.items()})
 
 
 def _check_volume(volume: Any) -> Any:
     shape = getattr(volume, "shape", None)
     if shape is None or len(shape) != 3 or shape[1] < 16 or shape[2] < 16:
-        raise BadInputError(
-            f"volume: expected a 3D array (n_slices, ny, nx) with ny, nx >= 16, got shape {shape!r}"
-        )
+        raise BadInputError(f"volume: expected a 3D array (n_slices, ny, nx) with ny, nx >= 16, got shape {shape!r}")
     return volume
 
 
@@ -120,9 +114,7 @@ def _sampled(volume: Any, labels: Any, max_slices: int) -> tuple[np.ndarray, np.
     if labels is None:
         return images, None
     if tuple(labels.shape) != tuple(volume.shape):
-        raise BadInputError(
-            f"labels has shape {tuple(labels.shape)!r} but volume has {tuple(volume.shape)!r}"
-        )
+        raise BadInputError(f"labels has shape {tuple(labels.shape)!r} but volume has {tuple(volume.shape)!r}")
     return images, np.stack([np.asarray(labels[z]) for z in index])
 
 
@@ -133,9 +125,7 @@ def _otsu_labels(images: np.ndarray, n_phases: int) -> np.ndarray:
     return np.digitize(smooth, threshold_multiotsu(smooth[:, inside], classes=n_phases)).astype(np.uint8)
 
 
-def _phase_stats(
-    images: np.ndarray, labels: np.ndarray, erode: int = 2
-) -> dict[int, tuple[float, float, int]]:
+def _phase_stats(images: np.ndarray, labels: np.ndarray, erode: int = 2) -> dict[int, tuple[float, float, int]]:
     """Mean, std and count of each label's voxels away from edges (in-plane erosion)."""
     inside = circle_mask(images.shape[1:], 0.95)
     structure = np.zeros((1, 3, 3), dtype=bool)
@@ -176,9 +166,7 @@ def _snr_cnr(stats: dict[int, tuple[float, float, int]], source: str) -> dict[st
     nan = float("nan")
     mean = {k: s[0] for k, s in stats.items()}
     std = {k: s[1] for k, s in stats.items()}
-    pairs = {
-        f"{a}/{b}": _cnr(mean[a], mean[b], std[a], std[b]) for a, b in zip(sorted(stats), sorted(stats)[1:])
-    }
+    pairs = {f"{a}/{b}": _cnr(mean[a], mean[b], std[a], std[b]) for a, b in zip(sorted(stats), sorted(stats)[1:])}
     return {
         "snr": abs(mean[1]) / std[1] if 1 in stats and std[1] > 0 else nan,
         "cnr": pairs.get("0/1", nan),
@@ -253,17 +241,18 @@ def _sector_profiles(images: np.ndarray, sectors: int) -> np.ndarray:
                 weights.append((wy if dy else 1 - wy) * (wx if dx else 1 - wx) * inside / np.float32(per_sector))
         # row r * sectors + s holds 4 weights for each of its sector's angles: a contiguous run
         operator = sparse.csr_matrix(
-            (np.stack(weights, axis=-1).ravel(), np.stack(columns, axis=-1).ravel(),
-             np.arange(0, 4 * y.size + 1, 4 * per_sector)),
+            (
+                np.stack(weights, axis=-1).ravel(),
+                np.stack(columns, axis=-1).ravel(),
+                np.arange(0, 4 * y.size + 1, 4 * per_sector),
+            ),
             shape=(len(chunk) * sectors, ny * nx),
-        )  # fmt: skip
+        )
         out[:, first : first + len(chunk)] = (operator @ pixels).T.reshape(n_images, len(chunk), sectors)
     return out
 
 
-def edge_width(
-    volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices: int = 8, sigma: float = 1.0
-) -> float:
+def edge_width(volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices: int = 8, sigma: float = 1.0) -> float:
     """10-90% width (pixels) of pore/solid edges, from their steepest grey-value gradient.
 
     For a step of height ``d`` blurred by a Gaussian of width ``s``, the gradient (taken
@@ -361,20 +350,40 @@ def qc_alerts(metrics: Mapping[str, Any], thresholds: QCThresholds | None = None
     """
     t = thresholds or QCThresholds()
     checks = [
-        ("snr", "min_snr", lambda v, lim: v < lim,
-         "low signal-to-noise ratio: SNR {v:.3g} < {lim:g} (min_snr); raise the dose or exposure, or denoise"),
-        ("cnr", "min_cnr", lambda v, lim: v < lim,
-         "low pore/solid contrast-to-noise ratio: CNR {v:.3g} < {lim:g} (min_cnr); phases will be hard to separate"),
-        ("ring_severity", "max_ring_severity", lambda v, lim: v > lim,
-         "ring artefacts: severity {v:.2g} > {lim:g} (max_ring_severity); turn on stripe removal "
-         "(stripe_method='sort' or 'combined')"),
-        ("edge_width_px", "max_edge_width", lambda v, lim: v > lim,
-         "blurred edges: 10-90% width {v:.1f} px > {lim:g} px (max_edge_width); check the rotation centre, "
-         "sample motion or focus"),
-        ("center_confidence", "min_center_confidence", lambda v, lim: v < lim,
-         "uncertain rotation centre: confidence {v:.2f} < {lim:g} (min_center_confidence); check it or give "
-         "the centre explicitly"),
-    ]  # fmt: skip
+        (
+            "snr",
+            "min_snr",
+            lambda v, lim: v < lim,
+            "low signal-to-noise ratio: SNR {v:.3g} < {lim:g} (min_snr); raise the dose or exposure, or denoise",
+        ),
+        (
+            "cnr",
+            "min_cnr",
+            lambda v, lim: v < lim,
+            "low pore/solid contrast-to-noise ratio: CNR {v:.3g} < {lim:g} (min_cnr); phases will be hard to separate",
+        ),
+        (
+            "ring_severity",
+            "max_ring_severity",
+            lambda v, lim: v > lim,
+            "ring artefacts: severity {v:.2g} > {lim:g} (max_ring_severity); turn on stripe removal "
+            "(stripe_method='sort' or 'combined')",
+        ),
+        (
+            "edge_width_px",
+            "max_edge_width",
+            lambda v, lim: v > lim,
+            "blurred edges: 10-90% width {v:.1f} px > {lim:g} px (max_edge_width); check the rotation centre, "
+            "sample motion or focus",
+        ),
+        (
+            "center_confidence",
+            "min_center_confidence",
+            lambda v, lim: v < lim,
+            "uncertain rotation centre: confidence {v:.2f} < {lim:g} (min_center_confidence); check it or give "
+            "the centre explicitly",
+        ),
+    ]
     alerts = []
     for key, limit_name, beyond, message in checks:
         value, limit = metrics.get(key), getattr(t, limit_name)

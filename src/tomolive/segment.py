@@ -141,9 +141,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, device: str | None =
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise BadInputError(
-            f"model {str(path)!r}: weights do not fit the recorded architecture ({err})"
-        ) from err
+        raise BadInputError(f"model {str(path)!r}: weights do not fit the recorded architecture ({err})") from err
     net.to(pick_device(device)).eval()
     return SegmentationModel(net, record.get("name", path.stem), tuple(record["phases"]), record)
 
@@ -234,10 +232,7 @@ def intensity_range(
     volume, _ = _as_volume(volume)
     mask = circle_mask(volume.shape[1:], 1.0)
     values = np.concatenate(
-        [
-            _smooth(_slab(volume, z, z + 1), sigma)[0][mask]
-            for z in _sample_slices(volume.shape[0], max_slices)
-        ]
+        [_smooth(_slab(volume, z, z + 1), sigma)[0][mask] for z in _sample_slices(volume.shape[0], max_slices)]
     )
     lo, hi = np.percentile(values, percentiles)
     if not hi > lo:
@@ -269,8 +264,9 @@ def otsu_thresholds(volume: Any, n_phases: int, *, sigma: float = 1.0, max_slice
     """Multi-Otsu thresholds of ``n_phases`` classes from smoothed slices inside the circle."""
     volume, _ = _as_volume(volume)
     mask = circle_mask(volume.shape[1:], 1.0)
-    values = np.concatenate([_smooth(_slab(volume, z, z + 1), sigma)[0][mask]
-                             for z in _sample_slices(volume.shape[0], max_slices)])  # fmt: skip
+    values = np.concatenate(
+        [_smooth(_slab(volume, z, z + 1), sigma)[0][mask] for z in _sample_slices(volume.shape[0], max_slices)]
+    )
     try:
         return [float(t) for t in threshold_multiotsu(values, classes=n_phases)]
     except ValueError as err:
@@ -309,11 +305,7 @@ def choose_method(
     if method == "otsu":
         return "otsu", None, "requested"
     try:
-        net = (
-            model
-            if isinstance(model, SegmentationModel)
-            else load_model(model or DEFAULT_MODEL, device=device)
-        )
+        net = model if isinstance(model, SegmentationModel) else load_model(model or DEFAULT_MODEL, device=device)
     except (MissingDataError, BadInputError) as err:
         if method == "unet":
             raise
@@ -405,13 +397,23 @@ def segment_volume(
         raise BadInputError(f"batch_size >= 1 and tile >= 32 expected; got {batch_size!r}, {tile!r}")
     chosen, net, reason = choose_method(method, model, n_phases, device=device)
     n_phases = net.n_classes if net is not None else (n_phases or len(PHASES))
-    info: dict[str, Any] = {"method": chosen, "requested": method, "reason": reason, "n_phases": n_phases,
-                            "phases": list(net.phases if net else _phase_names(n_phases))}  # fmt: skip
+    info: dict[str, Any] = {
+        "method": chosen,
+        "requested": method,
+        "reason": reason,
+        "n_phases": n_phases,
+        "phases": list(net.phases if net else _phase_names(n_phases)),
+    }
     if net is not None:
         value_range = value_range or intensity_range(volume)
         labels = _segment_unet(volume, first, last, net, value_range, batch_size, tile)
-        info.update(model=net.info(), value_range=list(value_range), device=str(next(net.net.parameters()).device),
-                    tile=tile, batch_size=batch_size)  # fmt: skip
+        info.update(
+            model=net.info(),
+            value_range=list(value_range),
+            device=str(next(net.net.parameters()).device),
+            tile=tile,
+            batch_size=batch_size,
+        )
     else:
         thresholds = thresholds or otsu_thresholds(volume, n_phases, sigma=sigma)
         labels = _segment_otsu(volume, first, last, thresholds, sigma, batch_size)
@@ -440,39 +442,42 @@ def _batches(first: int, last: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(last, start + size)
 
 
-def _segment_unet(volume: Any, first: int, last: int, model: SegmentationModel,
-                  value_range: tuple[float, float], batch_size: int, tile: int) -> np.ndarray:  # fmt: skip
+def _segment_unet(
+    volume: Any,
+    first: int,
+    last: int,
+    model: SegmentationModel,
+    value_range: tuple[float, float],
+    batch_size: int,
+    tile: int,
+) -> np.ndarray:
     context = model.net.config.context
     device = next(model.net.parameters()).device
     out = np.empty((last - first, *volume.shape[1:]), dtype=np.uint8)
     for start, stop in _batches(first, last, batch_size):
         slab = normalize(_padded_slab(volume, start, stop, context), value_range)
-        out[start - first : stop - first] = predict(
-            model.net, stacks(slab, context), tile=tile, device=device
-        )
+        out[start - first : stop - first] = predict(model.net, stacks(slab, context), tile=tile, device=device)
     return out
 
 
-def _segment_otsu(volume: Any, first: int, last: int, thresholds: list[float],
-                  sigma: float, batch_size: int) -> np.ndarray:  # fmt: skip
+def _segment_otsu(
+    volume: Any, first: int, last: int, thresholds: list[float], sigma: float, batch_size: int
+) -> np.ndarray:
     out = np.empty((last - first, *volume.shape[1:]), dtype=np.uint8)
     for start, stop in _batches(first, last, batch_size):
-        out[start - first : stop - first] = np.digitize(
-            _smooth(_slab(volume, start, stop), sigma), thresholds
-        )
+        out[start - first : stop - first] = np.digitize(_smooth(_slab(volume, start, stop), sigma), thresholds)
     return out
 
 
-def _labelled_slices(labels: Mapping[int, np.ndarray] | Any, shape: tuple[int, ...],
-                     n_classes: int) -> dict[int, np.ndarray]:  # fmt: skip
+def _labelled_slices(
+    labels: Mapping[int, np.ndarray] | Any, shape: tuple[int, ...], n_classes: int
+) -> dict[int, np.ndarray]:
     """``{slice index: uint8 labels with IGNORE for unlabelled}`` from a dict or a volume."""
     if not isinstance(labels, Mapping):
         array = np.asarray(labels)
         if array.shape != tuple(shape):
             raise BadInputError(f"labels: expected the volume's shape {tuple(shape)!r}, got {array.shape!r}")
-        labels = {
-            z: array[z] for z in range(array.shape[0]) if np.any((array[z] >= 0) & (array[z] != IGNORE))
-        }
+        labels = {z: array[z] for z in range(array.shape[0]) if np.any((array[z] >= 0) & (array[z] != IGNORE))}
     out = {}
     for z, lab in labels.items():
         lab = np.asarray(lab)
@@ -532,15 +537,14 @@ def fine_tune(
         ``record["parent"]`` names the starting model and ``record["fine_tune"]`` the slices
         and settings.
     """
-    parent = (
-        model if isinstance(model, SegmentationModel) else load_model(model or DEFAULT_MODEL, device=device)
-    )
+    parent = model if isinstance(model, SegmentationModel) else load_model(model or DEFAULT_MODEL, device=device)
     volume, _ = _as_volume(volume)
     labelled = _labelled_slices(labels, tuple(volume.shape), parent.n_classes)
     value_range = value_range or intensity_range(volume)
     context = parent.net.config.context
-    inputs = np.concatenate([stacks(normalize(_padded_slab(volume, z, z + 1, context), value_range), context)
-                             for z in labelled])  # fmt: skip
+    inputs = np.concatenate(
+        [stacks(normalize(_padded_slab(volume, z, z + 1, context), value_range), context) for z in labelled]
+    )
     targets = np.stack(list(labelled.values()))
     targets[:, ~circle_mask(targets.shape[1:], 1.0)] = IGNORE
     net = UNet(parent.net.config)
@@ -549,22 +553,24 @@ def fine_tune(
     losses = train(net, inputs, targets, settings, device=pick_device(device))
     record = {
         "parent": {"name": parent.name, "sha256": parent.sha256},
-        "fine_tune": {"slices": sorted(labelled), "labelled_pixels": int((targets != IGNORE).sum()),
-                      "steps": steps, "lr": lr, "seed": seed, "value_range": list(value_range),
-                      "final_loss": round(float(np.mean(losses[-10:])), 4)},
-    }  # fmt: skip
+        "fine_tune": {
+            "slices": sorted(labelled),
+            "labelled_pixels": int((targets != IGNORE).sum()),
+            "steps": steps,
+            "lr": lr,
+            "seed": seed,
+            "value_range": list(value_range),
+            "final_loss": round(float(np.mean(losses[-10:])), 4),
+        },
+    }
     return replace(parent, net=net, name=name or f"{parent.name}-finetuned", record=record)
 
 
-def dice_scores(
-    labels: np.ndarray, truth: np.ndarray, n_phases: int, mask: np.ndarray | None = None
-) -> list[float]:
+def dice_scores(labels: np.ndarray, truth: np.ndarray, n_phases: int, mask: np.ndarray | None = None) -> list[float]:
     """Dice coefficient of each label 0..n_phases-1 (NaN where absent from both)."""
     labels, truth = np.asarray(labels), np.asarray(truth)
     if labels.shape != truth.shape:
-        raise BadInputError(
-            f"labels has shape {labels.shape!r} but truth has {truth.shape!r}; they must match"
-        )
+        raise BadInputError(f"labels has shape {labels.shape!r} but truth has {truth.shape!r}; they must match")
     if mask is not None:
         labels, truth = labels[np.broadcast_to(mask, labels.shape)], truth[np.broadcast_to(mask, truth.shape)]
     scores = []
@@ -611,9 +617,7 @@ def phase_statistics(
     for block in _label_blocks(labels, slices_per_block):
         if block.size and int(block.max()) >= n_phases:
             raise BadInputError(f"labels: expected values 0..{n_phases - 1}, found {int(block.max())}")
-        sample = (
-            np.stack([ndimage.binary_fill_holes(s > 0) for s in block]) if block.size else block.astype(bool)
-        )
+        sample = np.stack([ndimage.binary_fill_holes(s > 0) for s in block]) if block.size else block.astype(bool)
         counts += np.bincount(block[sample], minlength=n_phases)[:n_phases]
         pores.add((block == 0) & sample)
     total = int(counts.sum())

@@ -24,7 +24,6 @@ from .config import Settings, split_password
 from .errors import TomoliveError
 from .keys import issue_writer_key, principal_of
 
-
 SERVER_MODULE = "tomolive.tiled_serve"
 """What the server process runs (``python -m``): find it among child processes by this."""
 
@@ -51,9 +50,15 @@ def server_command(settings: Settings, admin_password: str) -> tuple[list[str], 
     if settings.catalog_uri:
         env["TOMOLIVE_CATALOG_URI"] = settings.catalog_uri
     command = [
-        sys.executable, "-m", SERVER_MODULE, str(config_path(settings)),
-        "--host", settings.host, "--port", str(settings.port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        str(config_path(settings)),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
     if settings.public:
         command.append("--public")
     return command, env
@@ -100,9 +105,7 @@ def writer_key(settings: Settings, admin_password: str) -> Settings:
 
 
 @contextmanager
-def running_server(
-    settings: Settings, log_path: Path | None = None, *, console: bool = False
-) -> Iterator[Settings]:
+def running_server(settings: Settings, log_path: Path | None = None, *, console: bool = False) -> Iterator[Settings]:
     """Run the Tiled server in a child process for the ``with`` block; yields settings with its key.
 
     Output goes to ``log_path`` (default ``DATA_DIR/tiled-server.log``), or to this process's

@@ -44,8 +44,7 @@ from .errors import BadInputError, MissingDataError
 from .events import ResultEvents
 from .outbox import OutboxEntry
 from .pipeline import PipelineParams, denoise_scan, new_recon_volume, prepare_projection, start_reconstruction
-from .preprocess import CenterResult
-from .preprocess import reduce_frames
+from .preprocess import CenterResult, reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .progress import ProgressReporter
 from .provenance import Provenance
@@ -114,9 +113,11 @@ class ScanSession:
         self.provenance = Provenance(parameters={"pipeline": engine.params.as_dict()})
         api_key = engine.client.context.api_key
         self._record: Future[ScanRecord] = engine.io.submit(
-            patiently, lambda: ScanRecord.create(engine.client, uid, metadata, api_key),
-            f"create the record of run {uid}", engine.patience_s,
-        )  # fmt: skip
+            patiently,
+            lambda: ScanRecord.create(engine.client, uid, metadata, api_key),
+            f"create the record of run {uid}",
+            engine.patience_s,
+        )
         self._recon_volume: Future[VolumeTarget] | None = None  # made when the frame shape is known
         self._blocks_submitted = False  # processing has begun writing the recon array
 
@@ -181,7 +182,9 @@ class ScanSession:
         if self._ingest is None:
             frame_bytes = max(1, np.asarray(item[1]).nbytes) if isinstance(item, tuple) else 1
             self._queue = queue.Queue(maxsize=max(8, QUEUE_BYTES // frame_bytes))
-            self._ingest = threading.Thread(target=self._ingest_frames, name=f"tomolive-ingest-{self.uid[:8]}", daemon=True)
+            self._ingest = threading.Thread(
+                target=self._ingest_frames, name=f"tomolive-ingest-{self.uid[:8]}", daemon=True
+            )
             self._ingest.start()
         while not (self.ended and item is not None):  # after the end, frames are dropped
             try:
@@ -275,9 +278,11 @@ class ScanSession:
         self.dark = reduce_frames(np.stack(self.calibration["dark"]), params.flat_reduce, name="darks")
         self.flat = reduce_frames(np.stack(self.calibration["flat"]), params.flat_reduce, name="flats")
         self.provenance.inputs.update(
-            frame_shape=list(frame.shape), frame_dtype=str(frame.dtype),
-            n_darks=len(self.calibration["dark"]), n_flats=len(self.calibration["flat"]),
-        )  # fmt: skip
+            frame_shape=list(frame.shape),
+            frame_dtype=str(frame.dtype),
+            n_darks=len(self.calibration["dark"]),
+            n_flats=len(self.calibration["flat"]),
+        )
         self.calibration = {name: [] for name in CALIBRATIONS}
         path = self.engine.scratch_dir / f"tomolive-spool-{self.uid}.zarr"
         shape = frame.shape  # the callback keeps the shape, not the frame
@@ -294,7 +299,7 @@ class ScanSession:
             if not self.ended and record.exception() is None:
                 self._recon_volume = self.engine.io.submit(
                     new_recon_volume, record.result(), frame_shape, self.engine.params
-                )  # fmt: skip
+                )
 
     def _early_volume(self, sink: ScanRecord | OutboxEntry) -> Future[VolumeTarget] | None:
         """The ``recon`` array made during the scan, if it is ``sink``'s and its making did not
@@ -313,9 +318,13 @@ class ScanSession:
             raise BadInputError(f"preview_rows {rows!r} are outside the detector's {frame_shape[0]} rows.")
         center = params.center if params.center is not None else (frame_shape[1] - 1) / 2
         self.preview = LivePreview(
-            rows, frame_shape[1], center, self._publish_preview,
-            size=params.preview_size, interval_s=params.preview_interval_s,
-        )  # fmt: skip
+            rows,
+            frame_shape[1],
+            center,
+            self._publish_preview,
+            size=params.preview_size,
+            interval_s=params.preview_interval_s,
+        )
 
     # -- background threads -------------------------------------------------------------
 
@@ -342,8 +351,7 @@ class ScanSession:
                 record = self._record.result()
                 outcome = self._outcome(self._reconstruct(record))
                 self._close_preview()
-                patiently(lambda: record.set_status("complete", **outcome), "mark it complete",
-                          self.engine.patience_s)  # fmt: skip
+                patiently(lambda: record.set_status("complete", **outcome), "mark it complete", self.engine.patience_s)
                 return self._announce(ProcessedRun(self.uid, "complete", record.node.uri))
             except Exception as err:
                 if not is_unreachable(err):
@@ -364,27 +372,53 @@ class ScanSession:
         n_rows, n_cols = self.spool.frame_shape
         qc_rows = early_qc_rows(params, n_rows)
         recon = start_reconstruction(
-            self.spool, sink, params, client, self.provenance, first_rows=qc_rows, volume=self._early_volume(sink),
-        )  # fmt: skip
+            self.spool,
+            sink,
+            params,
+            client,
+            self.provenance,
+            first_rows=qc_rows,
+            volume=self._early_volume(sink),
+        )
         self._blocks_submitted = True
         if self.preview is not None:
             self.preview.close(timeout=0)  # its last publish runs beside the blocks
-        qc = submit_qc(client, recon.target, None, params, recon.center.confidence,
-                       after=recon.futures_for_rows(qc_rows)) if qc_rows else None  # fmt: skip
+        qc = (
+            submit_qc(
+                client, recon.target, None, params, recon.center.confidence, after=recon.futures_for_rows(qc_rows)
+            )
+            if qc_rows
+            else None
+        )
         recon.wait(self.engine.progress, lambda done, total: progress.report(stage="recon", done=done, total=total))
         if params.denoise is not None:
             self._denoise(sink, recon.center, progress)
         if params.segment:  # else QC alone, which ran beside the blocks: nothing to wait for
             progress.report(stage="analysis")
         self.analysis = analyse_scan(
-            sink, recon.target, recon.blocks, params, client, self.provenance, recon.center.confidence, qc=qc,
-        )  # fmt: skip
+            sink,
+            recon.target,
+            recon.blocks,
+            params,
+            client,
+            self.provenance,
+            recon.center.confidence,
+            qc=qc,
+        )
         if params.extra_stages:
             progress.report(stage="extra_stages")
-            self.analysis.update(run_extra_stages(
-                sink, recon.target, (n_rows, n_cols, n_cols), recon.blocks, params, client,
-                self.provenance, self.engine.progress,
-            ))  # fmt: skip
+            self.analysis.update(
+                run_extra_stages(
+                    sink,
+                    recon.target,
+                    (n_rows, n_cols, n_cols),
+                    recon.blocks,
+                    params,
+                    client,
+                    self.provenance,
+                    self.engine.progress,
+                )
+            )
         return progress.finish()
 
     def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult, progress: ProgressReporter) -> None:
@@ -394,15 +428,26 @@ class ScanSession:
             progress.report(stage=stage, done=done, total=total)
 
         denoise_scan(
-            self.spool, sink, params, self.engine.dask_client(), self.provenance, center.center,
+            self.spool,
+            sink,
+            params,
+            self.engine.dask_client(),
+            self.provenance,
+            center.center,
             model_client=self.engine.client if isinstance(sink, ScanRecord) else None,
             sample_class=str(self.metadata.get("sample_class") or self.metadata.get("sample") or "unspecified"),
-            scan_uids=(self.uid,), progress=self.engine.progress, on_progress=on_denoise_progress,
-        )  # fmt: skip
+            scan_uids=(self.uid,),
+            progress=self.engine.progress,
+            on_progress=on_denoise_progress,
+        )
 
     def _outcome(self, progress: dict[str, Any] | None) -> dict[str, Any]:
-        return {"stages": self.stages_done(), "progress": progress, "provenance": self.provenance.as_dict(),
-                **self.analysis}  # fmt: skip
+        return {
+            "stages": self.stages_done(),
+            "progress": progress,
+            "provenance": self.provenance.as_dict(),
+            **self.analysis,
+        }
 
     def _process_locally(self, err: Exception) -> ProcessedRun:
         self._close_preview()
@@ -410,8 +455,12 @@ class ScanSession:
         entry.set_status("complete", **self._outcome(self._reconstruct(entry)))
         logger.error(
             "Tiled is unreachable (%s): the result of run %s is kept in %s. Upload it when the "
-            "server is back with:  tomolive upload-spool %s", err, self.uid, entry.path, entry.path,
-        )  # fmt: skip
+            "server is back with:  tomolive upload-spool %s",
+            err,
+            self.uid,
+            entry.path,
+            entry.path,
+        )
         return self._announce(ProcessedRun(self.uid, "complete", None, f"Tiled unreachable: {err}", str(entry.path)))
 
     def _announce(self, outcome: ProcessedRun) -> ProcessedRun:
@@ -419,11 +468,17 @@ class ScanSession:
         complete = outcome.status == "complete"
         qc = self.analysis.get("qc", {})
         payload = {
-            "uid": self.uid, "status": outcome.status, "uri": outcome.uri, "outbox": outcome.outbox,
-            "reason": outcome.reason, "sample": self.metadata.get("sample"), "scan_id": self.metadata.get("scan_id"),
+            "uid": self.uid,
+            "status": outcome.status,
+            "uri": outcome.uri,
+            "outbox": outcome.outbox,
+            "reason": outcome.reason,
+            "sample": self.metadata.get("sample"),
+            "scan_id": self.metadata.get("scan_id"),
             "stages": self.stages_done() if complete else list(self.provenance.stage_seconds),
-            "qc": qc, "metrics": self.analysis.get("metrics", {}),
-        }  # fmt: skip
+            "qc": qc,
+            "metrics": self.analysis.get("metrics", {}),
+        }
         for alert in qc.get("alerts", []) if complete else []:
             self.engine.events.emit("qc_alert", {**payload, "alert": alert})
         self.engine.events.emit(outcome.status, payload)

@@ -132,7 +132,7 @@ class ProjectionSpool:
         if file is None:
             path = self.path / self.array.metadata.encode_chunk_key((chunk, block, 0))
             path.parent.mkdir(parents=True, exist_ok=True)
-            file = self._files[block] = open(path, "wb", buffering=0)
+            file = self._files[block] = open(path, "wb", buffering=0)  # noqa: SIM115 (kept open while its chunk fills)
         return file
 
     def _close_files(self) -> None:
@@ -175,7 +175,9 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
     _check_raw_float32(array, path)
     n_angles, n_rows, n_cols = array.shape
     if not 0 <= start < stop <= n_rows:
-        raise BadInputError(f"rows [{start}, {stop}) of spool {path}: expected 0 <= start < stop <= {n_rows} (its rows).")
+        raise BadInputError(
+            f"rows [{start}, {stop}) of spool {path}: expected 0 <= start < stop <= {n_rows} (its rows)."
+        )
     depth, height, _ = array.chunks
     out = np.empty((n_angles, stop - start, n_cols), dtype="<f4")
     chunk = None  # scratch for chunks only partly wanted

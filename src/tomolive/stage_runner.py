@@ -25,9 +25,14 @@ from .store import VolumeTarget
 
 
 def stage_block(
-    name: str, params: dict[str, Any], source: VolumeTarget, target: VolumeTarget | None,
-    index: int, rows: tuple[int, int], n_rows: int,
-) -> tuple[int, dict[str, float] | None]:  # fmt: skip
+    name: str,
+    params: dict[str, Any],
+    source: VolumeTarget,
+    target: VolumeTarget | None,
+    index: int,
+    rows: tuple[int, int],
+    n_rows: int,
+) -> tuple[int, dict[str, float] | None]:
     """Dask task: run stage ``name`` on rows ``[start, stop)``; return (rows, metrics or None)."""
     try:
         stage = load_stage(name).stage
@@ -42,7 +47,9 @@ def stage_block(
     out = stage(block, **params)
     if stage.output == "metrics":
         if not isinstance(out, Mapping) or not all(isinstance(v, Real) for v in out.values()):
-            raise BadInputError(f"stage {name!r} is a metrics stage: it must return a mapping of name -> number; got {out!r:.200}.")
+            raise BadInputError(
+                f"stage {name!r} is a metrics stage: it must return a mapping of name -> number; got {out!r:.200}."
+            )
         return stop - start, {str(k): float(v) for k, v in out.items()}
     out = np.asarray(out)
     if out.shape != block.shape:
@@ -55,9 +62,15 @@ def stage_block(
 
 
 def run_extra_stages(
-    sink: ResultSink, source: VolumeTarget, shape: tuple[int, int, int], blocks: list[tuple[int, int]],
-    params: Any, client: Client, provenance: Provenance, progress: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+    sink: ResultSink,
+    source: VolumeTarget,
+    shape: tuple[int, int, int],
+    blocks: list[tuple[int, int]],
+    params: Any,
+    client: Client,
+    provenance: Provenance,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run every stage of ``params.extra_stages`` on ``source``; return the metadata to add."""
     metrics: dict[str, dict[str, float]] = {}
     records = []
@@ -69,8 +82,13 @@ def run_extra_stages(
         with provenance.stage(name):
             target = None
             if stage.output == "volume":
-                target = sink.new_volume(name, shape, params.rows_per_block, dtype=np.dtype(stage.dtype),
-                                         metadata={"stage": name, "source": "recon", "params": kwargs})  # fmt: skip
+                target = sink.new_volume(
+                    name,
+                    shape,
+                    params.rows_per_block,
+                    dtype=np.dtype(stage.dtype),
+                    metadata={"stage": name, "source": "recon", "params": kwargs},
+                )
             args = [(name, kwargs, source, target, i, rows, shape[0]) for i, rows in enumerate(blocks)]
             results = run_blocks(client, name, stage_block, args, progress, None)
         if stage.output == "metrics":

@@ -130,7 +130,9 @@ def check_stage_names(names: tuple[str, ...], stage_params: Mapping[str, Any] | 
         if name in RESERVED:
             raise BadInputError(f"stage name {name!r} is one of tomolive's own arrays {RESERVED!r}; rename it.")
         if name not in available:
-            raise BadInputError(f"unknown stage {name!r}; available stages: {available!r} (entry-point group {GROUP!r}).")
+            raise BadInputError(
+                f"unknown stage {name!r}; available stages: {available!r} (entry-point group {GROUP!r})."
+            )
     if len(set(names)) != len(names):
         raise BadInputError(f"extra_stages names a stage twice: {names!r}.")
     stray = sorted(set(stage_params or {}) - set(names))
@@ -145,7 +147,9 @@ def load_stage(name: str) -> RegisteredStage:
         return RegisteredStage(name, BUILTIN_STAGES[name], source)
     found = _entry_points()
     if name not in found:
-        raise BadInputError(f"unknown stage {name!r}; available stages: {available_stages()!r} (entry-point group {GROUP!r}).")
+        raise BadInputError(
+            f"unknown stage {name!r}; available stages: {available_stages()!r} (entry-point group {GROUP!r})."
+        )
     ep = found[name]
     loaded = ep.load()
     stage = loaded if isinstance(loaded, Stage) else Stage(loaded)

@@ -116,8 +116,11 @@ def raw_root(client: BaseClient) -> BaseClient:
     beside its processed result ``processed/<uid>``.
     """
     if RAW not in client:
-        client.create_container(RAW, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")],
-                                metadata={"description": "raw Bluesky runs (TiledWriter)"})  # fmt: skip
+        client.create_container(
+            RAW,
+            specs=[Spec("CatalogOfBlueskyRuns", version="3.0")],
+            metadata={"description": "raw Bluesky runs (TiledWriter)"},
+        )
     return client[RAW]
 
 
@@ -143,7 +146,7 @@ def _json_default(value: Any) -> Any:
 
 def now() -> str:
     """The current UTC time, ISO 8601."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 VOLUME_COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
@@ -172,9 +175,7 @@ def use_volume_compressors(zarr_path: str) -> bool:
         array = zarr.open_array(str(path), mode="r")
         if array.nchunks_initialized:
             return False
-        template = zarr.create_array(
-            MemoryStore(), shape=(1,), dtype=array.dtype, compressors=VOLUME_COMPRESSORS
-        )
+        template = zarr.create_array(MemoryStore(), shape=(1,), dtype=array.dtype, compressors=VOLUME_COMPRESSORS)
         meta = json.loads((path / "zarr.json").read_text())
         meta["codecs"] = [
             *(c.to_dict() for c in array.metadata.codecs if not isinstance(c, BytesBytesCodec)),
@@ -262,15 +263,18 @@ class ScanRecord:
         self._preview: BaseClient | None = None
 
     @classmethod
-    def create(
-        cls, client: BaseClient, raw_uid: str, metadata: dict, api_key: str | None = None
-    ) -> ScanRecord:
+    def create(cls, client: BaseClient, raw_uid: str, metadata: dict, api_key: str | None = None) -> ScanRecord:
         """Create (or reset, when re-processing) the container with status ``running``."""
         root = processed_root(client)
         if raw_uid in root:
             root[raw_uid].delete(recursive=True, external_only=False)
-        md = {**jsonable(metadata), "raw_uid": raw_uid, "links": {"raw": raw_path(raw_uid)},
-              "status": "running", "created": now()}  # fmt: skip
+        md = {
+            **jsonable(metadata),
+            "raw_uid": raw_uid,
+            "links": {"raw": raw_path(raw_uid)},
+            "status": "running",
+            "created": now(),
+        }
         node = root.create_container(raw_uid, metadata=md)
         return cls(node, api_key)
 
@@ -418,7 +422,9 @@ def find_scan(client: BaseClient, uid: str) -> BaseClient:
     if not matches:
         raise MissingDataError(f"no processed scan has a uid starting with {uid!r} in {root.uri}")
     if len(matches) > 1:
-        listed = "\n".join(f"  {key}  sample={node.metadata.get('sample')!r} status={node.metadata.get('status')}"
-                            for key, node in matches)  # fmt: skip
+        listed = "\n".join(
+            f"  {key}  sample={node.metadata.get('sample')!r} status={node.metadata.get('status')}"
+            for key, node in matches
+        )
         raise BadInputError(f"uid prefix {uid!r} matches several processed scans; give more characters:\n{listed}")
     return matches[0][1]

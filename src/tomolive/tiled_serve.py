@@ -81,8 +81,11 @@ def create_databases(profile: Path) -> list[str]:
     """
     config = parse_configs(profile)
     wanted = [("auth", config.database.uri)] if config.database is not None and config.database.uri else []
-    wanted += [("catalog", tree.args["uri"]) for tree in config.trees or []
-               if tree.tree_type is catalog_from_uri and tree.args and "uri" in tree.args]  # fmt: skip
+    wanted += [
+        ("catalog", tree.args["uri"])
+        for tree in config.trees or []
+        if tree.tree_type is catalog_from_uri and tree.args and "uri" in tree.args
+    ]
     created = []
     for kind, uri in wanted:
         schema, migrations, command = SCHEMAS[kind]

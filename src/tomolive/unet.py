@@ -81,9 +81,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(config.depth)]
         )
-        self.merge = nn.ModuleList(
-            [_block(2 * widths[i], widths[i], config.norm) for i in range(config.depth)]
-        )
+        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i], config.norm) for i in range(config.depth)])
         self.head = nn.Conv2d(widths[0], config.n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,9 +219,7 @@ def _batches(
     n, _, height, width = inputs.shape
     crop = min(settings.crop, height, width) // multiple * multiple
     if crop < multiple:
-        raise BadInputError(
-            f"slices of {height}x{width} pixels are too small to train on; need >= {multiple}"
-        )
+        raise BadInputError(f"slices of {height}x{width} pixels are too small to train on; need >= {multiple}")
     for _ in range(settings.steps):
         xs, ys = [], []
         for i in rng.integers(0, n, settings.batch_size):

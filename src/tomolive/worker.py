@@ -24,8 +24,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_worker(address: str, callback: Callable[[str, dict], None], *, prefix: bytes = b"",
-               deserializer: Callable[[bytes], dict] = unpack) -> None:  # fmt: skip
+def run_worker(
+    address: str,
+    callback: Callable[[str, dict], None],
+    *,
+    prefix: bytes = b"",
+    deserializer: Callable[[bytes], dict] = unpack,
+) -> None:
     """Dispatch documents from the proxy at ``address`` to ``callback`` until SIGTERM/SIGINT."""
     dispatcher = RemoteDispatcher(address, prefix=prefix, deserializer=deserializer)
     dispatcher.subscribe(callback)

@@ -124,14 +124,12 @@ def _check_inputs(data: object, angles: object) -> tuple[np.ndarray, np.ndarray]
         raise BadInputError("angles contain NaN/inf; expected finite angles in radians.")
     if arr.shape[0] < 4 or arr.shape[2] < 8:
         raise BadInputError(
-            f"projections need at least 4 angles and 8 columns {_LAYOUT}; got shape "
-            f"{np.shape(data)!r}."
+            f"projections need at least 4 angles and 8 columns {_LAYOUT}; got shape {np.shape(data)!r}."
         )
     span = float(np.ptp(theta))
     if span > 4.0 * np.pi:
         raise BadInputError(
-            f"angles span {span:.1f}, more than two turns; they look like degrees. Pass "
-            "radians (np.deg2rad(angles))."
+            f"angles span {span:.1f}, more than two turns; they look like degrees. Pass radians (np.deg2rad(angles))."
         )
     step = _median_step(theta)
     if span + 1.5 * step < np.pi - 1e-6:
@@ -154,13 +152,10 @@ def _check_search(search: tuple[float, float] | None, n_cols: int) -> tuple[floa
     try:
         lo, hi = (float(v) for v in search)
     except (TypeError, ValueError) as err:
-        raise BadInputError(
-            f"search_range must be a pair (start, stop) of column positions; got {search!r}."
-        ) from err
+        raise BadInputError(f"search_range must be a pair (start, stop) of column positions; got {search!r}.") from err
     if not (0.0 <= lo < hi <= n_cols - 1):
         raise BadInputError(
-            f"search_range must satisfy 0 <= start < stop <= n_cols - 1 = {n_cols - 1}; "
-            f"got {search!r}."
+            f"search_range must satisfy 0 <= start < stop <= n_cols - 1 = {n_cols - 1}; got {search!r}."
         )
     return lo, hi
 
@@ -168,9 +163,7 @@ def _check_search(search: tuple[float, float] | None, n_cols: int) -> tuple[floa
 # -- registration of 0 / 180 degree pairs ------------------------------------------------
 
 
-def _partner(
-    theta: np.ndarray, ref: int, max_residual: float
-) -> tuple[np.ndarray, np.ndarray] | None:
+def _partner(theta: np.ndarray, ref: int, max_residual: float) -> tuple[np.ndarray, np.ndarray] | None:
     """Indices and weights that estimate the projection at ``theta[ref] + pi``.
 
     Returns ``(indices, weights)`` for a linear combination of at most two projections
@@ -191,8 +184,7 @@ def _partner(
     same_side = [
         int(k)
         for k in order[1:6]
-        if np.sign(offset[k]) == np.sign(offset[nearest])
-        and abs(offset[k] - offset[nearest]) > 1e-9
+        if np.sign(offset[k]) == np.sign(offset[nearest]) and abs(offset[k] - offset[nearest]) > 1e-9
     ]
     candidates = [k for k in other_side if abs(offset[k]) <= 2.0 * max_residual] or same_side
     if not candidates:
@@ -375,7 +367,7 @@ def _sino_180(sino: np.ndarray, theta: np.ndarray, n_out: int | None = None) -> 
     s = sino[order]
     keep = t < np.pi - 1e-6
     t, s = t[keep], s[keep]
-    n_full = max(int(round(np.pi / _median_step(t))), 4)
+    n_full = max(round(np.pi / _median_step(t)), 4)
     n = n_full if n_out is None else max(4, min(int(n_out), n_full))
     uniform = np.arange(n) * (np.pi / n)
     if len(t) == n and np.allclose(t, uniform, atol=0.01 * np.pi / n):
@@ -457,9 +449,7 @@ def _vo_metrics(sino: np.ndarray, centers: np.ndarray, ratio: float) -> np.ndarr
             else:
                 moved[:, cut:] = comp[:, cut:]
         spectra = sfft.rfft2(stack[: len(chunk)], axes=(1, 2), workers=-1)
-        metrics[start : start + len(chunk)] = np.einsum(
-            "kij,ij->k", np.abs(spectra), weights
-        ) / (2 * nrow * ncol)
+        metrics[start : start + len(chunk)] = np.einsum("kij,ij->k", np.abs(spectra), weights) / (2 * nrow * ncol)
     return metrics
 
 
@@ -539,13 +529,11 @@ def _pick_rows(n_rows: int, rows: object) -> list[int]:
     if rows is None:
         if n_rows <= 3:
             return list(range(n_rows))
-        return sorted({int(round(v)) for v in np.linspace(0.25, 0.75, 3) * (n_rows - 1)})
+        return sorted({round(v) for v in np.linspace(0.25, 0.75, 3) * (n_rows - 1)})
     picked = [int(r) for r in np.atleast_1d(np.asarray(rows))]
     bad = [r for r in picked if not 0 <= r < n_rows]
     if bad or not picked:
-        raise BadInputError(
-            f"rows must be detector row indices in [0, {n_rows - 1}]; got {rows!r}."
-        )
+        raise BadInputError(f"rows must be detector row indices in [0, {n_rows - 1}]; got {rows!r}.")
     return picked
 
 
@@ -613,10 +601,11 @@ def find_center_vo(
     # Rows are independent and numpy/scipy release the GIL: search them side by side.
     with ThreadPoolExecutor(max_workers=len(picked)) as pool:
         results = pool.map(
-            lambda row: _vo_row(data[:, row, :], theta, search[0], search[1], float(step), float(radius),
-                                float(ratio), refine),
+            lambda row: _vo_row(
+                data[:, row, :], theta, search[0], search[1], float(step), float(radius), float(ratio), refine
+            ),
             picked,
-        )  # fmt: skip
+        )
         for c, conf, info in results:
             centers.append(c)
             confidences.append(conf)
@@ -699,9 +688,7 @@ def find_center(
     vo_keys = {"step", "radius", "ratio"}
     unknown = sorted(set(options) - reg_keys - vo_keys)
     if unknown:
-        raise BadInputError(
-            f"unknown option(s) {unknown!r}; allowed: {sorted(reg_keys | vo_keys)!r}."
-        )
+        raise BadInputError(f"unknown option(s) {unknown!r}; allowed: {sorted(reg_keys | vo_keys)!r}.")
     reg_opts = {k: v for k, v in options.items() if k in reg_keys}
     vo_opts = {k: v for k, v in options.items() if k in vo_keys}
     if method == "registration":

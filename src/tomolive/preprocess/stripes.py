@@ -164,9 +164,7 @@ def _large_2d(sino: np.ndarray, snr: float, size: int, drop_ratio: float, norm: 
     return sino
 
 
-def _dead_2d(
-    sino: np.ndarray, snr: float, size: int, residual: bool, smooth_strength: int
-) -> np.ndarray:
+def _dead_2d(sino: np.ndarray, snr: float, size: int, residual: bool, smooth_strength: int) -> np.ndarray:
     sino = sino.copy()
     ncol = sino.shape[1]
     smooth = ndi.uniform_filter1d(sino, smooth_strength, axis=0, mode="reflect")
@@ -300,9 +298,7 @@ def remove_large_stripes(
         Wrong shape, non-finite values or invalid options.
     """
     data = _check_sinograms(sinograms)
-    return _per_sinogram(
-        data, _large_2d, _check_snr(snr), _check_size(size), float(drop_ratio), bool(norm)
-    )
+    return _per_sinogram(data, _large_2d, _check_snr(snr), _check_size(size), float(drop_ratio), bool(norm))
 
 
 def remove_dead_stripes(
@@ -354,9 +350,7 @@ def remove_dead_stripes(
     )
 
 
-def _all_2d(
-    sino: np.ndarray, snr: float, la_size: int, sm_size: int, drop_ratio: float, dim: int
-) -> np.ndarray:
+def _all_2d(sino: np.ndarray, snr: float, la_size: int, sm_size: int, drop_ratio: float, dim: int) -> np.ndarray:
     sino = _dead_2d(sino, snr, la_size, False, 10)
     sino = _large_2d(sino, snr, la_size, drop_ratio, True)
     return _sorting_2d(sino, sm_size, dim)
@@ -463,9 +457,7 @@ def remove_stripes(
     function, allowed = _OPTIONS[method]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise BadInputError(
-            f"unknown option(s) {unknown!r} for stripe method {method!r}; allowed: {allowed!r}."
-        )
+        raise BadInputError(f"unknown option(s) {unknown!r} for stripe method {method!r}; allowed: {allowed!r}.")
     return function(projections, **options)
 
 

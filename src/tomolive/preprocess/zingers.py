@@ -78,12 +78,7 @@ def _as_float32(
 
 def _check_size(size: int, name: str = "size", minimum: int = 3, *, odd: bool = False) -> int:
     """Return ``size`` as int after checking it is an integer >= ``minimum`` (and odd)."""
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, (int, np.integer))
-        or size < minimum
-        or (odd and size % 2 == 0)
-    ):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < minimum or (odd and size % 2 == 0):
         kind = "an odd integer" if odd else "an integer"
         raise BadInputError(f"{name} must be {kind} >= {minimum}; got {size!r}.")
     return int(size)
@@ -197,7 +192,11 @@ def replace_nonfinite(
     4.0
     """
     arr = _as_float32(
-        projections, "projections", (2, 3), "(rows, cols) or (n, rows, cols)", finite=False,
+        projections,
+        "projections",
+        (2, 3),
+        "(rows, cols) or (n, rows, cols)",
+        finite=False,
         copy=True,
     )
     if mode not in NONFINITE_MODES:
@@ -214,9 +213,7 @@ def replace_nonfinite(
     stack = arr if arr.ndim == 3 else arr[np.newaxis]
     bad3 = bad if arr.ndim == 3 else bad[np.newaxis]
     h = size // 2
-    padded = np.pad(
-        np.where(bad3, np.nan, stack), ((0, 0), (h, h), (h, h)), constant_values=np.nan
-    )
+    padded = np.pad(np.where(bad3, np.nan, stack), ((0, 0), (h, h), (h, h)), constant_values=np.nan)
     windows = sliding_window_view(padded, (size, size), axis=(1, 2))
     k, r, c = np.nonzero(bad3)
     neighbourhoods = windows[k, r, c].reshape(len(k), -1)

@@ -101,8 +101,7 @@ def register_backend(backend: Backend, *, replace: bool = False) -> None:
     """
     if backend.name == "auto" or (backend.name in BACKENDS and not replace):
         raise BadInputError(
-            f"backend name {backend.name!r} is reserved or already registered; "
-            "pass replace=True to override"
+            f"backend name {backend.name!r} is reserved or already registered; pass replace=True to override"
         )
     BACKENDS[backend.name] = backend
 
@@ -128,8 +127,7 @@ def _check_projections(projections: np.ndarray) -> np.ndarray:
     if arr.ndim != 3:
         hint = " (for one sinogram pass sino[:, None, :])" if arr.ndim == 2 else ""
         raise BadInputError(
-            "projections: expected a 3D array (n_angles, n_rows, n_cols), "
-            f"got shape {arr.shape!r}{hint}"
+            f"projections: expected a 3D array (n_angles, n_rows, n_cols), got shape {arr.shape!r}{hint}"
         )
     if not np.issubdtype(arr.dtype, np.floating):
         raise BadInputError(
@@ -155,8 +153,7 @@ def _check_angles(angles: np.ndarray, n_angles: int) -> np.ndarray:
     ang = np.asarray(angles, dtype=np.float64).reshape(-1)
     if np.asarray(angles).ndim != 1 or ang.shape[0] != n_angles:
         raise BadInputError(
-            f"angles: expected a 1D array of {n_angles} angles (one per projection), "
-            f"got shape {np.shape(angles)!r}"
+            f"angles: expected a 1D array of {n_angles} angles (one per projection), got shape {np.shape(angles)!r}"
         )
     if not np.isfinite(ang).all():
         raise BadInputError("angles: expected finite values (radians), found NaN/inf")
@@ -291,12 +288,17 @@ def reconstruct(
         )
     unknown = sorted(set(options) - set(backend.options))
     if unknown:
-        raise BadInputError(
-            f"options: {method!r} does not accept {unknown!r}; it accepts {list(backend.options)!r}"
-        )
+        raise BadInputError(f"options: {method!r} does not accept {unknown!r}; it accepts {list(backend.options)!r}")
     out = backend.run(
-        proj, ang, c, filter=filter, filter_cutoff=float(filter_cutoff), padding=padding,
-        ncore=ncore, device=device, **options,
+        proj,
+        ang,
+        c,
+        filter=filter,
+        filter_cutoff=float(filter_cutoff),
+        padding=padding,
+        ncore=ncore,
+        device=device,
+        **options,
     )
     return np.asarray(out, dtype=np.float32)
 
@@ -315,24 +317,42 @@ def _register_builtin() -> None:
     from .peers import astra_available, astra_fbp, tomopy_available, tomopy_gridrec
 
     register_backend(
-        Backend("gridrec", gridrec, finufft_available, speed=20.0,
-                description="direct Fourier inversion by finufft type-1 NUFFT (CPU), "
-                            "two slices per transform",
-                options=("interpolation", "eps", "upsampfac", "pad_factor",
-                         "pairs_per_batch", "fft_plan", "overlap"))
+        Backend(
+            "gridrec",
+            gridrec,
+            finufft_available,
+            speed=20.0,
+            description="direct Fourier inversion by finufft type-1 NUFFT (CPU), two slices per transform",
+            options=("interpolation", "eps", "upsampfac", "pad_factor", "pairs_per_batch", "fft_plan", "overlap"),
+        )
     )
     register_backend(
-        Backend("fbp", fbp, _torch_available, speed=0.08,
-                description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
-                options=("rows_per_batch",))
+        Backend(
+            "fbp",
+            fbp,
+            _torch_available,
+            speed=0.08,
+            description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
+            options=("rows_per_batch",),
+        )
     )
     register_backend(
-        Backend("tomopy", tomopy_gridrec, tomopy_available, speed=8.4,
-                description="TomoPy gridrec (padded to a power of two)")
+        Backend(
+            "tomopy",
+            tomopy_gridrec,
+            tomopy_available,
+            speed=8.4,
+            description="TomoPy gridrec (padded to a power of two)",
+        )
     )
     register_backend(
-        Backend("astra", astra_fbp, astra_available, speed=0.09,
-                description="astra-toolbox FBP (CPU 'linear' projector, or FBP_CUDA)")
+        Backend(
+            "astra",
+            astra_fbp,
+            astra_available,
+            speed=0.09,
+            description="astra-toolbox FBP (CPU 'linear' projector, or FBP_CUDA)",
+        )
     )
 
 

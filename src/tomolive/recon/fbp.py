@@ -19,7 +19,7 @@ from .filters import angle_weights, filter_response, pad_projections, padded_wid
 _CHUNK_ELEMENTS = 1 << 24
 
 
-def torch_device(device: str | None) -> "object":
+def torch_device(device: str | None) -> object:
     """The torch device to run on: ``device`` if given, else CUDA when available, else CPU.
 
     Parameters
@@ -99,7 +99,7 @@ def fbp(
     import torch
 
     dev = torch_device(device)
-    n_angles, n_rows, n = projections.shape
+    _n_angles, n_rows, n = projections.shape
     width = padded_width(n)
     if int(rows_per_batch) < 1:
         raise BadInputError(f"rows_per_batch: expected an integer >= 1, got {rows_per_batch!r}")
@@ -150,7 +150,6 @@ def _backproject(q, cos, sin, coord, center: float):
         grid[..., 0] = (u * scale_u - 1.0).reshape(1, a1 - a0, n * n)
         rows = torch.arange(a0, a1, dtype=q.dtype, device=q.device) * scale_a - 1.0
         grid[..., 1] = rows[None, :, None]
-        vals = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=True)
+        vals = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         acc += vals[0].sum(dim=1)
     return acc

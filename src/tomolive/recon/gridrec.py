@@ -149,9 +149,17 @@ def gridrec(
     n_pairs = (n_rows + 1) // 2
     batch = max(1, min(int(pairs_per_batch), n_pairs))
     measure = fft_plan == "measure" or (fft_plan == "auto" and n_rows >= 16)
-    plan = finufft.Plan(1, (n, n), n_trans=batch, eps=float(eps), isign=1, dtype="complex64",
-                        nthreads=nthreads, upsampfac=float(upsampfac),
-                        fftw=_FFTW_MEASURE if measure else _FFTW_ESTIMATE)
+    plan = finufft.Plan(
+        1,
+        (n, n),
+        n_trans=batch,
+        eps=float(eps),
+        isign=1,
+        dtype="complex64",
+        nthreads=nthreads,
+        upsampfac=float(upsampfac),
+        fftw=_FFTW_MEASURE if measure else _FFTW_ESTIMATE,
+    )
     # finufft's first mode index follows its first coordinate: pass y first for [y, x] output.
     plan.setpts(wy.ravel(), wx.ravel())
     out = np.empty((n_rows, n, n), dtype=np.float32)

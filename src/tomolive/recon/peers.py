@@ -12,8 +12,14 @@ import numpy as np
 from ..errors import BadInputError
 from .filters import angle_weights
 
-_ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "cosine": "cosine",
-                  "hamming": "hamming", "hann": "hann", "parzen": "parzen"}
+_ASTRA_FILTERS = {
+    "ramp": "ram-lak",
+    "shepp-logan": "shepp-logan",
+    "cosine": "cosine",
+    "hamming": "hamming",
+    "hann": "hann",
+    "parzen": "parzen",
+}
 
 
 def astra_available() -> bool:
@@ -38,7 +44,7 @@ def _astra_cuda_usable(astra) -> bool:
     """astra's GPU calls can kill a CPU-only interpreter (SIGFPE): ask before touching them."""
     try:
         return bool(astra.use_cuda())
-    except Exception:  # noqa: BLE001 - any failure means: do not use CUDA
+    except Exception:
         return False
 
 
@@ -111,8 +117,14 @@ def astra_fbp(
     return out
 
 
-_TOMOPY_FILTERS = {"ramp": "ramlak", "shepp-logan": "shepp", "cosine": "cosine",
-                   "hamming": "hamming", "hann": "hann", "parzen": "parzen"}
+_TOMOPY_FILTERS = {
+    "ramp": "ramlak",
+    "shepp-logan": "shepp",
+    "cosine": "cosine",
+    "hamming": "hamming",
+    "hann": "hann",
+    "parzen": "parzen",
+}
 
 
 def tomopy_gridrec(
@@ -141,12 +153,18 @@ def tomopy_gridrec(
 
     if device not in (None, "cpu"):
         raise BadInputError(f"device: tomopy runs on the CPU only, got {device!r}")
-    n_angles, n_rows, n = projections.shape
+    _n_angles, _n_rows, n = projections.shape
     width = 1 << int(np.ceil(np.log2(2 * n)))
     left = (width - n) // 2
     mode = "edge" if padding == "edge" else "constant"
     padded = np.pad(projections, ((0, 0), (0, 0), (left, width - n - left)), mode=mode)
-    rec = tomopy.recon(padded, angles, center=center + left, algorithm="gridrec",
-                       filter_name=_TOMOPY_FILTERS[filter], filter_par=[filter_cutoff, 2],
-                       ncore=ncore)
+    rec = tomopy.recon(
+        padded,
+        angles,
+        center=center + left,
+        algorithm="gridrec",
+        filter_name=_TOMOPY_FILTERS[filter],
+        filter_par=[filter_cutoff, 2],
+        ncore=ncore,
+    )
     return np.ascontiguousarray(rec[:, left : left + n, left : left + n], dtype=np.float32)
