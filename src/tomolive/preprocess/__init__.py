@@ -1,7 +1,8 @@
 """Preprocessing stages: plain functions on numpy arrays, no I/O."""
 
+from ..validation import check_finite
 from .center import CENTER_METHODS, CenterResult, find_center, find_center_registration, find_center_vo
-from .normalize import check_finite, normalize, reduce_frames
+from .normalize import normalize, reduce_frames
 from .phase import paganin
 from .stripes import (
     STRIPE_METHODS,

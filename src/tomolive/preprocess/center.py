@@ -57,7 +57,7 @@ import scipy.fft as sfft
 import scipy.ndimage as ndi
 
 from ..errors import BadInputError
-from .zingers import _as_float32
+from ..validation import as_float32
 
 __all__ = [
     "CENTER_METHODS",
@@ -111,7 +111,7 @@ class CenterResult:
 
 def _check_inputs(data: object, angles: object) -> tuple[np.ndarray, np.ndarray]:
     """Return projections as float32 (n_angles, n_rows, n_cols) and angles as float64."""
-    arr = _as_float32(data, "projections", (2, 3), _LAYOUT)
+    arr = as_float32(data, "projections", (2, 3), _LAYOUT)
     if arr.ndim == 2:
         arr = arr[:, np.newaxis, :]
     theta = np.asarray(angles, dtype=np.float64)

@@ -12,20 +12,9 @@ from typing import Literal
 import numpy as np
 
 from ..errors import BadInputError
+from ..validation import check_finite
 
 REDUCTIONS = ("median", "mean")
-
-
-def check_finite(frames: np.ndarray, name: str) -> None:
-    """Raise :class:`BadInputError` if ``frames`` holds NaN or inf values."""
-    if np.issubdtype(frames.dtype, np.integer):
-        return
-    bad = np.size(frames) - np.count_nonzero(np.isfinite(frames))
-    if bad:
-        raise BadInputError(
-            f"{name} contains {bad} NaN/inf pixel(s) of {np.size(frames)}; expected finite "
-            "detector counts. Check the detector (saturation, readout error) and re-acquire."
-        )
 
 
 def reduce_frames(

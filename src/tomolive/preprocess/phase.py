@@ -25,7 +25,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..errors import BadInputError
-from .zingers import _as_float32
+from ..validation import as_float32
 
 __all__ = ["paganin", "paganin_filter", "wavelength"]
 
@@ -141,7 +141,7 @@ def paganin(
     >>> bool(out[16, 16] > 0.99), bool(abs(out.mean() - frame.mean()) < 1e-6)
     (True, True)
     """
-    data = _as_float32(projections, "projections", (2, 3), "(rows, cols) or (n, rows, cols)")
+    data = as_float32(projections, "projections", (2, 3), "(rows, cols) or (n, rows, cols)")
     stack = data if data.ndim == 3 else data[np.newaxis]
     rows, cols = stack.shape[1:]
     pixel_size = _check_positive("pixel_size", pixel_size, "metres")

@@ -51,7 +51,7 @@ import scipy.ndimage as ndi
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import BadInputError
-from .zingers import _as_float32, _check_size
+from ..validation import as_float32, check_size
 
 __all__ = [
     "STRIPE_METHODS",
@@ -215,7 +215,7 @@ def _check_dim(dim: int) -> int:
 
 
 def _check_sinograms(sinograms: object, name: str = "sinogram") -> np.ndarray:
-    data = _as_float32(sinograms, name, (2, 3), _LAYOUT)
+    data = as_float32(sinograms, name, (2, 3), _LAYOUT)
     if data.shape[0] < 3 or data.shape[-1] < 3:
         raise BadInputError(
             f"{name} needs at least 3 angles and 3 columns {_LAYOUT}; got shape "
@@ -259,7 +259,7 @@ def remove_stripe_sorting(sinograms: np.ndarray, size: int = 21, *, dim: int = 1
     True
     """
     data = _check_sinograms(sinograms)
-    size = _check_size(size)
+    size = check_size(size)
     return _per_sinogram(data, _sorting_2d, size, _check_dim(dim))
 
 
@@ -298,7 +298,7 @@ def remove_large_stripes(
         Wrong shape, non-finite values or invalid options.
     """
     data = _check_sinograms(sinograms)
-    return _per_sinogram(data, _large_2d, _check_snr(snr), _check_size(size), float(drop_ratio), bool(norm))
+    return _per_sinogram(data, _large_2d, _check_snr(snr), check_size(size), float(drop_ratio), bool(norm))
 
 
 def remove_dead_stripes(
@@ -344,9 +344,9 @@ def remove_dead_stripes(
         data,
         _dead_2d,
         _check_snr(snr),
-        _check_size(size),
+        check_size(size),
         bool(residual),
-        _check_size(smooth_strength, "smooth_strength", 2),
+        check_size(smooth_strength, "smooth_strength", 2),
     )
 
 
@@ -399,8 +399,8 @@ def remove_all_stripes(
         data,
         _all_2d,
         _check_snr(snr),
-        _check_size(la_size, "la_size"),
-        _check_size(sm_size, "sm_size"),
+        check_size(la_size, "la_size"),
+        check_size(sm_size, "sm_size"),
         float(drop_ratio),
         _check_dim(dim),
     )
@@ -491,7 +491,7 @@ def ring_metric(sinograms: np.ndarray, size: int = 11) -> float:
     0.141
     """
     data = _check_sinograms(sinograms)
-    size = _check_size(size)
+    size = check_size(size)
     means = data.mean(axis=0)  # (n_cols,) or (n_rows, n_cols)
     residual = means - _median_last_axis(means, size)
     return float(np.mean(np.sqrt(np.mean(residual.astype(np.float64) ** 2, axis=-1))))

@@ -5,9 +5,6 @@ the detector; they turn into short streaks after reconstruction. They are found 
 comparing each frame with its median-filtered self and replacing pixels that differ by
 more than a threshold. Non-finite pixels (NaN/inf from saturated or dead pixels after a
 division) are replaced by the median of their finite neighbours.
-
-The private helper :func:`_as_float32` is shared by the other preprocess modules: it checks
-the dimensionality and dtype of an input array up front and converts it to float32.
 """
 
 from __future__ import annotations
@@ -19,69 +16,12 @@ import scipy.ndimage as ndi
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import BadInputError
+from ..validation import as_float32, check_size
 
 __all__ = ["remove_zingers", "replace_nonfinite"]
 
 SIGNS = ("positive", "negative", "both")
 NONFINITE_MODES = ("median", "value")
-
-
-def _as_float32(
-    array: object,
-    name: str,
-    ndims: tuple[int, ...],
-    layout: str,
-    *,
-    finite: bool = True,
-    copy: bool = False,
-) -> np.ndarray:
-    """Return ``array`` as float32 after checking its dimensionality, dtype and values.
-
-    Parameters
-    ----------
-    array : array_like
-        The input to check.
-    name : str
-        Its name in error messages.
-    ndims : tuple of int
-        Allowed numbers of dimensions.
-    layout : str
-        Words describing the expected layout, e.g. ``"(n_angles, n_cols)"``.
-    finite : bool
-        Reject NaN/inf values.
-    copy : bool
-        Always return a new array.
-    """
-    arr = np.asarray(array)
-    if arr.ndim not in ndims:
-        raise BadInputError(
-            f"{name} must be a {' or '.join(f'{n}D' for n in ndims)} array {layout}; got "
-            f"shape {arr.shape!r}. Pass a single frame/sinogram or a stack in that layout."
-        )
-    if arr.size == 0:
-        raise BadInputError(f"{name} is empty (shape {arr.shape!r}); expected data {layout}.")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise BadInputError(
-            f"{name} must hold real numbers (integer or float); got dtype {arr.dtype!r}. "
-            "Convert it with np.asarray(x, dtype=np.float32)."
-        )
-    out = arr.astype(np.float32, copy=copy)
-    if finite:
-        bad = out.size - int(np.count_nonzero(np.isfinite(out)))
-        if bad:
-            raise BadInputError(
-                f"{name} contains {bad} NaN/inf value(s) of {out.size}; expected finite "
-                "values. Repair them first with tomolive.preprocess.replace_nonfinite."
-            )
-    return out
-
-
-def _check_size(size: int, name: str = "size", minimum: int = 3, *, odd: bool = False) -> int:
-    """Return ``size`` as int after checking it is an integer >= ``minimum`` (and odd)."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < minimum or (odd and size % 2 == 0):
-        kind = "an odd integer" if odd else "an integer"
-        raise BadInputError(f"{name} must be {kind} >= {minimum}; got {size!r}.")
-    return int(size)
 
 
 def remove_zingers(
@@ -132,10 +72,10 @@ def remove_zingers(
     >>> float(remove_zingers(frame, threshold=1.0)[2, 2])
     1.0
     """
-    arr = _as_float32(projections, "projections", (2, 3), "(rows, cols) or (n, rows, cols)")
+    arr = as_float32(projections, "projections", (2, 3), "(rows, cols) or (n, rows, cols)")
     if not np.isfinite(threshold) or threshold <= 0:
         raise BadInputError(f"threshold must be a finite number > 0; got {threshold!r}.")
-    size = _check_size(size)
+    size = check_size(size)
     if sign not in SIGNS:
         raise BadInputError(f"sign must be one of {SIGNS!r}; got {sign!r}.")
     window = (size, size) if arr.ndim == 2 else (1, size, size)
@@ -191,7 +131,7 @@ def replace_nonfinite(
     >>> float(replace_nonfinite(frame)[1, 1])
     4.0
     """
-    arr = _as_float32(
+    arr = as_float32(
         projections,
         "projections",
         (2, 3),
@@ -203,7 +143,7 @@ def replace_nonfinite(
         raise BadInputError(f"mode must be one of {NONFINITE_MODES!r}; got {mode!r}.")
     if not np.isfinite(value):
         raise BadInputError(f"value must be finite; got {value!r}.")
-    size = _check_size(size, odd=True)
+    size = check_size(size, odd=True)
     bad = ~np.isfinite(arr)
     if not bad.any():
         return arr
