@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tomolive import phantoms
-from tomolive.provenance import git_commit
+from tomolive.engine.provenance import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -3,7 +3,7 @@
 N rows x N columns x N angles over 180 degrees of a seeded foam (``make_foam``, 5000
 photons per pixel), acquired by ``tomo_scan`` in a real RunEngine on the simulated
 beamline, with ``TomoPipeline`` subscribed; results go to the embedded Tiled server
-(SQLite + Zarr) on loopback, and blocks run on a Dask ``LocalCluster`` (``tomolive.pipeline.local_cluster``: processes, one
+(SQLite + Zarr) on loopback, and blocks run on a Dask ``LocalCluster`` (``tomolive.engine.cluster.local_cluster``: processes, one
 thread per worker) of 1 worker, then of 2 workers (a fresh pipeline, a new scan uid, the
 same frames: same phantom, same noise seed).
 
@@ -72,15 +72,17 @@ from distributed import Client, wait
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import make_sim_beamline
+from tomolive.engine.blocks import row_blocks
+from tomolive.engine.cluster import local_cluster
+from tomolive.engine.provenance import compute_device
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import PipelineParams, local_cluster, row_blocks
 from tomolive.plans import tomo_scan
-from tomolive.provenance import compute_device
 from tomolive.recon import reconstruct
 from tomolive.server import SERVER_MODULE, running_server
-from tomolive.spool import ProjectionSpool, read_rows
 from tomolive.store import VOLUME_COMPRESSORS, ScanRecord, connect
 from tomolive.synced import open_for_writing
+from tomolive.techniques.tomo import PipelineParams
+from tomolive.techniques.tomo.spool import ProjectionSpool, read_rows
 
 MB = 1024.0**2
 POLL_S = 0.2
@@ -213,9 +215,9 @@ def _warm_worker(uri, api_key, n, rows, cold):
     the three steps of a block task (read spool rows, reconstruct, write to Tiled: connect
     + write) and the QC task in timers. The wrappers only log start/end times; behaviour is
     unchanged."""
-    import tomolive.analysis as an
-    import tomolive.pipeline as pl
     import tomolive.store as st
+    import tomolive.techniques.tomo.analysis as an
+    import tomolive.techniques.tomo.reconstruction as pl
 
     if getattr(pl, "_bench_log", None) is None:
         log: list[tuple[str, float, float]] = []
@@ -247,7 +249,7 @@ def _warm_worker(uri, api_key, n, rows, cold):
 
 
 def _worker_log():
-    import tomolive.pipeline as pl
+    import tomolive.techniques.tomo.reconstruction as pl
 
     return list(pl._bench_log)
 

@@ -1,6 +1,6 @@
-"""Bluesky callbacks (``RE.subscribe``-able) that feed scans into the tomolive engine."""
+"""Bluesky callbacks (``RE.subscribe``-able) that feed runs into the tomolive engine."""
 
-from tomolive.session import ProcessedRun
+from tomolive.engine import ProcessedRun
 
 from .tomo_pipeline import TomoPipeline
 

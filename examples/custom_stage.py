@@ -85,8 +85,8 @@ def main() -> None:
     from tomolive.callbacks import TomoPipeline
     from tomolive.devices import make_sim_beamline
     from tomolive.phantoms import make_foam
-    from tomolive.pipeline import PipelineParams
     from tomolive.plans import tomo_scan
+    from tomolive.techniques.tomo import PipelineParams
 
     with tempfile.TemporaryDirectory(prefix="tomolive-example-stages-") as site:
         installed = set(ENTRY_POINTS) <= set(available_stages())

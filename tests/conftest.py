@@ -17,8 +17,8 @@ from distributed import Client
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.devices import SimBeamline, make_sim_beamline
+from tomolive.engine.cluster import local_cluster
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import local_cluster
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.store import connect, raw_root

@@ -10,11 +10,11 @@ from tiled.queries import Key
 from tomolive.callbacks import TomoPipeline
 from tomolive.devices import make_sim_beamline
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan
 from tomolive.qc import qc_metrics
 from tomolive.segment import dice_scores, phase_statistics
 from tomolive.store import connect
+from tomolive.techniques.tomo import PipelineParams
 
 
 @pytest.mark.parametrize("method", ["auto", "otsu"])

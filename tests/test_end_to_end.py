@@ -106,7 +106,9 @@ def test_tomolive_ls_lists_the_scan(tiled_server, pipeline, beamline, run_scan):
 def test_wait_without_a_uid_waits_for_the_scan_started_last(pipeline, beamline, run_scan):
     first = run_scan(beamline, n_angles=30)
     assert pipeline.wait(timeout=120).uid == first
-    pipeline.session("a-scan-under-way", {"sample": "next"})  # started, its stop not yet handled
+    pipeline.engine.start_run(
+        pipeline.techniques[0], "a-scan-under-way", {"sample": "next"}
+    )  # its stop not yet handled
     with pytest.raises(TimeoutError, match=r"latest"):
         pipeline.wait(timeout=0.3)  # the scan under way's outcome, not the first scan's
     assert pipeline.wait(first, timeout=1).uid == first

@@ -7,10 +7,10 @@ import threading
 import pytest
 from bluesky import RunEngine
 
+from tomolive.engine.events import EVENT_KINDS, ResultEvents
 from tomolive.errors import BadInputError
-from tomolive.events import EVENT_KINDS, ResultEvents
-from tomolive.pipeline import PipelineParams
 from tomolive.store import connect
+from tomolive.techniques.tomo import PipelineParams
 
 
 class Recorder:

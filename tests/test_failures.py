@@ -15,8 +15,8 @@ from tiled.client import from_uri
 
 from tomolive.devices import SimTomoDetector
 from tomolive.errors import BadInputError
-from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan
+from tomolive.techniques.tomo import PipelineParams
 
 
 def container_md(tiled_server, uid):
@@ -209,40 +209,40 @@ def test_non_tomography_runs_are_ignored(pipeline, beamline):
 
 def test_a_scan_ended_while_its_first_frame_is_taken_in_leaves_no_spool_or_preview(pipeline, tmp_path, monkeypatch):
     """The end is recorded on another thread than the frames': it waits for the frame in hand."""
-    import tomolive.session as session_module
+    from tomolive.techniques.tomo.acquisition import TomoAcquisition
 
     inside, release = threading.Event(), threading.Event()
-    real_start = session_module.ScanSession._start
+    real_start = TomoAcquisition._start
 
     def slow_start(self, frame):  # the first projection makes the spool and the preview
         inside.set()
         release.wait(10)
         real_start(self, frame)
 
-    monkeypatch.setattr(session_module.ScanSession, "_start", slow_start)
-    scan = pipeline.session("ended-mid-frame", {"sample": "ended mid-frame"})
-    scan.add_calibration("dark", np.zeros((16, 96), np.uint16))
-    scan.add_calibration("flat", np.full((16, 96), 1000, np.uint16))
-    scan.add_projection(np.full((16, 96), 500, np.uint16), 0.0)
+    monkeypatch.setattr(TomoAcquisition, "_start", slow_start)
+    scan = pipeline.engine.start_run(pipeline.techniques[0], "ended-mid-frame", {"sample": "ended mid-frame"})
+    scan.add("dark", np.zeros((16, 96), np.uint16))
+    scan.add("flat", np.full((16, 96), 1000, np.uint16))
+    scan.add("projection", np.full((16, 96), 500, np.uint16), 0.0)
     assert inside.wait(10)
     scan.end("aborted", "operator stopped the scan")
     release.set()
     assert pipeline.wait("ended-mid-frame", timeout=60).status == "aborted"
     scan._ingest.join(10)
     assert not scan._ingest.is_alive()
-    assert not list(tmp_path.glob("tomolive-spool-*")) and scan.preview is None
+    assert not list(tmp_path.glob("tomolive-spool-*")) and scan.acquisition.preview is None
 
 
 def test_a_run_failing_before_its_blocks_keeps_no_empty_volume(tiled_server, pipeline, beamline, run_scan, monkeypatch):
     """Processing made the array itself (none was made during the scan), then the centre search failed."""
-    import tomolive.pipeline as pipeline_module
-    import tomolive.session as session_module
+    import tomolive.techniques.tomo.stages as stages_module
+    from tomolive.techniques.tomo.acquisition import TomoAcquisition
 
     def broken_centre(*args, **kwargs):
         raise BadInputError("the centre search broke")
 
-    monkeypatch.setattr(session_module.ScanSession, "_make_recon_volume", lambda self, record, shape: None)
-    monkeypatch.setattr(pipeline_module, "find_scan_center", broken_centre)
+    monkeypatch.setattr(TomoAcquisition, "_make_recon_volume", lambda self, store, shape: None)
+    monkeypatch.setattr(stages_module, "find_scan_center", broken_centre)
     uid = run_scan(beamline, n_angles=30, sample="centre fails")
     outcome = pipeline.wait(uid, timeout=60)
     assert outcome.status == "failed" and "the centre search broke" in outcome.reason

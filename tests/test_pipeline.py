@@ -11,23 +11,18 @@ from bluesky import RunEngine
 from distributed import Client, get_task_stream
 from tiled.client import from_uri
 
-from tomolive.analysis import measure_quality
 from tomolive.callbacks import TomoPipeline
 from tomolive.devices import make_sim_beamline
+from tomolive.engine.blocks import blocks_holding, row_blocks, submit_blocks
+from tomolive.engine.cluster import local_cluster
 from tomolive.errors import BadInputError
 from tomolive.phantoms import make_foam
-from tomolive.pipeline import (
-    PaganinParams,
-    PipelineParams,
-    blocks_holding,
-    local_cluster,
-    prepare_projection,
-    row_blocks,
-    submit_blocks,
-)
 from tomolive.plans import tomo_scan
 from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
 from tomolive.store import VolumeTarget
+from tomolive.techniques.tomo import PaganinParams, PipelineParams
+from tomolive.techniques.tomo.analysis import measure_quality
+from tomolive.techniques.tomo.reconstruction import prepare_projection
 
 from .conftest import SAME_VOLUME
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tomolive.progress import ProgressReporter
+from tomolive.engine.progress import ProgressReporter
 
 
 class SlowSink:

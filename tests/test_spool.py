@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from tomolive.errors import BadInputError
-from tomolive.spool import FRAMES_PER_CHUNK, GROWTH, ProjectionSpool, read_rows
+from tomolive.techniques.tomo.spool import FRAMES_PER_CHUNK, GROWTH, ProjectionSpool, read_rows
 
 FRAME = (5, 6)
 
@@ -127,9 +127,9 @@ def test_read_rows_refuses_rows_outside_the_frames(tmp_path: Path, start: int, s
 
 
 def test_rows_per_block_needing_more_open_files_than_allowed_is_refused(tmp_path: Path, monkeypatch) -> None:
-    import tomolive.spool
+    import tomolive.techniques.tomo.spool
 
-    monkeypatch.setattr(tomolive.spool, "_open_file_limit", lambda: 4)  # 2 files open per spool at most
+    monkeypatch.setattr(tomolive.techniques.tomo.spool, "_open_file_limit", lambda: 4)  # 2 files open per spool at most
     with pytest.raises(BadInputError, match=r"rows_per_block=2 cuts 5 detector rows into 3 blocks.*ulimit -n"):
         ProjectionSpool.create(tmp_path / "many.zarr", FRAME, rows_per_block=2)
     assert not (tmp_path / "many.zarr").exists()

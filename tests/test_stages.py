@@ -14,9 +14,9 @@ from scipy.ndimage import median_filter
 from tiled.queries import Key
 
 from tomolive.errors import BadInputError
-from tomolive.pipeline import PipelineParams
 from tomolive.stages import Stage, available_stages, load_stage
 from tomolive.store import connect
+from tomolive.techniques.tomo import PipelineParams
 
 STAGES_MODULE = '''
 import numpy as np

@@ -122,9 +122,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """Reconstruct a stored scan (file or raw Tiled run) into the Tiled server, no RunEngine."""
-    from .callbacks import TomoPipeline
+    from .engine import Engine
     from .offline import open_source, process_scan
-    from .pipeline import PipelineParams
+    from .store import connect
+    from .techniques.tomo import PipelineParams, TomoTechnique
 
     settings = _settings(args)
     key = _key_or_none(settings)
@@ -136,8 +137,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     }
     params = PipelineParams(**{k: v for k, v in overrides.items() if v is not None})
     scan, uid = open_source(args.source, args.source_api_key or key)
-    with scan, TomoPipeline.from_uri(settings.uri, api_key=key, dask=args.dask, params=params) as pipe:
-        result = process_scan(scan, uid, pipe, sample=args.sample)
+    with scan, Engine(connect(settings.uri, api_key=key), dask=args.dask) as engine:
+        result = process_scan(scan, uid, engine, TomoTechnique(params), sample=args.sample)
     print(f"{result.status}: {result.uri or result.outbox}" + (f" ({result.reason})" if result.reason else ""))
     return 0 if result.status == "complete" else 1
 

@@ -32,8 +32,8 @@ from tiled.structures.core import Spec
 import tomolive
 
 from .denoise import WEIGHTS_FORMAT, TrainResult, UNet25D, model_from_bytes, model_to_bytes
+from .engine.provenance import compute_device, git_commit, package_versions
 from .errors import BadInputError, MissingDataError, TomoliveError
-from .provenance import compute_device, git_commit, package_versions
 from .store import fetched_here, jsonable, now
 
 MODELS = "models"

@@ -1,6 +1,6 @@
 """Process a stored scan without a RunEngine: ``tomolive process <file or Tiled run URI>``.
 
-The frames go through the same :class:`~tomolive.session.ScanSession` the live callback
+The frames go through the same engine run (:class:`~tomolive.engine.Run`) the live callback
 uses (same normalisation, spool, preview, reconstruction and provenance), read in batches
 of up to 64 MB (:meth:`~tomolive.formats.FrameStack.batches`) from a DXchange/NeXus file
 (:mod:`tomolive.formats`) or from a raw Bluesky run saved in Tiled by bluesky-tiled-plugins'
@@ -21,8 +21,7 @@ from .formats import FrameStack, StoredScan, open_scan
 from .store import connect, fetched_here
 
 if TYPE_CHECKING:
-    from .callbacks import TomoPipeline
-    from .session import ProcessedRun
+    from .engine import Engine, ProcessedRun, Technique
 
 RUN_STREAMS = {"darks": "dark", "flats": "flat", "projections": "primary"}
 
@@ -80,9 +79,15 @@ def open_source(source: str, api_key: str | None = None) -> tuple[StoredScan, st
 
 
 def process_scan(
-    scan: StoredScan, uid: str, pipeline: TomoPipeline, *, sample: str | None = None, progress: bool = True
+    scan: StoredScan,
+    uid: str,
+    engine: Engine,
+    technique: Technique,
+    *,
+    sample: str | None = None,
+    progress: bool = True,
 ) -> ProcessedRun:
-    """Feed every frame of ``scan`` to ``pipeline`` as a scan ``uid`` and wait for the result."""
+    """Feed every frame of ``scan`` to ``engine`` as a ``technique`` run ``uid`` and wait for the result."""
     if len(scan.angles_deg) != len(scan.projections):
         raise BadInputError(
             f"{scan.source}: {len(scan.angles_deg)} angles for {len(scan.projections)} projections; "
@@ -95,19 +100,19 @@ def process_scan(
         "format": scan.format,
         "tomo": {"n_angles": len(scan.projections), "angle_units": "deg"},
     }
-    session = pipeline.session(uid, metadata, expected_angles=len(scan.projections))
+    run = engine.start_run(technique, uid, metadata)
     try:
         for kind, stack in (("dark", scan.darks), ("flat", scan.flats)):
             for batch in stack.batches():
                 for frame in batch:
-                    session.add_calibration(kind, frame)
+                    run.add(kind, frame)
         angles = iter(scan.angles_deg)  # as many as frames (checked above)
         with tqdm(total=len(scan.projections), desc="read", unit="frame", disable=not progress) as bar:
             for batch in scan.projections.batches():
                 for frame, angle in zip(batch, angles):  # zip stops at the batch's end first
-                    session.add_projection(frame, float(angle))
+                    run.add("projection", frame, float(angle))
                 bar.update(len(batch))
-        session.finish()
+        run.finish()
     except Exception as err:  # marked failed in Tiled, like a live scan, not left "running"
-        session.end("failed", f"{type(err).__name__}: {err}")
-    return pipeline.wait(uid)
+        run.end("failed", f"{type(err).__name__}: {err}")
+    return engine.wait(uid)

@@ -57,9 +57,21 @@ class OutboxEntry:
         entry._write_record({**jsonable(metadata), "raw_uid": raw_uid, "status": "running", "created": now()})
         return entry
 
+    uri = None
+    models_client = None
+
     @property
     def uid(self) -> str:
         return self.path.name
+
+    def __contains__(self, key: str) -> bool:
+        return (self.path / f"{key}.zarr").is_dir()
+
+    def remove(self, key: str) -> None:
+        shutil.rmtree(self.path / f"{key}.zarr", ignore_errors=True)
+
+    def write_preview(self, image: np.ndarray | None, metadata: dict) -> None:
+        """Previews are not kept locally: the result is what the outbox is for."""
 
     def metadata(self) -> dict[str, Any]:
         record = self.path / RECORD_FILE

@@ -257,10 +257,21 @@ def _writable_zarr_path(array_client: BaseClient) -> str | None:
 class ScanRecord:
     """The ``processed/<raw uid>`` container of one scan and its status."""
 
-    def __init__(self, node: BaseClient, api_key: str | None):
+    def __init__(self, node: BaseClient, api_key: str | None, models_client: BaseClient | None = None):
         self.node = node
         self.api_key = api_key
+        self.models_client = models_client
         self._preview: BaseClient | None = None
+
+    @property
+    def uri(self) -> str:
+        return self.node.uri
+
+    def describe(self) -> str:
+        return self.node.uri
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.node
 
     @classmethod
     def create(cls, client: BaseClient, raw_uid: str, metadata: dict, api_key: str | None = None) -> ScanRecord:
@@ -276,7 +287,7 @@ class ScanRecord:
             "created": now(),
         }
         node = root.create_container(raw_uid, metadata=md)
-        return cls(node, api_key)
+        return cls(node, api_key, client)
 
     def update(self, **metadata: Any) -> None:
         """Merge top-level metadata keys (no revision kept: progress updates are frequent)."""

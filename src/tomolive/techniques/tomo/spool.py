@@ -23,7 +23,7 @@ import zarr
 from zarr.codecs import BytesCodec
 from zarr.codecs.bytes import Endian
 
-from .errors import BadInputError
+from ...errors import BadInputError
 
 GROWTH = 256
 FRAMES_PER_CHUNK = 32

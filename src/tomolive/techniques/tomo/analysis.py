@@ -1,4 +1,4 @@
-"""After reconstruction: segmentation into phases, phase statistics, QC numbers and alerts.
+"""Tomography after reconstruction: segmentation into phases, phase statistics, QC numbers and alerts.
 
 QC runs for every scan (a few slices, about a second): SNR/CNR, ring severity, edge width
 and the centre-finding confidence, with alerts where a number passes its threshold
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from distributed import Client, Future
 
-from .pipeline import gpu_resources, run_blocks
-from .provenance import Provenance
-from .qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
-from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
-from .store import VolumeTarget
+from ...engine.cluster import gpu_resources
+from ...qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
+from ...segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
+from ...stages import StageContext, VolumeRef, overlapping
+from ...store import VolumeTarget
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def segment_block(
 
     torch.set_num_threads(1)  # one task per single-threaded worker
     start, stop = rows
-    lo, hi = max(0, start - 1), min(n_rows, stop + 1)
+    lo, hi = overlapping(rows, 1, n_rows)
     labels, _ = segment_volume(
         source.open()[lo:hi],
         method,
@@ -73,7 +73,7 @@ def measure_quality(
     """Dask task: QC numbers and alerts of ``volume``.
 
     ``after`` holds the results of the tasks it waited for; where these are block results
-    carrying every slice QC samples (:func:`tomolive.pipeline.reconstruct_block`), and
+    carrying every slice QC samples (:func:`.reconstruction.reconstruct_block`), and
     there are no labels, those slices are measured instead of reading the stored chunks.
     """
     start = time.perf_counter()
@@ -133,65 +133,57 @@ def submit_qc(
     )
 
 
-def analyse_scan(
-    sink: Any,
-    recon: VolumeTarget,
-    blocks: list[tuple[int, int]],
-    params: Any,
-    client: Client,
-    provenance: Provenance,
-    center_confidence: float | None,
-    qc: Future | None = None,
-) -> dict[str, Any]:
-    """Segment (if asked) and measure ``recon``; return the container metadata to add.
+def segment_recon(ctx: StageContext) -> VolumeRef:
+    """Segment ``ctx.volumes["recon"]`` into phases: the ``segmented`` volume, phase statistics in metadata."""
+    params = ctx.params
+    recon = ctx.volumes["recon"]
+    client = ctx.dask_client()
+    volume = recon.target.open()
+    with ctx.provenance.stage("segment"):
+        method, model, reason = choose_method(params.segment, None, params.n_phases)
+        n_phases = model.n_classes if model is not None else (params.n_phases or 3)
+        value_range = intensity_range(volume)
+        thresholds = otsu_thresholds(volume, n_phases) if method == "otsu" else None
+        labels = ctx.store.new_volume(
+            "segmented",
+            tuple(volume.shape),
+            recon.rows_per_block,
+            dtype=np.dtype(np.uint8),
+            metadata={"phases": list(model.phases) if model else None},
+        )
+        name = model.name if model is not None else None
+        args = [
+            (recon.target, labels, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
+            for i, rows in enumerate(recon.blocks)
+        ]
+        ctx.run_blocks("segment", segment_block, args, resources=gpu_resources(client) if method == "unet" else None)
+        stats = phase_statistics(labels.open(), n_phases)
+    ctx.provenance.parameters["segment"] = {"method": params.segment, "n_phases": params.n_phases}
+    ctx.provenance.results["segment"] = {
+        "method": method,
+        "reason": reason,
+        "n_phases": n_phases,
+        "value_range": list(value_range),
+        "model": None if model is None else {"name": model.name, "sha256": model.sha256},
+    }
+    ctx.metadata.update(phases=stats, porosity=stats.get("porosity"))
+    return VolumeRef(labels, recon.shape, recon.blocks)
 
-    ``qc`` is the QC task when it was submitted early (:func:`submit_qc`); else QC runs
-    here, on the segmentation's labels when there are any.
-    """
-    metadata: dict[str, Any] = {}
-    labels = None
-    if params.segment:
-        volume = recon.open()
-        with provenance.stage("segment"):
-            method, model, reason = choose_method(params.segment, None, params.n_phases)
-            n_phases = model.n_classes if model is not None else (params.n_phases or 3)
-            value_range = intensity_range(volume)
-            thresholds = otsu_thresholds(volume, n_phases) if method == "otsu" else None
-            labels = sink.new_volume(
-                "segmented",
-                tuple(volume.shape),
-                params.rows_per_block,
-                dtype=np.dtype(np.uint8),
-                metadata={"phases": list(model.phases) if model else None},
-            )
-            name = model.name if model is not None else None
-            run_blocks(
-                client,
-                "segment",
-                segment_block,
-                [
-                    (recon, labels, i, rows, volume.shape[0], method, name, n_phases, value_range, thresholds)
-                    for i, rows in enumerate(blocks)
-                ],
-                False,
-                None,
-                resources=gpu_resources(client) if method == "unet" else None,
-            )
-            stats = phase_statistics(labels.open(), n_phases)
-        provenance.parameters["segment"] = {"method": params.segment, "n_phases": params.n_phases}
-        provenance.results["segment"] = {
-            "method": method,
-            "reason": reason,
-            "n_phases": n_phases,
-            "value_range": list(value_range),
-            "model": None if model is None else {"name": model.name, "sha256": model.sha256},
-        }
-        metadata.update(phases=stats, porosity=stats.get("porosity"))
+
+def record_quality(ctx: StageContext, qc: Future | None) -> None:
+    """Wait for QC (``qc``, submitted early, or submitted now on ``recon`` and any labels); keep its numbers."""
     if qc is None:
-        qc = submit_qc(client, recon, labels, params, center_confidence)
+        labels = ctx.volumes.get("segmented")
+        confidence = ctx.results["center"].confidence
+        qc = submit_qc(
+            ctx.dask_client(),
+            ctx.volumes["recon"].target,
+            labels.target if labels else None,
+            ctx.params,
+            confidence,
+        )
     quality = qc.result()
-    provenance.stage_seconds["qc"] = round(quality["seconds"], 4)
+    ctx.provenance.stage_seconds["qc"] = round(quality["seconds"], 4)
     for alert in quality["alerts"]:
         logger.warning("tomolive QC: %s", alert)
-    metadata["qc"] = {**quality["metrics"], "alerts": quality["alerts"]}
-    return metadata
+    ctx.metadata["qc"] = {**quality["metrics"], "alerts": quality["alerts"]}

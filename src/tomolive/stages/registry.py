@@ -1,12 +1,12 @@
-"""Stages users add after the built-in ones: a name -> stage table and the entry-point group.
+"""Stages users add after a technique's own: a name -> stage table and the entry-point group.
 
-A stage is a plain function on arrays (numpy in, numpy out, no I/O, no Tiled, no Dask)::
+The usual one is a plain function on arrays (numpy in, numpy out, no I/O, no Tiled, no Dask)::
 
     def my_stage(block: np.ndarray, **params) -> np.ndarray | Mapping[str, float]
 
 ``block`` is a float32 slab of the reconstructed volume ``recon``: whole slices ``(z, y, x)``,
 rows ``[start - overlap, stop + overlap)`` of it (clipped at the volume's ends). Wrap the
-function in :class:`Stage` to say what it returns:
+function in :class:`~tomolive.stages.BlockStage` to say what it returns:
 
 - ``output="volume"`` (the default): an array of ``block``'s shape; tomolive keeps the rows
   of the block proper and writes them, as ``dtype``, into ``processed/<uid>/<stage name>``;
@@ -19,17 +19,18 @@ Stages are found by name in :data:`BUILTIN_STAGES` and in the entry-point group
 ``pyproject.toml``::
 
     [project.entry-points."tomolive.stages"]
-    my_stage = "my_package.stages:my_stage"    # a Stage, or a plain function (a float32 volume)
+    my_stage = "my_package.stages:my_stage"    # a BlockStage, or a plain function (a float32 volume)
 
 and a scan runs it with ``PipelineParams(extra_stages=("my_stage",),
 stage_params={"my_stage": {...}})``. Blocks run on the Dask workers, so the package must be
-installed where the workers run.
+installed where the workers run. An entry point may also name any object with ``name``
+and ``run(ctx)`` (:class:`~tomolive.stages.Stage`): it then runs once per scan, not per block.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -37,49 +38,13 @@ import numpy as np
 
 import tomolive
 
-from .errors import BadInputError
+from ..errors import BadInputError
+from .blocks import BlockStage
+from .protocol import Stage
 
 GROUP = "tomolive.stages"
-OUTPUTS = ("volume", "metrics")
 RESERVED = ("preview", "recon", "denoised", "segmented")
 """Names of tomolive's own arrays: a stage may not take them."""
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A stage function and what the scheduler needs to know about it.
-
-    Parameters
-    ----------
-    function : callable
-        ``function(block, **params)``; see the module docstring for the protocol.
-    output : {"volume", "metrics"}
-        What the function returns.
-    dtype : str
-        The stored array's dtype (``output="volume"`` only).
-    overlap : int
-        Neighbour slices the function needs on each side of its block (``output="volume"``
-        only; the returned array's extra rows are dropped).
-    """
-
-    function: Callable[..., Any]
-    output: str = "volume"
-    dtype: str = "float32"
-    overlap: int = 0
-
-    def __post_init__(self) -> None:
-        if not callable(self.function):
-            raise BadInputError(f"Stage function must be callable; got {self.function!r}.")
-        if self.output not in OUTPUTS:
-            raise BadInputError(f"Stage output must be one of {OUTPUTS!r}; got {self.output!r}.")
-        if not isinstance(self.overlap, int) or self.overlap < 0:
-            raise BadInputError(f"Stage overlap must be an int >= 0 slices; got {self.overlap!r}.")
-        if self.output == "metrics" and self.overlap:
-            raise BadInputError("a metrics stage sees its block only: give overlap=0.")
-        np.dtype(self.dtype)  # raises TypeError naming a dtype numpy does not know
-
-    def __call__(self, block: np.ndarray, **params: Any) -> Any:
-        return self.function(block, **params)
 
 
 @dataclass(frozen=True)
@@ -87,7 +52,7 @@ class RegisteredStage:
     """A stage found by name, with where it came from (recorded in provenance)."""
 
     name: str
-    stage: Stage
+    stage: BlockStage | Stage
     source: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,7 +65,7 @@ def median(block: np.ndarray, *, size: int = 3) -> np.ndarray:
     return median_filter(block, size=size, mode="nearest")
 
 
-BUILTIN_STAGES: dict[str, Stage] = {"median": Stage(median, overlap=2)}
+BUILTIN_STAGES: dict[str, BlockStage] = {"median": BlockStage(median, overlap=2, name="median")}
 
 
 def _entry_points() -> dict[str, Any]:
@@ -144,7 +109,7 @@ def load_stage(name: str) -> RegisteredStage:
     """The stage called ``name``, loaded from the table or its entry point."""
     if name in BUILTIN_STAGES:
         source = {"distribution": "tomolive", "version": tomolive.__version__, "value": f"tomolive.stages:{name}"}
-        return RegisteredStage(name, BUILTIN_STAGES[name], source)
+        return RegisteredStage(name, replace(BUILTIN_STAGES[name], origin=source), source)
     found = _entry_points()
     if name not in found:
         raise BadInputError(
@@ -152,7 +117,10 @@ def load_stage(name: str) -> RegisteredStage:
         )
     ep = found[name]
     loaded = ep.load()
-    stage = loaded if isinstance(loaded, Stage) else Stage(loaded)
     dist = ep.dist
     source = {"distribution": dist.name if dist else None, "version": dist.version if dist else None, "value": ep.value}
-    return RegisteredStage(name, stage, source)
+    if isinstance(loaded, BlockStage):
+        return RegisteredStage(name, replace(loaded, name=name, origin=source), source)
+    if isinstance(loaded, Stage):
+        return RegisteredStage(name, loaded, source)
+    return RegisteredStage(name, BlockStage(loaded, name=name, origin=source), source)

@@ -27,8 +27,8 @@ import numpy as np
 import scipy.fft
 import torch
 
-from .errors import BadInputError
-from .recon.filters import filter_response, pad_projections, padded_width
+from ...errors import BadInputError
+from ...recon.filters import filter_response, pad_projections, padded_width
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 logger = logging.getLogger(__name__)
 EVENT_KINDS = ("qc_alert", "complete", "failed", "aborted")

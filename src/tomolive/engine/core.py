@@ -1,0 +1,185 @@
+"""``Engine``: the technique-agnostic core every way in shares.
+
+The Bluesky callback, ``tomolive process``, ``tomolive worker`` and the tests all drive
+runs through one Engine. It owns the threads (one processing thread: one run's stages at a
+time; two I/O threads for requests that must not block anyone), the Dask client (started
+on first use), each run's outcome future, the result events, and where results go: a
+Tiled server, or the local outbox when Tiled stays unreachable.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from distributed import Client
+
+from ..outbox import OutboxEntry, default_outbox
+from ..store import ScanRecord, is_unreachable, patiently
+from .blocks import run_blocks
+from .cluster import connect_dask
+from .events import EVENT_KINDS, ResultCallback, ResultEvents
+from .run import ProcessedRun, Run
+from .technique import Technique
+
+T = TypeVar("T")
+StoreOpener = Callable[[str, dict[str, Any]], Any]
+"""``open(uid, metadata)``: a fresh result store for run ``uid`` (a ``ResultStore``)."""
+
+
+class Engine:
+    """Threads, Dask, result stores and events for any number of runs of any technique.
+
+    Parameters
+    ----------
+    client : tiled BaseClient or None
+        Writable client at the Tiled server root; None only with ``open_store``.
+    dask : distributed.Client, str or None
+        Where blocks run: a client, a scheduler address, or None for a LocalCluster
+        started on first use and closed by :meth:`close`.
+    scratch_dir : path, optional
+        Where runs keep scratch data (default: the system temp dir).
+    outbox_dir : path, optional
+        Where results wait when Tiled stays unreachable (default :func:`tomolive.outbox.default_outbox`).
+    patience_s : float
+        How long to keep retrying an unreachable Tiled server before using the outbox.
+    progress : bool
+        Show progress bars in the terminal.
+    open_store : callable, optional
+        ``open_store(uid, metadata)`` making each run's result store; default: a container
+        ``processed/<uid>`` in ``client``'s server.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        dask: Client | str | None = None,
+        scratch_dir: str | Path | None = None,
+        outbox_dir: str | Path | None = None,
+        patience_s: float = 120.0,
+        progress: bool = True,
+        open_store: StoreOpener | None = None,
+    ):
+        if client is None and open_store is None:
+            raise TypeError("Engine needs a Tiled client or an open_store function")
+        self.client = client
+        self.scratch_dir = Path(scratch_dir or tempfile.gettempdir())
+        self.outbox_dir = Path(outbox_dir) if outbox_dir else default_outbox()
+        self.patience_s = patience_s
+        self.progress = progress
+        self._open_store = open_store or self._open_tiled_record
+        self._dask_spec = dask
+        self._dask: Client | None = None
+        self._owns_dask = False
+        self._processing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tomolive-process")
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tomolive-io")
+        self.events = ResultEvents()
+        self._futures: dict[str, Future[ProcessedRun]] = {}
+        self._latest: str | None = None
+        self._lock = threading.Lock()
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def start_run(self, technique: Technique, uid: str, metadata: dict[str, Any]) -> Run:
+        """A new run of ``technique``, fed frame by frame (what callbacks and ``tomolive process`` do)."""
+        with self._lock:
+            self._latest = uid
+        return Run(self, technique, uid, metadata)
+
+    def submit(self, uid: str, job: Callable[[], ProcessedRun]) -> None:
+        """Queue a run's processing on the processing thread (one run at a time)."""
+        with self._lock:
+            self._futures[uid] = self._processing.submit(job)
+
+    def resolve(self, uid: str, job: Callable[[], ProcessedRun]) -> None:
+        """Record the outcome of a run that ended without processing, on an I/O thread."""
+        with self._lock:
+            if uid not in self._futures:
+                self._futures[uid] = self.io.submit(job)
+
+    def wait(self, uid: str | None = None, timeout: float | None = None) -> ProcessedRun:
+        """Block until run ``uid`` (default: the run started last) is processed; return its outcome.
+
+        A run's outcome exists once its stop has been handled, just after ``RE()`` returns,
+        so the default waits for that run, never for the one before it.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                future = self._futures.get(uid or self._latest or "")
+            if future is not None:
+                return future.result(timeout=None if deadline is None else deadline - time.monotonic())
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no result for run {uid or '(latest)'} within {timeout} s")
+            time.sleep(0.05)
+
+    # -- where results go ----------------------------------------------------------------
+
+    def open_store_later(self, uid: str, metadata: dict[str, Any]) -> Future:
+        """Run ``uid``'s result store, created on an I/O thread (retried while Tiled is unreachable)."""
+        return self.io.submit(
+            self.patiently, lambda: self._open_store(uid, metadata), f"create the record of run {uid}"
+        )
+
+    def open_outbox(self, uid: str, metadata: dict[str, Any]) -> OutboxEntry:
+        """A fresh local outbox entry for run ``uid``, for when Tiled stays unreachable."""
+        return OutboxEntry.create(self.outbox_dir, uid, metadata)
+
+    def _open_tiled_record(self, uid: str, metadata: dict[str, Any]) -> ScanRecord:
+        return ScanRecord.create(self.client, uid, metadata, self.client.context.api_key)
+
+    def patiently(self, call: Callable[[], T], what: str) -> T:
+        """``call()``, retried while the server is unreachable, for the engine's patience."""
+        return patiently(call, what, self.patience_s)
+
+    @staticmethod
+    def is_unreachable(err: BaseException) -> bool:
+        """Whether ``err`` means the result store is down or stalled (worth the outbox)."""
+        return is_unreachable(err)
+
+    # -- Dask ------------------------------------------------------------------------------
+
+    def dask_client(self) -> Client:
+        """The Dask client, connecting (or starting a LocalCluster) on first use."""
+        if self._dask is None:
+            self._dask, self._owns_dask = connect_dask(self._dask_spec)
+        return self._dask
+
+    def run_blocks(
+        self, name: str, function: Callable, args: list[tuple], *, resources: dict[str, float] | None = None
+    ) -> list[Any]:
+        """``function(*a)`` for each block's ``a`` on Dask, with a progress bar; results in block order."""
+        return run_blocks(self.dask_client(), name, function, args, self.progress, None, resources=resources)
+
+    # -- events and life -------------------------------------------------------------------
+
+    def subscribe(self, callback: ResultCallback, kinds: str | Iterable[str] = EVENT_KINDS) -> int:
+        """Call ``callback(kind, payload)`` on result events (:mod:`tomolive.engine.events`); return a token."""
+        return self.events.subscribe(callback, kinds)
+
+    def unsubscribe(self, token: int) -> None:
+        """Stop the callback subscribed with ``token``."""
+        self.events.unsubscribe(token)
+
+    def close(self) -> None:
+        """Finish queued work and release the Dask cluster this engine started."""
+        self._processing.shutdown(wait=True)
+        self.io.shutdown(wait=True)
+        if self._dask is not None and self._owns_dask:
+            cluster = self._dask.cluster
+            self._dask.close()
+            if cluster is not None:
+                cluster.close()
+        self._dask = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
