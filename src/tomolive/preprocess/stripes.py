@@ -44,6 +44,7 @@ integrals (after flat/dark normalisation and ``-log``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -406,7 +407,7 @@ def remove_all_stripes(
     )
 
 
-_OPTIONS = {
+_OPTIONS: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...]]] = {
     "sort": (remove_stripe_sorting, ("size", "dim")),
     "combined": (remove_all_stripes, ("snr", "la_size", "sm_size", "drop_ratio", "dim")),
 }
