@@ -240,7 +240,7 @@ def find_center_vo(
         (default 0.5; Vo's method is insensitive to it).
     refine : bool
         Run the ``step`` pass (default). Without it each row's centre is the unit-step
-        minimum refined by a parabola, in about half the time.
+        minimum refined by a parabola, which is faster.
 
     Returns
     -------
