@@ -278,9 +278,7 @@ def edge_width(volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices
     return _edge_width(images, labs, _phase_stats(images, labs), sigma)
 
 
-def _edge_width(
-    images: np.ndarray, labs: np.ndarray, stats: dict[int, PhaseStats], sigma: float
-) -> float:
+def _edge_width(images: np.ndarray, labs: np.ndarray, stats: dict[int, PhaseStats], sigma: float) -> float:
     """:func:`edge_width` of sampled slices, their labels and :func:`_phase_stats`."""
     if 0 not in stats or 1 not in stats:
         return float("nan")
