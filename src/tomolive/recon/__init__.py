@@ -26,6 +26,7 @@ fastest first).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,8 +64,10 @@ class Backend:
         The ``method=`` name.
     run : callable
         ``run(projections, angles, center, settings, **options) -> ndarray``, given
-        validated float32 projections, float64 angles, a float centre and the common
-        :class:`ReconSettings`; returns float32 (n_rows, n_cols, n_cols).
+        validated float32 projections (n_angles, n_rows, n_cols), float64 angles in
+        radians (n_angles,), the rotation-axis column as a float (pixel j's centre at j)
+        and the common :class:`ReconSettings`; returns float32 (n_rows, n_cols, n_cols)
+        indexed [row, y, x].
     available : callable
         ``available() -> bool``: whether its libraries import (and its device exists).
     speed : float
@@ -283,24 +286,29 @@ def reconstruct(
     return np.asarray(out, dtype=np.float32)
 
 
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _importable(module: str) -> Callable[[], bool]:
+    """An ``available()`` for :class:`Backend`: whether ``module`` imports (its shared library loads)."""
+
+    def available() -> bool:
+        try:
+            importlib.import_module(module)
+        except (ImportError, OSError):
+            return False
+        return True
+
+    return available
 
 
 def _register_builtin() -> None:
     from .fbp import fbp
-    from .gridrec import finufft_available, gridrec
-    from .peers import astra_available, astra_fbp, tomopy_available, tomopy_gridrec
+    from .gridrec import gridrec
+    from .peers import astra_fbp, tomopy_gridrec
 
     register_backend(
         Backend(
             "gridrec",
             gridrec,
-            finufft_available,
+            _importable("finufft"),
             speed=20.0,
             description="direct Fourier inversion by finufft type-1 NUFFT (CPU), two slices per transform",
             options=("interpolation", "eps", "upsampfac", "pad_factor", "pairs_per_batch", "fft_plan", "overlap"),
@@ -310,7 +318,7 @@ def _register_builtin() -> None:
         Backend(
             "fbp",
             fbp,
-            _torch_available,
+            _importable("torch"),
             speed=0.08,
             description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
             options=("rows_per_batch",),
@@ -320,7 +328,7 @@ def _register_builtin() -> None:
         Backend(
             "tomopy",
             tomopy_gridrec,
-            tomopy_available,
+            _importable("tomopy"),
             speed=8.4,
             description="TomoPy gridrec (padded to a power of two)",
         )
@@ -329,7 +337,7 @@ def _register_builtin() -> None:
         Backend(
             "astra",
             astra_fbp,
-            astra_available,
+            _importable("astra"),
             speed=0.09,
             description="astra-toolbox FBP (CPU 'linear' projector, or FBP_CUDA)",
         )

@@ -77,12 +77,8 @@ def fbp(
 
     Parameters
     ----------
-    projections : numpy.ndarray
-        float32 (n_angles, n_rows, n_cols).
-    angles : numpy.ndarray
-        float64 radians (n_angles,).
-    center : float
-        Rotation-axis column (pixel j's centre at j).
+    projections, angles, center
+        Validated inputs as :class:`tomolive.recon.Backend` receives them.
     settings : ReconSettings
         Filter and padding; ``ncore`` sets torch's CPU threads (process-wide while this
         runs, default torch's setting); ``device`` the torch device (default CUDA when

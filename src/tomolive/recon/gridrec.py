@@ -31,15 +31,6 @@ from .filters import angle_weights, filter_response
 from .settings import ReconSettings
 
 
-def finufft_available() -> bool:
-    """Whether finufft imports."""
-    try:
-        import finufft  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -73,12 +64,8 @@ def gridrec(
 
     Parameters
     ----------
-    projections : numpy.ndarray
-        float32 (n_angles, n_rows, n_cols).
-    angles : numpy.ndarray
-        float64 radians (n_angles,).
-    center : float
-        Rotation-axis column (pixel j's centre at j).
+    projections, angles, center
+        Validated inputs as :class:`tomolive.recon.Backend` receives them.
     settings : ReconSettings
         Filter and padding; ``ncore`` sets finufft and FFT threads (default: the CPUs this
         process may use); ``device`` must be None or ``"cpu"`` (finufft runs on the CPU).

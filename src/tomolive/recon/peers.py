@@ -1,6 +1,7 @@
 """Backends that wrap other libraries (astra-toolbox, TomoPy) when they import.
 
-Both are optional peers: registered always, ``available()`` only where they import. They
+Both are optional peers: registered always, available only where they import (astra's
+CPU algorithms need no GPU). They
 are given the same validated inputs and return the same orientation, centre convention and
 scaling as tomolive's own backends (see :mod:`tomolive.recon`).
 """
@@ -23,24 +24,6 @@ _ASTRA_FILTERS = {
     "hann": "hann",
     "parzen": "parzen",
 }
-
-
-def astra_available() -> bool:
-    """Whether astra-toolbox imports (its CPU algorithms need no GPU)."""
-    try:
-        import astra  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
-
-
-def tomopy_available() -> bool:
-    """Whether TomoPy imports."""
-    try:
-        import tomopy  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 def _astra_cuda_usable(astra) -> bool:
