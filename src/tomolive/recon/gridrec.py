@@ -96,24 +96,13 @@ def gridrec(
     """
     import finufft
 
-    if settings.device not in (None, "cpu"):
-        raise BadInputError(f"device: gridrec runs on the CPU only, got {settings.device!r}; use method='fbp'")
-    if interpolation not in INTERPOLATIONS:
-        raise BadInputError(f"interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
-    if not float(pad_factor) >= 1.0:
-        raise BadInputError(f"pad_factor: expected a number >= 1, got {pad_factor!r}")
-    if fft_plan not in ("auto", "measure", "estimate"):
-        raise BadInputError(f"fft_plan: expected 'auto', 'measure' or 'estimate', got {fft_plan!r}")
+    _check_options(settings, interpolation, pad_factor, fft_plan)
     nthreads = int(settings.ncore) if settings.ncore is not None else _default_threads()
     n_angles, n_rows, n = projections.shape
     offset = abs(center - (n - 1) / 2.0)
     width = int(scipy.fft.next_fast_len(int(np.ceil(float(pad_factor) * n + 2.0 * offset))))
     k = np.fft.fftfreq(width) * width  # signed integer frequencies, FFT order
-    resp = filter_response(settings.filter, width, settings.filter_cutoff)
-    if interpolation == "linear":
-        resp = resp * np.sinc(k / width) ** 2
-    if width % 2 == 0:
-        resp[width // 2] = 0.0  # Nyquist has no Hermitian partner: drop it
+    resp = _response(settings, width, interpolation)
     # The spectrum is packed as (n_angles, width) points, zeros included: no gather needed.
     omega = (2.0 * np.pi / width) * k
     wx = np.outer(np.cos(angles), omega).astype(np.float32)
@@ -196,3 +185,26 @@ def _spectral_gain(angles: np.ndarray, center: float, n: int, resp: np.ndarray) 
     gain.imag = np.sin(phase)
     gain *= np.outer(angle_weights(angles), resp / width).astype(np.float32)
     return gain
+
+
+def _check_options(settings: ReconSettings, interpolation: str, pad_factor: float, fft_plan: str) -> None:
+    """Reject what gridrec cannot do: a GPU device, unknown interpolation or planning, pad < 1."""
+    if settings.device not in (None, "cpu"):
+        raise BadInputError(f"device: gridrec runs on the CPU only, got {settings.device!r}; use method='fbp'")
+    if interpolation not in INTERPOLATIONS:
+        raise BadInputError(f"interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
+    if not float(pad_factor) >= 1.0:
+        raise BadInputError(f"pad_factor: expected a number >= 1, got {pad_factor!r}")
+    if fft_plan not in ("auto", "measure", "estimate"):
+        raise BadInputError(f"fft_plan: expected 'auto', 'measure' or 'estimate', got {fft_plan!r}")
+
+
+def _response(settings: ReconSettings, width: int, interpolation: str) -> np.ndarray:
+    """The filter in FFT order, tapered for ``interpolation``, without its unpaired Nyquist term."""
+    k = np.fft.fftfreq(width) * width
+    resp = filter_response(settings.filter, width, settings.filter_cutoff)
+    if interpolation == "linear":
+        resp = resp * np.sinc(k / width) ** 2
+    if width % 2 == 0:
+        resp[width // 2] = 0.0  # Nyquist has no Hermitian partner: drop it
+    return resp
