@@ -115,6 +115,18 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
         out, t = _timed(lambda: reconstruct(p1, angles, mid, method="fbp"), 1)
         record("tomolive fbp (torch)", cores, out[0], t, "ours")
     pk = proj[:, :peer_rows]
+    _time_algotom(pk, angles, mid, peer_rows, record)
+    if "astra" in available_methods():
+        out, t = _timed(lambda: reconstruct(pk, angles, mid, method="astra"), peer_rows)
+        record("astra FBP (CPU, linear)", 1, out[-1], t, "ours")
+    else:
+        print("  astra-toolbox not installed: skipped")
+    _time_skimage(ell, angles, n, peer_rows, record)
+    return results
+
+
+def _time_algotom(pk, angles, mid, peer_rows, record):
+    """algotom's FBP and direct Fourier inversion on ``pk``, single-threaded, when installed."""
     try:
         from algotom.rec import reconstruction as arec
     except ImportError:
@@ -140,7 +152,7 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
         record(
             "algotom fbp",
             1,
-            out[:, -1] * (n_angles - 1) / n_angles,
+            out[:, -1] * (len(angles) - 1) / len(angles),
             t,
             "flip",
             note="scaled by (N-1)/N: algotom assumes an inclusive 0-180 angle list",
@@ -152,14 +164,13 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
             peer_rows,
         )
         record("algotom dfi", 1, out[:, -1], t, "half")
-    if "astra" in available_methods():
-        out, t = _timed(lambda: reconstruct(pk, angles, mid, method="astra"), peer_rows)
-        record("astra FBP (CPU, linear)", 1, out[-1], t, "ours")
-    else:
-        print("  astra-toolbox not installed: skipped")
+
+
+def _time_skimage(ell, angles, n, peer_rows, record):
+    """scikit-image's iradon (axis at n // 2) on ``peer_rows`` slices."""
     from skimage.transform import iradon
 
-    sk_sino = project_ellipses(ell, angles, n, half).T.astype(np.float32)  # axis at n // 2
+    sk_sino = project_ellipses(ell, angles, n, float(n // 2)).T.astype(np.float32)
     out, t = _timed(
         lambda: [
             iradon(sk_sino, np.degrees(angles), filter_name="ramp", circle=True, output_size=n)
@@ -168,7 +179,6 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
         peer_rows,
     )
     record("skimage iradon", 1, out[-1], t, "half")
-    return results
 
 
 def main(argv=None):

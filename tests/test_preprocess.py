@@ -426,7 +426,7 @@ def test_column_shift_matches_scipy_cubic_shift_away_from_the_edges():
     edges (which the search overwrites) that equals scipy's 2-D cubic shift."""
     from scipy import ndimage
 
-    from tomolive.preprocess.center import _shift_columns
+    from tomolive.preprocess.center.vo import _shift_columns
 
     rng = np.random.default_rng(0)
     sino = ndimage.gaussian_filter(rng.random((40, 160)), 2).astype(np.float32)

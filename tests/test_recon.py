@@ -10,9 +10,12 @@ from tomolive.phantoms import project_ellipses, shepp_logan_ellipses
 from tomolive.recon import (
     BACKENDS,
     FILTERS,
+    Backend,
+    ReconSettings,
     angle_weights,
     available_methods,
     reconstruct,
+    register_backend,
 )
 
 
@@ -252,3 +255,21 @@ def test_gridrec_rejects_cuda_device():
     angles = np.linspace(0, np.pi, 30, endpoint=False)
     with pytest.raises(BadInputError, match="CPU only"):
         reconstruct(disc_sino(angles, 32, 15.5, r=5.0), angles, method="gridrec", device="cuda")
+
+
+def test_registered_backend_receives_checked_settings_and_its_options():
+    seen = {}
+
+    def run(projections, angles, center, settings, *, scale=1.0):
+        seen.update(settings=settings, center=center, scale=scale)
+        n = projections.shape[2]
+        return np.zeros((projections.shape[1], n, n))
+
+    register_backend(Backend("echo", run, lambda: True, speed=0.0, options=("scale",)))
+    try:
+        angles = np.linspace(0, np.pi, 10, endpoint=False)
+        out = reconstruct(np.zeros((10, 2, 16), np.float32), angles, 7.0, "echo", filter="hann", ncore=1, scale=2.0)
+    finally:
+        del BACKENDS["echo"]
+    assert out.shape == (2, 16, 16) and out.dtype == np.float32
+    assert seen == {"settings": ReconSettings("hann", 1.0, "edge", 1, None), "center": 7.0, "scale": 2.0}

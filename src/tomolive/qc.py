@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage, sparse
 from skimage.filters import threshold_multiotsu
 
 from .errors import BadInputError
+from .validation import check_finite
 
 
 def circle_mask(shape: tuple[int, int], fraction: float = 0.95) -> np.ndarray:
@@ -109,8 +110,7 @@ def _sampled(volume: Any, labels: Any, max_slices: int) -> tuple[np.ndarray, np.
     """Up to ``max_slices`` evenly spaced slices (float32, as reconstructions are) and their labels."""
     index = sampled_slices(volume.shape[0], max_slices)
     images = np.stack([np.asarray(volume[z], dtype=np.float32) for z in index])
-    if not np.isfinite(images).all():
-        raise BadInputError("volume: expected finite values, found NaN/inf")
+    check_finite(images, "volume")
     if labels is None:
         return images, None
     if tuple(labels.shape) != tuple(volume.shape):
@@ -125,17 +125,27 @@ def _otsu_labels(images: np.ndarray, n_phases: int) -> np.ndarray:
     return np.digitize(smooth, threshold_multiotsu(smooth[:, inside], classes=n_phases)).astype(np.uint8)
 
 
-def _phase_stats(images: np.ndarray, labels: np.ndarray, erode: int = 2) -> dict[int, tuple[float, float, int]]:
+class PhaseStats(NamedTuple):
+    """Grey-value mean and standard deviation of one phase's voxels, and how many there are."""
+
+    mean: float
+    std: float
+    voxels: int
+
+
+def _phase_stats(images: np.ndarray, labels: np.ndarray, erode: int = 2) -> dict[int, PhaseStats]:
     """Mean, std and count of each label's voxels away from edges (in-plane erosion)."""
     inside = circle_mask(images.shape[1:], 0.95)
     structure = np.zeros((1, 3, 3), dtype=bool)
     structure[0] = ndimage.generate_binary_structure(2, 1)
-    stats = {}
+    stats: dict[int, PhaseStats] = {}
     for k in np.flatnonzero(np.bincount(labels.ravel())):
         core = ndimage.binary_erosion(labels == k, structure, iterations=erode) & inside
         if core.sum() >= 50:
             values = images[core]
-            stats[int(k)] = (float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64)), int(core.sum()))
+            stats[int(k)] = PhaseStats(
+                float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64)), int(core.sum())
+            )
     return stats
 
 
@@ -161,11 +171,11 @@ def snr_cnr(volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices: i
     return _snr_cnr(_phase_stats(images, labs if labs is not None else _otsu_labels(images, n_phases)), source)
 
 
-def _snr_cnr(stats: dict[int, tuple[float, float, int]], source: str) -> dict[str, Any]:
+def _snr_cnr(stats: dict[int, PhaseStats], source: str) -> dict[str, Any]:
     """:func:`snr_cnr`'s numbers from :func:`_phase_stats`."""
     nan = float("nan")
-    mean = {k: s[0] for k, s in stats.items()}
-    std = {k: s[1] for k, s in stats.items()}
+    mean = {k: s.mean for k, s in stats.items()}
+    std = {k: s.std for k, s in stats.items()}
     pairs = {f"{a}/{b}": _cnr(mean[a], mean[b], std[a], std[b]) for a, b in zip(sorted(stats), sorted(stats)[1:])}
     return {
         "snr": abs(mean[1]) / std[1] if 1 in stats and std[1] > 0 else nan,
@@ -215,9 +225,9 @@ def _sector_profiles(images: np.ndarray, sectors: int) -> np.ndarray:
 
     The same numbers as ``scipy.ndimage.map_coordinates(order=1)`` on the polar grid then
     the sector means (to float32 rounding), as sparse matrices of 4 corner weights per
-    sample point applied to every image at once: 2.2-3x faster (measured at 512^2 and
-    2048^2). The matrices are built for ~1M sample points at a time (~30 MB), beside one
-    transposed copy of the images.
+    sample point applied to every image at once, which is faster (docs/measurements/kernels.md).
+    The matrices are built for ~1M sample points at a time (~30 MB), beside one transposed
+    copy of the images.
     """
     n_images, ny, nx = images.shape
     radii = np.arange(4, min(ny, nx) // 2 - 2, dtype=float)
@@ -268,13 +278,11 @@ def edge_width(volume: Any, labels: Any = None, *, n_phases: int = 3, max_slices
     return _edge_width(images, labs, _phase_stats(images, labs), sigma)
 
 
-def _edge_width(
-    images: np.ndarray, labs: np.ndarray, stats: dict[int, tuple[float, float, int]], sigma: float
-) -> float:
+def _edge_width(images: np.ndarray, labs: np.ndarray, stats: dict[int, PhaseStats], sigma: float) -> float:
     """:func:`edge_width` of sampled slices, their labels and :func:`_phase_stats`."""
     if 0 not in stats or 1 not in stats:
         return float("nan")
-    step = abs(stats[1][0] - stats[0][0])
+    step = abs(stats[1].mean - stats[0].mean)
     gradient = np.stack([ndimage.gaussian_gradient_magnitude(image, sigma) for image in images])
     peaks = ndimage.maximum_filter(gradient, size=(1, 3, 3))
     pore, solid = labs == 0, labs == 1

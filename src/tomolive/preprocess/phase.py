@@ -40,9 +40,7 @@ def wavelength(energy: float) -> float:
     >>> round(wavelength(12.398) * 1e10, 3)  # 12.398 keV is about 1 angstrom
     1.0
     """
-    if not np.isfinite(energy) or energy <= 0:
-        raise BadInputError(f"energy must be a positive number in keV; got {energy!r}.")
-    return _HC_KEV_M / float(energy)
+    return _HC_KEV_M / _check_positive("energy", energy, "keV")
 
 
 def _check_positive(name: str, value: float, unit: str) -> float:

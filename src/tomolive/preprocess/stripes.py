@@ -22,12 +22,10 @@ Why not call algotom (``algotom.prep.removal``, Apache-2.0, maintained by the me
 author)? The algorithms are reimplemented here, following algotom 1.7.0 line by line so
 that results agree to float precision (checked in ``tests/test_preprocess.py``), because:
 
-- speed: on a 1500 x 1024 float32 sinogram (2-core machine, same run) algotom 1.7.0's
-  sorting method took 0.63-0.68 s and its combined method 1.9-4.1 s; this module 0.22-0.24
-  s and 0.73-0.87 s (2.7x and 2.6-5x faster). algotom sorts row by row in a Python loop
-  (``util.sort_forward``) and uses ``scipy.ndimage.median_filter``; here the sort is one
-  vectorised ``argsort`` and the median across columns uses ``np.partition`` on a sliding
-  window in cache-sized chunks (3x faster than ``ndimage.median_filter`` for 1D windows).
+- speed: algotom sorts row by row in a Python loop (``util.sort_forward``) and uses
+  ``scipy.ndimage.median_filter``; here the sort is one vectorised ``argsort`` and the
+  median across columns uses ``np.partition`` on a sliding window in cache-sized chunks
+  (timings against algotom: docs/measurements/kernels.md).
 - dependencies: importing ``algotom.prep.removal`` pulls ``algotom.util.utility``, which
   imports numba (``numba.cuda``), PyWavelets, joblib and algotom's loaders; a preprocessing
   stage that runs on every Dask worker should need only numpy and scipy.
@@ -44,6 +42,7 @@ integrals (after flat/dark normalisation and ``-log``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -75,9 +74,9 @@ _NOISE_FLOOR = 1.0e-5  # algotom raises below this; we treat it as the noise lev
 def _median_last_axis(x: np.ndarray, size: int) -> np.ndarray:
     """Median filter along the last axis with ``scipy.ndimage`` "reflect" edges.
 
-    Equal to ``ndi.median_filter(x, size=(1, ..., 1, size))`` but ~3x faster for
-    windows of 11-51 pixels: a sliding-window view and ``np.partition`` on chunks that
-    fit in cache.
+    Equal to ``ndi.median_filter(x, size=(1, ..., 1, size))`` but faster for 1D windows
+    (docs/measurements/kernels.md): a sliding-window view and ``np.partition`` on chunks
+    that fit in cache.
     """
     n_cols = x.shape[-1]
     left = size // 2
@@ -406,7 +405,7 @@ def remove_all_stripes(
     )
 
 
-_OPTIONS = {
+_OPTIONS: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...]]] = {
     "sort": (remove_stripe_sorting, ("size", "dim")),
     "combined": (remove_all_stripes, ("snr", "la_size", "sm_size", "drop_ratio", "dim")),
 }

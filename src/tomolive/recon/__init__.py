@@ -26,19 +26,23 @@ fastest first).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import BadInputError
+from ..validation import check_finite
 from .filters import FILTERS, PADDINGS, angle_weights, filter_response, largest_gap
+from .settings import ReconSettings
 
 __all__ = [
     "BACKENDS",
     "FILTERS",
     "PADDINGS",
     "Backend",
+    "ReconSettings",
     "angle_weights",
     "available_methods",
     "filter_response",
@@ -59,13 +63,15 @@ class Backend:
     name : str
         The ``method=`` name.
     run : callable
-        ``run(projections, angles, center, *, filter, filter_cutoff, padding, ncore, device,
-        **options) -> ndarray``, given validated float32 projections, float64 angles and a
-        float centre; returns float32 (n_rows, n_cols, n_cols).
+        ``run(projections, angles, center, settings, **options) -> ndarray``, given
+        validated float32 projections (n_angles, n_rows, n_cols), float64 angles in
+        radians (n_angles,), the rotation-axis column as a float (pixel j's centre at j)
+        and the common :class:`ReconSettings`; returns float32 (n_rows, n_cols, n_cols)
+        indexed [row, y, x].
     available : callable
         ``available() -> bool``: whether its libraries import (and its device exists).
     speed : float
-        Rough slices/s at 1024^2 x 1500 angles on 2 CPU cores; ``auto`` picks the largest.
+        Rough slices/s (docs/measurements/kernels.md); ``auto`` picks the largest.
     description : str
         One line for ``available_methods`` users.
     options : tuple of str
@@ -137,15 +143,7 @@ def _check_projections(projections: np.ndarray) -> np.ndarray:
     if min(arr.shape) < 1 or arr.shape[2] < 2:
         raise BadInputError(f"projections: expected a non-empty array with n_cols >= 2, got {arr.shape!r}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    step = max(1, (1 << 24) // max(1, arr[0].size))  # bounded temporaries
-    for a0 in range(0, arr.shape[0], step):
-        block = arr[a0 : a0 + step]
-        if not np.isfinite(block).all():
-            bad = np.argwhere(~np.isfinite(block))[0] + np.array([a0, 0, 0])
-            raise BadInputError(
-                f"projections: expected finite values, found NaN/inf (first at [angle, row, "
-                f"col] = {tuple(int(i) for i in bad)!r}); clean them first (tomolive.preprocess)"
-            )
+    check_finite(arr, "projections")
     return arr
 
 
@@ -159,12 +157,12 @@ def _check_angles(angles: np.ndarray, n_angles: int) -> np.ndarray:
         raise BadInputError("angles: expected finite values (radians), found NaN/inf")
     if n_angles < 2:
         raise BadInputError(f"angles: expected at least 2 projections, got {n_angles}")
-    gap, step, start = largest_gap(ang)
-    if np.degrees(gap - step) > MAX_MISSING_WEDGE_DEG:
+    gap = largest_gap(ang)
+    if np.degrees(gap.largest - gap.median) > MAX_MISSING_WEDGE_DEG:
         raise BadInputError(
             f"angles: expected views covering 180 degrees (modulo 180), but there is a "
-            f"{np.degrees(gap):.2f} degree gap starting at {np.degrees(start):.2f} degrees "
-            f"(typical step {np.degrees(step):.3f}); limited-angle, half-acquisition and "
+            f"{np.degrees(gap.largest):.2f} degree gap starting at {np.degrees(gap.start):.2f} degrees "
+            f"(typical step {np.degrees(gap.median):.3f}); limited-angle, half-acquisition and "
             "offset-axis scans are not supported yet (are the angles in radians?)"
         )
     return ang
@@ -270,12 +268,7 @@ def reconstruct(
     proj = _check_projections(projections)
     ang = _check_angles(angles, proj.shape[0])
     c = _check_center(center, proj.shape[2])
-    if filter not in FILTERS:
-        raise BadInputError(f"filter: expected one of {FILTERS}, got {filter!r}")
-    if padding not in PADDINGS:
-        raise BadInputError(f"padding: expected one of {PADDINGS}, got {padding!r}")
-    if ncore is not None and (not isinstance(ncore, (int, np.integer)) or ncore < 1):
-        raise BadInputError(f"ncore: expected a positive integer or None, got {ncore!r}")
+    settings = ReconSettings(filter, filter_cutoff, padding, ncore, device)
     if method == "auto":
         method = _auto_method(device)
     if method not in BACKENDS:
@@ -289,38 +282,33 @@ def reconstruct(
     unknown = sorted(set(options) - set(backend.options))
     if unknown:
         raise BadInputError(f"options: {method!r} does not accept {unknown!r}; it accepts {list(backend.options)!r}")
-    out = backend.run(
-        proj,
-        ang,
-        c,
-        filter=filter,
-        filter_cutoff=float(filter_cutoff),
-        padding=padding,
-        ncore=ncore,
-        device=device,
-        **options,
-    )
+    out = backend.run(proj, ang, c, settings, **options)
     return np.asarray(out, dtype=np.float32)
 
 
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _importable(module: str) -> Callable[[], bool]:
+    """An ``available()`` for :class:`Backend`: whether ``module`` imports (its shared library loads)."""
+
+    def available() -> bool:
+        try:
+            importlib.import_module(module)
+        except (ImportError, OSError):
+            return False
+        return True
+
+    return available
 
 
 def _register_builtin() -> None:
     from .fbp import fbp
-    from .gridrec import finufft_available, gridrec
-    from .peers import astra_available, astra_fbp, tomopy_available, tomopy_gridrec
+    from .gridrec import gridrec
+    from .peers import astra_fbp, tomopy_gridrec
 
     register_backend(
         Backend(
             "gridrec",
             gridrec,
-            finufft_available,
+            _importable("finufft"),
             speed=20.0,
             description="direct Fourier inversion by finufft type-1 NUFFT (CPU), two slices per transform",
             options=("interpolation", "eps", "upsampfac", "pad_factor", "pairs_per_batch", "fft_plan", "overlap"),
@@ -330,7 +318,7 @@ def _register_builtin() -> None:
         Backend(
             "fbp",
             fbp,
-            _torch_available,
+            _importable("torch"),
             speed=0.08,
             description="filtered back-projection in torch (CPU or CUDA), linear interpolation",
             options=("rows_per_batch",),
@@ -340,7 +328,7 @@ def _register_builtin() -> None:
         Backend(
             "tomopy",
             tomopy_gridrec,
-            tomopy_available,
+            _importable("tomopy"),
             speed=8.4,
             description="TomoPy gridrec (padded to a power of two)",
         )
@@ -349,7 +337,7 @@ def _register_builtin() -> None:
         Backend(
             "astra",
             astra_fbp,
-            astra_available,
+            _importable("astra"),
             speed=0.09,
             description="astra-toolbox FBP (CPU 'linear' projector, or FBP_CUDA)",
         )

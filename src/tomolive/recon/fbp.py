@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BadInputError
 from .filters import angle_weights, filter_response, pad_projections, padded_width
+from .settings import ReconSettings
+
+if TYPE_CHECKING:
+    import torch
 
 #: Elements of the (rows x angles x pixels) interpolation buffer per chunk (~64 MiB float32).
 _CHUNK_ELEMENTS = 1 << 24
 
 
-def torch_device(device: str | None) -> object:
+def torch_device(device: str | None) -> torch.device:
     """The torch device to run on: ``device`` if given, else CUDA when available, else CPU.
 
     Parameters
@@ -64,30 +69,20 @@ def fbp(
     projections: np.ndarray,
     angles: np.ndarray,
     center: float,
+    settings: ReconSettings,
     *,
-    filter: str = "ramp",
-    filter_cutoff: float = 1.0,
-    padding: str = "edge",
-    ncore: int | None = None,
-    device: str | None = None,
     rows_per_batch: int = 8,
 ) -> np.ndarray:
     """Filtered back-projection of validated inputs (see :func:`tomolive.recon.reconstruct`).
 
     Parameters
     ----------
-    projections : numpy.ndarray
-        float32 (n_angles, n_rows, n_cols).
-    angles : numpy.ndarray
-        float64 radians (n_angles,).
-    center : float
-        Rotation-axis column (pixel j's centre at j).
-    filter, filter_cutoff, padding
-        See :func:`tomolive.recon.filters.filter_response` and ``pad_projections``.
-    ncore : int, optional
-        torch CPU threads (process-wide while this runs); default: torch's setting.
-    device : str, optional
-        torch device; default CUDA when available, else CPU.
+    projections, angles, center
+        Validated inputs as :class:`tomolive.recon.Backend` receives them.
+    settings : ReconSettings
+        Filter and padding; ``ncore`` sets torch's CPU threads (process-wide while this
+        runs, default torch's setting); ``device`` the torch device (default CUDA when
+        available, else CPU).
     rows_per_batch : int, optional
         Sinogram rows filtered and back-projected together.
 
@@ -98,23 +93,23 @@ def fbp(
     """
     import torch
 
-    dev = torch_device(device)
+    dev = torch_device(settings.device)
     _n_angles, n_rows, n = projections.shape
     width = padded_width(n)
     if int(rows_per_batch) < 1:
         raise BadInputError(f"rows_per_batch: expected an integer >= 1, got {rows_per_batch!r}")
-    resp = filter_response(filter, width, filter_cutoff)[: width // 2 + 1]
+    resp = filter_response(settings.filter, width, settings.filter_cutoff)[: width // 2 + 1]
     h = torch.as_tensor(resp, dtype=torch.float32, device=dev)
     w = torch.as_tensor(angle_weights(angles), dtype=torch.float32, device=dev)
     cos = torch.as_tensor(np.cos(angles), dtype=torch.float32, device=dev)
     sin = torch.as_tensor(np.sin(angles), dtype=torch.float32, device=dev)
     coord = torch.arange(n, dtype=torch.float32, device=dev) - (n - 1) / 2.0
     out = np.empty((n_rows, n, n), dtype=np.float32)
-    with torch_threads(ncore), torch.inference_mode():
+    with torch_threads(settings.ncore), torch.inference_mode():
         for r0 in range(0, n_rows, int(rows_per_batch)):
             r1 = min(n_rows, r0 + int(rows_per_batch))
             block = np.ascontiguousarray(projections[:, r0:r1, :].transpose(1, 0, 2))
-            t = torch.from_numpy(pad_projections(block, width, padding)).to(dev)
+            t = torch.from_numpy(pad_projections(block, width, settings.padding)).to(dev)
             q = torch.fft.irfft(torch.fft.rfft(t, dim=-1) * h, n=width, dim=-1)
             q = q * w[:, None]
             img = _backproject(q, cos, sin, coord, float(center))
@@ -122,7 +117,9 @@ def fbp(
     return out
 
 
-def _backproject(q, cos, sin, coord, center: float):
+def _backproject(
+    q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, coord: torch.Tensor, center: float
+) -> torch.Tensor:
     """Sum over angles of ``q[:, a, u]`` at ``u = center + x cos(a) + y sin(a)`` (linear).
 
     ``grid_sample`` does the interpolation: the rows of the block are its channels, so each

@@ -11,6 +11,8 @@ Conventions (every backend follows them):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.fft
 
@@ -138,7 +140,15 @@ def angle_weights(angles: np.ndarray) -> np.ndarray:
     return w
 
 
-def largest_gap(angles: np.ndarray) -> tuple[float, float, float]:
+class AngularGap(NamedTuple):
+    """The largest gap between views modulo pi, the median gap, and where the largest starts (radians)."""
+
+    largest: float
+    median: float
+    start: float
+
+
+def largest_gap(angles: np.ndarray) -> AngularGap:
     """Largest and median gap between views modulo pi, and where the largest one starts.
 
     Parameters
@@ -148,13 +158,13 @@ def largest_gap(angles: np.ndarray) -> tuple[float, float, float]:
 
     Returns
     -------
-    (float, float, float)
-        ``(largest_gap, median_gap, start)`` in radians.
+    AngularGap
+        ``largest``, ``median`` and ``start``, in radians.
     """
     s = np.sort(np.mod(np.asarray(angles, dtype=np.float64), np.pi))
     gaps = np.diff(np.concatenate([s, [s[0] + np.pi]]))
     i = int(np.argmax(gaps))
-    return float(gaps[i]), float(np.median(gaps)), float(s[i])
+    return AngularGap(float(gaps[i]), float(np.median(gaps)), float(s[i]))
 
 
 def pad_projections(sino: np.ndarray, width: int, mode: str) -> np.ndarray:

@@ -28,15 +28,7 @@ import scipy.fft
 
 from ..errors import BadInputError
 from .filters import angle_weights, filter_response
-
-
-def finufft_available() -> bool:
-    """Whether finufft imports."""
-    try:
-        import finufft  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from .settings import ReconSettings
 
 
 def _default_threads() -> int:
@@ -58,12 +50,8 @@ def gridrec(
     projections: np.ndarray,
     angles: np.ndarray,
     center: float,
+    settings: ReconSettings,
     *,
-    filter: str = "ramp",
-    filter_cutoff: float = 1.0,
-    padding: str = "edge",
-    ncore: int | None = None,
-    device: str | None = None,
     interpolation: str = "linear",
     eps: float = 1e-2,
     upsampfac: float = 1.25,
@@ -76,24 +64,18 @@ def gridrec(
 
     Parameters
     ----------
-    projections : numpy.ndarray
-        float32 (n_angles, n_rows, n_cols).
-    angles : numpy.ndarray
-        float64 radians (n_angles,).
-    center : float
-        Rotation-axis column (pixel j's centre at j).
-    filter, filter_cutoff, padding
-        See :func:`tomolive.recon.filters.filter_response` and ``pad_projections``.
-    ncore : int, optional
-        finufft and FFT threads; default: the CPUs this process may use.
-    device : str, optional
-        Must be None or ``"cpu"`` (finufft runs on the CPU).
+    projections, angles, center
+        Validated inputs as :class:`tomolive.recon.Backend` receives them.
+    settings : ReconSettings
+        Filter and padding; ``ncore`` sets finufft and FFT threads (default: the CPUs this
+        process may use); ``device`` must be None or ``"cpu"`` (finufft runs on the CPU).
     interpolation : {"linear", "sinc"}, optional
         Detector interpolation the result matches (see :data:`INTERPOLATIONS`).
     eps : float, optional
         finufft tolerance; 1e-2 keeps its error > 50 dB below the image range.
     upsampfac : float, optional
-        finufft oversampling; 1.25 (smaller FFT, wider kernel) is fastest on CPUs here.
+        finufft oversampling; 1.25 (smaller FFT, wider kernel) measured fastest on CPUs
+        (docs/measurements/kernels.md).
     pad_factor : float, optional
         Padded detector width over n_cols (plus twice the axis offset from the detector
         middle). 1.25 is exact inside the inscribed disc; pixels beyond it (never seen at all
@@ -102,10 +84,10 @@ def gridrec(
         Slice pairs per finufft call (``n_trans``).
     fft_plan : {"auto", "measure", "estimate"}, optional
         FFTW planning: "measure" costs a few seconds once per process and size, then runs
-        ~2x faster; "auto" measures when at least 16 rows are reconstructed.
+        faster; "auto" measures when at least 16 rows are reconstructed.
     overlap : bool, optional
         Prepare the next block's spectrum in a helper thread while finufft runs, when
-        ``ncore`` >= 2 (on one core the helper only adds work: +19 % CPU, no gain).
+        ``ncore`` >= 2 (on one core the helper only adds work).
 
     Returns
     -------
@@ -114,38 +96,18 @@ def gridrec(
     """
     import finufft
 
-    if device not in (None, "cpu"):
-        raise BadInputError(f"device: gridrec runs on the CPU only, got {device!r}; use method='fbp'")
-    if interpolation not in INTERPOLATIONS:
-        raise BadInputError(f"interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
-    if not float(pad_factor) >= 1.0:
-        raise BadInputError(f"pad_factor: expected a number >= 1, got {pad_factor!r}")
-    if fft_plan not in ("auto", "measure", "estimate"):
-        raise BadInputError(f"fft_plan: expected 'auto', 'measure' or 'estimate', got {fft_plan!r}")
-    nthreads = int(ncore) if ncore is not None else _default_threads()
+    _check_options(settings, interpolation, pad_factor, fft_plan)
+    nthreads = int(settings.ncore) if settings.ncore is not None else _default_threads()
     n_angles, n_rows, n = projections.shape
     offset = abs(center - (n - 1) / 2.0)
     width = int(scipy.fft.next_fast_len(int(np.ceil(float(pad_factor) * n + 2.0 * offset))))
     k = np.fft.fftfreq(width) * width  # signed integer frequencies, FFT order
-    resp = filter_response(filter, width, filter_cutoff)
-    if interpolation == "linear":
-        resp = resp * np.sinc(k / width) ** 2
-    if width % 2 == 0:
-        resp[width // 2] = 0.0  # Nyquist has no Hermitian partner: drop it
+    resp = _response(settings, width, interpolation)
     # The spectrum is packed as (n_angles, width) points, zeros included: no gather needed.
     omega = (2.0 * np.pi / width) * k
     wx = np.outer(np.cos(angles), omega).astype(np.float32)
     wy = np.outer(np.sin(angles), omega).astype(np.float32)
-    # Output grid x = mode + delta (finufft's modes run from -(n // 2)). The phase
-    # exp(i k phi_theta) moves the detector origin to the rotation axis and the modes onto
-    # that grid: phi = 2 pi center / width + omega_1 (cos + sin) delta.
-    delta = n // 2 - (n - 1) / 2.0
-    phi = (2.0 * np.pi / width) * (center + (np.cos(angles) + np.sin(angles)) * delta)
-    phase = np.mod(np.outer(phi, k), 2.0 * np.pi).astype(np.float32)
-    gain = np.empty(phase.shape, dtype=np.complex64)
-    gain.real = np.cos(phase)
-    gain.imag = np.sin(phase)
-    gain *= np.outer(angle_weights(angles), resp / width).astype(np.float32)
+    gain = _spectral_gain(angles, center, n, resp)
     n_pairs = (n_rows + 1) // 2
     batch = max(1, min(int(pairs_per_batch), n_pairs))
     measure = fft_plan == "measure" or (fft_plan == "auto" and n_rows >= 16)
@@ -176,7 +138,7 @@ def gridrec(
         z[:, :, :n].imag[:n_im] = projections[:, r0 + 1 : r1 : 2, :].transpose(1, 0, 2)
         z[n_re:].real[..., :n] = 0
         z[n_im:].imag[..., :n] = 0
-        if padding == "edge":
+        if settings.padding == "edge":
             z[..., n:half] = z[..., n - 1 : n]
             z[..., half:] = z[..., 0:1]
         else:
@@ -193,10 +155,10 @@ def gridrec(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(spectrum, starts[0], buffers[0]) if use_helper else None
         for i, p0 in enumerate(starts):
-            if use_helper:
+            if pending is not None:
                 spec = pending.result()
-                if i + 1 < len(starts):
-                    pending = pool.submit(spectrum, starts[i + 1], buffers[(i + 1) % 2])
+                last = i + 1 == len(starts)
+                pending = None if last else pool.submit(spectrum, starts[i + 1], buffers[(i + 1) % 2])
             else:
                 spec = spectrum(p0, buffers[0])
             plan.execute(spec, out=img)
@@ -204,3 +166,45 @@ def gridrec(
             for j in range(r1 - r0):
                 out[r0 + j] = img[j // 2].real if j % 2 == 0 else img[j // 2].imag
     return out
+
+
+def _spectral_gain(angles: np.ndarray, center: float, n: int, resp: np.ndarray) -> np.ndarray:
+    """Per-angle filter, quadrature weight and phase applied to each projection's spectrum.
+
+    Output grid x = mode + delta (finufft's modes run from -(n // 2)). The phase
+    exp(i k phi_theta) moves the detector origin to the rotation axis and the modes onto
+    that grid: phi = 2 pi center / width + omega_1 (cos + sin) delta.
+    """
+    width = resp.shape[0]
+    k = np.fft.fftfreq(width) * width
+    delta = n // 2 - (n - 1) / 2.0
+    phi = (2.0 * np.pi / width) * (center + (np.cos(angles) + np.sin(angles)) * delta)
+    phase = np.mod(np.outer(phi, k), 2.0 * np.pi).astype(np.float32)
+    gain = np.empty(phase.shape, dtype=np.complex64)
+    gain.real = np.cos(phase)
+    gain.imag = np.sin(phase)
+    gain *= np.outer(angle_weights(angles), resp / width).astype(np.float32)
+    return gain
+
+
+def _check_options(settings: ReconSettings, interpolation: str, pad_factor: float, fft_plan: str) -> None:
+    """Reject what gridrec cannot do: a GPU device, unknown interpolation or planning, pad < 1."""
+    if settings.device not in (None, "cpu"):
+        raise BadInputError(f"device: gridrec runs on the CPU only, got {settings.device!r}; use method='fbp'")
+    if interpolation not in INTERPOLATIONS:
+        raise BadInputError(f"interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
+    if not float(pad_factor) >= 1.0:
+        raise BadInputError(f"pad_factor: expected a number >= 1, got {pad_factor!r}")
+    if fft_plan not in ("auto", "measure", "estimate"):
+        raise BadInputError(f"fft_plan: expected 'auto', 'measure' or 'estimate', got {fft_plan!r}")
+
+
+def _response(settings: ReconSettings, width: int, interpolation: str) -> np.ndarray:
+    """The filter in FFT order, tapered for ``interpolation``, without its unpaired Nyquist term."""
+    k = np.fft.fftfreq(width) * width
+    resp = filter_response(settings.filter, width, settings.filter_cutoff)
+    if interpolation == "linear":
+        resp = resp * np.sinc(k / width) ** 2
+    if width % 2 == 0:
+        resp[width // 2] = 0.0  # Nyquist has no Hermitian partner: drop it
+    return resp

@@ -1,16 +1,20 @@
 """Backends that wrap other libraries (astra-toolbox, TomoPy) when they import.
 
-Both are optional peers: registered always, ``available()`` only where they import. They
+Both are optional peers: registered always, available only where they import (astra's
+CPU algorithms need no GPU). They
 are given the same validated inputs and return the same orientation, centre convention and
 scaling as tomolive's own backends (see :mod:`tomolive.recon`).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from ..errors import BadInputError
 from .filters import angle_weights
+from .settings import ReconSettings
 
 _ASTRA_FILTERS = {
     "ramp": "ram-lak",
@@ -20,24 +24,6 @@ _ASTRA_FILTERS = {
     "hann": "hann",
     "parzen": "parzen",
 }
-
-
-def astra_available() -> bool:
-    """Whether astra-toolbox imports (its CPU algorithms need no GPU)."""
-    try:
-        import astra  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
-
-
-def tomopy_available() -> bool:
-    """Whether TomoPy imports."""
-    try:
-        import tomopy  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
 
 
 def _astra_cuda_usable(astra) -> bool:
@@ -62,18 +48,13 @@ def astra_fbp(
     projections: np.ndarray,
     angles: np.ndarray,
     center: float,
-    *,
-    filter: str = "ramp",
-    filter_cutoff: float = 1.0,
-    padding: str = "edge",
-    ncore: int | None = None,
-    device: str | None = None,
+    settings: ReconSettings,
 ) -> np.ndarray:
     """astra-toolbox FBP (``FBP`` on CPU with the 'linear' projector, ``FBP_CUDA`` on GPU).
 
     Non-uniform angles are handled by pre-weighting each projection by its share of the
     arc; the centre by shifting the sinogram to the detector middle. astra pads internally;
-    ``padding`` and ``ncore`` are ignored (its CPU FBP is single-threaded).
+    ``settings.padding`` and ``settings.ncore`` are ignored (its CPU FBP is single-threaded).
 
     Returns
     -------
@@ -82,11 +63,11 @@ def astra_fbp(
     """
     import astra
 
-    if filter_cutoff != 1.0:
+    if settings.filter_cutoff != 1.0:
         raise BadInputError("filter_cutoff: the astra backend supports only 1.0")
-    use_cuda = device is not None and str(device).startswith("cuda")
+    use_cuda = settings.device is not None and str(settings.device).startswith("cuda")
     if use_cuda and not _astra_cuda_usable(astra):
-        raise BadInputError(f"device: {device!r} requested but astra has no usable CUDA device")
+        raise BadInputError(f"device: {settings.device!r} requested but astra has no usable CUDA device")
     n_angles, n_rows, n = projections.shape
     weight = (angle_weights(angles) * n_angles / np.pi).astype(np.float32)[:, None]
     vol = astra.create_vol_geom(n, n)
@@ -100,7 +81,7 @@ def astra_fbp(
             rid = astra.data2d.create("-vol", vol)
             cfg = astra.astra_dict("FBP_CUDA" if use_cuda else "FBP")
             cfg["ProjectionDataId"], cfg["ReconstructionDataId"] = sid, rid
-            cfg["FilterType"] = _ASTRA_FILTERS[filter]
+            cfg["FilterType"] = _ASTRA_FILTERS[settings.filter]
             if proj_id is not None:
                 cfg["ProjectorId"] = proj_id
             aid = astra.algorithm.create(cfg)
@@ -131,12 +112,7 @@ def tomopy_gridrec(
     projections: np.ndarray,
     angles: np.ndarray,
     center: float,
-    *,
-    filter: str = "ramp",
-    filter_cutoff: float = 1.0,
-    padding: str = "edge",
-    ncore: int | None = None,
-    device: str | None = None,
+    settings: ReconSettings,
 ) -> np.ndarray:
     """TomoPy's gridrec, with the detector edge-padded to a power of two (it needs it).
 
@@ -151,20 +127,20 @@ def tomopy_gridrec(
     """
     import tomopy
 
-    if device not in (None, "cpu"):
-        raise BadInputError(f"device: tomopy runs on the CPU only, got {device!r}")
+    if settings.device not in (None, "cpu"):
+        raise BadInputError(f"device: tomopy runs on the CPU only, got {settings.device!r}")
     _n_angles, _n_rows, n = projections.shape
     width = 1 << int(np.ceil(np.log2(2 * n)))
     left = (width - n) // 2
-    mode = "edge" if padding == "edge" else "constant"
+    mode: Literal["edge", "constant"] = "edge" if settings.padding == "edge" else "constant"
     padded = np.pad(projections, ((0, 0), (0, 0), (left, width - n - left)), mode=mode)
     rec = tomopy.recon(
         padded,
         angles,
         center=center + left,
         algorithm="gridrec",
-        filter_name=_TOMOPY_FILTERS[filter],
-        filter_par=[filter_cutoff, 2],
-        ncore=ncore,
+        filter_name=_TOMOPY_FILTERS[settings.filter],
+        filter_par=[settings.filter_cutoff, 2],
+        ncore=settings.ncore,
     )
     return np.ascontiguousarray(rec[:, left : left + n, left : left + n], dtype=np.float32)
