@@ -78,6 +78,11 @@ class TomoPipeline:
         """The first technique's parameters (tomography's, by default)."""
         return self.techniques[0].params
 
+    @params.setter
+    def params(self, params: PipelineParams) -> None:
+        """Process the next runs with tomography's ``params`` (they go into their provenance)."""
+        self.techniques = (TomoTechnique(params), *(t for t in self.techniques if t.name != TomoTechnique.name))
+
     def __call__(self, name: str, doc: dict) -> None:
         """Route one document; a malformed one fails its run, never the RunEngine."""
         run = self._owner(name, doc)

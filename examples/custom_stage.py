@@ -34,7 +34,7 @@ from site import addsitedir
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from tomolive.stages import Stage, available_stages
+from tomolive.stages import BlockStage, available_stages
 
 ENTRY_POINTS = {"solid_mask": "custom_stage:solid_mask", "solid_fraction": "custom_stage:solid_fraction"}
 
@@ -48,8 +48,8 @@ def _solid_fraction(block: np.ndarray, *, level: float) -> dict[str, float]:
     return {"solid": float((block > level).mean()), "mean_attenuation": float(block.mean())}
 
 
-solid_mask = Stage(_solid_mask, dtype="uint8", overlap=1)  # the 3x3x3 filter needs a slice each side
-solid_fraction = Stage(_solid_fraction, output="metrics")
+solid_mask = BlockStage(_solid_mask, dtype="uint8", overlap=1)  # the 3x3x3 filter needs a slice each side
+solid_fraction = BlockStage(_solid_fraction, output="metrics")
 
 
 def install_entry_points(site: Path) -> None:

@@ -106,7 +106,7 @@ def test_scan_runs_on_an_external_cluster_and_leaves_it_running(tiled_server, cl
     uid = run_scan(beamline, sample="foam-distributed")
     outcome = pipeline.wait(uid, timeout=300)
     assert outcome.status == "complete", outcome.reason
-    assert pipeline.dask_client().cluster is None  # connected to the scheduler, started nothing
+    assert pipeline.engine.dask_client().cluster is None  # connected to the scheduler, started nothing
     pipeline.close()
 
     with Client(cluster, timeout=10) as client:  # the cluster outlives the pipeline

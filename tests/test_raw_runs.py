@@ -41,7 +41,7 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     np.testing.assert_allclose(angles, np.linspace(0, 180, 90, endpoint=False))
 
     # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume.
-    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))
+    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
     code = tomolive_main(
         [
             "process",
@@ -51,7 +51,7 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
             "--api-key",
             tiled_server.api_key,
             "--dask",
-            pipeline.dask_client().scheduler.address,
+            pipeline.engine.dask_client().scheduler.address,
         ]
     )
     assert code == 0, capsys.readouterr()
@@ -62,7 +62,7 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
 
 
 def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, monkeypatch, capsys):
-    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.outbox_dir))
+    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
     args = [
         "process",
         str(shared_data / "tooth.h5"),
@@ -71,7 +71,7 @@ def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, mo
         "--api-key",
         tiled_server.api_key,
         "--dask",
-        pipeline.dask_client().scheduler.address,
+        pipeline.engine.dask_client().scheduler.address,
     ]
     assert tomolive_main(args) == 0
     assert tomolive_main(args) == 0  # processing the same file again replaces its result
@@ -99,4 +99,4 @@ def test_process_refuses_a_scan_whose_angles_do_not_match_its_projections(tmp_pa
         stack, stack, stack, angles_deg=np.zeros(4), metadata={}, source=tmp_path / "x.h5", format="dxchange"
     )
     with pytest.raises(BadInputError, match="4 angles for 5 projections"):
-        process_scan(scan, "uid", pipeline=None)  # refused before a session (or a pipeline) is needed
+        process_scan(scan, "uid", engine=None, technique=None)  # refused before a run (or an engine) is needed

@@ -14,13 +14,13 @@ from scipy.ndimage import median_filter
 from tiled.queries import Key
 
 from tomolive.errors import BadInputError
-from tomolive.stages import Stage, available_stages, load_stage
+from tomolive.stages import BlockStage, available_stages, load_stage
 from tomolive.store import connect
 from tomolive.techniques.tomo import PipelineParams
 
 STAGES_MODULE = '''
 import numpy as np
-from tomolive.stages import Stage
+from tomolive.stages import BlockStage
 
 
 def scaled(block, *, factor=1.0, offset=0.0):
@@ -36,8 +36,8 @@ def _above(block, *, level):
     return {"mean": float(block.mean()), "fraction_above": float((block > level).mean())}
 
 
-z_gradient = Stage(_z_gradient, overlap=1)  # needs one neighbour slice each side
-above = Stage(_above, output="metrics")
+z_gradient = BlockStage(_z_gradient, overlap=1)  # needs one neighbour slice each side
+above = BlockStage(_above, output="metrics")
 '''
 
 
@@ -127,9 +127,9 @@ def test_builtin_median_stage_matches_scipy():
 
 def test_stage_declarations_are_checked():
     with pytest.raises(BadInputError, match="output must be one of"):
-        Stage(np.negative, output="image")
+        BlockStage(np.negative, output="image")
     with pytest.raises(BadInputError, match="overlap=0"):
-        Stage(np.mean, output="metrics", overlap=1)
+        BlockStage(np.mean, output="metrics", overlap=1)
 
 
 def test_a_stage_missing_on_the_workers_fails_the_scan_clearly(pipeline, tmp_path, monkeypatch, beamline, scan_plan):

@@ -120,8 +120,10 @@ class TomoAcquisition:
 
     def early_volume(self, store: Any) -> Future | None:
         """The ``recon`` array made during the scan, if it is ``store``'s and was made (Tiled was up)."""
-        volume = self.recon_volume if self.run.store.done() and self.run.store.result() is store else None
-        if volume is not None and volume.done() and volume.exception() is not None:
+        made_on, volume = self.run.store, self.recon_volume
+        if volume is None or not made_on.done() or made_on.exception() is not None or made_on.result() is not store:
+            return None
+        if volume.done() and volume.exception() is not None:
             return None
         return volume
 
