@@ -34,10 +34,9 @@ from tiled.client.base import BaseClient
 from tomolive.assets import AssetResolver
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.events import EVENT_KINDS, ResultCallback, ResultEvents
-from tomolive.outbox import default_outbox
 from tomolive.pipeline import PipelineParams, connect_dask
 from tomolive.session import CALIBRATIONS, ProcessedRun, ScanSession
-from tomolive.store import connect
+from tomolive.store import connect, default_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class TomoPipeline:
     scratch_dir : path, optional
         Where projection spools live during a scan (default: the system temp dir).
     outbox_dir : path, optional
-        Where results wait when Tiled stays unreachable (default :func:`tomolive.outbox.default_outbox`).
+        Where results wait when Tiled stays unreachable (default :func:`tomolive.store.default_outbox`).
     patience_s : float
         How long to keep retrying an unreachable Tiled server before using the outbox.
     progress : bool

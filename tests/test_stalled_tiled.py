@@ -21,9 +21,8 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
-from tomolive.outbox import OutboxEntry, pending
 from tomolive.server import SERVER_MODULE, running_server
-from tomolive.store import connect, processed_for
+from tomolive.store import OutboxResult, connect, pending, processed_for
 
 
 def _server_process(settings: Settings) -> psutil.Process:
@@ -171,7 +170,7 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
 
     # Spooled: the processed result, whole, and every document of the raw run.
     assert result.status == "complete" and result.uri is None and result.outbox == str(outbox / uid)
-    entry = OutboxEntry(outbox / uid)
+    entry = OutboxResult(outbox / uid)
     assert entry.metadata()["status"] == "complete" and entry.metadata()["provenance"]["inputs"]["n_angles"] == 60
     local = entry.volumes()["recon"][:]
     assert local.shape == (16, 96, 96) and np.isfinite(local).all() and np.ptp(local[8]) > 0

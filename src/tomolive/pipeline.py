@@ -151,7 +151,7 @@ class PipelineParams:
 
 
 class ResultSink(Protocol):
-    """Where a scan's volumes go: a Tiled record (``store.ScanRecord``) or the local outbox."""
+    """Where a scan's volumes go: a Tiled record (``store.TiledResult``) or the local outbox."""
 
     def new_volume(
         self,

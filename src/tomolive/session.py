@@ -17,7 +17,7 @@ runs elsewhere too:
   pipeline's processing thread and returns at once.
 
 If Tiled is unreachable for longer than ``patience_s``, the result is written to the local
-outbox instead (see :mod:`tomolive.outbox`) with a message saying how to upload it.
+outbox instead (see :mod:`tomolive.store.outbox`) with a message saying how to upload it.
 
 Every outcome is announced to the pipeline's result subscribers (:mod:`tomolive.events`)
 from the thread that recorded it, before the pipeline's ``wait`` returns.
@@ -42,7 +42,6 @@ from tiled.client.base import BaseClient
 from .analysis import analyse_scan, early_qc_rows, submit_qc
 from .errors import BadInputError, MissingDataError
 from .events import ResultEvents
-from .outbox import OutboxEntry
 from .pipeline import PipelineParams, denoise_scan, new_recon_volume, prepare_projection, start_reconstruction
 from .preprocess import CenterResult, reduce_frames
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
@@ -50,7 +49,7 @@ from .progress import ProgressReporter
 from .provenance import Provenance
 from .spool import ProjectionSpool
 from .stage_runner import run_extra_stages
-from .store import ScanRecord, VolumeTarget, is_unreachable, now, patiently
+from .store import OutboxResult, ResultStore, TiledResult, VolumeTarget, is_unreachable, now, patiently
 
 logger = logging.getLogger(__name__)
 CALIBRATIONS = ("dark", "flat")
@@ -112,9 +111,9 @@ class ScanSession:
         self._ingest: threading.Thread | None = None
         self.provenance = Provenance(parameters={"pipeline": engine.params.as_dict()})
         api_key = engine.client.context.api_key
-        self._record: Future[ScanRecord] = engine.io.submit(
+        self._record: Future[TiledResult] = engine.io.submit(
             patiently,
-            lambda: ScanRecord.create(engine.client, uid, metadata, api_key),
+            lambda: TiledResult.create(engine.client, uid, metadata, api_key),
             f"create the record of run {uid}",
             engine.patience_s,
         )
@@ -290,7 +289,7 @@ class ScanSession:
         self._record.add_done_callback(lambda record: self._make_recon_volume(record, shape))
         self._start_preview(shape)
 
-    def _make_recon_volume(self, record: Future[ScanRecord], frame_shape: tuple[int, int]) -> None:
+    def _make_recon_volume(self, record: Future[TiledResult], frame_shape: tuple[int, int]) -> None:
         """Once the record exists, make its empty ``recon`` array on an I/O thread (no thread
         waits for the record), unless the run has already ended: then processing makes it,
         or nothing needs it. One made before the end is used, or removed by ``_store_end``
@@ -301,10 +300,10 @@ class ScanSession:
                     new_recon_volume, record.result(), frame_shape, self.engine.params
                 )
 
-    def _early_volume(self, sink: ScanRecord | OutboxEntry) -> Future[VolumeTarget] | None:
+    def _early_volume(self, sink: ResultStore) -> Future[VolumeTarget] | None:
         """The ``recon`` array made during the scan, if it is ``sink``'s and its making did not
         fail (Tiled down at the time: processing makes it again)."""
-        volume = self._recon_volume if isinstance(sink, ScanRecord) else None
+        volume = self._recon_volume if sink.uri is not None else None
         if volume is not None and volume.done() and volume.exception() is not None:
             return None
         return volume
@@ -363,7 +362,7 @@ class ScanSession:
         finally:  # deleting a spool takes ~0.2 s per 512 MB: not on the way to the result
             self.engine.io.submit(self.spool.remove)
 
-    def _reconstruct(self, sink: ScanRecord | OutboxEntry) -> dict[str, Any] | None:
+    def _reconstruct(self, sink: ResultStore) -> dict[str, Any] | None:
         """Centre, volume, optional stages, QC into ``sink``; returns the newest progress
         state, which the final status carries (one round trip fewer on the way to it)."""
         params = self.engine.params
@@ -421,7 +420,7 @@ class ScanSession:
             )
         return progress.finish()
 
-    def _denoise(self, sink: ScanRecord | OutboxEntry, center: CenterResult, progress: ProgressReporter) -> None:
+    def _denoise(self, sink: ResultStore, center: CenterResult, progress: ProgressReporter) -> None:
         params = self.engine.params
 
         def on_denoise_progress(stage: str, done: int, total: int) -> None:
@@ -434,7 +433,7 @@ class ScanSession:
             self.engine.dask_client(),
             self.provenance,
             center.center,
-            model_client=self.engine.client if isinstance(sink, ScanRecord) else None,
+            model_client=sink.models_client,
             sample_class=str(self.metadata.get("sample_class") or self.metadata.get("sample") or "unspecified"),
             scan_uids=(self.uid,),
             progress=self.engine.progress,
@@ -451,7 +450,7 @@ class ScanSession:
 
     def _process_locally(self, err: Exception) -> ProcessedRun:
         self._close_preview()
-        entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
+        entry = OutboxResult.create(self.engine.outbox_dir, self.uid, self.metadata)
         entry.set_status("complete", **self._outcome(self._reconstruct(entry)))
         logger.error(
             "Tiled is unreachable (%s): the result of run %s is kept in %s. Upload it when the "
@@ -507,7 +506,7 @@ class ScanSession:
             if not is_unreachable(err):
                 logger.exception("could not record status %r of run %s", status, self.uid)
                 return ProcessedRun(self.uid, status, None, reason)
-        entry = OutboxEntry.create(self.engine.outbox_dir, self.uid, self.metadata)
+        entry = OutboxResult.create(self.engine.outbox_dir, self.uid, self.metadata)
         entry.set_status(status, **extra)
         logger.error("Tiled is unreachable: status %r of run %s kept in %s", status, self.uid, entry.describe())
         return ProcessedRun(self.uid, status, None, reason, str(entry.path))
@@ -521,7 +520,7 @@ class ScanSession:
             if ingest.is_alive():
                 logger.warning("run %s: its ingest thread is still busy after %s s", self.uid, self.engine.patience_s)
 
-    def _remove_unwritten_volume(self, record: ScanRecord) -> None:
+    def _remove_unwritten_volume(self, record: TiledResult) -> None:
         """Delete the empty ``recon`` array of a run that ended before any block was written:
         made during the scan, or by processing before its centre search failed."""
         if self._recon_volume is not None:
