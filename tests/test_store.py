@@ -12,7 +12,19 @@ import zarr
 
 from tomolive.config import Settings
 from tomolive.errors import BadInputError
-from tomolive.store import VOLUME_COMPRESSORS, TiledResult, VolumeTarget, connect, internals
+from tomolive.store import (
+    STATUSES,
+    VOLUME_COMPRESSORS,
+    OutboxResult,
+    ResultStore,
+    TiledResult,
+    VolumeTarget,
+    check_status,
+    connect,
+    internals,
+    pending,
+    upload,
+)
 
 
 def test_blocks_written_directly_and_over_http_read_back_the_same(tiled_server: Settings) -> None:
@@ -103,3 +115,50 @@ def test_a_preview_publish_without_an_image_updates_its_metadata_only(tiled_serv
     preview = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"]["store-test-preview"]["preview"]
     np.testing.assert_array_equal(preview.read(), image)
     assert preview.metadata["frames_dropped"] == 4 and preview.metadata["n_angles"] == 10
+
+
+def test_both_stores_check_a_status_in_one_place(tiled_server: Settings, tmp_path: Path) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    stores: list[ResultStore] = [
+        TiledResult.create(client, "store-test-status", {}, tiled_server.api_key),
+        OutboxResult.create(tmp_path, "store-test-status", {}),
+    ]
+    assert [check_status(s) for s in STATUSES] == ["running", "complete", "failed", "aborted"]
+    for result in stores:
+        with pytest.raises(BadInputError, match="status must be one of"):
+            result.set_status("done")  # type: ignore[arg-type]  # not a status
+        result.set_status("aborted", reason="stopped")
+    assert client["processed"]["store-test-status"].metadata["status"] == "aborted"
+    assert OutboxResult(tmp_path / "store-test-status").metadata()["status"] == "aborted"
+
+
+def test_an_outbox_result_keeps_volumes_and_preview_and_upload_sends_both(
+    tiled_server: Settings, tmp_path: Path
+) -> None:
+    entry: ResultStore = OutboxResult.create(tmp_path, "store-test-outbox", {"sample": "outbox"})
+    assert (entry.uid, entry.uri, entry.models_client) == ("store-test-outbox", None, None)
+    assert "upload-spool" in entry.describe()
+    with pytest.raises(BadInputError, match="no preview image yet"):
+        entry.write_preview(None, {"n_angles": 0})
+    volume = np.arange(6 * 16, dtype=np.float32).reshape(6, 4, 4)
+    target = entry.new_volume("recon", (6, 4, 4), rows_per_block=4, metadata={"stage": "recon"})
+    assert target.write_block(0, volume[0:4]) == "zarr" and target.write_block(1, volume[4:6]) == "zarr"
+    entry.new_volume("scratch", (2, 4, 4), rows_per_block=2)
+    entry.remove("scratch")
+    assert "recon" in entry and "scratch" not in entry
+    image = np.random.default_rng(3).random((3, 8, 8), dtype=np.float32)
+    entry.write_preview(image, {"n_angles": 5})
+    entry.write_preview(None, {"n_angles": 9})
+    entry.set_status("complete")
+
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    (waiting,) = pending(tmp_path)
+    uri = upload(waiting, client, tiled_server.api_key)
+
+    uploaded = connect(uri, api_key=tiled_server.api_key)
+    assert uploaded.metadata["status"] == "complete" and uploaded.metadata["sample"] == "outbox"
+    np.testing.assert_array_equal(uploaded["recon"].read(), volume)
+    assert uploaded["recon"].metadata["stage"] == "recon"
+    np.testing.assert_array_equal(uploaded["preview"].read(), image)
+    assert uploaded["preview"].metadata["n_angles"] == 9
+    assert not pending(tmp_path)

@@ -37,6 +37,7 @@ from sqlalchemy.exc import InvalidRequestError
 from tiled.client.base import BaseClient
 from zarr.abc.codec import BytesBytesCodec
 from zarr.core.buffer import Buffer
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import LocalStore, MemoryStore
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def writable_zarr_path(array_client: BaseClient) -> str | None:
 def set_compressors(zarr_path: str, compressors: Sequence[BytesBytesCodec]) -> bool:
     """Give the empty Zarr v3 array at ``zarr_path`` these compressors; True if done.
 
+    Tiled's ``init_storage`` makes writable arrays with Zarr's default codec and takes no other.
+
     Rewriting ``zarr.json`` before any chunk exists changes how every block is stored,
     whoever writes it (workers directly, or the Tiled server over HTTP). An array that
     holds chunks is left as it is, and so is one this process may not rewrite (a warning
@@ -67,13 +70,13 @@ def set_compressors(zarr_path: str, compressors: Sequence[BytesBytesCodec]) -> b
     path = Path(zarr_path)
     try:
         array = zarr.open_array(str(path), mode="r")
-        if array.nchunks_initialized:
+        if array.nchunks_initialized or not isinstance(array.metadata, ArrayV3Metadata):
             return False
         template = zarr.create_array(MemoryStore(), shape=(1,), dtype=array.dtype, compressors=list(compressors))
         meta = json.loads((path / "zarr.json").read_text())
         meta["codecs"] = [
             *(c.to_dict() for c in array.metadata.codecs if not isinstance(c, BytesBytesCodec)),
-            *(c.to_dict() for c in template.metadata.codecs if isinstance(c, BytesBytesCodec)),
+            *(c.to_dict() for c in template.compressors if isinstance(c, BytesBytesCodec)),  # typesize set
         ]
         write_synced(path / "zarr.json", json.dumps(meta, indent=2).encode())
     except OSError as err:
@@ -82,7 +85,7 @@ def set_compressors(zarr_path: str, compressors: Sequence[BytesBytesCodec]) -> b
     return True
 
 
-def write_synced(path: Path, data: bytes | memoryview) -> int:
+def write_synced(path: Path, data: bytes | bytearray | memoryview) -> int:
     """Write ``data`` to ``path`` atomically, its bytes flushed to disk and dropped from the page cache.
 
     Volumes are far larger than memory: through the page cache each block would stay as

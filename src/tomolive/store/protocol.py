@@ -27,7 +27,7 @@ def check_status(status: str) -> Status:
     """
     if status not in STATUSES:
         raise BadInputError(f"status must be one of {STATUSES!r}; got {status!r}")
-    return status  # type: ignore[return-value]  # checked just above
+    return status
 
 
 class ResultStore(Protocol):
