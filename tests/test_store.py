@@ -126,7 +126,7 @@ def test_both_stores_check_a_status_in_one_place(tiled_server: Settings, tmp_pat
     assert [check_status(s) for s in STATUSES] == ["running", "complete", "failed", "aborted"]
     for result in stores:
         with pytest.raises(BadInputError, match="status must be one of"):
-            result.set_status("done")  # type: ignore[arg-type]  # not a status
+            result.set_status("done")  # not a status
         result.set_status("aborted", reason="stopped")
     assert client["processed"]["store-test-status"].metadata["status"] == "aborted"
     assert OutboxResult(tmp_path / "store-test-status").metadata()["status"] == "aborted"
