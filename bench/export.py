@@ -23,7 +23,7 @@ from scan import free_port
 from tomolive.config import Settings
 from tomolive.export import FORMATS, export_scan
 from tomolive.server import running_server
-from tomolive.store import ScanRecord, connect
+from tomolive.store import TiledResult, connect
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         running_server(Settings(data_dir=Path(tmp) / "tiled", port=free_port())) as server,
     ):
         client = connect(server.uri, api_key=server.api_key)
-        record = ScanRecord.create(client, "bench-export", {"sample": "bench"}, server.api_key)
+        record = TiledResult.create(client, "bench-export", {"sample": "bench"}, server.api_key)
         target = record.new_volume("recon", volume.shape, rows)
         for index, start in enumerate(range(0, n, rows)):
             target.write_block(index, volume[start : start + rows])

@@ -79,8 +79,8 @@ from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.recon import reconstruct
 from tomolive.server import SERVER_MODULE, running_server
-from tomolive.store import VOLUME_COMPRESSORS, ScanRecord, connect
-from tomolive.synced import open_for_writing
+from tomolive.store import VOLUME_COMPRESSORS, TiledResult, connect
+from tomolive.store.internals import open_for_writing
 from tomolive.techniques.tomo import PipelineParams
 from tomolive.techniques.tomo.spool import ProjectionSpool, read_rows
 
@@ -458,7 +458,7 @@ def main(argv=None):
             tiled = connect(settings.uri, api_key=settings.api_key)
             if not args.cold:  # first-use costs paid once per session, not per scan:
                 compute_device()  # provenance imports torch (~3 s)
-                warm = ScanRecord.create(tiled, "bench-warm-up", {"sample": "warm-up"})
+                warm = TiledResult.create(tiled, "bench-warm-up", {"sample": "warm-up"})
                 warm.new_volume("recon", (16, 16, 16), 16)  # server's first array (~2 s)
             bare_spool = make_bare_spool(phantom, angles, args.rows_per_block, tmp)
             bare: list[tuple[int, float]] = []

@@ -2,13 +2,13 @@
 
 Both serve ``tiled_config/sqlite.yml`` (multi-user, scoped API keys) from a fresh data dir
 on loopback; the only difference is tomolive's one API-key lookup per request
-(:mod:`tomolive.key_lookups`). Stock Tiled is ``tomolive.tiled_serve`` with that change
+(:mod:`tomolive.store.internals`). Stock Tiled is ``tomolive.tiled_serve`` with that change
 left out: the same database creation, then ``tiled serve config``. With the writer key, each
 server answers the requests a scan makes while its workers run, ``--requests`` of each
 kind per batch, ``--batches`` batches in turn (server A, server B, A, B, ...):
 
 - a metadata read of a scan container (what a Tiled client or the web view polls);
-- a metadata PATCH of its progress (``ScanRecord.update``: a progress report);
+- a metadata PATCH of its progress (``TiledResult.update``: a progress report);
 - a read of one 64x64 tile of a float32 array (what a viewer slicing a volume asks for).
 
 Reported: the server process's CPU milliseconds per request (psutil), median over the
@@ -40,11 +40,11 @@ from tiled.client import from_uri
 from tomolive.config import Settings
 from tomolive.keys import issue_writer_key
 from tomolive.server import server_command, wait_until_up
-from tomolive.store import ScanRecord
+from tomolive.store import TiledResult
 
 STOCK = (
-    "import sys; from tomolive import key_lookups, tiled_serve; "
-    "key_lookups.install = lambda: None; tiled_serve.main(sys.argv[1:])"
+    "import sys; from tomolive import tiled_serve; from tomolive.store import internals; "
+    "internals.share_api_key_lookups = lambda: None; tiled_serve.main(sys.argv[1:])"
 )
 """Stock Tiled on the same profile: :mod:`tomolive.tiled_serve` without its one change to Tiled."""
 
@@ -70,7 +70,7 @@ def serving(data_dir: Path, port: int, stock: bool) -> Iterator[tuple[str, str, 
 def requests_of(uri: str, api_key: str) -> dict[str, Callable[[int], object]]:
     """The kinds of request timed, each a function of its index."""
     client = from_uri(uri, api_key=api_key)
-    record = ScanRecord.create(client, "bench-requests", {"sample": "bench"})
+    record = TiledResult.create(client, "bench-requests", {"sample": "bench"})
     record.node.write_array(np.random.default_rng(0).random((512, 512), dtype=np.float32), key="slice")
     container = record.node
     tile = container["slice"]

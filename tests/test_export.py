@@ -15,7 +15,7 @@ from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.export import export_scan, slab_rows
-from tomolive.store import ScanRecord, connect, find_scan
+from tomolive.store import TiledResult, connect, find_scan
 
 SHAPE = (10, 12, 16)
 
@@ -24,7 +24,7 @@ def make_scan(settings: Settings, status: str = "complete", uid: str | None = No
     """A processed scan with recon (float32) and segmented (uint8) written in 4-row blocks."""
     uid = uid or str(uuid.uuid4())
     client = connect(settings.uri, api_key=settings.api_key)
-    record = ScanRecord.create(client, uid, {"sample": "export-foam", "provenance": {"center": {"center": 7.5}}})
+    record = TiledResult.create(client, uid, {"sample": "export-foam", "provenance": {"center": {"center": 7.5}}})
     rng = np.random.default_rng(3)
     volumes = {
         "recon": rng.normal(size=SHAPE).astype(np.float32),

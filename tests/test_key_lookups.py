@@ -14,8 +14,8 @@ from tiled.authn_database import core
 from tiled.authn_database.orm import APIKey
 from tiled.server import authentication
 
-from tomolive import key_lookups
 from tomolive.keys import create_key
+from tomolive.store import internals
 
 VALID, UNKNOWN = b"\x01" * 32, b"\x02" * 32
 
@@ -43,7 +43,7 @@ def loaded_key(secret: bytes, expires: datetime | None = None) -> APIKey:
     return key
 
 
-def counting_lookup(expires: datetime | None = None) -> tuple[key_lookups.Lookup, list[bytes]]:
+def counting_lookup(expires: datetime | None = None) -> tuple[internals.Lookup, list[bytes]]:
     calls: list[bytes] = []
 
     async def lookup(db: Session, secret: bytes) -> APIKey | None:
@@ -56,7 +56,7 @@ def counting_lookup(expires: datetime | None = None) -> tuple[key_lookups.Lookup
 
 def test_a_task_looks_a_valid_key_up_once_and_attaches_it_to_each_session():
     lookup, calls = counting_lookup()
-    shared = key_lookups.shared_per_task(lookup)
+    shared = internals.shared_per_task(lookup)
 
     async def one_request() -> list[object]:
         sessions = [Session(), Session(), Session()]
@@ -75,7 +75,7 @@ def test_a_task_looks_a_valid_key_up_once_and_attaches_it_to_each_session():
 
 def test_unknown_keys_are_never_kept():
     lookup, calls = counting_lookup()
-    shared = key_lookups.shared_per_task(lookup)
+    shared = internals.shared_per_task(lookup)
 
     async def request() -> None:
         assert await shared(Session(), UNKNOWN) is None
@@ -87,7 +87,7 @@ def test_unknown_keys_are_never_kept():
 
 def test_a_key_is_looked_up_again_past_its_age_or_when_another_session_holds_it(monkeypatch):
     lookup, calls = counting_lookup()
-    shared = key_lookups.shared_per_task(lookup, max_age_s=1.0)
+    shared = internals.shared_per_task(lookup, max_age_s=1.0)
     clock = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
 
@@ -106,7 +106,7 @@ def test_a_key_is_looked_up_again_past_its_age_or_when_another_session_holds_it(
 
 def test_a_key_that_expired_since_is_looked_up_again():
     lookup, calls = counting_lookup(expires=datetime.now(UTC) + timedelta(milliseconds=50))
-    shared = key_lookups.shared_per_task(lookup)
+    shared = internals.shared_per_task(lookup)
 
     async def request() -> None:
         first = await shared(Session(), VALID)
@@ -120,7 +120,7 @@ def test_a_key_that_expired_since_is_looked_up_again():
 
 def test_a_key_changed_by_a_session_since_is_looked_up_again():
     lookup, calls = counting_lookup()
-    shared = key_lookups.shared_per_task(lookup)
+    shared = internals.shared_per_task(lookup)
 
     async def request() -> None:
         first = await shared(Session(), VALID)
@@ -133,10 +133,10 @@ def test_a_key_changed_by_a_session_since_is_looked_up_again():
 
 def test_install_wraps_tiled_lookup_once(monkeypatch):
     monkeypatch.setattr(authentication, "lookup_valid_api_key", core.lookup_valid_api_key)
-    key_lookups.install()
+    internals.share_api_key_lookups()
     installed = authentication.lookup_valid_api_key
     assert installed is not core.lookup_valid_api_key
-    key_lookups.install()
+    internals.share_api_key_lookups()
     assert authentication.lookup_valid_api_key is installed
 
 

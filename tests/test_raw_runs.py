@@ -42,18 +42,7 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
 
     # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume.
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
-    code = tomolive_main(
-        [
-            "process",
-            run.uri,
-            "--uri",
-            tiled_server.uri,
-            "--api-key",
-            tiled_server.api_key,
-            "--dask",
-            pipeline.engine.dask_client().scheduler.address,
-        ]
-    )
+    code = tomolive_main(_process_args(run.uri, tiled_server, pipeline))
     assert code == 0, capsys.readouterr()
     again = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
     assert again.metadata["status"] == "complete"
@@ -61,11 +50,11 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     np.testing.assert_allclose(again["recon"].read(), live_volume, atol=SAME_VOLUME * np.ptp(live_volume))
 
 
-def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, monkeypatch, capsys):
-    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
-    args = [
+def _process_args(source: str, tiled_server, pipeline) -> list[str]:
+    """``tomolive process source`` into the test server, on the pipeline's Dask cluster."""
+    return [
         "process",
-        str(shared_data / "tooth.h5"),
+        source,
         "--uri",
         tiled_server.uri,
         "--api-key",
@@ -73,6 +62,11 @@ def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, mo
         "--dask",
         pipeline.engine.dask_client().scheduler.address,
     ]
+
+
+def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, monkeypatch, capsys):
+    monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
+    args = _process_args(str(shared_data / "tooth.h5"), tiled_server, pipeline)
     assert tomolive_main(args) == 0
     assert tomolive_main(args) == 0  # processing the same file again replaces its result
     out = capsys.readouterr().out

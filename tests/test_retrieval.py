@@ -13,7 +13,7 @@ from databroker.queries import Key, ScanID, TimeRange
 
 from tomolive.errors import MissingDataError
 from tomolive.plans import tomo_scan
-from tomolive.store import ScanRecord, connect, processed_for, raw_for, raw_root
+from tomolive.store import TiledResult, connect, processed_for, raw_for, raw_root
 
 
 def test_raw_and_processed_are_linked_both_ways(tiled_server, beamline, scan_with_raw_run):
@@ -43,7 +43,7 @@ def test_raw_and_processed_are_linked_both_ways(tiled_server, beamline, scan_wit
 def test_a_result_without_its_raw_run_names_the_missing_link(tiled_server):
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
     uid = str(uuid.uuid4())
-    ScanRecord.create(client, uid, {"sample": "from-a-file", "source": "/data/scan.h5"})
+    TiledResult.create(client, uid, {"sample": "from-a-file", "source": "/data/scan.h5"})
     with pytest.raises(MissingDataError, match=f"raw/{uid}.*processed from /data/scan.h5"):
         raw_for(client, uid)
 

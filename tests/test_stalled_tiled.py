@@ -21,9 +21,8 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
-from tomolive.outbox import OutboxEntry, pending
 from tomolive.server import SERVER_MODULE, running_server
-from tomolive.store import connect, processed_for
+from tomolive.store import OutboxResult, connect, pending, processed_for
 
 
 def _server_process(settings: Settings) -> psutil.Process:
@@ -47,6 +46,22 @@ def short_tiled_retries(monkeypatch) -> None:
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 5.0)
 
 
+def _pipeline(
+    settings: Settings, dask_client, scratch_dir: Path, outbox: Path, patience_s: float = 3.0
+) -> TomoPipeline:
+    """A pipeline that gives up on Tiled after ``patience_s`` and spools to ``outbox``."""
+    return TomoPipeline.from_uri(
+        settings.uri,
+        api_key=settings.api_key,
+        dask=dask_client,
+        timeout_s=2.0,
+        scratch_dir=scratch_dir,
+        outbox_dir=outbox,
+        patience_s=patience_s,
+        progress=False,
+    )
+
+
 def _scan(beamline, pipe: TomoPipeline, n_angles: int = 60, *also: Callable[[str, dict], None]) -> str:
     """Run ``tomo_scan`` with ``pipe`` and then each callback in ``also`` subscribed."""
     RE = RunEngine()
@@ -60,16 +75,7 @@ def test_a_stalled_server_does_not_stall_the_scan_and_the_result_lands_when_it_r
     own_server, dask_client, beamline, tmp_path
 ):
     server = _server_process(own_server)
-    with TomoPipeline.from_uri(
-        own_server.uri,
-        api_key=own_server.api_key,
-        dask=dask_client,
-        timeout_s=2.0,
-        scratch_dir=tmp_path,
-        outbox_dir=tmp_path / "outbox",
-        patience_s=300,
-        progress=False,
-    ) as pipe:
+    with _pipeline(own_server, dask_client, tmp_path, tmp_path / "outbox", patience_s=300) as pipe:
         os.kill(server.pid, signal.SIGSTOP)  # the server accepts connections but never answers
         try:
             uid = _scan(beamline, pipe)  # returns: nothing on the RunEngine thread waits for Tiled
@@ -92,16 +98,7 @@ def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_
     data_dir, port = tmp_path / "tiled", free_port()
     outbox = tmp_path / "outbox"
     with running_server(Settings(data_dir=data_dir, port=port)) as settings:
-        pipe = TomoPipeline.from_uri(
-            settings.uri,
-            api_key=settings.api_key,
-            dask=dask_client,
-            timeout_s=2.0,
-            scratch_dir=tmp_path,
-            outbox_dir=outbox,
-            patience_s=3.0,
-            progress=False,
-        )
+        pipe = _pipeline(settings, dask_client, tmp_path, outbox)
         _server_process(settings).kill()
     with pipe:
         uid = _scan(beamline, pipe)
@@ -155,23 +152,14 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(outbox))
     with running_server(Settings(data_dir=data_dir, port=port)) as settings:
         client = connect(settings.uri, api_key=settings.api_key, timeout_s=2.0)
-        with TomoPipeline.from_uri(
-            settings.uri,
-            api_key=settings.api_key,
-            dask=dask_client,
-            timeout_s=2.0,
-            scratch_dir=tmp_path,
-            outbox_dir=outbox,
-            patience_s=3.0,
-            progress=False,
-        ) as pipe:
+        with _pipeline(settings, dask_client, tmp_path, outbox) as pipe:
             killer = _kill_after(20, _server_process(settings), client)
             uid = _scan(beamline, pipe, 60, raw_writer(client, outbox, batch_size=5), killer)  # the plan ran to its end
             result = pipe.wait(uid, timeout=300)
 
     # Spooled: the processed result, whole, and every document of the raw run.
     assert result.status == "complete" and result.uri is None and result.outbox == str(outbox / uid)
-    entry = OutboxEntry(outbox / uid)
+    entry = OutboxResult(outbox / uid)
     assert entry.metadata()["status"] == "complete" and entry.metadata()["provenance"]["inputs"]["n_angles"] == 60
     local = entry.volumes()["recon"][:]
     assert local.shape == (16, 96, 96) and np.isfinite(local).all() and np.ptp(local[8]) > 0

@@ -10,15 +10,26 @@ import numpy as np
 import pytest
 import zarr
 
-import tomolive.store as store
 from tomolive.config import Settings
 from tomolive.errors import BadInputError
-from tomolive.store import ScanRecord, connect, use_volume_compressors
+from tomolive.store import (
+    STATUSES,
+    VOLUME_COMPRESSORS,
+    OutboxResult,
+    ResultStore,
+    TiledResult,
+    VolumeTarget,
+    check_status,
+    connect,
+    internals,
+    pending,
+    upload,
+)
 
 
 def test_blocks_written_directly_and_over_http_read_back_the_same(tiled_server: Settings) -> None:
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    record = ScanRecord.create(client, "store-test-write-paths", {"sample": "blocks"}, tiled_server.api_key)
+    record = TiledResult.create(client, "store-test-write-paths", {"sample": "blocks"}, tiled_server.api_key)
     target = record.new_volume("recon", (6, 4, 4), rows_per_block=2)
     assert target.zarr_path is not None  # same machine: the worker can see the server's Zarr
     over_http = dataclasses.replace(target, zarr_path=None)
@@ -36,7 +47,7 @@ def test_blocks_written_directly_and_over_http_read_back_the_same(tiled_server: 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_volumes_are_stored_bitshuffle_lz4_and_read_back_through_tiled(tiled_server: Settings, dtype: type) -> None:
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    record = ScanRecord.create(client, f"store-test-codec-{np.dtype(dtype).name}", {}, tiled_server.api_key)
+    record = TiledResult.create(client, f"store-test-codec-{np.dtype(dtype).name}", {}, tiled_server.api_key)
     target = record.new_volume("labels", (4, 64, 64), rows_per_block=2, dtype=np.dtype(dtype))
     (blosc,) = zarr.open_array(target.zarr_path, mode="r").compressors
     assert (blosc.cname.value, blosc.shuffle.value, blosc.typesize) == ("lz4", "bitshuffle", np.dtype(dtype).itemsize)
@@ -50,19 +61,23 @@ def test_volumes_are_stored_bitshuffle_lz4_and_read_back_through_tiled(tiled_ser
     for chunk, rows in zip(chunks, (volume[0:2], volume[2:4]), strict=True):  # both are Blosc frames
         assert numcodecs.blosc.decompress(chunk.read_bytes()) == rows.tobytes()
         assert chunk.stat().st_size < rows.nbytes / 4
-    assert not use_volume_compressors(target.zarr_path)  # holds chunks: left as it is
+    assert not internals.set_compressors(target.zarr_path, VOLUME_COMPRESSORS)  # holds chunks: left as it is
 
 
 def test_an_array_that_cannot_be_rewritten_keeps_the_default_codec(
     tiled_server: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    record = ScanRecord.create(client, "store-test-codec-readonly", {}, tiled_server.api_key)
+    record = TiledResult.create(client, "store-test-codec-readonly", {}, tiled_server.api_key)
 
-    def refuse(path: Path, data: bytes) -> int:
-        raise PermissionError(f"read-only file system: {path}")
+    write_chunk = internals.write_synced
 
-    monkeypatch.setattr(store, "write_synced", refuse)
+    def refuse(path: Path, data: bytes) -> int:  # the metadata only: chunks are written the same way
+        if path.name == "zarr.json":
+            raise PermissionError(f"read-only file system: {path}")
+        return write_chunk(path, data)
+
+    monkeypatch.setattr(internals, "write_synced", refuse)
     target = record.new_volume("recon", (4, 8, 8), rows_per_block=2)
 
     assert [c.to_dict()["name"] for c in zarr.open_array(target.zarr_path, mode="r").compressors] == ["zstd"]
@@ -77,11 +92,11 @@ def test_a_volume_made_anew_at_the_same_path_is_written_as_the_new_one(tmp_path:
     """Processing a run again remakes its volume where it was; a worker's open array must follow."""
     path = str(tmp_path / "recon.zarr")
     zarr.create_array(path, shape=(8, 4, 4), chunks=(4, 4, 4), dtype="float32")
-    store.VolumeTarget("http://unused", None, rows_per_block=4, zarr_path=path).write_block(1, np.ones((4, 4, 4)))
+    VolumeTarget("http://unused", None, rows_per_block=4, zarr_path=path).write_block(1, np.ones((4, 4, 4)))
 
     zarr.create_array(path, shape=(16, 4, 4), chunks=(8, 4, 4), dtype="float32", overwrite=True)  # other blocks
     block = np.arange(8 * 16, dtype=np.float32).reshape(8, 4, 4)
-    store.VolumeTarget("http://unused", None, rows_per_block=8, zarr_path=path).write_block(1, block)
+    VolumeTarget("http://unused", None, rows_per_block=8, zarr_path=path).write_block(1, block)
 
     again = zarr.open_array(path, mode="r")
     np.testing.assert_array_equal(again[8:], block)
@@ -90,7 +105,7 @@ def test_a_volume_made_anew_at_the_same_path_is_written_as_the_new_one(tmp_path:
 
 def test_a_preview_publish_without_an_image_updates_its_metadata_only(tiled_server: Settings) -> None:
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    record = ScanRecord.create(client, "store-test-preview", {"sample": "preview"}, tiled_server.api_key)
+    record = TiledResult.create(client, "store-test-preview", {"sample": "preview"}, tiled_server.api_key)
     with pytest.raises(BadInputError, match="no preview image yet"):
         record.write_preview(None, {"n_angles": 0})
     image = np.random.default_rng(2).random((3, 8, 8), dtype=np.float32)
@@ -100,3 +115,50 @@ def test_a_preview_publish_without_an_image_updates_its_metadata_only(tiled_serv
     preview = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"]["store-test-preview"]["preview"]
     np.testing.assert_array_equal(preview.read(), image)
     assert preview.metadata["frames_dropped"] == 4 and preview.metadata["n_angles"] == 10
+
+
+def test_both_stores_check_a_status_in_one_place(tiled_server: Settings, tmp_path: Path) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    stores: list[ResultStore] = [
+        TiledResult.create(client, "store-test-status", {}, tiled_server.api_key),
+        OutboxResult.create(tmp_path, "store-test-status", {}),
+    ]
+    assert [check_status(s) for s in STATUSES] == ["running", "complete", "failed", "aborted"]
+    for result in stores:
+        with pytest.raises(BadInputError, match="status must be one of"):
+            result.set_status("done")  # not a status
+        result.set_status("aborted", reason="stopped")
+    assert client["processed"]["store-test-status"].metadata["status"] == "aborted"
+    assert OutboxResult(tmp_path / "store-test-status").metadata()["status"] == "aborted"
+
+
+def test_an_outbox_result_keeps_volumes_and_preview_and_upload_sends_both(
+    tiled_server: Settings, tmp_path: Path
+) -> None:
+    entry: ResultStore = OutboxResult.create(tmp_path, "store-test-outbox", {"sample": "outbox"})
+    assert (entry.uid, entry.uri, entry.models_client) == ("store-test-outbox", None, None)
+    assert "upload-spool" in entry.describe()
+    with pytest.raises(BadInputError, match="no preview image yet"):
+        entry.write_preview(None, {"n_angles": 0})
+    volume = np.arange(6 * 16, dtype=np.float32).reshape(6, 4, 4)
+    target = entry.new_volume("recon", (6, 4, 4), rows_per_block=4, metadata={"stage": "recon"})
+    assert target.write_block(0, volume[0:4]) == "zarr" and target.write_block(1, volume[4:6]) == "zarr"
+    entry.new_volume("scratch", (2, 4, 4), rows_per_block=2)
+    entry.remove("scratch")
+    assert "recon" in entry and "scratch" not in entry
+    image = np.random.default_rng(3).random((3, 8, 8), dtype=np.float32)
+    entry.write_preview(image, {"n_angles": 5})
+    entry.write_preview(None, {"n_angles": 9})
+    entry.set_status("complete")
+
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    (waiting,) = pending(tmp_path)
+    uri = upload(waiting, client, tiled_server.api_key)
+
+    uploaded = connect(uri, api_key=tiled_server.api_key)
+    assert uploaded.metadata["status"] == "complete" and uploaded.metadata["sample"] == "outbox"
+    np.testing.assert_array_equal(uploaded["recon"].read(), volume)
+    assert uploaded["recon"].metadata["stage"] == "recon"
+    np.testing.assert_array_equal(uploaded["preview"].read(), image)
+    assert uploaded["preview"].metadata["n_angles"] == 9
+    assert not pending(tmp_path)

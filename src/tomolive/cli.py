@@ -168,14 +168,13 @@ def cmd_upload_spool(args: argparse.Namespace) -> int:
     resolves once it is uploaded.
     """
     from .callbacks.raw_backup import pending_raw, replay_raw
-    from .outbox import OutboxEntry, default_outbox, pending, upload
-    from .store import connect
+    from .store import OutboxResult, connect, default_outbox, pending, upload
 
     settings = _settings(args)
     outbox = default_outbox()
     paths = [Path(p) for p in args.paths]
     raw = [p for p in paths if p.suffix == ".jsonl"] if paths else pending_raw(outbox)
-    entries = [OutboxEntry(p) for p in paths if p.suffix != ".jsonl"] if paths else pending(outbox)
+    entries = [OutboxResult(p) for p in paths if p.suffix != ".jsonl"] if paths else pending(outbox)
     if not raw and not entries:
         print(f"nothing to upload: the outbox {outbox} is empty")
         return 0

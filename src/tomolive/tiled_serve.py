@@ -11,7 +11,7 @@ therefore leave the catalog's ``init_if_not_exists`` off; the authentication dat
 stays on, a fall-back Tiled takes only if it finds that database missing.
 
 It also makes Tiled look up a request's API key once instead of three or four times
-(:mod:`tomolive.key_lookups`): half of a request's server CPU.
+(:mod:`tomolive.store.internals`): half of a request's server CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tiled.commandline.main import cli_app
 from tiled.config import parse_configs
 from tiled.utils import ensure_specified_sql_driver
 
-from . import key_lookups
+from .store import internals
 
 USAGE = "usage: python -m tomolive.tiled_serve PROFILE [tiled serve config options]"
 SCHEMAS = {
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0].startswith("-"):
         raise SystemExit(USAGE)
     create_databases(Path(argv[0]))
-    key_lookups.install()
+    internals.share_api_key_lookups()
     cli_app(args=["serve", "config", *argv], prog_name="tiled")
 
 

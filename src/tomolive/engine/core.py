@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 from distributed import Client
 
-from ..outbox import OutboxEntry, default_outbox
-from ..store import ScanRecord, is_unreachable, patiently
+from ..store import OutboxResult, ResultStore, TiledResult, default_outbox, is_unreachable, patiently
 from .blocks import run_blocks
 from .cluster import connect_dask
 from .events import EVENT_KINDS, ResultCallback, ResultEvents
@@ -28,7 +27,7 @@ from .run import ProcessedRun, Run
 from .technique import Technique
 
 T = TypeVar("T")
-StoreOpener = Callable[[str, dict[str, Any]], Any]
+StoreOpener = Callable[[str, dict[str, Any]], ResultStore]
 """``open(uid, metadata)``: a fresh result store for run ``uid`` (a ``ResultStore``)."""
 
 
@@ -45,7 +44,7 @@ class Engine:
     scratch_dir : path, optional
         Where runs keep scratch data (default: the system temp dir).
     outbox_dir : path, optional
-        Where results wait when Tiled stays unreachable (default :func:`tomolive.outbox.default_outbox`).
+        Where results wait when Tiled stays unreachable (default :func:`tomolive.store.default_outbox`).
     patience_s : float
         How long to keep retrying an unreachable Tiled server before using the outbox.
     progress : bool
@@ -127,12 +126,12 @@ class Engine:
             self.patiently, lambda: self._open_store(uid, metadata), f"create the record of run {uid}"
         )
 
-    def open_outbox(self, uid: str, metadata: dict[str, Any]) -> OutboxEntry:
+    def open_outbox(self, uid: str, metadata: dict[str, Any]) -> OutboxResult:
         """A fresh local outbox entry for run ``uid``, for when Tiled stays unreachable."""
-        return OutboxEntry.create(self.outbox_dir, uid, metadata)
+        return OutboxResult.create(self.outbox_dir, uid, metadata)
 
-    def _open_tiled_record(self, uid: str, metadata: dict[str, Any]) -> ScanRecord:
-        return ScanRecord.create(self.client, uid, metadata, self.client.context.api_key)
+    def _open_tiled_record(self, uid: str, metadata: dict[str, Any]) -> TiledResult:
+        return TiledResult.create(self.client, uid, metadata, self.client.context.api_key)
 
     def patiently(self, call: Callable[[], T], what: str) -> T:
         """``call()``, retried while the server is unreachable, for the engine's patience."""

@@ -25,7 +25,7 @@ PROGRESS_INTERVAL = 2.0
 
 
 class ProgressSink(Protocol):
-    """Where progress goes: a Tiled record (``store.ScanRecord``) or an outbox entry."""
+    """Where progress goes: a Tiled record (``store.TiledResult``) or an outbox entry."""
 
     def update(self, **metadata: Any) -> None: ...
 

@@ -7,6 +7,7 @@ result is not dropped: it is written here, in the same layout Tiled would hold, 
     <outbox>/<raw uid>/
         record.json        the container metadata (status, reason, provenance, ...)
         recon.zarr         each volume, same chunks as in Tiled, its metadata in the attrs
+        preview.zarr       the live preview, if one was written here
     <outbox>/raw/<uid prefix>.jsonl   raw runs TiledWriter could not write (see tomolive.callbacks.raw_backup)
 """
 
@@ -23,11 +24,15 @@ import numpy as np
 import zarr
 from tiled.client.base import BaseClient
 
-from .errors import MissingDataError
-from .store import VOLUME_COMPRESSORS, ScanRecord, VolumeTarget, jsonable, now
+from ..errors import BadInputError, MissingDataError
+from .metadata import jsonable, now
+from .protocol import Status, check_status
+from .tiled_result import TiledResult
+from .volume import VOLUME_COMPRESSORS, VolumeTarget
 
 logger = logging.getLogger(__name__)
 RECORD_FILE = "record.json"
+PREVIEW = "preview"
 
 
 def default_outbox() -> Path:
@@ -41,39 +46,31 @@ def default_outbox() -> Path:
     return data_home / "tomolive" / "outbox"
 
 
-class OutboxEntry:
-    """One scan's result on local disk; quacks like :class:`~tomolive.store.ScanRecord`."""
+class OutboxResult:
+    """One scan's result on local disk: a :class:`~tomolive.store.ResultStore` with no Tiled URI."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.uid: str = self.path.name
+        self.uri: str | None = None
+        self.models_client: BaseClient | None = None
 
     @classmethod
-    def create(cls, outbox: Path, raw_uid: str, metadata: dict) -> OutboxEntry:
+    def create(cls, outbox_dir: Path, raw_uid: str, metadata: dict) -> OutboxResult:
         """A fresh entry for ``raw_uid`` (replacing an older one for the same run)."""
-        path = Path(outbox) / raw_uid
+        path = Path(outbox_dir) / raw_uid
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         entry = cls(path)
         entry._write_record({**jsonable(metadata), "raw_uid": raw_uid, "status": "running", "created": now()})
         return entry
 
-    uri = None
-    models_client = None
-
-    @property
-    def uid(self) -> str:
-        return self.path.name
-
-    def __contains__(self, key: str) -> bool:
-        return (self.path / f"{key}.zarr").is_dir()
-
-    def remove(self, key: str) -> None:
-        shutil.rmtree(self.path / f"{key}.zarr", ignore_errors=True)
-
-    def write_preview(self, image: np.ndarray | None, metadata: dict) -> None:
-        """Previews are not kept locally: the result is what the outbox is for."""
+    def describe(self) -> str:
+        """The entry's path and how to upload it, for a log line."""
+        return f"{self.path} (tomolive upload-spool {self.path})"
 
     def metadata(self) -> dict[str, Any]:
+        """The container metadata kept in ``record.json``."""
         record = self.path / RECORD_FILE
         if not record.is_file():
             raise MissingDataError(f"{self.path} is not a tomolive outbox entry: it has no {RECORD_FILE}.")
@@ -85,10 +82,12 @@ class OutboxEntry:
         tmp.replace(self.path / RECORD_FILE)  # atomic: never a half-written record
 
     def update(self, **metadata: Any) -> None:
+        """Merge top-level metadata keys into ``record.json``."""
         self._write_record({**self.metadata(), **jsonable(metadata)})
 
-    def set_status(self, status: str, **metadata: Any) -> None:
-        self.update(status=status, updated=now(), **metadata)
+    def set_status(self, status: Status, **metadata: Any) -> None:
+        """Set ``status`` (one of :data:`~tomolive.store.STATUSES`), stamp ``updated``, merge ``metadata``."""
+        self.update(status=check_status(status), updated=now(), **metadata)
 
     def new_volume(
         self,
@@ -112,42 +111,65 @@ class OutboxEntry:
         array.attrs.update(jsonable(metadata or {}))
         return VolumeTarget("", None, rows_per_block, str(path))
 
+    def write_preview(self, image: np.ndarray | None, metadata: dict) -> None:
+        """Keep the preview as ``preview.zarr`` (one chunk), so :func:`upload` sends it; with
+        ``image`` None, its metadata only."""
+        path = self.path / f"{PREVIEW}.zarr"
+        if image is not None:
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            array = zarr.create_array(store=str(path), shape=image.shape, dtype=image.dtype, overwrite=True)
+            array[...] = image
+        elif not path.is_dir():
+            raise BadInputError("write_preview: no preview image yet, so one must be given.")
+        zarr.open_array(str(path), mode="r+").attrs.update(jsonable(metadata))
+
+    def remove(self, key: str) -> None:
+        """Delete the volume ``key`` and its data."""
+        if not key:
+            raise BadInputError(f"remove needs a child's key; got {key!r}")
+        shutil.rmtree(self.path / f"{key}.zarr")
+
+    def __contains__(self, key: str) -> bool:
+        return (self.path / f"{key}.zarr").is_dir()
+
     def volumes(self) -> dict[str, zarr.Array]:
+        """Every array kept here (volumes and preview), by key."""
         return {
             p.name.removesuffix(".zarr"): zarr.open_array(str(p), mode="r") for p in sorted(self.path.glob("*.zarr"))
         }
 
-    def describe(self) -> str:
-        return f"{self.path} (tomolive upload-spool {self.path})"
 
-
-def pending(outbox: Path) -> list[OutboxEntry]:
+def pending(outbox: Path) -> list[OutboxResult]:
     """Entries waiting in ``outbox``, oldest first."""
     if not Path(outbox).is_dir():
         return []
-    entries = [OutboxEntry(p) for p in Path(outbox).iterdir() if (p / RECORD_FILE).is_file()]
+    entries = [OutboxResult(p) for p in Path(outbox).iterdir() if (p / RECORD_FILE).is_file()]
     return sorted(entries, key=lambda e: (e.path / RECORD_FILE).stat().st_mtime)
 
 
-def upload(entry: OutboxEntry, client: BaseClient, api_key: str | None = None) -> str:
+def upload(entry: OutboxResult, client: BaseClient, api_key: str | None = None) -> str:
     """Send ``entry`` to Tiled, check it arrived whole, then delete it locally; return its URI.
 
     The container is created ``running`` and only marked with the entry's own status once
-    every volume is written and reads back with the right shape and last slice.
+    every array is written and reads back with the right shape and last slice.
     """
     metadata = entry.metadata()
-    status = metadata.pop("status")
-    record = ScanRecord.create(client, entry.uid, metadata, api_key)
+    status = check_status(metadata.pop("status"))
+    record = TiledResult.create(client, entry.uid, metadata, api_key)
     for key, local in entry.volumes().items():
-        rows = local.chunks[0]
-        target = record.new_volume(key, local.shape, rows, local.dtype, metadata=dict(local.attrs))
-        for index, start in enumerate(range(0, local.shape[0], rows)):
-            target.write_block(index, local[start : start + rows])
+        if key == PREVIEW:
+            record.write_preview(np.asarray(local[...]), dict(local.attrs))
+        else:
+            n_rows, height, width = local.shape
+            rows = local.chunks[0]
+            target = record.new_volume(key, (n_rows, height, width), rows, local.dtype, metadata=dict(local.attrs))
+            for index, start in enumerate(range(0, n_rows, rows)):
+                target.write_block(index, np.asarray(local[start : start + rows]))
         stored = record.node[key]
         if tuple(stored.shape) != local.shape or not np.array_equal(stored[-1], local[-1]):
             raise MissingDataError(f"upload of {entry.path / key}.zarr did not read back intact; kept locally.")
     kept = {k: v for k, v in metadata.items() if k not in ("created", "updated", "raw_uid")}
     record.set_status(status, **kept, uploaded={"from": str(entry.path), "at": now()})
     shutil.rmtree(entry.path)
-    logger.info("uploaded %s to %s", entry.path, record.node.uri)
-    return record.node.uri
+    logger.info("uploaded %s to %s", entry.path, record.uri)
+    return str(record.uri)

@@ -1,0 +1,82 @@
+"""Finding results: processed scans by uid or prefix, and raw runs and their results both ways.
+
+Raw and processed are linked without touching the raw run: processed metadata names the
+raw run (``raw_uid``, ``links.raw``), and :func:`processed_for` searches ``raw_uid``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiled.client.base import BaseClient
+from tiled.queries import Key, Like
+
+from ..errors import BadInputError, MissingDataError
+from .client import processed_root, raw_path
+
+
+def scan_rows(client: BaseClient) -> list[dict[str, Any]]:
+    """One summary row per processed scan, newest first (for ``tomolive ls``)."""
+    rows = []
+    for uid, node in processed_root(client).items():
+        md = node.metadata
+        shape = node["recon"].shape if "recon" in node else None
+        rows.append(
+            {
+                "uid": uid,
+                "sample": md.get("sample"),
+                "scan_id": md.get("scan_id"),
+                "status": md.get("status"),
+                "shape": tuple(shape) if shape else None,
+                "when": md.get("updated") or md.get("created"),
+                "reason": md.get("reason"),
+            }
+        )
+    return sorted(rows, key=lambda row: row["when"] or "", reverse=True)
+
+
+def processed_for(client: BaseClient, raw: str | BaseClient) -> BaseClient:
+    """The processed results of one raw run, given its uid or its node (``raw/<uid>``).
+
+    A container of search results: ``.keys()``, ``.values()``, or narrow it further with
+    ``.search(Key("status") == "complete")``. The raw run itself is only read.
+    """
+    raw_uid = raw if isinstance(raw, str) else raw.metadata["start"]["uid"]
+    return processed_root(client).search(Key("raw_uid") == raw_uid)
+
+
+def raw_for(client: BaseClient, processed: str | BaseClient) -> BaseClient:
+    """The raw Bluesky run a processed result came from, given the result's key or node."""
+    node = processed_root(client)[processed] if isinstance(processed, str) else processed
+    md = node.metadata
+    path = md.get("links", {}).get("raw") or raw_path(md["raw_uid"])
+    try:
+        return client[path]
+    except KeyError:
+        source = f" (it was processed from {md['source']})" if md.get("source") else ""
+        raise MissingDataError(
+            f"processed scan {node.item['id']!r} links to raw run {path!r}, which is not in {client.uri}{source}"
+        ) from None
+
+
+def find_scan(client: BaseClient, uid: str) -> BaseClient:
+    """The processed scan whose raw uid is ``uid`` or starts with it (a unique prefix).
+
+    Raises MissingDataError when nothing matches and BadInputError, listing the
+    candidates, when the prefix is ambiguous.
+    """
+    root = processed_root(client)
+    if uid in root:
+        return root[uid]
+    if not uid or any(c in uid for c in "%_\\"):
+        raise BadInputError(f"uid {uid!r}: expected a uid or a prefix of one (no %, _ or \\)")
+    matches = root.search(Like("raw_uid", f"{uid}%")).items().head(10)
+    if not matches:
+        raise MissingDataError(f"no processed scan has a uid starting with {uid!r} in {root.uri}")
+    if len(matches) > 1:
+        listed = "\n".join(
+            f"  {key}  sample={node.metadata.get('sample')!r} status={node.metadata.get('status')}"
+            for key, node in matches
+        )
+        raise BadInputError(f"uid prefix {uid!r} matches several processed scans; give more characters:\n{listed}")
+    return matches[0][1]

@@ -1,0 +1,128 @@
+"""One scan's result in Tiled: the ``processed/<raw uid>`` container, its volumes, preview and status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tiled.client.base import BaseClient
+from tiled.structures.array import ArrayStructure, BuiltinDtype
+from tiled.structures.core import StructureFamily
+from tiled.structures.data_source import DataSource
+
+from ..errors import BadInputError
+from .client import processed_root, raw_path
+from .internals import set_compressors, writable_zarr_path
+from .metadata import jsonable, now
+from .protocol import Status, check_status
+from .volume import VOLUME_COMPRESSORS, VolumeTarget
+
+
+class TiledResult:
+    """The ``processed/<raw uid>`` container of one scan: a :class:`~tomolive.store.ResultStore`.
+
+    ``node`` is the container's Tiled client; ``models_client`` the server root, where
+    trained models go.
+    """
+
+    def __init__(self, node: BaseClient, api_key: str | None, models_client: BaseClient | None = None):
+        self.node = node
+        self.api_key = api_key
+        self.uid: str = node.item["id"]
+        self.uri: str | None = node.uri
+        self.models_client = models_client
+        self._preview: BaseClient | None = None
+
+    @classmethod
+    def create(cls, client: BaseClient, raw_uid: str, metadata: dict, api_key: str | None = None) -> TiledResult:
+        """Create (or reset, when re-processing) the container with status ``running``."""
+        root = processed_root(client)
+        if raw_uid in root:
+            root[raw_uid].delete(recursive=True, external_only=False)
+        md = {
+            **jsonable(metadata),
+            "raw_uid": raw_uid,
+            "links": {"raw": raw_path(raw_uid)},
+            "status": "running",
+            "created": now(),
+        }
+        node = root.create_container(raw_uid, metadata=md)
+        return cls(node, api_key, client)
+
+    def describe(self) -> str:
+        """The container's URI, for a log line."""
+        return str(self.uri)
+
+    def update(self, **metadata: Any) -> None:
+        """Merge top-level metadata keys (no revision kept: progress updates are frequent)."""
+        self.node.update_metadata(metadata=jsonable(metadata), drop_revision=True)
+
+    def set_status(self, status: Status, **metadata: Any) -> None:
+        """Set ``status`` (one of :data:`~tomolive.store.STATUSES`), stamp ``updated``, merge ``metadata``."""
+        self.update(status=check_status(status), updated=now(), **metadata)
+
+    def new_volume(
+        self,
+        key: str,
+        shape: tuple[int, int, int],
+        rows_per_block: int,
+        dtype: np.dtype = np.dtype(np.float32),
+        metadata: dict | None = None,
+    ) -> VolumeTarget:
+        """Create an empty chunked array node; workers fill it with :meth:`VolumeTarget.write_block`."""
+        n_rows = shape[0]
+        row_chunks = [rows_per_block] * (n_rows // rows_per_block)
+        if n_rows % rows_per_block:
+            row_chunks.append(n_rows % rows_per_block)
+        structure = ArrayStructure(
+            data_type=BuiltinDtype.from_numpy_dtype(np.dtype(dtype)),
+            shape=tuple(shape),
+            chunks=(tuple(row_chunks), (shape[1],), (shape[2],)),
+            dims=("z", "y", "x"),
+        )
+        array_client = self.node.new(
+            StructureFamily.array,
+            [DataSource(structure=structure, structure_family=StructureFamily.array)],
+            key=key,
+            metadata=jsonable(metadata or {}),
+        )
+        zarr_path = writable_zarr_path(array_client)
+        if zarr_path is not None and (Path(zarr_path) / "zarr.json").is_file():
+            set_compressors(zarr_path, VOLUME_COMPRESSORS)
+        return VolumeTarget(array_client.uri, self.api_key, rows_per_block, zarr_path)
+
+    def remove(self, key: str) -> None:
+        """Delete the child ``key`` and its data."""
+        if not key:  # Tiled reads no key as every child
+            raise BadInputError(f"remove needs a child's key; got {key!r}")
+        self.node.delete_contents(key, external_only=False)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.node
+
+    def write_preview(self, image: np.ndarray | None, metadata: dict) -> None:
+        """Create or overwrite the ``preview`` array (one chunk), then its metadata; with
+        ``image`` None (unchanged since the last call), the metadata only.
+
+        Data first, metadata second: the metadata never claims more angles than the data holds.
+        """
+        if image is not None:
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            if self._preview is None:
+                structure = ArrayStructure(
+                    data_type=BuiltinDtype.from_numpy_dtype(image.dtype),
+                    shape=image.shape,
+                    chunks=tuple((n,) for n in image.shape),
+                    dims=("slice", "y", "x"),
+                )
+                self._preview = self.node.new(
+                    StructureFamily.array,
+                    [DataSource(structure=structure, structure_family=StructureFamily.array)],
+                    key="preview",
+                    metadata=jsonable(metadata),
+                )
+            self._preview.write_block(image, block=(0,) * image.ndim)
+        elif self._preview is None:
+            raise BadInputError("write_preview: no preview image yet, so one must be given.")
+        self._preview.update_metadata(metadata=jsonable(metadata), drop_revision=True)
