@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tomolive import phantoms
+from tomolive.sim import phantoms
 from tomolive.provenance import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"

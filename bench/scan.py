@@ -71,8 +71,8 @@ from distributed import Client, wait
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import PipelineParams, local_cluster, row_blocks
 from tomolive.plans import tomo_scan
 from tomolive.provenance import compute_device

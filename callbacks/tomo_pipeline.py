@@ -2,7 +2,7 @@
 
 Per document (on the RunEngine thread, a few milliseconds per frame): images come inline
 in events or from the detector's files (Resource/Datum or StreamResource/StreamDatum,
-read by :class:`tomolive.assets.AssetResolver`); darks and flats are kept, each projection is normalised, appended to a Zarr scratch spool and handed to the
+read by :class:`tomolive.io.assets.AssetResolver`); darks and flats are kept, each projection is normalised, appended to a Zarr scratch spool and handed to the
 live preview (see :class:`tomolive.session.ScanSession`). Nothing on the RunEngine thread
 waits for Tiled or Dask: the record is created on an I/O thread, the preview reconstructs
 and publishes on its own thread, and on the stop document the reconstruction runs on the
@@ -31,7 +31,7 @@ from distributed import Client
 from event_model import DocumentRouter, RunRouter, unpack_datum_page
 from tiled.client.base import BaseClient
 
-from tomolive.assets import AssetResolver
+from tomolive.io.assets import AssetResolver
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.events import EVENT_KINDS, ResultCallback, ResultEvents
 from tomolive.outbox import default_outbox

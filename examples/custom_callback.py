@@ -18,8 +18,8 @@ from bluesky import RunEngine
 from bluesky.callbacks import CallbackBase
 
 from tomolive.callbacks import TomoPipeline
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.plans import tomo_scan
 
 

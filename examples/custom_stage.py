@@ -83,8 +83,8 @@ def main() -> None:
     from bluesky import RunEngine
 
     from tomolive.callbacks import TomoPipeline
-    from tomolive.devices import make_sim_beamline
-    from tomolive.phantoms import make_foam
+    from tomolive.sim.devices import make_sim_beamline
+    from tomolive.sim.phantoms import make_foam
     from tomolive.pipeline import PipelineParams
     from tomolive.plans import tomo_scan
 

@@ -22,8 +22,8 @@ from bluesky_tiled_plugins import TiledWriter
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
 from tomolive.store import connect, raw_root

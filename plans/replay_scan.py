@@ -19,9 +19,9 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
 
-from tomolive.devices import ImageSignal
+from tomolive.sim.devices import ImageSignal
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.formats import StoredScan, open_scan
+from tomolive.io.formats import StoredScan, open_scan
 
 STREAMS = (("dark", "dark"), ("flat", "flat"))
 """(frame kind, stream name) of the calibration frames, emitted before the projections."""
@@ -104,7 +104,7 @@ def replay_scan(
     Parameters
     ----------
     path_or_scan : path or StoredScan
-        A DXchange or NeXus/NXtomo file (opened with :func:`tomolive.formats.open_scan` and
+        A DXchange or NeXus/NXtomo file (opened with :func:`tomolive.io.formats.open_scan` and
         closed when the plan ends) or an open scan (left open).
     frame_rate : float, optional
         Frames per second, darks and flats included; None (default) replays as fast as the

@@ -16,8 +16,8 @@ from distributed import Client
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import SimBeamline, make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import SimBeamline, make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import local_cluster
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server

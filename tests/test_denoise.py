@@ -36,7 +36,7 @@ from tomolive.models import (
     models_root,
     save_model,
 )
-from tomolive.phantoms import FoamPhantom, make_foam
+from tomolive.sim.phantoms import FoamPhantom, make_foam
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct
 from tomolive.store import connect

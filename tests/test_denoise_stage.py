@@ -9,9 +9,9 @@ from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.denoise import DenoiseConfig
-from tomolive.devices import make_sim_beamline
+from tomolive.sim.devices import make_sim_beamline
 from tomolive.models import find_models
-from tomolive.phantoms import make_foam
+from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan
 from tomolive.qc import circle_mask, psnr

@@ -23,8 +23,8 @@ from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import PipelineParams, gpu_resources
 
 from .conftest import SAME_VOLUME, free_port

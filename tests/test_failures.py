@@ -13,7 +13,7 @@ from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
 from tiled.client import from_uri
 
-from tomolive.devices import SimTomoDetector
+from tomolive.sim.devices import SimTomoDetector
 from tomolive.errors import BadInputError
 from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan

@@ -15,7 +15,7 @@ from tiled.authn_database.orm import APIKey
 from tiled.server import authentication
 
 from tomolive import key_lookups
-from tomolive.keys import create_key
+from tomolive.server.keys import create_key
 
 VALID, UNKNOWN = b"\x01" * 32, b"\x02" * 32
 

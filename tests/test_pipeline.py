@@ -13,9 +13,9 @@ from tiled.client import from_uri
 
 from tomolive.analysis import measure_quality
 from tomolive.callbacks import TomoPipeline
-from tomolive.devices import make_sim_beamline
+from tomolive.sim.devices import make_sim_beamline
 from tomolive.errors import BadInputError
-from tomolive.phantoms import make_foam
+from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import (
     PaganinParams,
     PipelineParams,

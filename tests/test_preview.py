@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import make_foam
+from tomolive.sim.phantoms import make_foam
 from tomolive.preview import IncrementalFBP, LivePreview, PreviewSnapshot, default_preview_rows
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct

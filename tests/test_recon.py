@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import project_ellipses, shepp_logan_ellipses
+from tomolive.sim.phantoms import project_ellipses, shepp_logan_ellipses
 from tomolive.recon import (
     BACKENDS,
     FILTERS,

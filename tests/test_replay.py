@@ -16,8 +16,9 @@ from event_model import DocumentNames, schema_validators
 from tiled.client import from_uri
 
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.formats import FrameStack, open_scan, write_dxchange, write_nxtomo
-from tomolive.phantoms import FoamPhantom, make_foam
+from tomolive.io.formats import FrameStack, open_scan
+from tomolive.io.writers import write_dxchange, write_nxtomo
+from tomolive.sim.phantoms import FoamPhantom, make_foam
 from tomolive.plans import replay_scan
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct
@@ -111,7 +112,7 @@ def test_dxchange_without_theta_assumes_half_turn(tmp_path: Path, caplog) -> Non
     scan = _small_scan()
     frames = (scan["projections"], scan["flats"], scan["darks"])
     path = write_dxchange(tmp_path / "no_theta.h5", *frames)
-    with caplog.at_level(logging.WARNING, logger="tomolive.formats"), open_scan(path) as stored:
+    with caplog.at_level(logging.WARNING, logger="tomolive.io.formats"), open_scan(path) as stored:
         np.testing.assert_allclose(stored.angles_deg, np.arange(7) * 180 / 7)
         assert stored.metadata["angles_assumed"] and "[0, 180)" in stored.metadata["angles_note"]
     assert "no /exchange/theta" in caplog.text and "no_theta.h5" in caplog.text

@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.phantoms import FoamPhantom, make_foam, make_rock, measure
+from tomolive.sim.phantoms import FoamPhantom, make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import (
     DEFAULT_MODEL,

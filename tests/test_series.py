@@ -29,8 +29,8 @@ from bluesky import RunEngine
 from tiled.client import from_uri
 from tiled.queries import Key
 
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.qc import circle_mask, psnr
 
 N_SCANS = 5

@@ -14,10 +14,10 @@ from PIL import Image
 from skimage.feature import match_template
 from tiled.client import from_uri
 
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.recon import reconstruct
-from tomolive.web import web_url
+from tomolive.server.web import web_url
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

@@ -28,7 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the Tiled server in the foreground until interrupted; issue its writer key first."""
     from .server import running_server
-    from .web import web_url
+    from .server.web import web_url
 
     settings = _settings(args)
     catalog = f"PostgreSQL {split_password(settings.catalog_uri)[0]}" if settings.catalog_uri else "SQLite"
@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_key(args: argparse.Namespace) -> int:
     """Print a new API key made with the writer key: read-only with ``--read-only``."""
-    from .keys import create_key
+    from .server.keys import create_key
 
     settings = _settings(args)
     print(
@@ -95,7 +95,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a processed scan's arrays to TIFF slices, DXchange HDF5 or Zarr."""
     from .errors import TomoliveError
-    from .export import export_scan
+    from .io.export import export_scan
     from .store import connect, find_scan
 
     settings = _settings(args)
@@ -114,7 +114,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .sim.demo import run_demo
 
     run_demo(_settings(args), size=args.size, n_angles=args.angles, output_dir=args.output)
     return 0
@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     """Reconstruct a stored scan (file or raw Tiled run) into the Tiled server, no RunEngine."""
     from .callbacks import TomoPipeline
-    from .offline import open_source, process_scan
+    from .io.offline import open_source, process_scan
     from .pipeline import PipelineParams
 
     settings = _settings(args)

@@ -9,14 +9,14 @@ import numpy as np
 from bluesky import RunEngine
 from PIL import Image
 
-from .callbacks import TomoPipeline
-from .config import Settings
+from ..callbacks import TomoPipeline
+from ..config import Settings
 from .devices import make_sim_beamline
 from .phantoms import make_foam
-from .plans import tomo_scan
-from .qc import psnr
-from .server import running_server
-from .store import connect
+from ..plans import tomo_scan
+from ..qc import psnr
+from ..server import running_server
+from ..store import connect
 
 SAMPLE = "demo-foam"
 

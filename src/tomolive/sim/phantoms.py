@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 PORE, SOLID, INCLUSION = 0, 1, 2
 """Label values of the ground truth (0 is also the background outside the sample)."""
@@ -88,8 +88,8 @@ class FoamPhantom:
         """Exact line integrals (float32, ``(n_slices, n_cols)``) at angle ``theta`` radians.
 
         Small spheres' chords are summed in batches, each on a square of pixels around its
-        projected centre, with one ``bincount`` per batch: one at a time they cost 0.1 ms each
-        in calls: 22 ms per 48 x 160 frame of a 251-sphere foam, against 6 ms batched.
+        projected centre, with one ``bincount`` per batch, which is several times faster than one
+        sphere at a time (docs/measurements/moves.md).
         """
         nz, _, nx = self.shape
         u, v = _grid(nx), _grid(nz)
@@ -452,7 +452,7 @@ def measure(
 ) -> np.ndarray:
     """Line integrals as a detector returns them after flat/dark correction (float32).
 
-    A simpler, faster stand-in for the simulated detector in :mod:`tomolive.devices`, for
+    A simpler, faster stand-in for the simulated detector in :mod:`tomolive.sim.devices`, for
     making many training and test scans.
 
     Parameters

@@ -30,7 +30,7 @@ from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import Status
 
-from .errors import BadInputError
+from ..errors import BadInputError
 from .phantoms import FoamPhantom, make_foam
 
 SHUTTER_OPEN, SHUTTER_CLOSED = 1, 0
