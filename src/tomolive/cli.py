@@ -1,4 +1,4 @@
-"""Command line: ``tomolive serve | key | demo | ls | export | process | worker | upload-spool``."""
+"""Command line: ``tomolive serve | key | demo | ls | export | process | worker | upload-outbox``."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_upload_spool(args: argparse.Namespace) -> int:
+def cmd_upload_outbox(args: argparse.Namespace) -> int:
     """Upload results and raw runs kept in the local outbox while Tiled was unreachable.
 
     Raw runs (``*.jsonl`` TiledWriter backups) go first, so each result's ``raw`` link
@@ -282,14 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    upload = sub.add_parser("upload-spool", help="upload results and raw runs kept locally while Tiled was down")
+    upload = sub.add_parser("upload-outbox", help="upload results and raw runs kept locally while Tiled was down")
     upload.add_argument(
         "paths", nargs="*", help="outbox entries or raw-run backups (raw/*.jsonl); default: everything in the outbox"
     )
     upload.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
     upload.add_argument("--data-dir", help="where to find the key file")
     upload.add_argument("--api-key")
-    upload.set_defaults(func=cmd_upload_spool)
+    upload.set_defaults(func=cmd_upload_outbox)
     return parser
 
 

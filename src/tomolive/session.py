@@ -455,7 +455,7 @@ class ScanSession:
         entry.set_status("complete", **self._outcome(self._reconstruct(entry)))
         logger.error(
             "Tiled is unreachable (%s): the result of run %s is kept in %s. Upload it when the "
-            "server is back with:  tomolive upload-spool %s",
+            "server is back with:  tomolive upload-outbox %s",
             err,
             self.uid,
             entry.path,
