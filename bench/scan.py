@@ -71,13 +71,13 @@ from distributed import Client, wait
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.sim.devices import make_sim_beamline
-from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import PipelineParams, local_cluster, row_blocks
 from tomolive.plans import tomo_scan
 from tomolive.provenance import compute_device
 from tomolive.recon import reconstruct
 from tomolive.server import SERVER_MODULE, running_server
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.spool import ProjectionSpool, read_rows
 from tomolive.store import VOLUME_COMPRESSORS, ScanRecord, connect
 from tomolive.synced import open_for_writing

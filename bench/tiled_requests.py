@@ -38,8 +38,8 @@ from scan import free_port
 from tiled.client import from_uri
 
 from tomolive.config import Settings
-from tomolive.server.keys import issue_writer_key
 from tomolive.server import server_command, wait_until_up
+from tomolive.server.keys import issue_writer_key
 from tomolive.store import ScanRecord
 
 STOCK = (

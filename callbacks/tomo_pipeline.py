@@ -31,9 +31,9 @@ from distributed import Client
 from event_model import DocumentRouter, RunRouter, unpack_datum_page
 from tiled.client.base import BaseClient
 
-from tomolive.io.assets import AssetResolver
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.events import EVENT_KINDS, ResultCallback, ResultEvents
+from tomolive.io.assets import AssetResolver
 from tomolive.outbox import default_outbox
 from tomolive.pipeline import PipelineParams, connect_dask
 from tomolive.session import CALIBRATIONS, ProcessedRun, ScanSession

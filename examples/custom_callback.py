@@ -18,9 +18,9 @@ from bluesky import RunEngine
 from bluesky.callbacks import CallbackBase
 
 from tomolive.callbacks import TomoPipeline
+from tomolive.plans import tomo_scan
 from tomolive.sim.devices import make_sim_beamline
 from tomolive.sim.phantoms import make_foam
-from tomolive.plans import tomo_scan
 
 
 class TransmissionCheck(CallbackBase):

@@ -83,10 +83,10 @@ def main() -> None:
     from bluesky import RunEngine
 
     from tomolive.callbacks import TomoPipeline
-    from tomolive.sim.devices import make_sim_beamline
-    from tomolive.sim.phantoms import make_foam
     from tomolive.pipeline import PipelineParams
     from tomolive.plans import tomo_scan
+    from tomolive.sim.devices import make_sim_beamline
+    from tomolive.sim.phantoms import make_foam
 
     with tempfile.TemporaryDirectory(prefix="tomolive-example-stages-") as site:
         installed = set(ENTRY_POINTS) <= set(available_stages())

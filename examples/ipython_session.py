@@ -22,10 +22,10 @@ from bluesky_tiled_plugins import TiledWriter
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.sim.devices import make_sim_beamline
-from tomolive.sim.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import connect, raw_root
 
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from tomolive.sim.phantoms import make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import (
     DEFAULT_MODEL,
@@ -42,6 +41,7 @@ from tomolive.segment import (
     segment_volume,
     stacks,
 )
+from tomolive.sim.phantoms import make_foam, make_rock, measure
 from tomolive.unet import IGNORE, TrainSettings, train
 
 SHAPE = (18, 128, 128)

@@ -25,11 +25,11 @@ from ophyd.sim import SynSignalWithRegistry
 from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
-from tomolive.io.assets import AssetResolver
-from tomolive.sim.devices import make_sim_beamline
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.sim.phantoms import make_foam
+from tomolive.io.assets import AssetResolver
 from tomolive.plans import tomo_scan
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 
 IMAGE = "sim_det_image"
 ANGLES = np.linspace(0, 180, 10, endpoint=False)

@@ -23,9 +23,9 @@ from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
+from tomolive.pipeline import PipelineParams, gpu_resources
 from tomolive.sim.devices import make_sim_beamline
 from tomolive.sim.phantoms import make_foam
-from tomolive.pipeline import PipelineParams, gpu_resources
 
 from .conftest import SAME_VOLUME, free_port
 from .test_end_to_end import assert_matches_phantom

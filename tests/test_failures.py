@@ -13,10 +13,10 @@ from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
 from tiled.client import from_uri
 
-from tomolive.sim.devices import SimTomoDetector
 from tomolive.errors import BadInputError
 from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan
+from tomolive.sim.devices import SimTomoDetector
 
 
 def container_md(tiled_server, uid):

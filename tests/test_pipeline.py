@@ -13,9 +13,7 @@ from tiled.client import from_uri
 
 from tomolive.analysis import measure_quality
 from tomolive.callbacks import TomoPipeline
-from tomolive.sim.devices import make_sim_beamline
 from tomolive.errors import BadInputError
-from tomolive.sim.phantoms import make_foam
 from tomolive.pipeline import (
     PaganinParams,
     PipelineParams,
@@ -27,6 +25,8 @@ from tomolive.pipeline import (
 )
 from tomolive.plans import tomo_scan
 from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import VolumeTarget
 
 from .conftest import SAME_VOLUME

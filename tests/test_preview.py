@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.sim.phantoms import make_foam
 from tomolive.preview import IncrementalFBP, LivePreview, PreviewSnapshot, default_preview_rows
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct
+from tomolive.sim.phantoms import make_foam
 
 N = 96
 ANGLES = np.linspace(0, np.pi, 180, endpoint=False)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.sim.phantoms import project_ellipses, shepp_logan_ellipses
 from tomolive.recon import (
     BACKENDS,
     FILTERS,
@@ -14,6 +13,7 @@ from tomolive.recon import (
     available_methods,
     reconstruct,
 )
+from tomolive.sim.phantoms import project_ellipses, shepp_logan_ellipses
 
 
 def ellipses_px(n: int, scale_mu: float = 0.01) -> list[tuple[float, ...]]:

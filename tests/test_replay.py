@@ -18,10 +18,10 @@ from tiled.client import from_uri
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.io.formats import FrameStack, open_scan
 from tomolive.io.writers import write_dxchange, write_nxtomo
-from tomolive.sim.phantoms import FoamPhantom, make_foam
 from tomolive.plans import replay_scan
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct
+from tomolive.sim.phantoms import FoamPhantom, make_foam
 
 TOOTH_CENTER = 295.5  # "about 295-296 px" (shared data README), as in test_center_real_data.py
 DARK, BEAM = 100.0, 10000.0  # counts of the simulated detector: dark offset, open beam

@@ -14,10 +14,10 @@ from PIL import Image
 from skimage.feature import match_template
 from tiled.client import from_uri
 
-from tomolive.sim.devices import make_sim_beamline
-from tomolive.sim.phantoms import make_foam
 from tomolive.recon import reconstruct
 from tomolive.server.web import web_url
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

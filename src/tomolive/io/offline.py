@@ -17,8 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import BadInputError, MissingDataError
-from .formats import FrameStack, StoredScan, open_scan
 from ..store import connect, fetched_here
+from .formats import FrameStack, StoredScan, open_scan
 
 if TYPE_CHECKING:
     from ..callbacks import TomoPipeline

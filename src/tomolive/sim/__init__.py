@@ -5,4 +5,13 @@ devices (:mod:`~tomolive.sim.devices`) and ``tomolive demo`` (:mod:`~tomolive.si
 from .devices import SimBeamline, SimTomoDetector, make_sim_beamline
 from .phantoms import FoamPhantom, RockPhantom, make_foam, make_rock, measure
 
-__all__ = ["FoamPhantom", "RockPhantom", "SimBeamline", "SimTomoDetector", "make_foam", "make_rock", "make_sim_beamline", "measure"]
+__all__ = [
+    "FoamPhantom",
+    "RockPhantom",
+    "SimBeamline",
+    "SimTomoDetector",
+    "make_foam",
+    "make_rock",
+    "make_sim_beamline",
+    "measure",
+]

@@ -208,7 +208,7 @@ def make_foam(
         else:
             misses += 1
     return FoamPhantom(
-        shape=tuple(int(s) for s in shape),
+        shape=_shape3(shape),
         radius=float(radius),
         centers=np.asarray(centers, dtype=float).reshape(-1, 3),
         radii=np.asarray(radii, dtype=float),
@@ -379,7 +379,7 @@ class _EllipsoidPacker:
     """Random sequential addition of non-overlapping ellipsoids (by bounding spheres) in a cylinder."""
 
     def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], radius: float) -> None:
-        self.rng, self.shape, self.radius = rng, tuple(int(s) for s in shape), float(radius)
+        self.rng, self.shape, self.radius = rng, _shape3(shape), float(radius)
         self.centers: list[np.ndarray] = []
         self.reach: list[float] = []
         self.axes: list[np.ndarray] = []
@@ -501,6 +501,12 @@ def _add_chord(
     rows, cols = _window(v, zc, r), _window(u, uc, r)
     d2 = (v[rows, None] - zc) ** 2 + (u[None, cols] - uc) ** 2
     sinogram[rows, cols] += excess * 2.0 * np.sqrt(np.clip(r * r - d2, 0.0, None))
+
+
+def _shape3(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A volume shape as three Python ints (numpy integers in a shape break JSON metadata)."""
+    nz, ny, nx = shape
+    return int(nz), int(ny), int(nx)
 
 
 def _grid(n: int) -> np.ndarray:
