@@ -26,8 +26,25 @@ PORE, SOLID, INCLUSION = 0, 1, 2
 """Label values of the ground truth (0 is also the background outside the sample)."""
 
 
+class _Phantom:
+    """What both phantoms share: a volume ``shape`` and sinograms made of exact projections."""
+
+    shape: tuple[int, int, int]
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[2]
+
+    def project(self, theta: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def sinogram(self, angles: np.ndarray) -> np.ndarray:
+        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
+        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
+
+
 @dataclass(frozen=True)
-class FoamPhantom:
+class FoamPhantom(_Phantom):
     """A cylinder of solid with spherical pores and inclusions.
 
     Attributes
@@ -53,10 +70,6 @@ class FoamPhantom:
     labels_of_spheres: np.ndarray
     mu_solid: float = 0.004
     mu_inclusion: float = 0.012
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[2]
 
     def _mu_of_labels(self) -> np.ndarray:
         """Attenuation of each label, indexed by ``PORE``, ``SOLID`` and ``INCLUSION``."""
@@ -126,10 +139,6 @@ class FoamPhantom:
         weights = (excess[batch, None, None] * 2.0 * np.sqrt(r2 - d2, where=inside, out=np.zeros_like(d2)))[inside]
         pixels = (rows[:, :, None] * nx + cols[:, None, :])[inside]
         return np.bincount(pixels, weights=weights, minlength=nz * nx).reshape(nz, nx)
-
-    def sinogram(self, angles: np.ndarray) -> np.ndarray:
-        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
-        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
 
 
 def make_foam(
@@ -219,7 +228,7 @@ def make_foam(
 
 
 @dataclass(frozen=True)
-class RockPhantom:
+class RockPhantom(_Phantom):
     """A cylindrical rock core: a solid matrix holding ellipsoidal grains, pores and inclusions.
 
     Grains are solid (label ``SOLID``) whose attenuation differs a little from the matrix's,
@@ -256,10 +265,6 @@ class RockPhantom:
     labels_of_shapes: np.ndarray
     mus: np.ndarray
     mu_matrix: float = 0.005
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[2]
 
     def _forms(self) -> np.ndarray:
         """Quadratic forms ``M = R diag(1 / a^2) R^T``: a point ``p`` is inside if ``p M p <= 1``."""
@@ -311,10 +316,6 @@ class RockPhantom:
             ellipsoid_chord = 2.0 * np.sqrt(np.clip(half_b**2 - a * c, 0.0, None)) / a
             sinogram[rows, cols] += (mu - self.mu_matrix) * ellipsoid_chord
         return sinogram
-
-    def sinogram(self, angles: np.ndarray) -> np.ndarray:
-        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
-        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
 
 
 def make_rock(
