@@ -108,6 +108,41 @@ def test_a_stored_scan_rewrites_frame_by_frame(tmp_path: Path) -> None:
         np.testing.assert_array_equal(again.flats.read(), scan["flats"])
 
 
+def test_dxchange_of_volumes_puts_the_first_at_exchange_data(tmp_path: Path) -> None:
+    recon = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    labels = (recon > 20).astype(np.uint8)
+    written: list[int] = []
+    path = write_dxchange(
+        tmp_path / "volumes.h5",
+        volumes={"recon": recon, "segmented": labels},
+        attrs={"recon": {"dims": ["z", "y", "x"], "units": "1/pixel"}},
+        sample="s1",
+        process={"provenance": {"center": 2.0}, "status": "complete", "stages": ["recon"]},
+        on_write=written.append,
+    )
+    with h5py.File(path) as f:
+        assert f["implements"][()].decode() == "exchange:measurement:process"
+        np.testing.assert_array_equal(f["exchange/data"][()], recon)
+        np.testing.assert_array_equal(f["exchange/segmented"][()], labels)
+        assert f["exchange/data"].attrs["units"] == "1/pixel" and f["exchange/data"].attrs["dims"] == '["z", "y", "x"]'
+        assert f["exchange/data"].chunks == (1, 4, 5)
+        assert f["process/tomolive"].attrs["status"] == "complete"
+        assert '"center": 2.0' in f["process/tomolive/provenance"][()].decode()
+    assert sum(written) == recon.nbytes + labels.nbytes
+
+
+def test_dxchange_needs_a_whole_raw_scan_or_volumes(tmp_path: Path) -> None:
+    scan = _small_scan()
+    with pytest.raises(BadInputError, match="projections, flats and darks together"):
+        write_dxchange(tmp_path / "a.h5", scan["projections"], scan["flats"])
+    with pytest.raises(BadInputError, match="nothing to write"):
+        write_dxchange(tmp_path / "b.h5")
+    with pytest.raises(BadInputError, match="angles but no projections"):
+        write_dxchange(tmp_path / "c.h5", angles_deg=scan["angles_deg"], volumes={"recon": scan["flats"]})
+    with pytest.raises(BadInputError, match=r"flats must be frames .* of frame shape \(4, 5\)"):
+        write_dxchange(tmp_path / "d.h5", scan["projections"], scan["flats"][:, :2], scan["darks"])
+
+
 def test_dxchange_without_theta_assumes_half_turn(tmp_path: Path, caplog) -> None:
     scan = _small_scan()
     frames = (scan["projections"], scan["flats"], scan["darks"])
