@@ -199,6 +199,23 @@ def _key_or_none(settings: Settings) -> str | None:
         return None  # a --public server answers reads without a key
 
 
+URI_HELP = "Tiled server URI (default http://127.0.0.1:8000)"
+RESULTS_URI_HELP = "Tiled server for the results (default http://127.0.0.1:8000)"
+
+
+def _add_client_options(
+    parser: argparse.ArgumentParser,
+    *,
+    uri_help: str = URI_HELP,
+    data_dir_help: str = "where to find the key file",
+    key_help: str | None = None,
+) -> None:
+    """``--uri``, ``--data-dir`` and ``--api-key``: how a command reaches the Tiled server."""
+    parser.add_argument("--uri", help=uri_help)
+    parser.add_argument("--data-dir", help=data_dir_help)
+    parser.add_argument("--api-key", help=key_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tomolive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,15 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--read-only", action="store_true", help="the key can read but not write")
     key.add_argument("--note", help="label shown in Tiled's key listing")
     key.add_argument("--expires-in", type=int, help="seconds until the key expires (default: never)")
-    key.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    key.add_argument("--data-dir", help="where to find the writer key file")
-    key.add_argument("--api-key", help="the writer key (default: TOMOLIVE_API_KEY or the key file)")
+    _add_client_options(
+        key,
+        data_dir_help="where to find the writer key file",
+        key_help="the writer key (default: TOMOLIVE_API_KEY or the key file)",
+    )
     key.set_defaults(func=cmd_key)
 
     ls = sub.add_parser("ls", help="list processed scans")
-    ls.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    ls.add_argument("--data-dir", help="where to find the key file")
-    ls.add_argument("--api-key")
+    _add_client_options(ls)
     ls.set_defaults(func=cmd_ls)
 
     export = sub.add_parser("export", help="write a processed scan to TIFF slices, DXchange HDF5 or Zarr")
@@ -241,9 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--array", action="append", help="array to export (repeatable; default recon)")
     export.add_argument("--out", help="output path (default <uid[:8]>.h5 / .zarr / -tiff)")
     export.add_argument("--force", action="store_true", help="export a scan that is not complete")
-    export.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    export.add_argument("--data-dir", help="where to find the key file")
-    export.add_argument("--api-key")
+    _add_client_options(export)
     export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="simulate a scan and reconstruct it into a fresh server")
@@ -256,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     process = sub.add_parser("process", help="reconstruct a stored scan (DXchange/NeXus file or Tiled run URI)")
     process.add_argument("source", help="an HDF5 file, or the URI of a raw run in Tiled (.../raw/<uid>)")
-    process.add_argument("--uri", help="Tiled server for the results (default http://127.0.0.1:8000)")
-    process.add_argument("--data-dir", help="where to find the key file")
-    process.add_argument("--api-key", help="key of the results server")
+    _add_client_options(process, uri_help=RESULTS_URI_HELP, key_help="key of the results server")
     process.add_argument("--source-api-key", help="key for reading a Tiled source (default: --api-key)")
     process.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     process.add_argument("--center", type=float, help="rotation-axis column in pixels (default: found)")
@@ -271,9 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="process scans published through bluesky's 0MQ proxy")
     worker.add_argument("--zmq", required=True, help="the proxy's output, HOST:PORT (e.g. 127.0.0.1:5578)")
     worker.add_argument("--prefix", default="", help="only documents published with this prefix")
-    worker.add_argument("--uri", help="Tiled server for the results (default http://127.0.0.1:8000)")
-    worker.add_argument("--data-dir", help="where to find the key file")
-    worker.add_argument("--api-key")
+    _add_client_options(worker, uri_help=RESULTS_URI_HELP)
     worker.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     worker.add_argument(
         "--trust-pickle",
@@ -286,9 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "paths", nargs="*", help="outbox entries or raw-run backups (raw/*.jsonl); default: everything in the outbox"
     )
-    upload.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    upload.add_argument("--data-dir", help="where to find the key file")
-    upload.add_argument("--api-key")
+    _add_client_options(upload)
     upload.set_defaults(func=cmd_upload_outbox)
     return parser
 
