@@ -19,8 +19,7 @@ from bluesky.callbacks import CallbackBase
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.plans import tomo_scan
-from tomolive.sim.devices import make_sim_beamline
-from tomolive.sim.phantoms import make_foam
+from tomolive.sim import make_foam, make_sim_beamline
 
 
 class TransmissionCheck(CallbackBase):

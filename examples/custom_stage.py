@@ -85,8 +85,7 @@ def main() -> None:
     from tomolive.callbacks import TomoPipeline
     from tomolive.pipeline import PipelineParams
     from tomolive.plans import tomo_scan
-    from tomolive.sim.devices import make_sim_beamline
-    from tomolive.sim.phantoms import make_foam
+    from tomolive.sim import make_foam, make_sim_beamline
 
     with tempfile.TemporaryDirectory(prefix="tomolive-example-stages-") as site:
         installed = set(ENTRY_POINTS) <= set(available_stages())

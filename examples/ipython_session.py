@@ -24,8 +24,7 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
-from tomolive.sim.devices import make_sim_beamline
-from tomolive.sim.phantoms import make_foam
+from tomolive.sim import make_foam, make_sim_beamline
 from tomolive.store import connect, raw_root
 
 
