@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tomolive import phantoms
 from tomolive.engine.provenance import git_commit
+from tomolive.sim import phantoms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

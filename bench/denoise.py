@@ -38,9 +38,9 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from tomolive.denoise import DenoiseConfig, denoise, split_reconstructions, train
-from tomolive.phantoms import FoamPhantom, make_foam
 from tomolive.qc import circle_mask, psnr, snr_cnr
 from tomolive.recon import available_methods, reconstruct
+from tomolive.sim.phantoms import FoamPhantom, make_foam
 
 
 def pixel_averaged(phantom: FoamPhantom, factor: int = 2) -> np.ndarray:

@@ -21,7 +21,7 @@ from _common import append_result, machine_info
 from scan import free_port
 
 from tomolive.config import Settings
-from tomolive.export import FORMATS, export_scan
+from tomolive.io.export import FORMATS, export_scan
 from tomolive.server import running_server
 from tomolive.store import TiledResult, connect
 

@@ -43,13 +43,14 @@ from scan import CachedPhantom, _warm_worker, free_port
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
 from tomolive.engine.cluster import local_cluster
-from tomolive.formats import open_scan, write_dxchange
-from tomolive.offline import process_scan
-from tomolive.phantoms import make_foam
+from tomolive.io.formats import open_scan
+from tomolive.io.offline import process_scan
+from tomolive.io.writers import write_dxchange
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import connect
 from tomolive.wire import pack
 

@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 from _common import append_result, ellipse_image, machine_info, psnr_disc, shepp_logan_ellipses
 
-from tomolive.phantoms import project_ellipses
 from tomolive.recon import available_methods, reconstruct
+from tomolive.sim.phantoms import project_ellipses
 
 
 def _best_of(k, fn, n_slices):

@@ -71,14 +71,14 @@ from distributed import Client, wait
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
 from tomolive.engine.blocks import row_blocks
 from tomolive.engine.cluster import local_cluster
 from tomolive.engine.provenance import compute_device
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.recon import reconstruct
 from tomolive.server import SERVER_MODULE, running_server
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import VOLUME_COMPRESSORS, TiledResult, connect
 from tomolive.store.internals import open_for_writing
 from tomolive.techniques.tomo import PipelineParams

@@ -25,9 +25,9 @@ import torch
 from _common import append_result, machine_info
 from scipy import ndimage
 
-from tomolive.phantoms import make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import PHASES, dice_scores, load_model, phase_statistics, segment_volume
+from tomolive.sim.phantoms import make_foam, make_rock, measure
 
 SEED = 4242
 

@@ -40,10 +40,10 @@ from scan import CachedPhantom, _warm_worker, free_port
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
 from tomolive.engine.cluster import local_cluster
-from tomolive.phantoms import make_foam
 from tomolive.server import running_server
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import connect
 
 

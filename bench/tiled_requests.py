@@ -2,7 +2,7 @@
 
 Both serve ``tiled_config/sqlite.yml`` (multi-user, scoped API keys) from a fresh data dir
 on loopback; the only difference is tomolive's one API-key lookup per request
-(:mod:`tomolive.store.internals`). Stock Tiled is ``tomolive.tiled_serve`` with that change
+(:mod:`tomolive.store.internals`). Stock Tiled is ``tomolive.server.tiled_serve`` with that change
 left out: the same database creation, then ``tiled serve config``. With the writer key, each
 server answers the requests a scan makes while its workers run, ``--requests`` of each
 kind per batch, ``--batches`` batches in turn (server A, server B, A, B, ...):
@@ -38,15 +38,15 @@ from scan import free_port
 from tiled.client import from_uri
 
 from tomolive.config import Settings
-from tomolive.keys import issue_writer_key
 from tomolive.server import server_command, wait_until_up
+from tomolive.server.keys import issue_writer_key
 from tomolive.store import TiledResult
 
 STOCK = (
     "import sys; from tomolive import tiled_serve; from tomolive.store import internals; "
     "internals.share_api_key_lookups = lambda: None; tiled_serve.main(sys.argv[1:])"
 )
-"""Stock Tiled on the same profile: :mod:`tomolive.tiled_serve` without its one change to Tiled."""
+"""Stock Tiled on the same profile: :mod:`tomolive.server.tiled_serve` without its one change to Tiled."""
 
 
 @contextmanager

@@ -4,7 +4,7 @@
 bluesky-tiled-plugins' ``TiledWriter``. If the server fails during a run, the writer
 abandons Tiled for that run and writes all of its documents (from the start document
 on) to ``<outbox>/raw/<uid prefix>.jsonl``, one ``{"name": ..., "doc": ...}`` per line;
-``tomolive upload-spool`` replays them into ``raw/<uid>`` with :func:`replay_raw`.
+``tomolive upload-outbox`` replays them into ``raw/<uid>`` with :func:`replay_raw`.
 
 TiledWriter's own ``backup_directory`` writer cannot encode numpy arrays (inline detector
 images) and leaves a half-written line when it fails, so the backup here is

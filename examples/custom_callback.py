@@ -18,9 +18,8 @@ from bluesky import RunEngine
 from bluesky.callbacks import CallbackBase
 
 from tomolive.callbacks import TomoPipeline
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
+from tomolive.sim import make_foam, make_sim_beamline
 
 
 class TransmissionCheck(CallbackBase):

@@ -83,9 +83,10 @@ def main() -> None:
     from bluesky import RunEngine
 
     from tomolive.callbacks import TomoPipeline
-    from tomolive.devices import make_sim_beamline
-    from tomolive.phantoms import make_foam
     from tomolive.plans import tomo_scan
+    from tomolive.sim import make_foam, make_sim_beamline
+    from tomolive.sim.devices import make_sim_beamline
+    from tomolive.sim.phantoms import make_foam
     from tomolive.techniques.tomo import PipelineParams
 
     with tempfile.TemporaryDirectory(prefix="tomolive-example-stages-") as site:

@@ -22,10 +22,9 @@ from bluesky_tiled_plugins import TiledWriter
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
+from tomolive.sim import make_foam, make_sim_beamline
 from tomolive.store import connect, raw_root
 
 

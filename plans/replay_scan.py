@@ -19,9 +19,9 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import Status
 
-from tomolive.devices import ImageSignal
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.formats import StoredScan, open_scan
+from tomolive.io.formats import StoredScan, open_scan
+from tomolive.sim.devices import ImageSignal
 
 STREAMS = (("dark", "dark"), ("flat", "flat"))
 """(frame kind, stream name) of the calibration frames, emitted before the projections."""
@@ -96,7 +96,7 @@ def replay_scan(
     path_or_scan: str | Path | StoredScan,
     *,
     frame_rate: float | None = None,
-    md: dict | None = None,
+    md: dict[str, Any] | None = None,
     rows: slice | None = None,
 ) -> MsgGenerator[str]:
     """Stream a stored scan through the RunEngine as a live ``tomo_scan`` would.
@@ -104,7 +104,7 @@ def replay_scan(
     Parameters
     ----------
     path_or_scan : path or StoredScan
-        A DXchange or NeXus/NXtomo file (opened with :func:`tomolive.formats.open_scan` and
+        A DXchange or NeXus/NXtomo file (opened with :func:`tomolive.io.formats.open_scan` and
         closed when the plan ends) or an open scan (left open).
     frame_rate : float, optional
         Frames per second, darks and flats included; None (default) replays as fast as the
@@ -131,7 +131,9 @@ def replay_scan(
         return (yield from _replay(scan, frame_rate, md, rows))
 
 
-def _replay(scan: StoredScan, frame_rate: float | None, md: dict | None, rows: slice | None) -> MsgGenerator[str]:
+def _replay(
+    scan: StoredScan, frame_rate: float | None, md: dict[str, Any] | None, rows: slice | None
+) -> MsgGenerator[str]:
     _check_rows(rows, scan)
     detector = ReplayDetector(name="replay_det", scan=scan, rows=rows)
     rotation = Signal(name="replay_rotation", value=float(scan.angles_deg[0]))

@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.protocols import DataKey, Movable, NamedMovable, Readable
 from bluesky.utils import MsgGenerator
 
 from tomolive.errors import BadInputError
 
 
+class RotationStage(Readable, NamedMovable[float], Protocol):
+    """A rotation stage in degrees: moved to each angle and read in every event (``EpicsMotor``)."""
+
+
+class SampleStage(Readable, Movable[float], Protocol):
+    """A sample translation: read, moved out of the beam for flats and back."""
+
+
 def tomo_scan(
-    detector: Any,
-    stage: Any,
+    detector: Readable,
+    stage: RotationStage,
     angles: Sequence[float],
     n_darks: int = 10,
     n_flats: int = 10,
     *,
-    shutter: Any = None,
-    sample_x: Any = None,
+    shutter: Movable[Any] | None = None,
+    sample_x: SampleStage | None = None,
     sample_out: float | None = None,
     shutter_open: Any = 1,
     shutter_closed: Any = 0,
     pixel_size: float | None = None,
     energy: float | None = None,
-    md: dict | None = None,
+    md: dict[str, Any] | None = None,
 ) -> MsgGenerator[str]:
     """Acquire darks, flats and projections at the given rotation angles.
 
@@ -101,7 +110,7 @@ def tomo_scan(
     if energy is not None:
         _md["energy_kev"] = float(energy)
     _md.update(md or {})
-    devices = [detector, stage]
+    devices: list[Readable] = [detector, stage]
 
     @bpp.stage_decorator(devices)
     @bpp.run_decorator(md=_md)
@@ -124,9 +133,20 @@ def tomo_scan(
     return (yield from inner())
 
 
-def _image_field(detector: Any) -> str:
+def _description(device: Readable) -> dict[str, DataKey]:
+    """``device.describe()`` of a synchronous (ophyd) device."""
+    description = device.describe()
+    if not isinstance(description, dict):
+        raise BadInputError(
+            f"{device.name!r} describes itself asynchronously; tomo_scan reads the description of "
+            "synchronous (ophyd) devices."
+        )
+    return description
+
+
+def _image_field(detector: Readable) -> str:
     """The detector data key that holds a 2D image."""
-    description = detector.describe()
+    description = _description(detector)
     images = [key for key, info in description.items() if len(info.get("shape") or []) == 2]
     if len(images) != 1:
         raise BadInputError(
@@ -136,7 +156,7 @@ def _image_field(detector: Any) -> str:
     return images[0]
 
 
-def _readback_field(stage: Any) -> str:
+def _readback_field(stage: RotationStage) -> str:
     """The data key of the stage's readback (its first hinted field)."""
-    fields = (getattr(stage, "hints", None) or {}).get("fields") or list(stage.describe())
+    fields = (stage.hints or {}).get("fields") or list(_description(stage))
     return fields[0]

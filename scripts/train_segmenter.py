@@ -1,6 +1,6 @@
 """Train the shipped segmentation weights (tomolive/weights/foam_rock_unet.*) from simulated scans.
 
-Foams (:func:`tomolive.phantoms.make_foam`) and rocks (:func:`tomolive.phantoms.make_rock`)
+Foams (:func:`tomolive.sim.phantoms.make_foam`) and rocks (:func:`tomolive.sim.phantoms.make_rock`)
 with random porosity, inclusion count and contrast (inclusion / matrix attenuation 2-4x)
 are scanned with random dose (300-20000 photons per pixel, or noise-free), angle count,
 detector stripes (rings), and sometimes smoothed as a denoiser would; they are
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from tomolive.phantoms import make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import (
     DEFAULT_MODEL,
@@ -42,6 +41,7 @@ from tomolive.segment import (
     segment_volume,
     stacks,
 )
+from tomolive.sim.phantoms import make_foam, make_rock, measure
 from tomolive.unet import IGNORE, TrainSettings, train
 
 SHAPE = (18, 128, 128)

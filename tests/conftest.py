@@ -16,11 +16,11 @@ from distributed import Client
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import SimBeamline, make_sim_beamline
 from tomolive.engine.cluster import local_cluster
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.server import running_server
+from tomolive.sim.devices import SimBeamline, make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import connect, raw_root
 
 from .postgres import PostgresServer, find_bin_dir, running_postgres

@@ -8,11 +8,11 @@ from bluesky import RunEngine
 from tiled.queries import Key
 
 from tomolive.callbacks import TomoPipeline
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.qc import qc_metrics
 from tomolive.segment import dice_scores, phase_statistics
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import connect
 from tomolive.techniques.tomo import PipelineParams
 

@@ -25,11 +25,11 @@ from ophyd.sim import SynSignalWithRegistry
 from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
-from tomolive.assets import AssetResolver
-from tomolive.devices import make_sim_beamline
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.phantoms import make_foam
+from tomolive.io.assets import AssetResolver
 from tomolive.plans import tomo_scan
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 
 IMAGE = "sim_det_image"
 ANGLES = np.linspace(0, 180, 10, endpoint=False)
@@ -214,7 +214,7 @@ def test_tiled_writer_registers_the_files(inline: ScanLog, tmp_path: Path) -> No
 
 READER = """
 import json, sys
-from tomolive.assets import AssetResolver
+from tomolive.io.assets import AssetResolver
 resource, datum = json.loads(sys.stdin.read())
 resolver = AssetResolver()
 resolver.stream_resource(resource)

@@ -36,9 +36,9 @@ from tomolive.models import (
     models_root,
     save_model,
 )
-from tomolive.phantoms import FoamPhantom, make_foam
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct
+from tomolive.sim.phantoms import FoamPhantom, make_foam
 from tomolive.store import connect
 
 SHAPE = (24, 128, 128)

@@ -9,11 +9,11 @@ from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.denoise import DenoiseConfig
-from tomolive.devices import make_sim_beamline
 from tomolive.models import find_models
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.qc import circle_mask, psnr
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.techniques.tomo import PipelineParams
 
 DENOISE = DenoiseConfig(steps=150, time_budget=40, features=8, depth=3, patch=48, batch=8, seed=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tomolive.devices import SHUTTER_CLOSED, SHUTTER_OPEN, SimBeamline, make_sim_beamline
 from tomolive.errors import BadInputError
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import SHUTTER_CLOSED, SHUTTER_OPEN, SimBeamline, make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 
 DARK = 100.0  # SimTomoDetector's default dark_counts
 LEVEL = 10000.0  # open-beam level of the noise-free detector

@@ -23,9 +23,9 @@ from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
-from tomolive.devices import make_sim_beamline
 from tomolive.engine.cluster import gpu_resources
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.techniques.tomo import PipelineParams
 
 from .conftest import SAME_VOLUME, free_port

@@ -14,7 +14,7 @@ import zarr
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.export import export_scan, slab_rows
+from tomolive.io.export import export_scan, slab_rows
 from tomolive.store import TiledResult, connect, find_scan
 
 SHAPE = (10, 12, 16)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import connect
 
 from .conftest import SAME_VOLUME

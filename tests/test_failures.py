@@ -13,9 +13,9 @@ from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
 from tiled.client import from_uri
 
-from tomolive.devices import SimTomoDetector
 from tomolive.errors import BadInputError
 from tomolive.plans import tomo_scan
+from tomolive.sim.devices import SimTomoDetector
 from tomolive.techniques.tomo import PipelineParams
 
 

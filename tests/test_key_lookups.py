@@ -14,7 +14,7 @@ from tiled.authn_database import core
 from tiled.authn_database.orm import APIKey
 from tiled.server import authentication
 
-from tomolive.keys import create_key
+from tomolive.server.keys import create_key
 from tomolive.store import internals
 
 VALID, UNKNOWN = b"\x01" * 32, b"\x02" * 32

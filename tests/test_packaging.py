@@ -46,8 +46,8 @@ def test_wheel_contains_plans_callbacks_and_config(tmp_path):
         "tomolive/callbacks/__init__.py",
         "tomolive/callbacks/tomo_pipeline.py",
         "tomolive/tiled_config/sqlite.yml",
-        "tomolive/static/index.html",
-        "tomolive/static/view.js",
+        "tomolive/server/static/index.html",
+        "tomolive/server/static/view.js",
         "tomolive/recon/__init__.py",
         "tomolive/preprocess/__init__.py",
     ):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import INCLUSION, PORE, SOLID, FoamPhantom, RockPhantom, make_foam, make_rock, measure
+from tomolive.sim.phantoms import INCLUSION, PORE, SOLID, FoamPhantom, RockPhantom, make_foam, make_rock, measure
 
 SHAPE = (32, 96, 96)
 

@@ -12,13 +12,13 @@ from distributed import Client, get_task_stream
 from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
-from tomolive.devices import make_sim_beamline
 from tomolive.engine.blocks import blocks_holding, row_blocks, submit_blocks
 from tomolive.engine.cluster import local_cluster
 from tomolive.errors import BadInputError
-from tomolive.phantoms import make_foam
 from tomolive.plans import tomo_scan
 from tomolive.qc import QCThresholds, qc_metrics, sampled_slices
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 from tomolive.store import VolumeTarget
 from tomolive.techniques.tomo import PaganinParams, PipelineParams
 from tomolive.techniques.tomo.analysis import measure_quality

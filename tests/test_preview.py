@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import make_foam
 from tomolive.qc import circle_mask, psnr
 from tomolive.recon import reconstruct
+from tomolive.sim.phantoms import make_foam
 from tomolive.techniques.tomo.preview import IncrementalFBP, LivePreview, PreviewSnapshot, default_preview_rows
 
 N = 96

@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import FoamPhantom, make_foam, measure
 from tomolive.qc import QCThresholds, _sector_profiles, edge_width, qc_alerts, qc_metrics, ring_severity, snr_cnr
 from tomolive.recon import reconstruct
+from tomolive.sim.phantoms import FoamPhantom, make_foam, measure
 
 ANGLES = np.linspace(0.0, np.pi, 150, endpoint=False)
 

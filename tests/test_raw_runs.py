@@ -10,8 +10,8 @@ from distributed import default_client, get_task_stream
 
 from tomolive.cli import main as tomolive_main
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.formats import FrameStack, StoredScan
-from tomolive.offline import open_tiled_run, process_scan
+from tomolive.io.formats import FrameStack, StoredScan
+from tomolive.io.offline import open_tiled_run, process_scan
 from tomolive.store import connect
 
 from .conftest import SAME_VOLUME

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tomolive.errors import BadInputError
-from tomolive.phantoms import project_ellipses, shepp_logan_ellipses
 from tomolive.recon import (
     BACKENDS,
     FILTERS,
@@ -17,6 +16,7 @@ from tomolive.recon import (
     reconstruct,
     register_backend,
 )
+from tomolive.sim.phantoms import project_ellipses, shepp_logan_ellipses
 
 
 def ellipses_px(n: int, scale_mu: float = 0.01) -> list[tuple[float, ...]]:

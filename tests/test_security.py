@@ -28,8 +28,8 @@ from tomolive import denoise, segment
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.errors import BadInputError, TomoliveError
-from tomolive.keys import READ_ONLY_SCOPES, create_key
 from tomolive.server import running_server
+from tomolive.server.keys import READ_ONLY_SCOPES, create_key
 from tomolive.wire import pack, unpack
 from tomolive.worker import run_worker
 

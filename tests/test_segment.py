@@ -13,7 +13,6 @@ import torch
 from scipy import ndimage
 
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.phantoms import FoamPhantom, make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import (
     DEFAULT_MODEL,
@@ -29,6 +28,7 @@ from tomolive.segment import (
     segment_volume,
     state_sha256,
 )
+from tomolive.sim.phantoms import FoamPhantom, make_foam, make_rock, measure
 
 SHAPE = (20, 128, 128)
 ANGLES = np.linspace(0.0, np.pi, 180, endpoint=False)

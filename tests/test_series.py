@@ -29,9 +29,9 @@ from bluesky import RunEngine
 from tiled.client import from_uri
 from tiled.queries import Key
 
-from tomolive.devices import make_sim_beamline
-from tomolive.phantoms import make_foam
 from tomolive.qc import circle_mask, psnr
+from tomolive.sim.devices import make_sim_beamline
+from tomolive.sim.phantoms import make_foam
 
 N_SCANS = 5
 SHAPE, N_ANGLES = (48, 160, 160), 160

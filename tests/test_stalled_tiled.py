@@ -92,7 +92,7 @@ def test_a_stalled_server_does_not_stall_the_scan_and_the_result_lands_when_it_r
     assert preview["n_angles"] >= 1 and preview["n_angles"] + preview["frames_dropped"] == 60
 
 
-def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_it(
+def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_outbox_delivers_it(
     tmp_path, dask_client, beamline, caplog, short_tiled_retries
 ):
     data_dir, port = tmp_path / "tiled", free_port()
@@ -105,13 +105,13 @@ def test_a_dead_server_sends_the_result_to_the_outbox_and_upload_spool_delivers_
         result = pipe.wait(uid, timeout=300)
     assert result.status == "complete" and result.uri is None
     assert result.outbox == str(outbox / uid)
-    assert f"tomolive upload-spool {outbox / uid}" in caplog.text
+    assert f"tomolive upload-outbox {outbox / uid}" in caplog.text
     local = zarr.open_array(str(outbox / uid / "recon.zarr"), mode="r")[:]
     assert local.shape == (16, 96, 96)
     assert_matches_phantom(local, beamline.phantom)
 
     with running_server(Settings(data_dir=data_dir, port=port)) as settings:  # the server is back
-        code = tomolive_main(["upload-spool", str(outbox / uid), "--uri", settings.uri, "--api-key", settings.api_key])
+        code = tomolive_main(["upload-outbox", str(outbox / uid), "--uri", settings.uri, "--api-key", settings.api_key])
         assert code == 0
         node = connect(settings.uri, api_key=settings.api_key)["processed"][uid]
         assert node.metadata["status"] == "complete"
@@ -145,7 +145,7 @@ def _kill_after(n_events: int, server: psutil.Process, client) -> Callable[[str,
     return kill
 
 
-def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delivers_both(
+def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_outbox_delivers_both(
     tmp_path, dask_client, beamline, monkeypatch, capsys, short_tiled_retries
 ):
     data_dir, port, outbox = tmp_path / "tiled", free_port(), tmp_path / "outbox"
@@ -176,7 +176,7 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
         kept = tmp_path / backup.name
         kept.write_bytes(backup.read_bytes())
 
-        assert tomolive_main(["upload-spool", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        assert tomolive_main(["upload-outbox", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
         assert pending(outbox) == [] and pending_raw(outbox) == []
         client = connect(settings.uri, api_key=settings.api_key)
         node = client["processed"][uid]
@@ -190,9 +190,9 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_spool_delive
 
         # Re-running is safe: a backup of a run already in Tiled is only removed.
         backup.write_bytes(kept.read_bytes())
-        assert tomolive_main(["upload-spool", str(backup), "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        assert tomolive_main(["upload-outbox", str(backup), "--uri", settings.uri, "--api-key", settings.api_key]) == 0
         assert not backup.exists() and client["raw"][uid]["primary"]["sim_det_image"].shape[0] == 60
-        assert tomolive_main(["upload-spool", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        assert tomolive_main(["upload-outbox", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
         assert "nothing to upload" in capsys.readouterr().out
 
         # Nothing lost: the uploaded raw run reconstructs to the volume spooled during the scan.

@@ -137,7 +137,7 @@ def test_an_outbox_result_keeps_volumes_and_preview_and_upload_sends_both(
 ) -> None:
     entry: ResultStore = OutboxResult.create(tmp_path, "store-test-outbox", {"sample": "outbox"})
     assert (entry.uid, entry.uri, entry.models_client) == ("store-test-outbox", None, None)
-    assert "upload-spool" in entry.describe()
+    assert "upload-outbox" in entry.describe()
     with pytest.raises(BadInputError, match="no preview image yet"):
         entry.write_preview(None, {"n_angles": 0})
     volume = np.arange(6 * 16, dtype=np.float32).reshape(6, 4, 4)

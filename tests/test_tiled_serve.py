@@ -1,4 +1,4 @@
-"""The server process creates its profile's databases itself (tomolive.tiled_serve)."""
+"""The server process creates its profile's databases itself (tomolive.server.tiled_serve)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tiled.catalog import core as catalog_schema
 
 from tomolive.config import Settings
 from tomolive.server import config_path, server_command
-from tomolive.tiled_serve import create_databases, main
+from tomolive.server.tiled_serve import create_databases, main
 
 
 def test_databases_are_created_once_and_stamped(tmp_path, monkeypatch):
@@ -29,5 +29,5 @@ def test_databases_are_created_once_and_stamped(tmp_path, monkeypatch):
 
 
 def test_the_profile_comes_first():
-    with pytest.raises(SystemExit, match="usage: python -m tomolive.tiled_serve PROFILE"):
+    with pytest.raises(SystemExit, match="usage: python -m tomolive.server.tiled_serve PROFILE"):
         main(["--port", "8000"])

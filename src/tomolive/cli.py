@@ -1,4 +1,4 @@
-"""Command line: ``tomolive serve | key | demo | ls | export | process | worker | upload-spool``."""
+"""Command line: ``tomolive serve | key | demo | ls | export | process | worker | upload-outbox``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the Tiled server in the foreground until interrupted; issue its writer key first."""
     from .server import running_server
-    from .web import web_url
+    from .server.web import web_url
 
     settings = _settings(args)
     catalog = f"PostgreSQL {split_password(settings.catalog_uri)[0]}" if settings.catalog_uri else "SQLite"
@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_key(args: argparse.Namespace) -> int:
     """Print a new API key made with the writer key: read-only with ``--read-only``."""
-    from .keys import create_key
+    from .server.keys import create_key
 
     settings = _settings(args)
     print(
@@ -95,7 +95,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a processed scan's arrays to TIFF slices, DXchange HDF5 or Zarr."""
     from .errors import TomoliveError
-    from .export import export_scan
+    from .io.export import export_scan
     from .store import connect, find_scan
 
     settings = _settings(args)
@@ -114,7 +114,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .sim.demo import run_demo
 
     run_demo(_settings(args), size=args.size, n_angles=args.angles, output_dir=args.output)
     return 0
@@ -123,7 +123,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     """Reconstruct a stored scan (file or raw Tiled run) into the Tiled server, no RunEngine."""
     from .engine import Engine
-    from .offline import open_source, process_scan
+    from .io.offline import open_source, process_scan
+    from .pipeline import PipelineParams
     from .store import connect
     from .techniques.tomo import PipelineParams, TomoTechnique
 
@@ -161,7 +162,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_upload_spool(args: argparse.Namespace) -> int:
+def cmd_upload_outbox(args: argparse.Namespace) -> int:
     """Upload results and raw runs kept in the local outbox while Tiled was unreachable.
 
     Raw runs (``*.jsonl`` TiledWriter backups) go first, so each result's ``raw`` link
@@ -199,6 +200,23 @@ def _key_or_none(settings: Settings) -> str | None:
         return None  # a --public server answers reads without a key
 
 
+URI_HELP = "Tiled server URI (default http://127.0.0.1:8000)"
+RESULTS_URI_HELP = "Tiled server for the results (default http://127.0.0.1:8000)"
+
+
+def _add_client_options(
+    parser: argparse.ArgumentParser,
+    *,
+    uri_help: str = URI_HELP,
+    data_dir_help: str = "where to find the key file",
+    key_help: str | None = None,
+) -> None:
+    """``--uri``, ``--data-dir`` and ``--api-key``: how a command reaches the Tiled server."""
+    parser.add_argument("--uri", help=uri_help)
+    parser.add_argument("--data-dir", help=data_dir_help)
+    parser.add_argument("--api-key", help=key_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tomolive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,15 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--read-only", action="store_true", help="the key can read but not write")
     key.add_argument("--note", help="label shown in Tiled's key listing")
     key.add_argument("--expires-in", type=int, help="seconds until the key expires (default: never)")
-    key.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    key.add_argument("--data-dir", help="where to find the writer key file")
-    key.add_argument("--api-key", help="the writer key (default: TOMOLIVE_API_KEY or the key file)")
+    _add_client_options(
+        key,
+        data_dir_help="where to find the writer key file",
+        key_help="the writer key (default: TOMOLIVE_API_KEY or the key file)",
+    )
     key.set_defaults(func=cmd_key)
 
     ls = sub.add_parser("ls", help="list processed scans")
-    ls.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    ls.add_argument("--data-dir", help="where to find the key file")
-    ls.add_argument("--api-key")
+    _add_client_options(ls)
     ls.set_defaults(func=cmd_ls)
 
     export = sub.add_parser("export", help="write a processed scan to TIFF slices, DXchange HDF5 or Zarr")
@@ -241,9 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--array", action="append", help="array to export (repeatable; default recon)")
     export.add_argument("--out", help="output path (default <uid[:8]>.h5 / .zarr / -tiff)")
     export.add_argument("--force", action="store_true", help="export a scan that is not complete")
-    export.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    export.add_argument("--data-dir", help="where to find the key file")
-    export.add_argument("--api-key")
+    _add_client_options(export)
     export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="simulate a scan and reconstruct it into a fresh server")
@@ -256,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     process = sub.add_parser("process", help="reconstruct a stored scan (DXchange/NeXus file or Tiled run URI)")
     process.add_argument("source", help="an HDF5 file, or the URI of a raw run in Tiled (.../raw/<uid>)")
-    process.add_argument("--uri", help="Tiled server for the results (default http://127.0.0.1:8000)")
-    process.add_argument("--data-dir", help="where to find the key file")
-    process.add_argument("--api-key", help="key of the results server")
+    _add_client_options(process, uri_help=RESULTS_URI_HELP, key_help="key of the results server")
     process.add_argument("--source-api-key", help="key for reading a Tiled source (default: --api-key)")
     process.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     process.add_argument("--center", type=float, help="rotation-axis column in pixels (default: found)")
@@ -271,9 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="process scans published through bluesky's 0MQ proxy")
     worker.add_argument("--zmq", required=True, help="the proxy's output, HOST:PORT (e.g. 127.0.0.1:5578)")
     worker.add_argument("--prefix", default="", help="only documents published with this prefix")
-    worker.add_argument("--uri", help="Tiled server for the results (default http://127.0.0.1:8000)")
-    worker.add_argument("--data-dir", help="where to find the key file")
-    worker.add_argument("--api-key")
+    _add_client_options(worker, uri_help=RESULTS_URI_HELP)
     worker.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     worker.add_argument(
         "--trust-pickle",
@@ -282,14 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    upload = sub.add_parser("upload-spool", help="upload results and raw runs kept locally while Tiled was down")
+    upload = sub.add_parser("upload-outbox", help="upload results and raw runs kept locally while Tiled was down")
     upload.add_argument(
         "paths", nargs="*", help="outbox entries or raw-run backups (raw/*.jsonl); default: everything in the outbox"
     )
-    upload.add_argument("--uri", help="Tiled server URI (default http://127.0.0.1:8000)")
-    upload.add_argument("--data-dir", help="where to find the key file")
-    upload.add_argument("--api-key")
-    upload.set_defaults(func=cmd_upload_spool)
+    _add_client_options(upload)
+    upload.set_defaults(func=cmd_upload_outbox)
     return parser
 
 

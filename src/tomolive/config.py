@@ -10,7 +10,7 @@ Environment variables (all optional):
 ``TOMOLIVE_PORT``       server port (``8000``)
 ``TOMOLIVE_TILED_URI``  Tiled URI clients use (``http://HOST:PORT``)
 ``TOMOLIVE_API_KEY``    API key; otherwise the key file ``DATA_DIR/api_key`` made by ``tomolive serve``
-                       (keys are issued by the server: see :mod:`tomolive.keys`)
+                       (keys are issued by the server: see :mod:`tomolive.server.keys`)
 ``TOMOLIVE_PUBLIC``     ``1`` lets anyone read without a key (writes still need it)
 """
 
@@ -33,7 +33,7 @@ def split_password(uri: str) -> tuple[str, str | None]:
     Tiled 0.2.20 initialises a new authentication database in a subprocess handed
     ``str(engine.url)``, where SQLAlchemy masks the password as ``***``; so the password
     travels in ``PGPASSWORD`` instead (asyncpg and libpq read it when a URI has none).
-    :mod:`tomolive.tiled_serve` creates that database before Tiled starts, so Tiled's
+    :mod:`tomolive.server.tiled_serve` creates that database before Tiled starts, so Tiled's
     subprocess is only its fall-back, but the server's connections use the same route.
     """
     parsed = urlsplit(uri)

@@ -2,7 +2,7 @@
 
 When the server stays down or stalled longer than the pipeline's patience, a scan's
 result is not dropped: it is written here, in the same layout Tiled would hold, and
-``tomolive upload-spool`` (or :func:`upload`) sends it once the server is back::
+``tomolive upload-outbox`` (or :func:`upload`) sends it once the server is back::
 
     <outbox>/<raw uid>/
         record.json        the container metadata (status, reason, provenance, ...)
@@ -67,7 +67,7 @@ class OutboxResult:
 
     def describe(self) -> str:
         """The entry's path and how to upload it, for a log line."""
-        return f"{self.path} (tomolive upload-spool {self.path})"
+        return f"{self.path} (tomolive upload-outbox {self.path})"
 
     def metadata(self) -> dict[str, Any]:
         """The container metadata kept in ``record.json``."""

@@ -3,7 +3,7 @@
 Darks, flats and projections come from the ``dark``, ``flat`` and ``primary`` streams; the
 start document's ``tomo`` block names the image and angle fields. Images come inline in
 events or from the detector's files (Resource/Datum or StreamResource/StreamDatum, read by
-:class:`tomolive.assets.AssetResolver`); a StreamDatum may come before or after the event it
+:class:`tomolive.io.assets.AssetResolver`); a StreamDatum may come before or after the event it
 belongs to, so frames and events are joined by ``(descriptor, seq_num)``.
 """
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from event_model import DocumentRouter, unpack_datum_page
 
-from ...assets import AssetResolver
 from ...errors import BadInputError, MissingDataError
+from ...io.assets import AssetResolver
 
 if TYPE_CHECKING:
     from ...engine.run import Run

@@ -30,12 +30,13 @@ from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import Status
 
-from .errors import BadInputError
+from ..errors import BadInputError
 from .phantoms import FoamPhantom, make_foam
 
 SHUTTER_OPEN, SHUTTER_CLOSED = 1, 0
 ASSET_MODES = ("inline", "resource", "stream")
 IMAGE_DATASET = "/entry/data/data"  # where the areaDetector HDF5 plugin puts frames
+NO_ASSET_DIR = "assets={assets!r} writes HDF5 files: pass asset_dir=<directory> for them."
 
 
 class ImageSignal(Signal):
@@ -160,13 +161,19 @@ class SimTomoDetector(Device):
         kind = self.frame_kind()
         if self._writer is None or kind != self._writer_kind:
             self._close_file()
-            path = self.asset_dir / f"{self.name}_{kind}_{uuid.uuid4()}.h5"
+            path = self._files_dir() / f"{self.name}_{kind}_{uuid.uuid4()}.h5"
             writer = _ResourceWriter if self.assets == "resource" else _StreamWriter
             self._writer = writer(path, self.image.name, image.shape, image.dtype)
             self._writer_kind = kind
         docs = self._writer.write(image)
         self._asset_docs.extend(docs)
         self._datum_id = docs[-1][1].get("datum_id")
+
+    def _files_dir(self) -> Path:
+        """``asset_dir``, which file assets require (checked in ``__init__``)."""
+        if self.asset_dir is None:
+            raise BadInputError(NO_ASSET_DIR.format(assets=self.assets))
+        return self.asset_dir
 
     def _close_file(self) -> None:
         if self._writer is not None:
@@ -177,7 +184,7 @@ class SimTomoDetector(Device):
         """Stage; with external assets, get ready to write files into ``asset_dir``."""
         staged = super().stage()
         if self.assets != "inline":
-            self.asset_dir.mkdir(parents=True, exist_ok=True)
+            self._files_dir().mkdir(parents=True, exist_ok=True)
             self._staged_assets = True
         return staged
 
@@ -223,7 +230,7 @@ def _check_assets(assets: str, asset_dir: str | Path | None) -> tuple[str, Path 
     if assets not in ASSET_MODES:
         raise BadInputError(f"assets must be one of {ASSET_MODES!r}; got {assets!r}.")
     if assets != "inline" and asset_dir is None:
-        raise BadInputError(f"assets={assets!r} writes HDF5 files: pass asset_dir=<directory> for them.")
+        raise BadInputError(NO_ASSET_DIR.format(assets=assets))
     return assets, None if asset_dir is None else Path(asset_dir).resolve()
 
 

@@ -20,14 +20,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 PORE, SOLID, INCLUSION = 0, 1, 2
 """Label values of the ground truth (0 is also the background outside the sample)."""
 
 
+class _Phantom:
+    """What both phantoms share: a volume ``shape`` and sinograms made of exact projections."""
+
+    shape: tuple[int, int, int]
+
+    @property
+    def n_cols(self) -> int:
+        return self.shape[2]
+
+    def project(self, theta: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def sinogram(self, angles: np.ndarray) -> np.ndarray:
+        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
+        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
+
+
 @dataclass(frozen=True)
-class FoamPhantom:
+class FoamPhantom(_Phantom):
     """A cylinder of solid with spherical pores and inclusions.
 
     Attributes
@@ -53,10 +70,6 @@ class FoamPhantom:
     labels_of_spheres: np.ndarray
     mu_solid: float = 0.004
     mu_inclusion: float = 0.012
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[2]
 
     def _mu_of_labels(self) -> np.ndarray:
         """Attenuation of each label, indexed by ``PORE``, ``SOLID`` and ``INCLUSION``."""
@@ -88,8 +101,8 @@ class FoamPhantom:
         """Exact line integrals (float32, ``(n_slices, n_cols)``) at angle ``theta`` radians.
 
         Small spheres' chords are summed in batches, each on a square of pixels around its
-        projected centre, with one ``bincount`` per batch: one at a time they cost 0.1 ms each
-        in calls: 22 ms per 48 x 160 frame of a 251-sphere foam, against 6 ms batched.
+        projected centre, with one ``bincount`` per batch, which is several times faster than one
+        sphere at a time (docs/measurements/moves.md).
         """
         nz, _, nx = self.shape
         u, v = _grid(nx), _grid(nz)
@@ -126,10 +139,6 @@ class FoamPhantom:
         weights = (excess[batch, None, None] * 2.0 * np.sqrt(r2 - d2, where=inside, out=np.zeros_like(d2)))[inside]
         pixels = (rows[:, :, None] * nx + cols[:, None, :])[inside]
         return np.bincount(pixels, weights=weights, minlength=nz * nx).reshape(nz, nx)
-
-    def sinogram(self, angles: np.ndarray) -> np.ndarray:
-        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
-        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
 
 
 def make_foam(
@@ -208,7 +217,7 @@ def make_foam(
         else:
             misses += 1
     return FoamPhantom(
-        shape=tuple(int(s) for s in shape),
+        shape=_shape3(shape),
         radius=float(radius),
         centers=np.asarray(centers, dtype=float).reshape(-1, 3),
         radii=np.asarray(radii, dtype=float),
@@ -219,7 +228,7 @@ def make_foam(
 
 
 @dataclass(frozen=True)
-class RockPhantom:
+class RockPhantom(_Phantom):
     """A cylindrical rock core: a solid matrix holding ellipsoidal grains, pores and inclusions.
 
     Grains are solid (label ``SOLID``) whose attenuation differs a little from the matrix's,
@@ -256,10 +265,6 @@ class RockPhantom:
     labels_of_shapes: np.ndarray
     mus: np.ndarray
     mu_matrix: float = 0.005
-
-    @property
-    def n_cols(self) -> int:
-        return self.shape[2]
 
     def _forms(self) -> np.ndarray:
         """Quadratic forms ``M = R diag(1 / a^2) R^T``: a point ``p`` is inside if ``p M p <= 1``."""
@@ -311,10 +316,6 @@ class RockPhantom:
             ellipsoid_chord = 2.0 * np.sqrt(np.clip(half_b**2 - a * c, 0.0, None)) / a
             sinogram[rows, cols] += (mu - self.mu_matrix) * ellipsoid_chord
         return sinogram
-
-    def sinogram(self, angles: np.ndarray) -> np.ndarray:
-        """Projections ``(n_angles, n_slices, n_cols)`` at ``angles`` radians (float32)."""
-        return np.stack([self.project(theta) for theta in np.asarray(angles, dtype=float)])
 
 
 def make_rock(
@@ -379,7 +380,7 @@ class _EllipsoidPacker:
     """Random sequential addition of non-overlapping ellipsoids (by bounding spheres) in a cylinder."""
 
     def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], radius: float) -> None:
-        self.rng, self.shape, self.radius = rng, tuple(int(s) for s in shape), float(radius)
+        self.rng, self.shape, self.radius = rng, _shape3(shape), float(radius)
         self.centers: list[np.ndarray] = []
         self.reach: list[float] = []
         self.axes: list[np.ndarray] = []
@@ -452,7 +453,7 @@ def measure(
 ) -> np.ndarray:
     """Line integrals as a detector returns them after flat/dark correction (float32).
 
-    A simpler, faster stand-in for the simulated detector in :mod:`tomolive.devices`, for
+    A simpler, faster stand-in for the simulated detector in :mod:`tomolive.sim.devices`, for
     making many training and test scans.
 
     Parameters
@@ -501,6 +502,12 @@ def _add_chord(
     rows, cols = _window(v, zc, r), _window(u, uc, r)
     d2 = (v[rows, None] - zc) ** 2 + (u[None, cols] - uc) ** 2
     sinogram[rows, cols] += excess * 2.0 * np.sqrt(np.clip(r * r - d2, 0.0, None))
+
+
+def _shape3(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A volume shape as three Python ints (numpy integers in a shape break JSON metadata)."""
+    nz, ny, nx = shape
+    return int(nz), int(ny), int(nx)
 
 
 def _grid(n: int) -> np.ndarray:

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import tifffile
 import zarr
 from tiled.client.base import BaseClient
 from tqdm import tqdm
 
-from .errors import BadInputError, MissingDataError
-from .store import fetched_here, jsonable, now
+from ..errors import BadInputError, MissingDataError
+from ..store import fetched_here, jsonable, now
+from .writers import write_dxchange
 
 FORMATS = ("tiff", "hdf5", "zarr")
 SUFFIXES = {"tiff": "-tiff", "hdf5": ".h5", "zarr": ".zarr"}
@@ -140,7 +140,7 @@ def _array_attrs(array: BaseClient) -> dict[str, Any]:
     return {**jsonable(array.metadata), "dims": list(array.dims or ("z", "y", "x"))}
 
 
-def write_tiff(out: Path, sources: dict[str, BaseClient], metadata: dict, progress: bool) -> int:
+def _write_tiff(out: Path, sources: dict[str, BaseClient], metadata: dict, progress: bool) -> int:
     """One TIFF per slice, ``<array>_<zzzzz>.tif``, and ``metadata.json`` in folder ``out``."""
     out.mkdir(parents=True)
     metadata = {**metadata, "array_metadata": {n: _array_attrs(a) for n, a in sources.items()}}
@@ -158,36 +158,39 @@ def write_tiff(out: Path, sources: dict[str, BaseClient], metadata: dict, progre
     return _copy(sources, open_target, progress)
 
 
-def write_dxchange(out: Path, sources: dict[str, BaseClient], metadata: dict, progress: bool) -> int:
-    """A DXchange-style HDF5 file: ``/exchange/data`` is the first array (see module doc)."""
-    first = next(iter(sources))
-    with h5py.File(out, "w-") as f:
-        f.create_dataset("implements", data="exchange:measurement:process")
-        f.create_dataset("measurement/sample/name", data=str(metadata.get("sample") or ""))
-        process = f.create_group("process/tomolive")
-        process.create_dataset("provenance", data=json.dumps(metadata.get("provenance", {})))
-        rest = {k: v for k, v in metadata.items() if k != "provenance"}
-        process.create_dataset("metadata", data=json.dumps(rest))
-        process.attrs.update({k: str(rest.get(k)) for k in ("raw_uid", "status", "tiled_uri", "exported")})
+class _Slabs:
+    """A Tiled volume as a frame source for :func:`~tomolive.io.writers.write_dxchange`: whole slabs."""
 
-        def open_target(name: str, array: BaseClient, rows: int) -> SlabWriter:
-            path = "exchange/data" if name == first else f"exchange/{name}"
-            dataset = f.create_dataset(path, shape=array.shape, dtype=array.dtype, chunks=(1, *array.shape[1:]))
-            attrs = _array_attrs(array)
-            dataset.attrs.update(
-                {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()}
-            )
-            dataset.attrs.update(axes=":".join(attrs["dims"]), tomolive_array=name)
+    def __init__(self, array: BaseClient):
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
 
-            def write(z0: int, slab: np.ndarray) -> None:
-                dataset[z0 : z0 + len(slab)] = slab
-
-            return write
-
-        return _copy(sources, open_target, progress)
+    def batches(self) -> Iterator[np.ndarray]:
+        for _, slab in slabs(self.array, slab_rows(self.array)):
+            yield slab
 
 
-def write_zarr(out: Path, sources: dict[str, BaseClient], metadata: dict, progress: bool) -> int:
+def _dxchange_attrs(name: str, array: BaseClient) -> dict[str, Any]:
+    attrs = _array_attrs(array)
+    return {**attrs, "axes": ":".join(attrs["dims"]), "tomolive_array": name}
+
+
+def _write_hdf5(out: Path, sources: dict[str, BaseClient], metadata: dict, progress: bool) -> int:
+    """A DXchange file: ``/exchange/data`` is the first array (see the module docstring)."""
+    total = sum(int(a.nbytes) for a in sources.values())
+    with tqdm(total=total, unit="B", unit_scale=True, desc="export", disable=not progress) as bar:
+        write_dxchange(
+            out,
+            volumes={name: _Slabs(array) for name, array in sources.items()},
+            attrs={name: _dxchange_attrs(name, array) for name, array in sources.items()},
+            sample=str(metadata.get("sample") or ""),
+            process=metadata,
+            on_write=bar.update,
+        )
+    return total
+
+
+def _write_zarr(out: Path, sources: dict[str, BaseClient], metadata: dict, progress: bool) -> int:
     """A Zarr v3 group: arrays chunked as in Tiled, metadata as attributes."""
     group = zarr.open_group(out, mode="w-")
     group.attrs.update(metadata)
@@ -206,7 +209,7 @@ def write_zarr(out: Path, sources: dict[str, BaseClient], metadata: dict, progre
 
 
 WRITERS: dict[str, Callable[[Path, dict[str, BaseClient], dict, bool], int]] = {
-    "tiff": write_tiff,
-    "hdf5": write_dxchange,
-    "zarr": write_zarr,
+    "tiff": _write_tiff,
+    "hdf5": _write_hdf5,
+    "zarr": _write_zarr,
 }

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from bluesky import RunEngine
 from PIL import Image
 
-from .callbacks import TomoPipeline
-from .config import Settings
+from ..callbacks import TomoPipeline
+from ..config import Settings
+from ..plans import tomo_scan
+from ..qc import psnr
+from ..server import running_server
+from ..store import connect
 from .devices import make_sim_beamline
 from .phantoms import make_foam
-from .plans import tomo_scan
-from .qc import psnr
-from .server import running_server
-from .store import connect
 
 SAMPLE = "demo-foam"
 
@@ -43,20 +44,19 @@ def run_demo(
             RE.subscribe(pipe)
             start = time.perf_counter()
             print(f"scanning {n_angles} projections of {rows}x{size} pixels ...", flush=True)
-            (uid,) = RE(
-                tomo_scan(
-                    beamline.detector,
-                    beamline.rotation,
-                    angles,
-                    n_darks=10,
-                    n_flats=10,
-                    shutter=beamline.shutter,
-                    sample_x=beamline.sample_x,
-                    sample_out=beamline.sample_out,
-                    pixel_size=1.0,
-                    md={"sample": SAMPLE},
-                )
+            plan = tomo_scan(
+                beamline.detector,
+                beamline.rotation,
+                angles,
+                n_darks=10,
+                n_flats=10,
+                shutter=beamline.shutter,
+                sample_x=beamline.sample_x,
+                sample_out=beamline.sample_out,
+                pixel_size=1.0,
+                md={"sample": SAMPLE},
             )
+            (uid,) = cast(tuple[str, ...], RE(plan))  # a RunEngine made as above returns the run uids
             scanned = time.perf_counter()
             outcome = pipe.wait(uid)
             done = time.perf_counter()

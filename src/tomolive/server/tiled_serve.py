@@ -1,14 +1,13 @@
 """The Tiled server process: create the profile's databases here, then run ``tiled serve config``.
 
-``python -m tomolive.tiled_serve PROFILE [tiled serve config options]`` is what
-:func:`tomolive.server.running_server` starts. Tiled creates a catalog database by starting
-``tiled catalog init`` in a subprocess on every start, and a new authentication database
-with ``tiled admin initialize-database``; each imports Tiled again (12 s and 4.6 s on a
-2-core machine). This process has imported Tiled already to serve, and creates both in
-well under a second (0.57 s measured for a new catalog). A server start went from 24.1 to
-12.4 s on a new data directory and from 19.7 to 10.5 s on an existing one. The profiles
-therefore leave the catalog's ``init_if_not_exists`` off; the authentication database's
-stays on, a fall-back Tiled takes only if it finds that database missing.
+``python -m tomolive.server.tiled_serve PROFILE [tiled serve config options]`` is what
+:func:`tomolive.server.launch.running_server` starts. Tiled creates a catalog database by
+starting ``tiled catalog init`` in a subprocess on every start, and a new authentication
+database with ``tiled admin initialize-database``; each imports Tiled again. This process has
+imported Tiled already to serve, so creating both here halves a server start
+(docs/measurements/moves.md). The profiles therefore leave the catalog's
+``init_if_not_exists`` off; the authentication database's stays on, a fall-back Tiled takes
+only if it finds that database missing.
 
 It also makes Tiled look up a request's API key once instead of three or four times
 (:mod:`tomolive.store.internals`): half of a request's server CPU.
@@ -38,9 +37,9 @@ from tiled.commandline.main import cli_app
 from tiled.config import parse_configs
 from tiled.utils import ensure_specified_sql_driver
 
-from .store import internals
+from ..store import internals
 
-USAGE = "usage: python -m tomolive.tiled_serve PROFILE [tiled serve config options]"
+USAGE = "usage: python -m tomolive.server.tiled_serve PROFILE [tiled serve config options]"
 SCHEMAS = {
     "auth": (authn_schema, authn_migrations, "tiled admin"),
     "catalog": (catalog_schema, catalog_migrations, "tiled catalog"),

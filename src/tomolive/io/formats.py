@@ -1,4 +1,4 @@
-"""Stored tomography scans: read DXchange and NeXus/NXtomo HDF5 files lazily, write small ones.
+"""Stored tomography scans: read DXchange and NeXus/NXtomo HDF5 files lazily.
 
 :func:`open_scan` recognises two layouts and returns a :class:`StoredScan` whose frames stay
 in the file until asked for, so a 2048^3 scan can be replayed or processed frame by frame:
@@ -12,6 +12,7 @@ in the file until asked for, so a 2048^3 scan can be replayed or processed frame
   ``imaging/gts_theta_value`` and whose frames sit in other files behind external links.
 
 Angles are returned in degrees; a dataset whose ``units`` attribute says radians is converted.
+:mod:`tomolive.io.writers` writes both layouts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import BadInputError, MissingDataError
+from ..errors import BadInputError, MissingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,8 @@ class FrameStack:
     def batches(self, max_bytes: int = BATCH_BYTES) -> Iterator[np.ndarray]:
         """Every frame in order, read as ``(k, rows, cols)`` arrays of at most ``max_bytes``
         (one frame when a frame is larger); a batch ends where the stack's frames stop being
-        adjacent in the source (flats between projections), so each is one slice read.
-
-        From Tiled one read is one request, where a request per frame cost ~0.1 s of server
-        time whatever the frame's size.
+        adjacent in the source (flats between projections), so each is one slice read: from
+        Tiled one request, which costs about the same whatever its size (docs/measurements/moves.md).
         """
         frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         step = max(1, max_bytes // max(frame_bytes, 1))
@@ -345,124 +344,3 @@ def _text(value: Any) -> str:
     if isinstance(value, np.ndarray):
         value = value.ravel()[0] if value.size else ""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def write_dxchange(
-    path: str | Path,
-    projections: Any,
-    flats: Any,
-    darks: Any,
-    angles_deg: Any = None,
-    *,
-    sample: str | None = None,
-) -> Path:
-    """Write a DXchange HDF5 file (``/exchange/...``, one HDF5 chunk per frame).
-
-    Parameters
-    ----------
-    path : path
-        The file to create (replaced if present).
-    projections, flats, darks : array-like or FrameStack
-        Frames ``(n, rows, cols)``; written frame by frame, so stacks need not fit in memory.
-    angles_deg : array-like, optional
-        One angle per projection, in degrees; omitted from the file when None.
-    sample : str, optional
-        Written to ``/measurement/sample/name``.
-    """
-    projections, flats, darks = _stacks(projections, flats, darks)
-    angles = None if angles_deg is None else _angles(angles_deg, len(projections))
-    path = Path(path)
-    with h5py.File(path, "w") as f:
-        f["implements"] = "exchange:measurement"
-        for name, frames in (("data", projections), ("data_white", flats), ("data_dark", darks)):
-            _write_frames(f, f"exchange/{name}", frames)
-        if angles is not None:
-            f["exchange/theta"] = angles
-            f["exchange/theta"].attrs["units"] = "degrees"
-        if sample is not None:
-            f["measurement/sample/name"] = sample
-    return path
-
-
-def write_nxtomo(
-    path: str | Path,
-    projections: Any,
-    flats: Any,
-    darks: Any,
-    angles_deg: Any,
-    *,
-    sample: str | None = None,
-) -> Path:
-    """Write a NeXus NXtomo file: darks, then flats, then projections in one frame stack.
-
-    Frames go to ``/entry/instrument/detector/data`` with ``image_key`` beside them and
-    ``/entry/sample/rotation_angle`` (degrees; flats and darks get the first angle);
-    ``/entry/data`` links all three, as the NXtomo definition asks. Parameters as for
-    :func:`write_dxchange`, but ``angles_deg`` is required.
-    """
-    projections, flats, darks = _stacks(projections, flats, darks)
-    angles = _angles(angles_deg, len(projections))
-    parts = ((darks, "dark"), (flats, "flat"), (projections, "projection"))
-    keys = np.concatenate([np.full(len(frames), IMAGE_KEYS[k], np.int32) for frames, k in parts])
-    frame_angles = np.concatenate([np.full(len(darks) + len(flats), angles[0]), angles])
-    path = Path(path)
-    with h5py.File(path, "w") as f:
-        entry = _nx_group(f, "entry", "NXentry")
-        entry["definition"] = "NXtomo"
-        _nx_group(entry, "instrument", "NXinstrument")
-        detector = _nx_group(entry, "instrument/detector", "NXdetector")
-        _write_frames(detector, "data", *[frames for frames, _ in parts])
-        detector["image_key"] = keys
-        sample_group = _nx_group(entry, "sample", "NXsample")
-        sample_group["rotation_angle"] = frame_angles
-        sample_group["rotation_angle"].attrs["units"] = "degree"
-        if sample is not None:
-            sample_group["name"] = sample
-        data = _nx_group(entry, "data", "NXdata")
-        data.attrs["signal"] = "data"
-        for name, target in (
-            ("data", detector["data"]),
-            ("image_key", detector["image_key"]),
-            ("rotation_angle", sample_group["rotation_angle"]),
-        ):
-            data[name] = h5py.SoftLink(target.name)
-    return path
-
-
-def _stacks(*stacks: Any) -> list[Any]:
-    """Each input as something with shape, dtype and frame indexing; frame shapes must agree."""
-    out = [s if isinstance(s, FrameStack) else np.asarray(s) for s in stacks]
-    for name, frames in zip(("projections", "flats", "darks"), out):
-        if len(frames.shape) != 3 or frames.shape[1:] != out[0].shape[1:]:
-            raise BadInputError(
-                f"{name} must be frames (n, rows, cols) of the projections' frame shape "
-                f"{tuple(out[0].shape[1:])!r}; got shape {tuple(frames.shape)!r}."
-            )
-    return out
-
-
-def _angles(angles_deg: Any, n: int) -> np.ndarray:
-    angles = np.asarray(angles_deg, dtype=np.float64)
-    if angles.shape != (n,):
-        raise BadInputError(f"angles_deg must hold one angle per projection, shape ({n},); got {angles.shape!r}.")
-    return angles
-
-
-def _write_frames(group: h5py.Group, name: str, *stacks: Any) -> None:
-    """Concatenate ``stacks`` into dataset ``name``, one frame (and HDF5 chunk) at a time."""
-    n = sum(len(frames) for frames in stacks)
-    shape = (n, *stacks[0].shape[1:])
-    dtype = np.result_type(*[frames.dtype for frames in stacks])
-    chunks = (1, *shape[1:]) if n else None
-    dataset = group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
-    i = 0
-    for frames in stacks:
-        for j in range(len(frames)):
-            dataset[i] = frames[j]
-            i += 1
-
-
-def _nx_group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
-    group = parent.require_group(name)
-    group.attrs["NX_class"] = nx_class
-    return group

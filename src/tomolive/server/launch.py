@@ -20,11 +20,11 @@ from pathlib import Path
 
 import httpx
 
-from .config import Settings, split_password
-from .errors import TomoliveError
+from ..config import Settings, split_password
+from ..errors import TomoliveError
 from .keys import issue_writer_key, principal_of
 
-SERVER_MODULE = "tomolive.tiled_serve"
+SERVER_MODULE = "tomolive.server.tiled_serve"
 """What the server process runs (``python -m``): find it among child processes by this."""
 
 
@@ -35,7 +35,7 @@ def config_path(settings: Settings) -> Path:
 
 
 def server_command(settings: Settings, admin_password: str) -> tuple[list[str], dict[str, str]]:
-    """The server's command line (``tiled serve config`` by way of :mod:`tomolive.tiled_serve`) and environment."""
+    """The server's command line (``tiled serve config`` by way of :mod:`tomolive.server.tiled_serve`) and environment."""
     data_dir = settings.data_dir.absolute()
     (data_dir / "zarr").mkdir(parents=True, exist_ok=True)
     auth_uri, auth_password = split_password(settings.auth_db_uri)
@@ -68,7 +68,7 @@ def wait_until_up(uri: str, timeout: float = 180.0, process: subprocess.Popen | 
     """Poll the server's API root until it answers, the process dies, or ``timeout`` passes.
 
     One client serves every poll: a new one per poll builds a TLS context each time, which
-    cost as much CPU as the starting server itself.
+    is costly in CPU (docs/measurements/moves.md).
     """
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as http:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from .errors import TomoliveError
+from ..errors import TomoliveError
 
 PROVIDER = "tomolive"
 ADMIN_USER = "tomolive-admin"

@@ -2,8 +2,8 @@
 
 The frames go through the same engine run (:class:`~tomolive.engine.Run`) the live callback
 uses (same normalisation, spool, preview, reconstruction and provenance), read in batches
-of up to 64 MB (:meth:`~tomolive.formats.FrameStack.batches`) from a DXchange/NeXus file
-(:mod:`tomolive.formats`) or from a raw Bluesky run saved in Tiled by bluesky-tiled-plugins'
+of up to 64 MB (:meth:`~tomolive.io.formats.FrameStack.batches`) from a DXchange/NeXus file
+(:mod:`tomolive.io.formats`) or from a raw Bluesky run saved in Tiled by bluesky-tiled-plugins'
 ``TiledWriter``.
 """
 
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import BadInputError, MissingDataError
+from ..errors import BadInputError, MissingDataError
+from ..store import connect, fetched_here
 from .formats import FrameStack, StoredScan, open_scan
-from .store import connect, fetched_here
 
 if TYPE_CHECKING:
-    from .engine import Engine, ProcessedRun, Technique
+    from ..engine import Engine, ProcessedRun, Technique
 
 RUN_STREAMS = {"darks": "dark", "flats": "flat", "projections": "primary"}
 
@@ -31,10 +31,8 @@ def is_tiled_uri(source: str) -> bool:
 
 
 class _FetchedHere:
-    """A Tiled array whose slices this process fetches (see :func:`~tomolive.store.fetched_here`).
-
-    Through a distributed default client, a 16x96 frame took 0.6 s to read.
-    """
+    """A Tiled array whose slices this process fetches (see :func:`~tomolive.store.fetched_here`),
+    not a distributed default client, which is slow for small reads (docs/measurements/moves.md)."""
 
     def __init__(self, array: Any):
         self.array = array

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import h5py
 import numpy as np
 
-from .errors import BadInputError, MissingDataError
+from ..errors import BadInputError, MissingDataError
 
 HDF5_MIMETYPE = "application/x-hdf5"
 AD_HDF5_DATASET = "/entry/data/data"  # areaDetector's HDF5 plugin layout

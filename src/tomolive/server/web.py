@@ -1,6 +1,6 @@
 """The web view: a static page served by the Tiled server itself.
 
-``tiled_config/*.yml`` lists ``tomolive.web:router`` under ``routers:``; Tiled mounts it at
+``tiled_config/*.yml`` lists ``tomolive.server.web:router`` under ``routers:``; Tiled mounts it at
 ``/custom``, so the page is ``<server>/custom/tomolive/``. The page holds no data and no key:
 it reads everything through Tiled's own API. Opened as ``...?api_key=KEY``, Tiled's
 ``move_api_key`` turns the key into an HttpOnly cookie (as Tiled's own UI does) and the
@@ -31,7 +31,7 @@ def web_url(server_uri: str) -> str:
 
 
 def _static(name: str, media_type: str) -> Response:
-    content = (files("tomolive") / "static" / name).read_bytes()
+    content = (files("tomolive.server") / "static" / name).read_bytes()
     return Response(content, media_type=media_type, headers=HEADERS)
 
 

@@ -1,0 +1,17 @@
+"""Simulation: phantoms with ground truth (:mod:`~tomolive.sim.phantoms`), simulated ophyd
+devices (:mod:`~tomolive.sim.devices`) and ``tomolive demo`` (:mod:`~tomolive.sim.demo`).
+"""
+
+from .devices import SimBeamline, SimTomoDetector, make_sim_beamline
+from .phantoms import FoamPhantom, RockPhantom, make_foam, make_rock, measure
+
+__all__ = [
+    "FoamPhantom",
+    "RockPhantom",
+    "SimBeamline",
+    "SimTomoDetector",
+    "make_foam",
+    "make_rock",
+    "make_sim_beamline",
+    "measure",
+]
