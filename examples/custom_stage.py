@@ -85,8 +85,6 @@ def main() -> None:
     from tomolive.callbacks import TomoPipeline
     from tomolive.plans import tomo_scan
     from tomolive.sim import make_foam, make_sim_beamline
-    from tomolive.sim.devices import make_sim_beamline
-    from tomolive.sim.phantoms import make_foam
     from tomolive.techniques.tomo import PipelineParams
 
     with tempfile.TemporaryDirectory(prefix="tomolive-example-stages-") as site:

@@ -124,7 +124,6 @@ def cmd_process(args: argparse.Namespace) -> int:
     """Reconstruct a stored scan (file or raw Tiled run) into the Tiled server, no RunEngine."""
     from .engine import Engine
     from .io.offline import open_source, process_scan
-    from .pipeline import PipelineParams
     from .store import connect
     from .techniques.tomo import PipelineParams, TomoTechnique
 
