@@ -63,7 +63,7 @@ class TomoPipeline:
         **engine_options: Any,
     ):
         self.engine = Engine(client, **engine_options)
-        self.techniques: tuple[Technique, ...] = tuple(techniques or (TomoTechnique(params),))
+        self.techniques: tuple[Technique, ...] = tuple(techniques) if techniques else (TomoTechnique(params),)
         self._runs: dict[str, _RunDocuments] = {}  # open and recent runs by uid
         self._router = RunRouter([self._factory])
         self.engine.io.submit(_import_array_client)  # ~2 s once: off the path to the first preview
@@ -116,7 +116,8 @@ class TomoPipeline:
             return None
         if name in ("event", "event_page"):
             return next((run for run in self._runs.values() if doc.get("descriptor") in run.descriptors), None)
-        return self._runs.get(doc.get("run_start")) if name != "start" else None
+        run_start = doc.get("run_start")
+        return self._runs.get(run_start) if isinstance(run_start, str) and name != "start" else None
 
     def _reject(self, name: str, doc: Any, run: _RunDocuments | None, err: Exception) -> None:
         """A document that could not be routed: fail its run, else every open run."""

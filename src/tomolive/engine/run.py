@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..stages import StageContext
+from ..store import check_status
 from .progress import ProgressReporter
 from .provenance import Provenance
 
@@ -308,7 +309,7 @@ class Run:
         try:
             store = self.store.result()
             self.acquisition.discard(store)
-            self.engine.patiently(lambda: store.set_status(status, **extra), f"mark it {status}")
+            self.engine.patiently(lambda: store.set_status(check_status(status), **extra), f"mark it {status}")
             return ProcessedRun(self.uid, status, store.uri, reason)
         except Exception as err:
             if not self.engine.is_unreachable(err):
@@ -316,7 +317,7 @@ class Run:
                 return ProcessedRun(self.uid, status, None, reason)
         self.acquisition.discard(None)
         entry = self.engine.open_outbox(self.uid, self.metadata)
-        entry.set_status(status, **extra)
+        entry.set_status(check_status(status), **extra)
         logger.error("Tiled is unreachable: status %r of run %s kept in %s", status, self.uid, entry.describe())
         return ProcessedRun(self.uid, status, None, reason, str(entry.path))
 

@@ -49,10 +49,17 @@ class Acquisition(Protocol):
 class Technique(Protocol):
     """One measurement technique on the engine."""
 
-    name: str
-    params: Any
-    layout: Sequence[str]
-    """The arrays a processed result of this technique may hold (``processed/<uid>/<key>``)."""
+    @property
+    def name(self) -> str:
+        """Recorded in provenance as ``parameters.technique``."""
+
+    @property
+    def params(self) -> Any:
+        """Its parameters (with ``as_dict()``), recorded in provenance."""
+
+    @property
+    def layout(self) -> Sequence[str]:
+        """The arrays a processed result of this technique may hold (``processed/<uid>/<key>``)."""
 
     def claims(self, start_doc: Mapping[str, Any]) -> bool:
         """Whether runs with this start document are this technique's."""

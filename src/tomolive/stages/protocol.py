@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 class Stage(Protocol):
     """One step of processing: ``run(ctx)`` does it, ``name`` names it in results and provenance."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def run(self, ctx: StageContext) -> None: ...
 

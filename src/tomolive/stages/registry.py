@@ -118,9 +118,13 @@ def load_stage(name: str) -> RegisteredStage:
     ep = found[name]
     loaded = ep.load()
     dist = ep.dist
-    source = {"distribution": dist.name if dist else None, "version": dist.version if dist else None, "value": ep.value}
+    origin: dict[str, Any] = {
+        "distribution": dist.name if dist else None,
+        "version": dist.version if dist else None,
+        "value": ep.value,
+    }
     if isinstance(loaded, BlockStage):
-        return RegisteredStage(name, replace(loaded, name=name, origin=source), source)
+        return RegisteredStage(name, replace(loaded, name=name, origin=origin), origin)
     if isinstance(loaded, Stage):
-        return RegisteredStage(name, loaded, source)
-    return RegisteredStage(name, BlockStage(loaded, name=name, origin=source), source)
+        return RegisteredStage(name, loaded, origin)
+    return RegisteredStage(name, BlockStage(loaded, name=name, origin=origin), origin)

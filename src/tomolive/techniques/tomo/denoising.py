@@ -44,6 +44,8 @@ def split_block(
 
     from ...denoise import split_reconstructions
 
+    if params.denoise is None:
+        raise BadInputError("split_block: params.denoise is None; give a DenoiseConfig to denoise.")
     start = time.perf_counter()
     projections = read_rows(spool_path, *rows)
     if params.stripe_method != "none":

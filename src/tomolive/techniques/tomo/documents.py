@@ -36,24 +36,24 @@ class TomoDocuments(DocumentRouter):
         self.frames_waiting: dict[tuple[str, int], np.ndarray] = {}
         self.events_waiting: dict[tuple[str, int], float | None] = {}
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: Any) -> None:
         if self.field not in doc["data_keys"]:
             raise BadInputError(
                 f"stream {doc['name']!r} has no image field {self.field!r}; data keys are {sorted(doc['data_keys'])!r}."
             )
         self.streams[doc["uid"]] = doc["name"]
 
-    def resource(self, doc: dict) -> None:
+    def resource(self, doc: Any) -> None:
         self.assets.resource(doc)
 
-    def datum_page(self, doc: dict) -> None:
+    def datum_page(self, doc: Any) -> None:
         for datum in unpack_datum_page(doc):
             self.assets.datum(datum)
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: Any) -> None:
         self.assets.stream_resource(doc)
 
-    def stream_datum(self, doc: dict) -> None:
+    def stream_datum(self, doc: Any) -> None:
         batch = self.assets.stream_datum(doc, data_key=self.field)
         if batch is None:
             return
@@ -64,7 +64,7 @@ class TomoDocuments(DocumentRouter):
             else:
                 self.frames_waiting[key] = frame
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: Any) -> Any:
         descriptor = doc["descriptor"]
         if self.streams.get(descriptor) not in STREAM_ROLES:
             return
@@ -89,7 +89,7 @@ class TomoDocuments(DocumentRouter):
     def _frame(self, descriptor: str, image: Any, angle: float | None) -> None:
         self.run.add(STREAM_ROLES[self.streams[descriptor]], np.asarray(image), angle)
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: Any) -> None:
         """A successful stop: every event must have its frame (the engine then finishes the run)."""
         if self.events_waiting:
             raise MissingDataError(

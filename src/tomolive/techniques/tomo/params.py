@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ...errors import BadInputError
 from ...stages import check_stage_names
@@ -83,15 +83,15 @@ class PipelineParams:
         Keyword parameters per extra stage, e.g. ``{"median": {"size": 3}}``.
     """
 
-    flat_reduce: str = "median"
+    flat_reduce: Literal["median", "mean"] = "median"
     zinger_threshold: float | None = None
     paganin: PaganinParams | None = None
     method: str = "auto"
     filter: str = "ramp"
     center: float | None = None
-    center_method: str = "auto"
+    center_method: Literal["auto", "registration", "vo"] = "auto"
     center_rows: int = 8
-    stripe_method: str = "none"
+    stripe_method: Literal["none", "sort", "combined"] = "none"
     rows_per_block: int = 16
     segment: str | None = None
     n_phases: int | None = None

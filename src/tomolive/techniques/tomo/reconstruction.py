@@ -186,6 +186,6 @@ def submit_reconstruction(
     )
     with_slices = {i: run.futures[i] for i in first}
     for i, future in with_slices.items():
-        run.futures[i] = client.submit(_without_slices, future, key=future.key.replace("-block-", "-timing-", 1))
+        run.futures[i] = client.submit(_without_slices, future, key=str(future.key).replace("-block-", "-timing-", 1))
     run.behind = tuple(with_slices.values())
     return Reconstruction(center, target, blocks, run, gpu is not None, provenance, started, with_slices)

@@ -17,6 +17,7 @@ import math
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -143,7 +144,7 @@ class ProjectionSpool:
 
 def _write_all(file: io.FileIO, data: np.ndarray) -> None:
     """Write the C-contiguous ``data`` to ``file`` (unbuffered: in the file on return)."""
-    view = memoryview(data).cast("B")
+    view = data.data.cast("B")
     while view:
         view = view[file.write(view) :]
 
@@ -203,9 +204,9 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
 
 def _check_raw_float32(array: zarr.Array, path: str) -> None:
     """Raise unless ``array`` is laid out as :meth:`ProjectionSpool.create` makes spools."""
-    codecs = getattr(array.metadata, "codecs", ())  # Zarr v2 metadata has none: not a spool
+    codecs: tuple[Any, ...] = tuple(getattr(array.metadata, "codecs", ()))  # Zarr v2 metadata has none: not a spool
     raw = len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (Endian.little, None)
-    if not (raw and array.dtype == np.float32 and array.ndim == 3 and array.chunks[2] == array.shape[2]):
+    if not (raw and array.dtype == np.float32 and array.ndim == 3 and array.chunks[-1] == array.shape[-1]):
         raise BadInputError(
             f"{path} is not a projection spool: expected uncompressed little-endian float32 "
             f"(angles, rows, columns) chunks of whole frame rows; got dtype {array.dtype}, chunks "
@@ -215,7 +216,7 @@ def _check_raw_float32(array: zarr.Array, path: str) -> None:
 
 def _read_exactly(f: io.RawIOBase, target: np.ndarray, file: Path) -> None:
     """Fill the C-contiguous ``target`` from the start of ``f``."""
-    view = memoryview(target).cast("B")
+    view = target.data.cast("B")
     done = 0
     while done < len(view):
         n = f.readinto(view[done:])

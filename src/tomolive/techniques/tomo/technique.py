@@ -52,15 +52,16 @@ class TomoTechnique:
     def acquisition(self, run: Run) -> TomoAcquisition:
         tomo = run.metadata.get("tomo")
         n_angles = tomo.get("n_angles") if isinstance(tomo, dict) else None
-        valid = isinstance(n_angles, int) and not isinstance(n_angles, bool) and n_angles > 0
-        return TomoAcquisition(run, n_angles if valid else DEFAULT_EXPECTED_ANGLES)
+        if isinstance(n_angles, int) and not isinstance(n_angles, bool) and n_angles > 0:
+            return TomoAcquisition(run, n_angles)
+        return TomoAcquisition(run, DEFAULT_EXPECTED_ANGLES)
 
     def stages(self) -> list[Stage]:
         """Centre, volume, then denoise and segment when asked, QC always, then the user's stages."""
         params = self.params
         optional: list[Stage] = [DenoiseStage()] if params.denoise is not None else []
         optional += [SegmentStage()] if params.segment else []
-        extra = [load_stage(name).stage for name in params.extra_stages]
+        extra: list[Stage] = [load_stage(name).stage for name in params.extra_stages]
         return [CenterStage(), ReconStage(), *optional, QualityStage(), *extra]
 
     def frame_steps(self) -> list[str]:
