@@ -1,8 +1,7 @@
 """Progress reports to a scan's metadata, sent off the processing thread and rate-limited.
 
-A progress update is a metadata PATCH to Tiled: 0.13-0.16 s of the server's CPU on a
-2-core machine (measured), taken from the workers when the server shares their machine.
-Sent inline, each one would delay the processing thread's next step.
+A progress update is a metadata PATCH to Tiled, which costs the server CPU the workers may
+share (docs/measurements/engine.md); sent inline, each would delay the processing thread.
 :class:`ProgressReporter` hands them to an I/O thread, sends a stage's first report at
 once and later ones at most every ``interval_s``, and only ever the newest: progress is
 a state, not a log. A stage's last report (``done == total``), unless it is also its

@@ -21,11 +21,10 @@ from ...engine.blocks import row_blocks, run_blocks
 from ...engine.cluster import gpu_resources
 from ...engine.provenance import Provenance
 from ...errors import BadInputError
-from ...preprocess import remove_stripes
 from ...store import VolumeTarget
 from .params import PipelineParams
-from .reconstruction import recon_resources
-from .spool import ProjectionSpool, read_rows
+from .reconstruction import read_sinograms, recon_resources
+from .spool import ProjectionSpool
 
 if TYPE_CHECKING:  # torch is imported only when the stage runs
     from ...denoise import DenoiseConfig
@@ -47,9 +46,7 @@ def split_block(
     if params.denoise is None:
         raise BadInputError("split_block: params.denoise is None; give a DenoiseConfig to denoise.")
     start = time.perf_counter()
-    projections = read_rows(spool_path, *rows)
-    if params.stripe_method != "none":
-        projections = remove_stripes(projections, params.stripe_method)
+    projections = read_sinograms(spool_path, rows, params)
     splits = split_reconstructions(
         projections,
         angles,

@@ -152,11 +152,8 @@ class LivePreview:
 
     def hold(self) -> None:
         """The scan has ended: drop the frames still queued, and those of a batch being
-        back-projected, and publish nothing more until :meth:`close`. The server and the cores
-        are busier with the start of its volume than with the preview: at 512^2 with 2 Dask
-        workers on 2 cores, 28-41 queued frames took 0.4 s of CPU beside the centre search,
-        and the rest of a batch the thread had already taken 0.02-0.17 s (measured); the
-        volume soon shows every angle."""
+        back-projected, and publish nothing more until :meth:`close`: the cores are better
+        spent on the start of the volume, which soon shows every angle."""
         with self._wake:
             self._held = True
             self.dropped += len(self._pending)

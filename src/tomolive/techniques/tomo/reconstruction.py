@@ -43,6 +43,14 @@ def prepare_projection(image: np.ndarray, flat: np.ndarray, dark: np.ndarray, pa
     return -np.log(np.maximum(retrieved, 1e-6, dtype=np.float32))
 
 
+def read_sinograms(spool_path: str, rows: tuple[int, int], params: PipelineParams) -> np.ndarray:
+    """Rows ``[start, stop)`` of every spooled projection, stripes removed when asked: a block's input."""
+    projections = read_rows(spool_path, *rows)
+    if params.stripe_method != "none":
+        projections = remove_stripes(projections, params.stripe_method)
+    return projections
+
+
 def recon_resources(method: str, gpu: dict[str, float] | None) -> dict[str, float] | None:
     """GPU workers for torch FBP: ``fbp``, and ``auto`` (which takes it on a CUDA worker),
     so that every block of a scan is reconstructed by the same backend."""
@@ -66,9 +74,7 @@ def reconstruct_block(
     otherwise read back and decompress the whole stored chunk.
     """
     start = time.perf_counter()
-    projections = read_rows(spool_path, *rows)
-    if params.stripe_method != "none":
-        projections = remove_stripes(projections, params.stripe_method)
+    projections = read_sinograms(spool_path, rows, params)
     volume = reconstruct(
         projections,
         angles,

@@ -4,8 +4,7 @@ Projections arrive one angle at a time but are reconstructed in blocks of detect
 The scratch array is chunked ``(FRAMES_PER_CHUNK, rows_per_block, n_cols)`` and holds raw
 little-endian float32 (no codec), so each frame is written as it arrives, row block by row
 block, straight to its place in its chunks' files: nothing is buffered in memory, and when
-the scan stops only its last frame is left to write (a 32-frame buffer of 512^2 frames took
-76-92 ms to write at the stop, on the way to the reconstruction). A worker reading a row
+the scan stops only its last frame is left to write. A worker reading a row
 block opens ``n_angles / FRAMES_PER_CHUNK`` files. A chunk's file is whole, as Zarr reads
 it, once its last frame is in or the spool is finished.
 """
@@ -168,8 +167,8 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
 
     The spool's chunks are raw little-endian float32 (see :meth:`ProjectionSpool.create`),
     so they are read from their files straight into the result, with Zarr's metadata naming
-    the files: one copy from the page cache. Zarr's own read path took 11-17 ms per
-    16-row block of a 512^3 scan, this 2-3 ms; it is the first step of every block task.
+    the files: one copy from the page cache, several times faster than Zarr's own read path
+    (docs/measurements/engine.md); it is the first step of every block task.
     A chunk Zarr did not store (all fill value) reads as the fill value.
     """
     array = zarr.open_array(str(path), mode="r")
