@@ -101,7 +101,7 @@ def main() -> None:
             args.uri, api_key=args.api_key, dask=args.dask, params=params, progress=False
         ) as pipe:
             if not installed:
-                pipe.dask_client().run(addsitedir, site)  # the workers load the stages by name too
+                pipe.engine.dask_client().run(addsitedir, site)  # the workers load the stages by name too
             pipe.subscribe(report, kinds=("complete", "failed", "qc_alert"))
             RE = RunEngine()
             RE.subscribe(pipe)
