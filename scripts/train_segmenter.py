@@ -26,23 +26,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from tomolive.ml.segmentation import DEFAULT_MODEL, WEIGHTS_DIR, new_segmenter, save_segmenter, segment_volume
+from tomolive.ml.segmenter_training import IGNORE, TrainSettings, train_segmenter
 from tomolive.phantoms import make_foam, make_rock, measure
 from tomolive.recon import reconstruct
-from tomolive.segment import (
-    DEFAULT_MODEL,
-    PERCENTILES,
-    PHASES,
-    RANGE_SIGMA,
-    WEIGHTS_DIR,
-    dice_scores,
-    intensity_range,
-    new_model,
-    normalize,
-    save_model,
-    segment_volume,
-    stacks,
-)
-from tomolive.unet import IGNORE, TrainSettings, train
+from tomolive.segment import PERCENTILES, PHASES, RANGE_SIGMA, dice_scores, intensity_range, normalize, stacks
 
 SHAPE = (18, 128, 128)
 """Slices and pixels of each simulated scan."""
@@ -189,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(SETTINGS.seed)
     started = time.perf_counter()
-    model = new_model(DEFAULT_MODEL, base=12, device="cpu")
+    model = new_segmenter(DEFAULT_MODEL, base=12, device="cpu")
     print("simulating training scans", flush=True)
     inputs, targets, scans = build_dataset(list(range(N_TRAIN)), model.net.config.context)
     simulated = time.perf_counter() - started
     settings = TrainSettings(**{**asdict(SETTINGS), "steps": args.steps})
     print(f"training on {len(inputs)} slices ({simulated:.0f} s so far)", flush=True)
-    losses = train(model.net, inputs, targets, settings, device=torch.device("cpu"))
+    losses = train_segmenter(model.net, inputs, targets, settings, device=torch.device("cpu"))
     validation = validate(model, VALIDATION_SEED)
     model.record = {
         "script": "scripts/train_segmenter.py",
@@ -222,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    path = save_model(model, args.out)
+    path = save_segmenter(model, args.out)
     print(f"validation Dice: {validation['dice']}")
     print(f"wrote {path} and {path.with_suffix('.json')} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -8,9 +8,9 @@ from bluesky import RunEngine
 from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
-from tomolive.denoise import DenoiseConfig
 from tomolive.devices import make_sim_beamline
-from tomolive.models import find_models
+from tomolive.ml.model_store import find_models
+from tomolive.ml.noise2inverse import DenoiseConfig
 from tomolive.phantoms import make_foam
 from tomolive.pipeline import PipelineParams
 from tomolive.plans import tomo_scan

@@ -24,11 +24,11 @@ from bluesky.callbacks.zmq import RemoteDispatcher
 from tiled.client import from_uri
 from tiled.client.utils import ClientError
 
-from tomolive import denoise, segment
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.errors import BadInputError, TomoliveError
 from tomolive.keys import READ_ONLY_SCOPES, create_key
+from tomolive.ml import model_store, segmentation
 from tomolive.server import running_server
 from tomolive.wire import pack, unpack
 from tomolive.worker import run_worker
@@ -103,21 +103,21 @@ class _Mkdir:
 def test_weights_with_pickled_code_are_refused(tmp_path):
     ran = tmp_path / "code-ran"
     buffer = io.BytesIO()
-    torch.save({"format": denoise.WEIGHTS_FORMAT, "evil": _Mkdir(ran)}, buffer)
+    torch.save({"format": model_store.WEIGHTS_FORMAT, "evil": _Mkdir(ran)}, buffer)
     evil = buffer.getvalue()
     torch.load(io.BytesIO(evil), weights_only=False)  # the payload is live: a plain load runs it
     assert ran.is_dir()
     ran.rmdir()
 
     with pytest.raises(BadInputError, match="not a loadable tomolive weights file"):
-        denoise.model_from_bytes(evil)
+        model_store.model_from_bytes(evil)
     assert not ran.exists()
 
     weights = tmp_path / "evil.pt"
     weights.write_bytes(evil)
     weights.with_suffix(".json").write_text(json.dumps({"architecture": {}, "sha256": "0" * 64}))
     with pytest.raises(BadInputError, match="cannot read the weights"):
-        segment.load_model(weights)
+        segmentation.load_segmenter(weights)
     assert not ran.exists()
 
 

@@ -6,7 +6,7 @@ and the centre-finding confidence, with alerts where a number passes its thresho
 a Dask task: without segmentation it starts as soon as the blocks holding its slices are
 written (:func:`submit_qc` with ``after``), overlapping the rest of the reconstruction.
 Segmentation runs when ``PipelineParams.segment`` names a method: one decision per scan
-(:func:`tomolive.segment.choose_method`), then row blocks on Dask (U-Net blocks on GPU
+(:func:`tomolive.ml.segmentation.choose_method`), then row blocks on Dask (U-Net blocks on GPU
 workers where the cluster has them), each worker writing its ``segmented`` slab, then
 porosity, phase fractions and connected-pore count.
 """
@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 from distributed import Client, Future
 
+from .ml.segmentation import choose_method, segment_volume
 from .pipeline import gpu_resources, run_blocks
 from .provenance import Provenance
 from .qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
-from .segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
+from .segment import intensity_range, otsu_thresholds, phase_statistics
 from .store import VolumeTarget
 
 logger = logging.getLogger(__name__)

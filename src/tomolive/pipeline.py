@@ -42,7 +42,7 @@ from .stages import check_stage_names
 from .store import VolumeTarget
 
 if TYPE_CHECKING:  # torch is imported only when the denoise stage runs
-    from .denoise import DenoiseConfig
+    from .ml.noise2inverse import DenoiseConfig
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class PipelineParams:
         Overrides of :class:`tomolive.qc.QCThresholds` (e.g. ``{"max_ring_severity": 0.01}``);
         QC numbers and alerts are computed for every scan.
     denoise : DenoiseConfig or None
-        Noise2Inverse denoising after the reconstruction (see :mod:`tomolive.denoise`):
+        Noise2Inverse denoising after the reconstruction (see :mod:`tomolive.ml.noise2inverse`):
         ``k`` split reconstructions, a model trained on them (``steps``/``time_budget``),
         stored in Tiled's ``models/`` when the result goes to Tiled, and a ``denoised``
         volume beside ``recon``. None (default) skips it.
@@ -513,7 +513,7 @@ def split_block(
     """Dask task: the ``k`` split reconstructions of rows ``[start, stop)`` into the scratch Zarr."""
     import zarr
 
-    from .denoise import split_reconstructions
+    from .ml.noise2inverse import split_reconstructions
 
     start = time.perf_counter()
     projections = read_rows(spool_path, *rows)
@@ -543,7 +543,8 @@ def denoise_block(
     """Dask task: denoise rows ``[start, stop)`` from the scratch splits and write them to ``target``."""
     import zarr
 
-    from .denoise import denoise, model_from_bytes
+    from .ml.denoising import denoise
+    from .ml.model_store import model_from_bytes
 
     start = time.perf_counter()
     splits = zarr.open_array(scratch_path, mode="r")
@@ -572,12 +573,13 @@ def denoise_scan(
     spool, removed afterwards; the model trains on this thread with ``params.denoise``'s
     budget; inference runs on Dask block by block, on GPU workers where the cluster has
     them (:func:`gpu_resources`). When ``model_client`` (a Tiled root) is
-    given the model is stored there (:func:`tomolive.models.save_model`). Returns its id,
+    given the model is stored there (:func:`tomolive.ml.model_store.save_model`). Returns its id,
     or None when it was not stored.
     """
     import zarr
 
-    from .denoise import model_to_bytes, train
+    from .ml.model_store import model_to_bytes
+    from .ml.noise2inverse import train
 
     config = params.denoise
     if config is None:
@@ -614,7 +616,7 @@ def denoise_scan(
         blob = model_to_bytes(result.model)
         model_id = None
         if model_client is not None:
-            from .models import save_model
+            from .ml.model_store import save_model
 
             model_id = save_model(
                 model_client,
@@ -623,7 +625,7 @@ def denoise_scan(
                 training=result,
                 scan_uids=list(scan_uids),
             )
-        from .models import sha256
+        from .ml.model_store import sha256
 
         provenance.results["denoise"] = {
             "model_id": model_id,
