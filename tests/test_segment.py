@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import shutil
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+import tomolive.ml.segmentation
+import tomolive.segment
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.ml.model_store import sha256
+from tomolive.ml.model_store import find_models, load_model, model_to_bytes, save_model, sha256
 from tomolive.ml.segmentation import (
     DEFAULT_MODEL,
     WEIGHTS_DIR,
@@ -26,6 +29,7 @@ from tomolive.ml.segmenter_training import fine_tune
 from tomolive.phantoms import FoamPhantom, make_foam, make_rock, measure
 from tomolive.recon import reconstruct
 from tomolive.segment import PHASES, dice_scores, intensity_range, phase_statistics
+from tomolive.store import connect
 
 SHAPE = (20, 128, 128)
 ANGLES = np.linspace(0.0, np.pi, 180, endpoint=False)
@@ -239,3 +243,19 @@ def test_bad_inputs_are_named(model: SegmentationModel) -> None:
         phase_statistics(np.full((2, 8, 8), 2, np.uint8), 2)
     labels, _ = segment_volume(np.ones((32, 32), np.float32), model=model)  # one slice in, one out
     assert labels.shape == (32, 32)
+
+
+def test_segmentation_weights_share_the_tiled_model_store(tiled_server, model: SegmentationModel) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    model_id = save_model(client, model.net, sample_class="foam-rock-segment-test", metadata={"phases": PHASES})
+    assert model_id == f"seg-{model.sha256[:16]}"
+    [stored] = find_models(client, sample_class="foam-rock-segment-test")
+    assert stored.metadata["kind"] == model.net.kind and stored.metadata["sha256"] == model.sha256
+    loaded = load_model(client, model_id)
+    assert type(loaded) is type(model.net) and model_to_bytes(loaded) == model_to_bytes(model.net)
+
+
+@pytest.mark.parametrize("module", [tomolive.segment, tomolive.ml.segmentation])
+def test_docstring_examples_run(module) -> None:
+    result = doctest.testmod(module, verbose=False)
+    assert result.failed == 0 and result.attempted >= 3
