@@ -115,8 +115,8 @@ def test_noise2inverse_raises_psnr_against_the_phantom(scan, trained):
     denoised = denoise(trained.model, scan["splits"], config=TRAIN)
     assert denoised.shape == SHAPE and denoised.dtype == np.float32
     gained = psnr(denoised, truth, mask=mask)
-    # Raw 12.6 dB, best Gaussian (an oracle) 23.4 dB, Noise2Inverse 24.1 dB at seed 0
-    # (docs/measurements/ml.md); the issue asks +5 dB.
+    # Bounds below the measured values (docs/measurements/ml.md) by ~3 dB and ~0.7 dB for
+    # other BLAS builds; the issue asks +5 dB.
     assert raw < 14.0
     assert gained - raw > 9.0, (raw, gained)
     assert gained > gaussian + 0.3, (gaussian, gained)

@@ -101,10 +101,12 @@ class UNet(nn.Module):
             [_block(config.in_channels, widths[0], config)]
             + [_block(widths[i], widths[i + 1], config) for i in range(config.depth)]
         )
-        self.up = nn.ModuleList(
-            [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(config.depth)]
-        )
-        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i], config) for i in range(config.depth)])
+        # built deepest level first (the order the decoder runs), then indexed by level
+        levels = range(config.depth - 1, -1, -1)
+        ups = [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels]
+        merges = [_block(2 * widths[i], widths[i], config) for i in levels]
+        self.up = nn.ModuleList(ups[::-1])
+        self.merge = nn.ModuleList(merges[::-1])
         self.head = nn.Conv2d(widths[0], config.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +115,7 @@ class UNet(nn.Module):
             x = block(x if level == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         for level in reversed(range(self.config.depth)):
-            x = self.merge[level](torch.cat([skips[level], self.up[level](x)], dim=1))
+            x = self.merge[level](torch.cat([self.up[level](x), skips[level]], dim=1))
         return self.head(x)
 
 
