@@ -6,8 +6,8 @@ are scanned with random dose (300-20000 photons per pixel, or noise-free), angle
 detector stripes (rings), and sometimes smoothed as a denoiser would; they are
 reconstructed by :func:`tomolive.recon.reconstruct` and their exact labels are the
 targets. A held-out foam and rock (other seeds) give the validation Dice written in the
-weights' record. Everything is seeded; on CPU with the same thread count the weights are
-bit-identical (their sha256 is in the record). About 5 minutes on 2 CPU cores (1.5 to
+weights' record. Everything is seeded; on CPU with the same thread count two runs give
+bit-identical weights (the record holds their sha256). About 5 minutes on 2 CPU cores (1.5 to
 simulate, 3.5 to train with one thread).
 
     .venv/bin/python scripts/train_segmenter.py                 # rewrite the shipped weights
