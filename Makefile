@@ -24,6 +24,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 test: lint
 	TMPDIR=$${TMPDIR:-/tmp} MPLBACKEND=Agg $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,7 +11,7 @@ inside the reconstruction circle:
   (sigma, size, weight) chosen by the best PSNR against the phantom. These are ORACLE-tuned
   baselines: no real scan has a ground truth to tune on, so they are upper bounds for
   what each filter can do here. TV is tuned on the middle 32 slices (it is slow);
-- n2i: tomolive.denoise, trained on this scan's own k = 2 split reconstructions within
+- n2i: tomolive.ml.noise2inverse, trained on this scan's own k = 2 split reconstructions within
   the default time budget (DenoiseConfig().time_budget seconds), then inference over the
   whole volume (mean over the k held-out splits).
 
@@ -37,7 +37,8 @@ from _common import append_result, machine_info
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from tomolive.denoise import DenoiseConfig, denoise, split_reconstructions, train
+from tomolive.ml.denoising import denoise
+from tomolive.ml.noise2inverse import DenoiseConfig, split_reconstructions, train
 from tomolive.qc import circle_mask, psnr, snr_cnr
 from tomolive.recon import available_methods, reconstruct
 from tomolive.sim.phantoms import FoamPhantom, make_foam

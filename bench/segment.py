@@ -2,7 +2,7 @@
 
 A foam and a rock phantom (seeds the training script never used) are scanned at low dose
 (1000 photons per pixel by default, ``--photons`` to change) and reconstructed with tomolive's default backend. Each method
-labels the raw reconstruction and a denoised one: Noise2Inverse (:mod:`tomolive.denoise`,
+labels the raw reconstruction and a denoised one: Noise2Inverse (:mod:`tomolive.ml.noise2inverse`,
 trained on the scan itself for a fixed time budget) when it runs here, and a Gaussian
 filter (sigma 1 px) as a plain stand-in. Scored by Dice per phase inside the sample
 cylinder and by the porosity error; speed is slices/s of segmentation alone (best of 2),
@@ -25,8 +25,9 @@ import torch
 from _common import append_result, machine_info
 from scipy import ndimage
 
+from tomolive.ml.segmentation import load_segmenter, segment_volume
 from tomolive.recon import reconstruct
-from tomolive.segment import PHASES, dice_scores, load_model, phase_statistics, segment_volume
+from tomolive.segment import PHASES, dice_scores, phase_statistics
 from tomolive.sim.phantoms import make_foam, make_rock, measure
 
 SEED = 4242
@@ -42,14 +43,14 @@ def scan(phantom, n_angles: int, photons: float, seed: int) -> tuple[np.ndarray,
 def noise2inverse(data: np.ndarray, angles: np.ndarray, seconds: float) -> np.ndarray | None:
     """Noise2Inverse-denoised volume (trained on this scan for ``seconds``), or None if unusable."""
     try:
-        from tomolive import denoise
+        from tomolive.ml import denoising, noise2inverse
     except ImportError as err:
         print(f"  Noise2Inverse unavailable ({err}); Gaussian stand-in only")
         return None
-    splits = denoise.split_reconstructions(data, angles, k=2)
-    config = denoise.DenoiseConfig(time_budget=seconds, device="cpu")
-    result = denoise.train(splits, config)
-    return denoise.denoise(result.model, splits, config=config)
+    splits = noise2inverse.split_reconstructions(data, angles, k=2)
+    config = noise2inverse.DenoiseConfig(time_budget=seconds, device="cpu")
+    result = noise2inverse.train(splits, config)
+    return denoising.denoise(result.model, splits, config=config)
 
 
 def sample_mask(phantom) -> np.ndarray:
@@ -87,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape, n_angles, n2i_seconds = ((16, 128, 128), 180, 30.0) if args.quick else ((32, 256, 256), 360, 90.0)
-    model = load_model(device="cpu")
+    model = load_segmenter(device="cpu")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(
         f"shape {shape}, {n_angles} angles, {args.photons:g} photons; model {model.name} {model.sha256[:12]}; "

@@ -6,8 +6,8 @@ are scanned with random dose (300-20000 photons per pixel, or noise-free), angle
 detector stripes (rings), and sometimes smoothed as a denoiser would; they are
 reconstructed by :func:`tomolive.recon.reconstruct` and their exact labels are the
 targets. A held-out foam and rock (other seeds) give the validation Dice written in the
-weights' record. Everything is seeded; on CPU with the same thread count the weights are
-bit-identical (their sha256 is in the record). About 5 minutes on 2 CPU cores (1.5 to
+weights' record. Everything is seeded; on CPU with the same thread count two runs give
+bit-identical weights (the record holds their sha256). About 5 minutes on 2 CPU cores (1.5 to
 simulate, 3.5 to train with one thread).
 
     .venv/bin/python scripts/train_segmenter.py                 # rewrite the shipped weights
@@ -26,23 +26,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from tomolive.ml.segmentation import DEFAULT_MODEL, WEIGHTS_DIR, new_segmenter, save_segmenter, segment_volume
+from tomolive.ml.segmenter_training import IGNORE, TrainSettings, train_segmenter
 from tomolive.recon import reconstruct
-from tomolive.segment import (
-    DEFAULT_MODEL,
-    PERCENTILES,
-    PHASES,
-    RANGE_SIGMA,
-    WEIGHTS_DIR,
-    dice_scores,
-    intensity_range,
-    new_model,
-    normalize,
-    save_model,
-    segment_volume,
-    stacks,
-)
+from tomolive.segment import PERCENTILES, PHASES, RANGE_SIGMA, dice_scores, intensity_range, normalize, stacks
 from tomolive.sim.phantoms import make_foam, make_rock, measure
-from tomolive.unet import IGNORE, TrainSettings, train
 
 SHAPE = (18, 128, 128)
 """Slices and pixels of each simulated scan."""
@@ -189,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(SETTINGS.seed)
     started = time.perf_counter()
-    model = new_model(DEFAULT_MODEL, base=12, device="cpu")
+    model = new_segmenter(DEFAULT_MODEL, base=12, device="cpu")
     print("simulating training scans", flush=True)
     inputs, targets, scans = build_dataset(list(range(N_TRAIN)), model.net.config.context)
     simulated = time.perf_counter() - started
     settings = TrainSettings(**{**asdict(SETTINGS), "steps": args.steps})
     print(f"training on {len(inputs)} slices ({simulated:.0f} s so far)", flush=True)
-    losses = train(model.net, inputs, targets, settings, device=torch.device("cpu"))
+    losses = train_segmenter(model.net, inputs, targets, settings, device=torch.device("cpu"))
     validation = validate(model, VALIDATION_SEED)
     model.record = {
         "script": "scripts/train_segmenter.py",
@@ -222,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    path = save_model(model, args.out)
+    path = save_segmenter(model, args.out)
     print(f"validation Dice: {validation['dice']}")
     print(f"wrote {path} and {path.with_suffix('.json')} in {time.perf_counter() - started:.0f} s")
     return 0

@@ -8,8 +8,8 @@ from bluesky import RunEngine
 from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
-from tomolive.denoise import DenoiseConfig
-from tomolive.models import find_models
+from tomolive.ml.model_store import find_models
+from tomolive.ml.noise2inverse import DenoiseConfig
 from tomolive.plans import tomo_scan
 from tomolive.qc import circle_mask, psnr
 from tomolive.sim.devices import make_sim_beamline

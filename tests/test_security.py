@@ -24,10 +24,10 @@ from bluesky.callbacks.zmq import RemoteDispatcher
 from tiled.client import from_uri
 from tiled.client.utils import ClientError
 
-from tomolive import denoise, segment
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.errors import BadInputError, TomoliveError
+from tomolive.ml import model_store, segmentation
 from tomolive.server import running_server
 from tomolive.server.keys import READ_ONLY_SCOPES, create_key
 from tomolive.wire import pack, unpack
@@ -103,21 +103,21 @@ class _Mkdir:
 def test_weights_with_pickled_code_are_refused(tmp_path):
     ran = tmp_path / "code-ran"
     buffer = io.BytesIO()
-    torch.save({"format": denoise.WEIGHTS_FORMAT, "evil": _Mkdir(ran)}, buffer)
+    torch.save({"format": model_store.WEIGHTS_FORMAT, "evil": _Mkdir(ran)}, buffer)
     evil = buffer.getvalue()
     torch.load(io.BytesIO(evil), weights_only=False)  # the payload is live: a plain load runs it
     assert ran.is_dir()
     ran.rmdir()
 
     with pytest.raises(BadInputError, match="not a loadable tomolive weights file"):
-        denoise.model_from_bytes(evil)
+        model_store.model_from_bytes(evil)
     assert not ran.exists()
 
     weights = tmp_path / "evil.pt"
     weights.write_bytes(evil)
     weights.with_suffix(".json").write_text(json.dumps({"architecture": {}, "sha256": "0" * 64}))
     with pytest.raises(BadInputError, match="cannot read the weights"):
-        segment.load_model(weights)
+        segmentation.load_segmenter(weights)
     assert not ran.exists()
 
 
@@ -140,9 +140,9 @@ def _keyword(call: ast.Call, name: str) -> object:
 
 def test_every_load_in_the_package_refuses_pickled_code():
     scanned = {path.relative_to(ROOT).as_posix() for path in _package_files()}
-    assert {"src/tomolive/denoise.py", "callbacks/raw_backup.py", "plans/replay_scan.py"} <= scanned
+    assert {"src/tomolive/ml/model_store.py", "callbacks/raw_backup.py", "plans/replay_scan.py"} <= scanned
     torch_loads = _calls("torch.load")
-    assert len(torch_loads) >= 3  # denoise (bytes, checkpoints) and segment
+    assert len(torch_loads) >= 2  # the model store (weights) and training checkpoints
     assert all(_keyword(call, "weights_only") is True for _, call in torch_loads), torch_loads
     assert all(_keyword(call, "allow_pickle") is False for _, call in _calls("np.load"))
     unpicklers = {path.name for name in ("pickle.loads", "pickle.load") for path, _ in _calls(name)}

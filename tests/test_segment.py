@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import shutil
 from collections.abc import Iterator
@@ -12,23 +13,23 @@ import pytest
 import torch
 from scipy import ndimage
 
+import tomolive.ml.segmentation
+import tomolive.segment
 from tomolive.errors import BadInputError, MissingDataError
-from tomolive.recon import reconstruct
-from tomolive.segment import (
+from tomolive.ml.model_store import find_models, load_model, model_to_bytes, save_model, sha256
+from tomolive.ml.segmentation import (
     DEFAULT_MODEL,
-    PHASES,
     WEIGHTS_DIR,
     SegmentationModel,
-    dice_scores,
-    fine_tune,
-    intensity_range,
-    load_model,
-    phase_statistics,
-    save_model,
+    load_segmenter,
+    save_segmenter,
     segment_volume,
-    state_sha256,
 )
+from tomolive.ml.segmenter_training import fine_tune
+from tomolive.recon import reconstruct
+from tomolive.segment import PHASES, dice_scores, intensity_range, phase_statistics
 from tomolive.sim.phantoms import FoamPhantom, make_foam, make_rock, measure
+from tomolive.store import connect
 
 SHAPE = (20, 128, 128)
 ANGLES = np.linspace(0.0, np.pi, 180, endpoint=False)
@@ -70,7 +71,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model() -> SegmentationModel:
-    return load_model(device="cpu")
+    return load_segmenter(device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,8 @@ def foam_volume(foam: FoamPhantom) -> np.ndarray:
 def test_shipped_weights_and_their_record(model: SegmentationModel) -> None:
     pt, record_path = WEIGHTS_DIR / f"{DEFAULT_MODEL}.pt", WEIGHTS_DIR / f"{DEFAULT_MODEL}.json"
     assert pt.stat().st_size < 4 * 2**20
-    state = torch.load(pt, map_location="cpu", weights_only=True)
     record = json.loads(record_path.read_text())
-    assert state_sha256(state) == record["sha256"] == model.sha256
+    assert sha256(pt.read_bytes()) == record["sha256"] == model.sha256
     assert record["script"] == "scripts/train_segmenter.py" and record["phases"] == list(PHASES)
     assert record["torch"] and record["training"]["seed"] == 0 and record["training"]["steps"] > 0
     assert min(record["validation"]["dice"]["foam"].values()) >= 0.95
@@ -144,7 +144,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     record["sha256"] = "0" * 64
     (tmp_path / "m.json").write_text(json.dumps(record))
     with pytest.raises(BadInputError, match="does not match the record"):
-        load_model(tmp_path / "m.pt")
+        load_segmenter(tmp_path / "m.pt")
     _, info = segment_volume(np.random.default_rng(0).random((3, 32, 32)), model=tmp_path / "m.pt")
     assert info["method"] == "otsu" and "corrupt" in info["reason"]
 
@@ -181,7 +181,7 @@ def test_fine_tuning_on_three_slices_learns_an_unseen_sample_class(model: Segmen
     assert np.mean(list(after.values())) > np.mean(list(before.values()))
     assert tuned.record["parent"] == {"name": model.name, "sha256": model.sha256}
     assert tuned.record["fine_tune"]["slices"] == [0, 2, 4] and tuned.sha256 != model.sha256
-    assert model.sha256 == load_model(device="cpu").sha256  # the parent is untouched
+    assert model.sha256 == load_segmenter(device="cpu").sha256  # the parent is untouched
 
 
 def test_fine_tune_takes_a_label_volume_with_unlabelled_pixels(tmp_path: Path, model: SegmentationModel) -> None:
@@ -191,8 +191,8 @@ def test_fine_tune_takes_a_label_volume_with_unlabelled_pixels(tmp_path: Path, m
     tuned = fine_tune(model, _scan(small), labels, steps=2, name="partial", device="cpu")
     assert tuned.name == "partial" and tuned.record["fine_tune"]["slices"] == [2]
     assert tuned.record["fine_tune"]["labelled_pixels"] == 40 * 40
-    path = save_model(tuned, tmp_path / "partial.pt")
-    again = load_model(path, device="cpu")
+    path = save_segmenter(tuned, tmp_path / "partial.pt")
+    again = load_segmenter(path, device="cpu")
     assert again.sha256 == tuned.sha256 and again.record["parent"]["sha256"] == model.sha256
     with pytest.raises(BadInputError, match="no labelled pixel"):
         fine_tune(model, _scan(small), np.full(small.shape, 255, np.uint8), steps=1)
@@ -233,7 +233,7 @@ def test_bad_inputs_are_named(model: SegmentationModel) -> None:
         segment_volume(np.zeros((4, 4)))
     volume = np.zeros((3, 32, 32), dtype=np.float32)
     volume[1, 5, 7] = np.nan
-    with pytest.raises(BadInputError, match=r"NaN/inf at \[z, y, x\] = \(1, 5, 7\)"):
+    with pytest.raises(BadInputError, match=r"volume\[1:2\] contains 1 NaN/inf"):
         segment_volume(volume, "otsu")
     with pytest.raises(BadInputError, match="method: expected one of"):
         segment_volume(np.zeros((3, 32, 32)), "watershed")
@@ -243,3 +243,19 @@ def test_bad_inputs_are_named(model: SegmentationModel) -> None:
         phase_statistics(np.full((2, 8, 8), 2, np.uint8), 2)
     labels, _ = segment_volume(np.ones((32, 32), np.float32), model=model)  # one slice in, one out
     assert labels.shape == (32, 32)
+
+
+def test_segmentation_weights_share_the_tiled_model_store(tiled_server, model: SegmentationModel) -> None:
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    model_id = save_model(client, model.net, sample_class="foam-rock-segment-test", metadata={"phases": PHASES})
+    assert model_id == f"seg-{model.sha256[:16]}"
+    [stored] = find_models(client, sample_class="foam-rock-segment-test")
+    assert stored.metadata["kind"] == model.net.kind and stored.metadata["sha256"] == model.sha256
+    loaded = load_model(client, model_id)
+    assert type(loaded) is type(model.net) and model_to_bytes(loaded) == model_to_bytes(model.net)
+
+
+@pytest.mark.parametrize("module", [tomolive.segment, tomolive.ml.segmentation])
+def test_docstring_examples_run(module) -> None:
+    result = doctest.testmod(module, verbose=False)
+    assert result.failed == 0 and result.attempted >= 3

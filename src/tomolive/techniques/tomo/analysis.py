@@ -6,7 +6,7 @@ and the centre-finding confidence, with alerts where a number passes its thresho
 a Dask task: without segmentation it starts as soon as the blocks holding its slices are
 written (:func:`submit_qc` with ``after``), overlapping the rest of the reconstruction.
 Segmentation runs when ``PipelineParams.segment`` names a method: one decision per scan
-(:func:`tomolive.segment.choose_method`), then row blocks on Dask (U-Net blocks on GPU
+(:func:`tomolive.ml.segmentation.choose_method`), then row blocks on Dask (U-Net blocks on GPU
 workers where the cluster has them), each worker writing its ``segmented`` slab, then
 porosity, phase fractions and connected-pore count.
 """
@@ -24,8 +24,9 @@ import numpy as np
 from distributed import Client, Future
 
 from ...engine.cluster import gpu_resources
+from ...ml.segmentation import choose_method, segment_volume
 from ...qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
-from ...segment import choose_method, intensity_range, otsu_thresholds, phase_statistics, segment_volume
+from ...segment import intensity_range, otsu_thresholds, phase_statistics
 from ...stages import StageContext, VolumeRef, overlapping
 from ...store import VolumeTarget
 

@@ -27,7 +27,7 @@ from .reconstruction import read_sinograms, recon_resources
 from .spool import ProjectionSpool
 
 if TYPE_CHECKING:  # torch is imported only when the stage runs
-    from ...denoise import DenoiseConfig
+    from ...ml.noise2inverse import DenoiseConfig
 
 
 def split_block(
@@ -41,7 +41,7 @@ def split_block(
     """Dask task: the ``k`` split reconstructions of rows ``[start, stop)`` into the scratch Zarr."""
     import zarr
 
-    from ...denoise import split_reconstructions
+    from ...ml.noise2inverse import split_reconstructions
 
     if params.denoise is None:
         raise BadInputError("split_block: params.denoise is None; give a DenoiseConfig to denoise.")
@@ -71,7 +71,8 @@ def denoise_block(
     """Dask task: denoise rows ``[start, stop)`` from the scratch splits and write them to ``target``."""
     import zarr
 
-    from ...denoise import denoise, model_from_bytes
+    from ...ml.denoising import denoise
+    from ...ml.model_store import model_from_bytes
 
     start = time.perf_counter()
     splits = zarr.open_array(scratch_path, mode="r")
@@ -100,12 +101,13 @@ def denoise_scan(
     spool, removed afterwards; the model trains on this thread with ``params.denoise``'s
     budget; inference runs on Dask block by block, on GPU workers where the cluster has
     them (:func:`gpu_resources`). When ``model_client`` (a Tiled root) is
-    given the model is stored there (:func:`tomolive.models.save_model`). Returns its id,
+    given the model is stored there (:func:`tomolive.ml.model_store.save_model`). Returns its id,
     or None when it was not stored.
     """
     import zarr
 
-    from ...denoise import model_to_bytes, train
+    from ...ml.model_store import model_to_bytes
+    from ...ml.noise2inverse import train
 
     config = params.denoise
     if config is None:
@@ -142,7 +144,7 @@ def denoise_scan(
         blob = model_to_bytes(result.model)
         model_id = None
         if model_client is not None:
-            from ...models import save_model
+            from ...ml.model_store import save_model
 
             model_id = save_model(
                 model_client,
@@ -151,7 +153,7 @@ def denoise_scan(
                 training=result,
                 scan_uids=list(scan_uids),
             )
-        from ...models import sha256
+        from ...ml.model_store import sha256
 
         provenance.results["denoise"] = {
             "model_id": model_id,

@@ -9,7 +9,7 @@ from ...errors import BadInputError
 from ...stages import check_stage_names
 
 if TYPE_CHECKING:  # torch is imported only when the denoise stage runs
-    from ...denoise import DenoiseConfig
+    from ...ml.noise2inverse import DenoiseConfig
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class PipelineParams:
         Overrides of :class:`tomolive.qc.QCThresholds` (e.g. ``{"max_ring_severity": 0.01}``);
         QC numbers and alerts are computed for every scan.
     denoise : DenoiseConfig or None
-        Noise2Inverse denoising after the reconstruction (see :mod:`tomolive.denoise`):
+        Noise2Inverse denoising after the reconstruction (see :mod:`tomolive.ml.noise2inverse`):
         ``k`` split reconstructions, a model trained on them (``steps``/``time_budget``),
         stored in Tiled's ``models/`` when the result goes to Tiled, and a ``denoised``
         volume beside ``recon``. None (default) skips it.
