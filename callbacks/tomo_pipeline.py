@@ -74,6 +74,11 @@ class TomoPipeline:
         return cls(connect(uri, api_key=api_key, timeout_s=timeout_s), **kwargs)
 
     @property
+    def client(self) -> Any:
+        """The Tiled client results are written with."""
+        return self.engine.client
+
+    @property
     def params(self) -> Any:
         """The first technique's parameters (tomography's, by default)."""
         return self.techniques[0].params

@@ -22,7 +22,7 @@ from tomolive.sim.phantoms import make_foam
 from tomolive.store import VolumeTarget
 from tomolive.techniques.tomo import PaganinParams, PipelineParams
 from tomolive.techniques.tomo.analysis import measure_quality
-from tomolive.techniques.tomo.reconstruction import prepare_projection
+from tomolive.techniques.tomo.reconstruction import BlockResult, prepare_projection
 
 from .conftest import SAME_VOLUME
 
@@ -146,7 +146,7 @@ def test_qc_measures_the_slices_its_blocks_kept_instead_of_reading_them_back(tmp
     path = tmp_path / "recon.zarr"
     zarr.create_array(str(path), shape=(64, 64, 64), chunks=(4, 64, 64), dtype="float32")[:] = stored_foam
     target = VolumeTarget("http://unused", None, rows_per_block=4, zarr_path=str(path))
-    kept = [(0.1, "zarr", {z: kept_foam[z].copy()}) for z in sampled_slices(64)]
+    kept = [BlockResult(0.1, "zarr", {z: kept_foam[z].copy()}) for z in sampled_slices(64)]
 
     from_blocks = measure_quality(target, None, 3, None, QCThresholds(), after=kept)
     one_missing = measure_quality(target, None, 3, None, QCThresholds(), after=kept[1:])

@@ -29,6 +29,8 @@ from ...qc import QCThresholds, qc_alerts, qc_metrics, sampled_slices
 from ...segment import intensity_range, otsu_thresholds, phase_statistics
 from ...stages import StageContext, VolumeRef, overlapping
 from ...store import VolumeTarget
+from .params import PipelineParams
+from .reconstruction import BlockResult
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def measure_quality(
     n_phases: int,
     center_confidence: float | None,
     thresholds: QCThresholds,
-    after: Sequence[tuple[float, str, dict[int, np.ndarray]]] = (),
+    after: Sequence[BlockResult] = (),
 ) -> dict[str, Any]:
     """Dask task: QC numbers and alerts of ``volume``.
 
@@ -97,15 +99,15 @@ class KeptSlices:
         return self.slices[z]
 
 
-def _with_kept_slices(stored: Any, after: Sequence[tuple[float, str, dict[int, np.ndarray]]]) -> Any:
+def _with_kept_slices(stored: Any, after: Sequence[BlockResult]) -> Any:
     """The slices QC samples as the block tasks kept them, if they kept them all; else ``stored``."""
-    kept = {row: image for _, _, slices in after for row, image in slices.items()}
+    kept = {row: image for result in after for row, image in result.kept.items()}
     if all(z in kept for z in sampled_slices(stored.shape[0])):
         return KeptSlices(tuple(stored.shape), kept)
     return stored
 
 
-def early_qc_rows(params: Any, n_rows: int) -> list[int]:
+def early_qc_rows(params: PipelineParams, n_rows: int) -> list[int]:
     """Rows to reconstruct first so QC can start during the reconstruction: its slices
     when QC reads ``recon`` alone, none when it must wait for the segmentation's labels."""
     return [] if params.segment else sampled_slices(n_rows)
@@ -115,7 +117,7 @@ def submit_qc(
     client: Client,
     volume: VolumeTarget,
     labels: VolumeTarget | None,
-    params: Any,
+    params: PipelineParams,
     center_confidence: float | None,
     after: Sequence[Future] = (),
 ) -> Future:

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from distributed import Client, Future
@@ -57,6 +57,15 @@ def recon_resources(method: str, gpu: dict[str, float] | None) -> dict[str, floa
     return gpu if method in ("fbp", "auto") else None
 
 
+class BlockResult(NamedTuple):
+    """What a reconstruction block task returns: its seconds of work, how it was written
+    (``zarr``/``http``) and copies of the slices the caller asked to keep (row -> slice)."""
+
+    seconds: float
+    written_by: str
+    kept: dict[int, np.ndarray]
+
+
 def reconstruct_block(
     spool_path: str,
     index: int,
@@ -66,12 +75,11 @@ def reconstruct_block(
     params: PipelineParams,
     target: VolumeTarget,
     keep_rows: tuple[int, ...] = (),
-) -> tuple[float, str, dict[int, np.ndarray]]:
+) -> BlockResult:
     """Dask task: reconstruct rows ``[start, stop)`` and write them to ``target``.
 
-    Returns the task's seconds of work, how the block was written (``zarr``/``http``) and
-    copies of the slices of ``keep_rows`` that it holds, for work on them (QC) that would
-    otherwise read back and decompress the whole stored chunk.
+    The slices of ``keep_rows`` it holds come back in the result, for work on them (QC)
+    that would otherwise read back and decompress the whole stored chunk.
     """
     start = time.perf_counter()
     projections = read_sinograms(spool_path, rows, params)
@@ -85,12 +93,12 @@ def reconstruct_block(
     )
     how = target.write_block(index, volume)
     kept = {row: volume[row - rows[0]].copy() for row in keep_rows if rows[0] <= row < rows[1]}
-    return time.perf_counter() - start, how, kept
+    return BlockResult(time.perf_counter() - start, how, kept)
 
 
-def _without_slices(result: tuple[float, str, dict[int, np.ndarray]]) -> tuple[float, str, dict]:
+def _without_slices(result: BlockResult) -> BlockResult:
     """Dask task: a block's result without its kept slices, for the client to gather."""
-    return result[0], result[1], {}
+    return result._replace(kept={})
 
 
 def find_scan_center(spool: ProjectionSpool, angles: np.ndarray, params: PipelineParams) -> CenterResult:
@@ -131,8 +139,8 @@ class Reconstruction:
             "workers": len(client.scheduler_info()["workers"]),
             "blocks": len(self.blocks),
             "gpu_resource": self.gpu,
-            "task_seconds": round(sum(seconds for seconds, _, _ in results), 3),
-            "block_writes": dict(Counter(how for _, how, _ in results)),
+            "task_seconds": round(sum(result.seconds for result in results), 3),
+            "block_writes": dict(Counter(result.written_by for result in results)),
         }
 
 
