@@ -215,7 +215,7 @@ def _warm_worker(uri, api_key, n, rows, cold):
     the three steps of a block task (read spool rows, reconstruct, write to Tiled: connect
     + write) and the QC task in timers. The wrappers only log start/end times; behaviour is
     unchanged."""
-    import tomolive.store as st
+    import tomolive.store.volume as st
     import tomolive.techniques.tomo.analysis as an
     import tomolive.techniques.tomo.reconstruction as pl
 

@@ -4,8 +4,9 @@ A thin document router: each run's start document goes to the first technique th
 it (tomography by default), whose reader turns that run's documents into frames for an
 :class:`~tomolive.engine.Run` of the pipeline's :class:`~tomolive.engine.Engine`. Nothing on
 the RunEngine thread waits for Tiled or Dask. A malformed document (missing keys, wrong
-shapes, out of order, an unknown descriptor) fails the run it belongs to (else every open
-run), naming the fault; the RunEngine never sees the error.
+shapes, out of order) fails the run it belongs to, naming the fault; one that belongs to
+no open run (an unknown descriptor or run) is logged and dropped. A start document that
+reuses the uid of an existing result is refused. The RunEngine never sees the error.
 
 Users' own callbacks hear each processed result through :meth:`TomoPipeline.subscribe`
 (see :mod:`tomolive.engine.events`).
@@ -125,7 +126,7 @@ class TomoPipeline:
         return self._runs.get(run_start) if isinstance(run_start, str) and name != "start" else None
 
     def _reject(self, name: str, doc: Any, run: _RunDocuments | None, err: Exception) -> None:
-        """A document that could not be routed: fail its run, else every open run."""
+        """A document that could not be routed: fail its run; drop it when it names none."""
         descriptor = doc.get("descriptor") if isinstance(doc, dict) else None
         if name in ("event", "event_page") and run is None and isinstance(err, KeyError) and err.args == (descriptor,):
             reason = (
@@ -133,11 +134,10 @@ class TomoPipeline:
             )
         else:
             reason = f"malformed {name!r} document: {_describe(err)}"
-        runs = [run] if run is not None else [r for r in self._runs.values() if not r.stopped]
-        if not runs:
-            logger.error("tomolive: %s (no open run to fail)", reason)
-        for target in runs:
-            target.fail(reason)
+        if run is None:  # attributable to no run: failing others would let one stray document spoil them
+            logger.error("tomolive: %s; it belongs to no open run and is dropped", reason)
+        else:
+            run.fail(reason)
 
     # -- the engine, for scripts -------------------------------------------------------------
 

@@ -72,7 +72,7 @@ def pause_after(n_events, plan):
     return bpp.plan_mutator(plan, insert_pause)
 
 
-def test_aborted_scan_is_marked_aborted_and_its_empty_volume_removed(tiled_server, pipeline, beamline):
+def test_aborted_scan_is_marked_aborted_and_its_empty_volume_marked_unwritten(tiled_server, pipeline, beamline):
     RE = RunEngine()
     RE.subscribe(pipeline)
     starts = []
@@ -101,8 +101,7 @@ def test_aborted_scan_is_marked_aborted_and_its_empty_volume_removed(tiled_serve
     outcome = pipeline.wait(uid, timeout=60)
     assert outcome.status == "aborted"
     md = container_md(tiled_server, uid)
-    assert md["status"] == "aborted" and "abort" in md["reason"]
-    assert "recon" not in from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert md["status"] == "aborted" and "abort" in md["reason"] and md["unwritten"] == ["recon"]
 
 
 def test_processing_error_marks_failed_with_message(tiled_server, pipeline, beamline, run_scan):
@@ -233,7 +232,9 @@ def test_a_scan_ended_while_its_first_frame_is_taken_in_leaves_no_spool_or_previ
     assert not list(tmp_path.glob("tomolive-spool-*")) and scan.acquisition.preview is None
 
 
-def test_a_run_failing_before_its_blocks_keeps_no_empty_volume(tiled_server, pipeline, beamline, run_scan, monkeypatch):
+def test_a_run_failing_before_its_blocks_marks_its_empty_volume(
+    tiled_server, pipeline, beamline, run_scan, monkeypatch
+):
     """Processing made the array itself (none was made during the scan), then the centre search failed."""
     import tomolive.techniques.tomo.stages as stages_module
     from tomolive.techniques.tomo.acquisition import TomoAcquisition
@@ -246,4 +247,4 @@ def test_a_run_failing_before_its_blocks_keeps_no_empty_volume(tiled_server, pip
     uid = run_scan(beamline, n_angles=30, sample="centre fails")
     outcome = pipeline.wait(uid, timeout=60)
     assert outcome.status == "failed" and "the centre search broke" in outcome.reason
-    assert "recon" not in from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert container_md(tiled_server, uid)["unwritten"] == ["recon"]

@@ -154,7 +154,6 @@ CASES = [
     (stop_before_descriptors, "stop"),
     (event_after_stop, "after the run's stop"),
     (second_stop, "after the run's stop"),
-    (unknown_descriptor, "'no-such-descriptor', which no descriptor document announced"),
 ]
 
 
@@ -175,9 +174,19 @@ def test_malformed_documents_fail_the_run_not_the_runengine(
     assert any(uid in m and expected in m for m in errors), errors
 
 
-def test_a_good_scan_after_malformed_ones_completes(pipeline, beamline, scan_plan, run_scan):
+def test_an_event_no_run_announced_is_dropped_and_fails_no_run(pipeline, beamline, scan_plan, caplog):
     RE = RunEngine()
     RE.subscribe(Relay(pipeline, unknown_descriptor))
+    (uid,) = RE(scan_plan(beamline, n_angles=20, n_darks=2, n_flats=2, md={"sample": "stray event"}))
+    outcome = pipeline.wait(uid, timeout=120)
+    assert outcome.status == "complete", outcome
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("'no-such-descriptor', which no descriptor document announced" in m and "dropped" in m for m in errors)
+
+
+def test_a_good_scan_after_malformed_ones_completes(pipeline, beamline, scan_plan, run_scan):
+    RE = RunEngine()
+    RE.subscribe(Relay(pipeline, event_without_angle))
     (bad,) = RE(scan_plan(beamline, n_angles=20))
     good = run_scan(beamline, n_angles=60)
     assert pipeline.wait(bad, timeout=120).status == "failed"

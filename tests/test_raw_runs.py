@@ -12,7 +12,7 @@ from tomolive.cli import main as tomolive_main
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.io.formats import FrameStack, StoredScan
 from tomolive.io.offline import open_tiled_run, process_scan
-from tomolive.store import connect
+from tomolive.store import connect, find_scan, versions
 
 from .conftest import SAME_VOLUME
 
@@ -40,14 +40,30 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     np.testing.assert_array_equal(frame, run["primary"]["sim_det_image"][3])
     np.testing.assert_allclose(angles, np.linspace(0, 180, 90, endpoint=False))
 
-    # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume.
+    # Reprocess straight from Tiled, no RunEngine: the same frames give the same volume, as a
+    # second version beside the first, which is kept byte for byte.
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
     code = tomolive_main(_process_args(run.uri, tiled_server, pipeline))
     assert code == 0, capsys.readouterr()
-    again = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
-    assert again.metadata["status"] == "complete"
+    processed = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"]
+    again = processed[f"{uid}-v2"]
+    assert again.metadata["status"] == "complete" and again.metadata["version"] == 2
+    assert again.metadata["previous_version"] == uid and again.metadata["raw_uid"] == uid
     assert again.metadata["source"] == run.uri and again.metadata["format"] == "bluesky-run"
+    assert again.metadata["provenance"]["changed_parameters"] == {}
     np.testing.assert_allclose(again["recon"].read(), live_volume, atol=SAME_VOLUME * np.ptp(live_volume))
+    assert processed[uid].metadata["status"] == "complete" and processed[uid].metadata["version"] == 1
+    np.testing.assert_array_equal(processed[uid]["recon"].read(), live_volume)
+
+    # A third version with other parameters: provenance names what changed; the newest is found.
+    assert tomolive_main([*_process_args(run.uri, tiled_server, pipeline), "--stripes", "sort"]) == 0
+    third = processed[f"{uid}-v3"]
+    assert third.metadata["provenance"]["changed_parameters"] == {
+        "pipeline.stripe_method": {"before": "none", "now": "sort"}
+    }
+    assert find_scan(client, uid).item["id"] == f"{uid}-v3" and find_scan(client, f"{uid}-v2").item["id"] == f"{uid}-v2"
+    assert [key for key, _ in versions(client, uid)] == [uid, f"{uid}-v2", f"{uid}-v3"]
+    np.testing.assert_array_equal(processed[uid]["recon"].read(), live_volume)
 
 
 def _process_args(source: str, tiled_server, pipeline) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from event_model import compose_run
 from tomolive.callbacks import TomoPipeline
 from tomolive.engine import Engine, RunState
 from tomolive.engine.run import TRANSITIONS
+from tomolive.errors import ResultExistsError
 
 from .toy_technique import MemoryStore, StageThatFails, SumStage, SumTechnique
 
@@ -23,7 +26,7 @@ def stores():
 
 @pytest.fixture
 def engine(tmp_path, stores):
-    def open_store(uid, metadata):
+    def open_store(uid, metadata, new_version):
         stores[uid] = MemoryStore(uid, metadata)
         return stores[uid]
 
@@ -113,14 +116,34 @@ def test_a_failure_in_any_stage_fails_the_run_and_runs_no_later_stage(engine, st
     assert run.acquisition.discarded
 
 
-def test_invalidate_after_complete_records_failed_after_it(engine, stores):
+def test_a_complete_result_is_never_changed_by_a_late_document(engine, stores):
     run = feed(engine, "late")
     run.finish()
     assert engine.wait("late", timeout=10).status == "complete"
     run.invalidate("a stray event after the stop")
-    assert engine.wait("late", timeout=10).status == "failed"
-    assert run.state is RunState.FAILED and stores["late"].statuses == ["complete", "failed"]
-    assert [kind for kind, *_ in engine.seen] == ["complete", "failed"]
+    assert engine.wait("late", timeout=10).status == "complete"
+    assert run.state is RunState.COMPLETE and stores["late"].statuses == ["complete"]
+    assert [kind for kind, *_ in engine.seen] == ["complete"]
+
+
+def test_a_document_breaking_a_run_while_it_processes_marks_it_failed_not_complete(engine, stores):
+    started, release = threading.Event(), threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def run(self, ctx):
+            started.set()
+            release.wait(10)
+
+    run = feed(engine, "broken-late", technique=SumTechnique([Slow()]))
+    run.finish()
+    assert started.wait(10)
+    run.invalidate("an event after the stop")
+    release.set()
+    outcome = engine.wait("broken-late", timeout=10)
+    assert outcome.status == "failed" and "an event after the stop" in outcome.reason
+    assert stores["broken-late"].statuses == ["failed"] and run.state is RunState.FAILED
 
 
 def test_invalidate_while_ingesting_ends_the_run(engine, stores):
@@ -129,14 +152,24 @@ def test_invalidate_while_ingesting_ends_the_run(engine, stores):
     assert engine.wait("broken", timeout=10).status == "failed" and run.state is RunState.FAILED
 
 
-def test_final_states_allow_only_a_late_failure():
-    assert TRANSITIONS[RunState.FAILED] == TRANSITIONS[RunState.ABORTED] == frozenset()
-    assert TRANSITIONS[RunState.COMPLETE] == {RunState.FAILED}
+def test_final_states_are_final():
+    assert TRANSITIONS[RunState.FAILED] == TRANSITIONS[RunState.ABORTED] == TRANSITIONS[RunState.COMPLETE] == set()
     assert RunState.COMPLETE not in TRANSITIONS[RunState.INGESTING]
 
 
+def test_a_run_whose_uid_has_a_result_is_refused_and_touches_nothing(tmp_path):
+    def exists(uid, metadata, new_version):
+        raise ResultExistsError(f"processed/{uid} already exists")
+
+    with Engine(open_store=exists, outbox_dir=tmp_path, patience_s=0.1, progress=False) as engine:
+        run = feed(engine, "reused")
+        outcome = engine.wait("reused", timeout=10)
+    assert outcome.status == "failed" and "already exists" in outcome.reason and outcome.uri is None
+    assert run.state is RunState.FAILED and not list(tmp_path.iterdir())  # nothing in the outbox either
+
+
 def test_an_unreachable_store_sends_the_result_to_the_outbox(tmp_path):
-    def unreachable(uid, metadata):
+    def unreachable(uid, metadata, new_version):
         raise httpx.ConnectError("connection refused")
 
     with Engine(open_store=unreachable, outbox_dir=tmp_path, patience_s=0.1, progress=False) as engine:
@@ -155,7 +188,7 @@ def test_an_unreachable_store_sends_the_result_to_the_outbox(tmp_path):
 
 @pytest.fixture
 def router(tmp_path, stores):
-    def open_store(uid, metadata):
+    def open_store(uid, metadata, new_version):
         stores[uid] = MemoryStore(uid, metadata)
         return stores[uid]
 
@@ -213,3 +246,26 @@ def test_router_fails_a_run_whose_start_the_technique_rejects(router):
     router("start", bundle.start_doc)
     outcome = router.wait(bundle.start_doc["uid"], timeout=10)
     assert outcome.status == "failed" and "sum_image must name the image field" in outcome.reason
+
+
+def test_router_drops_a_stray_event_without_failing_the_open_run(router, stores):
+    docs = list(documents())
+    for name, doc in docs[:-1]:
+        router(name, doc)
+    stray = {**docs[2][1], "descriptor": "no-such-descriptor", "uid": "stray"}
+    router("event", stray)  # names no descriptor any run announced: dropped
+    router("bogusname", {"uid": "x"})  # an unknown document name: dropped
+    router(*docs[-1])
+    uid = docs[0][1]["uid"]
+    assert router.wait(uid, timeout=10).status == "complete"
+    np.testing.assert_array_equal(stores[uid].arrays["sum"].data[0], 2 * FRAME)
+
+
+def test_router_keeps_a_complete_result_when_its_events_come_again(router, stores):
+    docs = list(documents())
+    for name, doc in docs:
+        router(name, doc)
+    uid = docs[0][1]["uid"]
+    assert router.wait(uid, timeout=10).status == "complete"
+    router(*docs[2])  # a replayed event of the finished run
+    assert router.wait(uid, timeout=10).status == "complete" and stores[uid].statuses == ["complete"]

@@ -22,7 +22,7 @@ from tomolive.callbacks.raw_backup import pending_raw, raw_writer, read_backup
 from tomolive.cli import main as tomolive_main
 from tomolive.config import Settings
 from tomolive.server import SERVER_MODULE, running_server
-from tomolive.store import OutboxResult, connect, pending, processed_for
+from tomolive.store import OutboxResult, connect, find_scan, pending, processed_for
 
 
 def _server_process(settings: Settings) -> psutil.Process:
@@ -179,9 +179,11 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_outbox_deliv
         assert tomolive_main(["upload-outbox", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
         assert pending(outbox) == [] and pending_raw(outbox) == []
         client = connect(settings.uri, api_key=settings.api_key)
-        node = client["processed"][uid]
+        node = find_scan(client, uid)  # a new version; the one the dead server left says it was superseded
         assert node.metadata["status"] == "complete" and node.metadata["uploaded"]["from"] == str(outbox / uid)
-        assert list(processed_for(client, uid)) == [uid]  # replaced, not duplicated
+        assert sorted(processed_for(client, uid)) == sorted([uid, f"{uid}-v2"]) and node.item["id"] == f"{uid}-v2"
+        stale = client["processed"][uid].metadata
+        assert stale["status"] == "failed" and f"superseded by processed/{uid}-v2" in stale["reason"]
         np.testing.assert_array_equal(node["recon"].read(), local)
         run = client["raw"][uid]
         assert run.metadata["stop"]["exit_status"] == "success"
@@ -209,5 +211,5 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_outbox_deliv
             ]
         )
         assert code == 0
-        again = connect(settings.uri, api_key=settings.api_key)["processed"][uid]["recon"].read()
+        again = find_scan(connect(settings.uri, api_key=settings.api_key), uid)["recon"].read()
         np.testing.assert_allclose(again, local, atol=SAME_VOLUME * np.ptp(local))

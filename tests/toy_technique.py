@@ -39,6 +39,7 @@ class MemoryStore:
 
     uri = None
     models_client = None
+    previous_parameters = None
 
     def __init__(self, uid: str, metadata: dict[str, Any]):
         self.uid = uid

@@ -22,3 +22,7 @@ class MissingDataError(TomoliveError, LookupError):
 
 class ProcessingError(TomoliveError, RuntimeError):
     """A stage failed on valid input; the processed container is marked ``failed``."""
+
+
+class ResultExistsError(TomoliveError, FileExistsError):
+    """A result already exists where a new one would go; results are never overwritten."""

@@ -9,9 +9,11 @@ Tiled server, or the local outbox when Tiled stays unreachable.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,12 +25,14 @@ from ..store import OutboxResult, ResultStore, TiledResult, default_outbox, is_u
 from .blocks import run_blocks
 from .cluster import connect_dask
 from .events import EVENT_KINDS, ResultCallback, ResultEvents
-from .run import ProcessedRun, Run
+from .guard import check_main_guard
+from .run import ProcessedRun, Run, RunState
 from .technique import Technique
 
 T = TypeVar("T")
-StoreOpener = Callable[[str, dict[str, Any]], ResultStore]
-"""``open(uid, metadata)``: a fresh result store for run ``uid`` (a ``ResultStore``)."""
+StoreOpener = Callable[[str, dict[str, Any], bool], ResultStore]
+"""``open(uid, metadata, new_version)``: a fresh result store for run ``uid`` (see :meth:`Engine.start_run`)."""
+_LIVE_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 class Engine:
@@ -50,8 +54,19 @@ class Engine:
     progress : bool
         Show progress bars in the terminal.
     open_store : callable, optional
-        ``open_store(uid, metadata)`` making each run's result store; default: a container
-        ``processed/<uid>`` in ``client``'s server.
+        ``open_store(uid, metadata, new_version)`` making each run's result store; default: a
+        container ``processed/<uid>`` in ``client``'s server.
+
+    Raises
+    ------
+    BadInputError
+        When it would start a LocalCluster from the top level of a script that lacks
+        ``if __name__ == "__main__":`` (Dask's worker processes re-import the script).
+
+    Notes
+    -----
+    A script may end without :meth:`wait`: before the interpreter exits, the engine
+    finishes every run whose stop has arrived and marks runs still taking frames aborted.
     """
 
     def __init__(
@@ -67,6 +82,8 @@ class Engine:
     ):
         if client is None and open_store is None:
             raise TypeError("Engine needs a Tiled client or an open_store function")
+        if dask is None:
+            check_main_guard()
         self.client = client
         self.scratch_dir = Path(scratch_dir or tempfile.gettempdir())
         self.outbox_dir = Path(outbox_dir) if outbox_dir else default_outbox()
@@ -81,15 +98,25 @@ class Engine:
         self.events = ResultEvents()
         self._futures: dict[str, Future[ProcessedRun]] = {}
         self._latest: str | None = None
+        self._runs: dict[str, Run] = {}
+        self._closed = False
         self._lock = threading.Lock()
+        _LIVE_ENGINES.add(self)
 
     # -- runs ----------------------------------------------------------------------------
 
-    def start_run(self, technique: Technique, uid: str, metadata: dict[str, Any]) -> Run:
-        """A new run of ``technique``, fed frame by frame (what callbacks and ``tomolive process`` do)."""
+    def start_run(self, technique: Technique, uid: str, metadata: dict[str, Any], *, new_version: bool = False) -> Run:
+        """A new run of ``technique``, fed frame by frame (what callbacks and ``tomolive process`` do).
+
+        A live run's uid is new: if a result of ``uid`` exists, the run is refused and the
+        result left alone. ``new_version`` (reprocessing) keeps existing results and adds a
+        new version beside them.
+        """
+        run = Run(self, technique, uid, metadata, new_version=new_version)
         with self._lock:
             self._latest = uid
-        return Run(self, technique, uid, metadata)
+            self._runs = {key: r for key, r in self._runs.items() if not r.ended} | {uid: run}
+        return run
 
     def submit(self, uid: str, job: Callable[[], ProcessedRun]) -> None:
         """Queue a run's processing on the processing thread (one run at a time)."""
@@ -120,18 +147,19 @@ class Engine:
 
     # -- where results go ----------------------------------------------------------------
 
-    def open_store_later(self, uid: str, metadata: dict[str, Any]) -> Future:
+    def open_store_later(self, uid: str, metadata: dict[str, Any], *, new_version: bool = False) -> Future:
         """Run ``uid``'s result store, created on an I/O thread (retried while Tiled is unreachable)."""
         return self.io.submit(
-            self.patiently, lambda: self._open_store(uid, metadata), f"create the record of run {uid}"
+            self.patiently, lambda: self._open_store(uid, metadata, new_version), f"create the record of run {uid}"
         )
 
     def open_outbox(self, uid: str, metadata: dict[str, Any]) -> OutboxResult:
         """A fresh local outbox entry for run ``uid``, for when Tiled stays unreachable."""
         return OutboxResult.create(self.outbox_dir, uid, metadata)
 
-    def _open_tiled_record(self, uid: str, metadata: dict[str, Any]) -> TiledResult:
-        return TiledResult.create(self.client, uid, metadata, self.client.context.api_key)
+    def _open_tiled_record(self, uid: str, metadata: dict[str, Any], new_version: bool) -> TiledResult:
+        api_key = self.client.context.api_key
+        return TiledResult.create(self.client, uid, metadata, api_key, new_version=new_version)
 
     def patiently(self, call: Callable[[], T], what: str) -> T:
         """``call()``, retried while the server is unreachable, for the engine's patience."""
@@ -166,8 +194,25 @@ class Engine:
         """Stop the callback subscribed with ``token``."""
         self.events.unsubscribe(token)
 
+    def finish_pending(self) -> None:
+        """Finish every run whose stop has arrived; mark runs still taking frames aborted."""
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            if run.state is RunState.INGESTING:
+                run.end("aborted", "the script exited before the run's stop document")
+        with self._lock:
+            pending = [run.uid for run in runs if run.uid not in self._futures or not self._futures[run.uid].done()]
+        if pending:
+            print(f"tomolive: finishing {len(pending)} run(s) before exit", file=sys.stderr, flush=True)
+        for uid in pending:
+            self.wait(uid)
+
     def close(self) -> None:
         """Finish queued work and release the Dask cluster this engine started."""
+        if self._closed:
+            return
+        self._closed = True
         self._processing.shutdown(wait=True)
         self.io.shutdown(wait=True)
         if self._dask is not None and self._owns_dask:
@@ -182,3 +227,18 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _finish_before_exit() -> None:
+    """At interpreter exit, before thread pools stop taking work: let every engine finish its runs."""
+    for engine in list(_LIVE_ENGINES):
+        if not engine._closed:
+            try:
+                engine.finish_pending()
+            finally:
+                engine.close()
+
+
+# Runs before concurrent.futures' own exit hook (registered earlier, called later), which
+# would refuse the work a run still queues; the same hook the standard library uses.
+threading._register_atexit(_finish_before_exit)  # type: ignore[attr-defined]

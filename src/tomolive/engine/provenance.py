@@ -102,3 +102,22 @@ class Provenance:
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+def changed_parameters(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The parameters that differ between two provenance records, by dotted name: ``{name: {"before", "now"}}``."""
+    flat_before, flat_after = _flatten(before), _flatten(after)
+    return {
+        name: {"before": flat_before.get(name), "now": flat_after.get(name)}
+        for name in sorted(set(flat_before) | set(flat_after))
+        if flat_before.get(name) != flat_after.get(name)
+    }
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

@@ -3,15 +3,17 @@
 ::
 
     INGESTING --finish()--> STOPPING --every frame in--> PROCESSING --stages done--> COMPLETE
-        |                      |                             |                          |
-        +--end()---------------+--end()/bad frame--> FAILED / ABORTED <--stage raised---+--invalidate()
+        |                      |                             |
+        +--end()---------------+--end()/bad frame--> FAILED / ABORTED <--stage raised, or invalidate()
 
 The caller's thread (the RunEngine's, or ``tomolive process``) only queues frames; the
 run's ingest thread hands them to the technique's :class:`~.technique.Acquisition`; the
 stages run on the engine's processing thread. The result's container is created on an
-I/O thread as the run starts; if Tiled stays unreachable longer than the engine's
-patience, the result goes to the local outbox instead. Every outcome is announced to the
-engine's result subscribers before ``Engine.wait`` returns it.
+I/O thread as the run starts (refused, and the run with it, when the uid already has a
+result and this is not a reprocessing); if Tiled stays unreachable longer than the
+engine's patience, the result goes to the local outbox instead. COMPLETE is final: a
+result marked complete is never changed. Every outcome is announced to the engine's
+result subscribers before ``Engine.wait`` returns it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, ProcessingError, ResultExistsError
 from ..stages import StageContext
 from ..store import check_status
 from .progress import ProgressReporter
-from .provenance import Provenance
+from .provenance import Provenance, changed_parameters
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -58,7 +60,7 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.INGESTING: frozenset({RunState.STOPPING, RunState.FAILED, RunState.ABORTED}),
     RunState.STOPPING: frozenset({RunState.PROCESSING, RunState.FAILED, RunState.ABORTED}),
     RunState.PROCESSING: frozenset({RunState.COMPLETE, RunState.FAILED}),
-    RunState.COMPLETE: frozenset({RunState.FAILED}),
+    RunState.COMPLETE: frozenset(),
     RunState.FAILED: frozenset(),
     RunState.ABORTED: frozenset(),
 }
@@ -85,7 +87,9 @@ class ProcessedRun:
 class Run:
     """One run: frames in through :meth:`add`, then :meth:`finish` (or :meth:`end`)."""
 
-    def __init__(self, engine: Engine, technique: Technique, uid: str, metadata: dict[str, Any]):
+    def __init__(
+        self, engine: Engine, technique: Technique, uid: str, metadata: dict[str, Any], *, new_version: bool = False
+    ):
         self.engine = engine
         self.technique = technique
         self.uid = uid
@@ -97,8 +101,16 @@ class Run:
         self._lock = threading.Lock()
         self._queue: queue.Queue | None = None
         self._ingest: threading.Thread | None = None
-        self.store: Future = engine.open_store_later(uid, metadata)
+        self._broken: str | None = None  # why a document broke the run while it was processing
+        self._sealed = False  # its result is being marked complete: late documents are dropped
+        self.store: Future = engine.open_store_later(uid, metadata, new_version=new_version)
         self.acquisition = technique.acquisition(self)
+        self.store.add_done_callback(self._refuse_if_exists)
+
+    def _refuse_if_exists(self, store: Future) -> None:
+        """A start that reuses the uid of an existing result: end this run, touch nothing stored."""
+        if isinstance(store.exception(), ResultExistsError):
+            self.end("failed", str(store.exception()))
 
     @property
     def ended(self) -> bool:
@@ -144,23 +156,23 @@ class Run:
         self._resolve(status, reason)
 
     def invalidate(self, reason: str) -> None:
-        """A document broke the run after its stop: record it ``failed``, whatever processing made of it.
+        """A document broke the run after its stop: fail it unless its result is already complete.
 
-        If processing is queued or done, the failure is recorded after it on the processing
-        thread (so it replaces a ``complete``); otherwise the run ends here.
+        While it is processing, the run is marked ``failed`` instead of ``complete`` when its
+        stages end; a complete result is never changed (the document is logged and dropped).
         """
         with self._lock:
             before = self.state
-            processed = before in (RunState.PROCESSING, RunState.COMPLETE)
-            if processed:
-                self.engine.submit(self.uid, lambda: self._record_end("failed", reason))
-            moved = not processed and self._move(RunState.FAILED)
-        if processed:
-            logger.error("tomolive: run %s failed after its stop: %s", self.uid, reason)
-        elif moved:
+            breaks = before is RunState.PROCESSING and not self._sealed
+            if breaks:
+                self._broken = reason
+            moved = before is not RunState.PROCESSING and self._move(RunState.FAILED)
+        if moved:
             self._resolve("failed", reason)
+        elif breaks:
+            logger.error("tomolive: run %s will be marked failed when its processing ends: %s", self.uid, reason)
         else:
-            logger.error("tomolive: run %s (already %s): %s", self.uid, before.value, reason)
+            logger.error("tomolive: run %s is %s; a late document is dropped: %s", self.uid, before.value, reason)
 
     def _resolve(self, status: str, reason: str) -> None:
         logger.error("tomolive: run %s %s: %s", self.uid, status, reason)
@@ -221,8 +233,9 @@ class Run:
                 store = self.store.result()
                 outcome = self._run_stages(store)
                 self.acquisition.close(self.engine.patience_s)
+                self._check_not_broken()
                 self.engine.patiently(lambda: store.set_status("complete", **outcome), "mark it complete")
-                return self._completed(ProcessedRun(self.uid, "complete", store.uri))
+                return self._announce(ProcessedRun(self.uid, "complete", store.uri))
             except Exception as err:
                 if not self.engine.is_unreachable(err):
                     raise
@@ -232,6 +245,13 @@ class Run:
             return self._record_end("failed", f"{type(err).__name__}: {err}")
         finally:  # freeing scratch space is not on the way to the result
             self.engine.io.submit(self.acquisition.release)
+
+    def _check_not_broken(self) -> None:
+        """Raise if a document broke the run while it was processing; else no document can any more."""
+        with self._lock:
+            if self._broken is not None:
+                raise ProcessingError(f"a document broke the run after its stop: {self._broken}")
+            self._sealed = True
 
     def _run_stages(self, store: Any) -> dict[str, Any]:
         """The technique's stages in order into ``store``; the container metadata to add."""
@@ -252,6 +272,9 @@ class Run:
         for stage in self.technique.stages():
             stage.run(ctx)
         self.stage_results = ctx.metadata
+        if store.previous_parameters is not None:  # a new version: say what changed
+            changed = changed_parameters(store.previous_parameters, self.provenance.parameters)
+            self.provenance.results["changed_parameters"] = changed
         newest = progress.finish()
         return {
             "stages": self.technique.stages_done(),
@@ -263,18 +286,17 @@ class Run:
     def _process_locally(self, err: Exception) -> ProcessedRun:
         self.acquisition.close(self.engine.patience_s)
         entry = self.engine.open_outbox(self.uid, self.metadata)
-        entry.set_status("complete", **self._run_stages(entry))
+        outcome = self._run_stages(entry)
+        self._check_not_broken()
+        entry.set_status("complete", **outcome)
         logger.error("Tiled is unreachable (%s): the result of run %s is kept in %s", err, self.uid, entry.describe())
-        outcome = ProcessedRun(self.uid, "complete", None, f"Tiled unreachable: {err}", str(entry.path))
-        return self._completed(outcome)
-
-    def _completed(self, outcome: ProcessedRun) -> ProcessedRun:
-        with self._lock:
-            moved = self._move(RunState.COMPLETE)
-        return self._announce(outcome) if moved else outcome
+        return self._announce(ProcessedRun(self.uid, "complete", None, f"Tiled unreachable: {err}", str(entry.path)))
 
     def _announce(self, outcome: ProcessedRun) -> ProcessedRun:
         """Tell the result subscribers (QC alerts first, then the status); return ``outcome``."""
+        if outcome.status == "complete":
+            with self._lock:
+                self._move(RunState.COMPLETE)
         complete = outcome.status == "complete"
         qc = self.stage_results.get("qc", {})
         payload = {
@@ -311,6 +333,8 @@ class Run:
             self.acquisition.discard(store)
             self.engine.patiently(lambda: store.set_status(check_status(status), **extra), f"mark it {status}")
             return ProcessedRun(self.uid, status, store.uri, reason)
+        except ResultExistsError:  # refused: nothing of this run is stored anywhere
+            return ProcessedRun(self.uid, status, None, reason)
         except Exception as err:
             if not self.engine.is_unreachable(err):
                 logger.exception("could not record status %r of run %s", status, self.uid)

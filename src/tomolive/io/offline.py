@@ -98,7 +98,7 @@ def process_scan(
         "format": scan.format,
         "tomo": {"n_angles": len(scan.projections), "angle_units": "deg"},
     }
-    run = engine.start_run(technique, uid, metadata)
+    run = engine.start_run(technique, uid, metadata, new_version=True)
     try:
         for kind, stack in (("dark", scan.darks), ("flat", scan.flats)):
             for batch in stack.batches():

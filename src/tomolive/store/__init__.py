@@ -10,7 +10,7 @@ from .client import PROCESSED, RAW, connect, fetched_here, is_unreachable, patie
 from .metadata import jsonable, now, to_json
 from .outbox import OutboxResult, default_outbox, pending, upload
 from .protocol import STATUSES, ResultStore, Status, check_status
-from .queries import find_scan, processed_for, raw_for, scan_rows
+from .queries import find_scan, newest_version, processed_for, raw_for, scan_rows, versions
 from .tiled_result import TiledResult
 from .volume import VOLUME_COMPRESSORS, VolumeTarget
 
@@ -31,6 +31,7 @@ __all__ = [
     "find_scan",
     "is_unreachable",
     "jsonable",
+    "newest_version",
     "now",
     "patiently",
     "pending",
@@ -42,4 +43,5 @@ __all__ = [
     "scan_rows",
     "to_json",
     "upload",
+    "versions",
 ]

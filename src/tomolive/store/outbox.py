@@ -27,6 +27,7 @@ from tiled.client.base import BaseClient
 from ..errors import BadInputError, MissingDataError
 from .metadata import jsonable, now
 from .protocol import Status, check_status
+from .queries import versions
 from .tiled_result import TiledResult
 from .volume import VOLUME_COMPRESSORS, VolumeTarget
 
@@ -54,6 +55,7 @@ class OutboxResult:
         self.uid: str = self.path.name
         self.uri: str | None = None
         self.models_client: BaseClient | None = None
+        self.previous_parameters: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, outbox_dir: Path, raw_uid: str, metadata: dict) -> OutboxResult:
@@ -147,6 +149,14 @@ def pending(outbox: Path) -> list[OutboxResult]:
     return sorted(entries, key=lambda e: (e.path / RECORD_FILE).stat().st_mtime)
 
 
+def _supersede_running(client: BaseClient, raw_uid: str, newest: str) -> None:
+    """Mark earlier versions that a dead server left ``running`` as failed: the upload replaces them."""
+    for key, node in versions(client, raw_uid):
+        if key != newest and node.metadata.get("status") == "running":
+            reason = f"superseded by processed/{newest}, uploaded from the outbox"
+            node.update_metadata(metadata={"status": "failed", "reason": reason, "updated": now()}, drop_revision=True)
+
+
 def upload(entry: OutboxResult, client: BaseClient, api_key: str | None = None) -> str:
     """Send ``entry`` to Tiled, check it arrived whole, then delete it locally; return its URI.
 
@@ -155,7 +165,7 @@ def upload(entry: OutboxResult, client: BaseClient, api_key: str | None = None) 
     """
     metadata = entry.metadata()
     status = check_status(metadata.pop("status"))
-    record = TiledResult.create(client, entry.uid, metadata, api_key)
+    record = TiledResult.create(client, entry.uid, metadata, api_key, new_version=True)
     for key, local in entry.volumes().items():
         if key == PREVIEW:
             record.write_preview(np.asarray(local[...]), dict(local.attrs))
@@ -170,6 +180,7 @@ def upload(entry: OutboxResult, client: BaseClient, api_key: str | None = None) 
             raise MissingDataError(f"upload of {entry.path / key}.zarr did not read back intact; kept locally.")
     kept = {k: v for k, v in metadata.items() if k not in ("created", "updated", "raw_uid")}
     record.set_status(status, **kept, uploaded={"from": str(entry.path), "at": now()})
+    _supersede_running(client, entry.uid, str(record.uid))
     shutil.rmtree(entry.path)
     logger.info("uploaded %s to %s", entry.path, record.uri)
     return str(record.uri)

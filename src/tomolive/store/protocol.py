@@ -38,6 +38,8 @@ class ResultStore(Protocol):
     """The Tiled URI of the container; None for the outbox."""
     models_client: BaseClient | None
     """The Tiled root where trained models go; None for the outbox."""
+    previous_parameters: dict[str, Any] | None
+    """The parameters of the result this one is a new version of; None for a first result."""
 
     def describe(self) -> str:
         """Where the result is, for a log line (the outbox adds how to upload it)."""

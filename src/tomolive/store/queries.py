@@ -59,20 +59,37 @@ def raw_for(client: BaseClient, processed: str | BaseClient) -> BaseClient:
         ) from None
 
 
+def versions(client: BaseClient, raw_uid: str) -> list[tuple[str, BaseClient]]:
+    """Every processed result of raw run ``raw_uid`` as ``(key, node)``, oldest version first."""
+    found = list(processed_for(client, raw_uid).items())
+    return sorted(found, key=lambda item: int(item[1].metadata.get("version", 1)))
+
+
+def newest_version(client: BaseClient, raw_uid: str) -> tuple[str, BaseClient]:
+    """The newest processed result of raw run ``raw_uid`` as ``(key, node)``."""
+    found = versions(client, raw_uid)
+    if not found:
+        raise MissingDataError(f"raw run {raw_uid!r} has no processed result")
+    return found[-1]
+
+
 def find_scan(client: BaseClient, uid: str) -> BaseClient:
-    """The processed scan whose raw uid is ``uid`` or starts with it (a unique prefix).
+    """The newest processed result of the raw run whose uid is ``uid`` or starts with it (a unique prefix).
 
     Raises MissingDataError when nothing matches and BadInputError, listing the
     candidates, when the prefix is ambiguous.
     """
     root = processed_root(client)
-    if uid in root:
-        return root[uid]
+    if uid in root:  # a raw uid (its newest result), or the key of one version
+        node = root[uid]
+        return newest_version(client, uid)[1] if node.metadata.get("raw_uid") == uid else node
     if not uid or any(c in uid for c in "%_\\"):
         raise BadInputError(f"uid {uid!r}: expected a uid or a prefix of one (no %, _ or \\)")
     matches = root.search(Like("raw_uid", f"{uid}%")).items().head(10)
     if not matches:
         raise MissingDataError(f"no processed scan has a uid starting with {uid!r} in {root.uri}")
+    if len({node.metadata.get("raw_uid") for _, node in matches}) == 1:  # versions of one run
+        return newest_version(client, matches[0][1].metadata["raw_uid"])[1]
     if len(matches) > 1:
         listed = "\n".join(
             f"  {key}  sample={node.metadata.get('sample')!r} status={node.metadata.get('status')}"

@@ -11,11 +11,12 @@ from tiled.structures.array import ArrayStructure, BuiltinDtype
 from tiled.structures.core import StructureFamily
 from tiled.structures.data_source import DataSource
 
-from ..errors import BadInputError
+from ..errors import BadInputError, ResultExistsError
 from .client import processed_root, raw_path
 from .internals import set_compressors, writable_zarr_path
 from .metadata import jsonable, now
 from .protocol import Status, check_status
+from .queries import newest_version
 from .volume import VOLUME_COMPRESSORS, VolumeTarget
 
 
@@ -26,29 +27,55 @@ class TiledResult:
     trained models go.
     """
 
-    def __init__(self, node: BaseClient, api_key: str | None, models_client: BaseClient | None = None):
+    def __init__(
+        self,
+        node: BaseClient,
+        api_key: str | None,
+        models_client: BaseClient | None = None,
+        previous_parameters: dict[str, Any] | None = None,
+    ):
         self.node = node
         self.api_key = api_key
         self.uid: str = node.item["id"]
         self.uri: str | None = node.uri
         self.models_client = models_client
+        self.previous_parameters = previous_parameters
         self._preview: BaseClient | None = None
 
     @classmethod
-    def create(cls, client: BaseClient, raw_uid: str, metadata: dict, api_key: str | None = None) -> TiledResult:
-        """Create (or reset, when re-processing) the container with status ``running``."""
+    def create(
+        cls, client: BaseClient, raw_uid: str, metadata: dict, api_key: str | None = None, *, new_version: bool = False
+    ) -> TiledResult:
+        """A new container with status ``running``: ``processed/<raw uid>``, or, when results of
+        that run exist and ``new_version`` is True, ``processed/<raw uid>-v<n>`` beside them.
+
+        An existing result is never deleted or changed. Without ``new_version`` (a live run,
+        whose uid must be new) an existing one raises :class:`~tomolive.errors.ResultExistsError`.
+        """
         root = processed_root(client)
+        key, version, previous = raw_uid, 1, None
         if raw_uid in root:
-            root[raw_uid].delete(recursive=True, external_only=False)
+            if not new_version:
+                raise ResultExistsError(
+                    f"processed/{raw_uid} already exists: a run's uid is never reused, so this start document "
+                    "is refused and the existing result left as it is (reprocess with `tomolive process`, "
+                    "which adds a new version)."
+                )
+            key_before, previous = newest_version(client, raw_uid)
+            version = int(previous.metadata.get("version", 1)) + 1
+            key = f"{raw_uid}-v{version}"
         md = {
             **jsonable(metadata),
             "raw_uid": raw_uid,
             "links": {"raw": raw_path(raw_uid)},
             "status": "running",
             "created": now(),
+            "version": version,
+            "previous_version": None if previous is None else key_before,
         }
-        node = root.create_container(raw_uid, metadata=md)
-        return cls(node, api_key, client)
+        node = root.create_container(key, metadata=md)
+        before = None if previous is None else dict(previous.metadata.get("provenance", {}).get("parameters", {}))
+        return cls(node, api_key, client, before)
 
     def describe(self) -> str:
         """The container's URI, for a log line."""

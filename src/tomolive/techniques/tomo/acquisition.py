@@ -20,6 +20,7 @@ from ...preprocess import reduce_frames
 from ...store import now
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .reconstruction import new_recon_volume, prepare_projection
+from .sanity import check_flats_over_darks, check_frame_values, check_transmission
 from .spool import ProjectionSpool
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class TomoAcquisition:
         self.recon_volume: Future | None = None  # made during the scan, once the frame shape is known
         self.blocks_submitted = False  # processing has begun writing the recon array
         self._frame_shape: tuple[int, ...] | None = None
+        self._counts = dict.fromkeys(ROLES, 0)
 
     # -- the ingest thread ----------------------------------------------------------------
 
@@ -53,6 +55,8 @@ class TomoAcquisition:
         if role not in ROLES:
             raise BadInputError(f"a tomography frame's role must be one of {ROLES}; got {role!r}.")
         self._check_frame(role, frame)
+        check_frame_values(role, self._counts[role], frame)
+        self._counts[role] += 1
         if role == "projection":
             if coordinate is None:
                 raise BadInputError("a projection arrived without its rotation angle.")
@@ -81,6 +85,7 @@ class TomoAcquisition:
             self._start(frame)
         assert self.spool is not None and self.flat is not None and self.dark is not None
         prepared = prepare_projection(frame, self.flat, self.dark, self.params)
+        check_transmission(len(self.spool), prepared)
         self.spool.append(prepared, angle_deg)
         if self.preview is not None:
             self.preview.add(prepared, math.radians(angle_deg))
@@ -94,6 +99,7 @@ class TomoAcquisition:
                 )
         self.dark = reduce_frames(np.stack(self.calibration["dark"]), self.params.flat_reduce, name="darks")
         self.flat = reduce_frames(np.stack(self.calibration["flat"]), self.params.flat_reduce, name="flats")
+        check_flats_over_darks(self.flat, self.dark)
         self.run.provenance.inputs.update(
             frame_shape=list(frame.shape),
             frame_dtype=str(frame.dtype),
@@ -195,8 +201,8 @@ class TomoAcquisition:
             self.spool.remove()
 
     def discard(self, store: Any) -> None:
-        """The run ended without a result: stop the preview, drop the spool, and remove an
-        empty ``recon`` array from ``store`` (None when it is unreachable)."""
+        """The run ended without a result: stop the preview, drop the spool, and mark an empty
+        ``recon`` array in ``store`` (None when it is unreachable) as never written."""
         self.dark = self.flat = None
         self.calibration = {name: [] for name in CALIBRATIONS}
         if self.preview is not None:
@@ -204,13 +210,15 @@ class TomoAcquisition:
             self.preview = None
         self.release()
         if store is not None and not self.blocks_submitted:
-            self._remove_unwritten_volume(store)
+            self._mark_unwritten_volume(store)
 
-    def _remove_unwritten_volume(self, store: Any) -> None:
+    def _mark_unwritten_volume(self, store: Any) -> None:
+        """Say so in the container when its ``recon`` array was made but never written: the
+        pipeline's key may not delete (least privilege), and the status says why."""
         if self.recon_volume is not None:
             self.recon_volume.exception()  # waits for one being made: no array appears after this
         try:
             if "recon" in store:
-                store.remove("recon")
+                store.update(unwritten=["recon"])
         except Exception as err:  # the status, set next, says why there is no result
-            logger.warning("could not remove the empty recon array of run %s: %s", self.run.uid, err)
+            logger.warning("could not mark the empty recon array of run %s: %s", self.run.uid, err)
