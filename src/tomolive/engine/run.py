@@ -185,8 +185,9 @@ class Run:
             frame_bytes = max(1, np.asarray(item[1]).nbytes) if isinstance(item, tuple) else 1
             self._queue = queue.Queue(maxsize=max(8, QUEUE_BYTES // frame_bytes))
             name = f"tomolive-ingest-{self.uid[:8]}"
-            self._ingest = threading.Thread(target=self._ingest_frames, name=name, daemon=True)
-            self._ingest.start()
+            ingest = threading.Thread(target=self._ingest_frames, name=name, daemon=True)
+            ingest.start()
+            self._ingest = ingest  # started before others may join it
         assert self._queue is not None
         while not (self.ended and item is not None):  # after the end, frames are dropped
             try:
