@@ -235,7 +235,10 @@ def run_size(n, fps, settings, client, scratch):
     offline_cmd = offline_command(raw, settings, env)
     t0 = time.perf_counter()
     with open_scan(raw) as scan:
-        assert process_scan(scan, f"offline-warm-{n}", pipe.engine, pipe.techniques[0], progress=False).status == "complete"
+        assert (
+            process_scan(scan, f"offline-warm-{n}", pipe.engine, pipe.techniques[0], progress=False).status
+            == "complete"
+        )
     offline_warm = time.perf_counter() - t0
     rates = frame_rates(bl, angles, pipe, fps)
     pipe.close()

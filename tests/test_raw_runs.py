@@ -84,12 +84,14 @@ def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, mo
     monkeypatch.setenv("TOMOLIVE_OUTBOX", str(pipeline.engine.outbox_dir))
     args = _process_args(str(shared_data / "tooth.h5"), tiled_server, pipeline)
     assert tomolive_main(args) == 0
-    assert tomolive_main(args) == 0  # processing the same file again replaces its result
+    assert tomolive_main(args) == 0  # processing the same file again adds a version, keeping the first
     out = capsys.readouterr().out
     assert out.count("complete: http") == 2
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
     found = [node for node in client["processed"].values() if node.metadata.get("source", "").endswith("tooth.h5")]
-    assert len(found) == 1
+    assert sorted(node.metadata["version"] for node in found) == [1, 2]
+    assert found[0].metadata["raw_uid"] == found[1].metadata["raw_uid"]
+    np.testing.assert_array_equal(found[0]["recon"].read(), found[1]["recon"].read())
     md = found[0].metadata
     assert md["status"] == "complete" and md["format"] == "dxchange"
     assert abs(md["provenance"]["center"]["center"] - 295.5) <= 1.0

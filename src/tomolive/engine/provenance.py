@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import socket
 import subprocess
@@ -106,12 +107,17 @@ def _iso(timestamp: float) -> str:
 
 def changed_parameters(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The parameters that differ between two provenance records, by dotted name: ``{name: {"before", "now"}}``."""
-    flat_before, flat_after = _flatten(before), _flatten(after)
+    flat_before, flat_after = _flatten(_as_json(before)), _flatten(_as_json(after))
     return {
         name: {"before": flat_before.get(name), "now": flat_after.get(name)}
         for name in sorted(set(flat_before) | set(flat_after))
         if flat_before.get(name) != flat_after.get(name)
     }
+
+
+def _as_json(tree: Any) -> Any:
+    """``tree`` as stored (tuples become lists), so a parameter compares equal to its stored self."""
+    return json.loads(json.dumps(tree, default=str))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
