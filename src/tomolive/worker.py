@@ -10,7 +10,7 @@ Its own receive loop, not bluesky's ``RemoteDispatcher``: libzmq refuses a messa
 ``max_message_bytes`` before buffering it (``ZMQ_MAXMSGSIZE``, which closes the connection;
 the worker reconnects), each message is checked (name, signature, freshness) before it is
 decoded, and nothing a sender puts in a message stops the worker: a bad one is dropped with
-one log line (at most ``burst`` lines a minute when flooded).
+one log line (at most 50 lines a minute when flooded).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 class DropLog:
     """One log line per dropped message, at most ``burst`` per ``window_s``; the rest counted."""
 
-    def __init__(self, burst: int = 20, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, burst: int = 50, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.burst, self.window_s, self._clock = burst, window_s, clock
         self.total = 0
         self._window_start = clock()
@@ -98,7 +98,7 @@ class _Connection:
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.socket.connect(address)
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
@@ -110,8 +110,11 @@ class _Connection:
             ready = dict(self.poller.poll())
             if self.socket in ready:
                 return self.socket.recv()
-            if self.monitor in ready and recv_monitor_message(self.monitor)["event"] == zmq.EVENT_DISCONNECTED:
-                return None
+            if self.monitor in ready:
+                event = recv_monitor_message(self.monitor)
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    return None
+                logger.info("tomolive worker: connected to %s", event["endpoint"].decode())
 
     def close(self) -> None:
         self.socket.disable_monitor()
