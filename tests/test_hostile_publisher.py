@@ -49,9 +49,9 @@ class Output:
 
     def wait_for(self, text: str, count: int = 1, timeout: float = 60.0) -> bool:
         with self._new:
-            return self._new.wait_for(lambda: self.count(text) >= count or self.process.poll() is not None, timeout) and (
-                self.count(text) >= count
-            )
+            return self._new.wait_for(
+                lambda: self.count(text) >= count or self.process.poll() is not None, timeout
+            ) and (self.count(text) >= count)
 
 
 def _rss_mb(pid: int) -> dict[str, float]:
@@ -63,7 +63,13 @@ def _rss_mb(pid: int) -> dict[str, float]:
 def proxy() -> Iterator[tuple[int, int]]:
     port_in, port_out = free_port(), free_port()
     process = subprocess.Popen(
-        [str(BIN / "bluesky-0MQ-proxy"), "--in-address", f"127.0.0.1:{port_in}", "--out-address", f"127.0.0.1:{port_out}"]
+        [
+            str(BIN / "bluesky-0MQ-proxy"),
+            "--in-address",
+            f"127.0.0.1:{port_in}",
+            "--out-address",
+            f"127.0.0.1:{port_out}",
+        ]
     )
     yield port_in, port_out
     process.terminate()
@@ -98,7 +104,14 @@ def test_hostile_publisher_changes_nothing_and_the_worker_stays_alive(
 ):
     port_in, port_out = proxy
     client = connect(tiled_server.uri, api_key=tiled_server.api_key)
-    server_args = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--dask", dask_client.scheduler.address]
+    server_args = [
+        "--uri",
+        tiled_server.uri,
+        "--api-key",
+        tiled_server.api_key,
+        "--dask",
+        dask_client.scheduler.address,
+    ]
     env = {"TMPDIR": str(tmp_path), "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"), "PATH": str(BIN), SECRET_ENV: SECRET}
     worker = subprocess.Popen(
         [str(BIN / "tomolive"), "worker", "--zmq", f"127.0.0.1:{port_out}", *server_args],

@@ -55,7 +55,13 @@ def _wait_for_line(process: subprocess.Popen, text: str, timeout: float = 60.0) 
 def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_server, dask_client, beamline, tmp_path):
     port_in, port_out = free_port(), free_port()
     proxy = subprocess.Popen(
-        [str(BIN / "bluesky-0MQ-proxy"), "--in-address", f"127.0.0.1:{port_in}", "--out-address", f"127.0.0.1:{port_out}"]
+        [
+            str(BIN / "bluesky-0MQ-proxy"),
+            "--in-address",
+            f"127.0.0.1:{port_in}",
+            "--out-address",
+            f"127.0.0.1:{port_out}",
+        ]
     )
     env_args = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--dask", dask_client.scheduler.address]
     worker = subprocess.Popen(
@@ -63,7 +69,12 @@ def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_ser
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={"TMPDIR": str(tmp_path), "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"), "PATH": str(BIN), SECRET_ENV: SECRET},
+        env={
+            "TMPDIR": str(tmp_path),
+            "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"),
+            "PATH": str(BIN),
+            SECRET_ENV: SECRET,
+        },
     )
     publisher = SignedPublisher(f"127.0.0.1:{port_in}", secret=SECRET.encode())
     try:

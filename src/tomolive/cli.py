@@ -152,12 +152,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .wire import SECRET_ENV, Verifier, WireSecretError, load_secret
     from .worker import run_worker
 
+    configured = bool(args.secret_file or os.environ.get(SECRET_ENV))
     secrets: list[bytes] = []
-    if args.secret_file or os.environ.get(SECRET_ENV) or not args.insecure_unsigned:
+    if configured or not args.insecure_unsigned:
         try:
             secrets = [load_secret(path) for path in args.secret_file or ()] or [load_secret()]
         except WireSecretError as err:
-            print(f"tomolive worker: {err} (or --insecure-unsigned to accept anyone's documents)", file=sys.stderr)
+            opt_out = "" if configured else " (or --insecure-unsigned: anyone's documents)"
+            print(f"tomolive worker: {err}{opt_out}", file=sys.stderr)
             return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(args)

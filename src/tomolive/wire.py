@@ -89,7 +89,9 @@ def load_secret(path: str | Path | None = None) -> bytes:
         except OSError as err:
             raise WireSecretError(f"cannot read the wire secret file {path}: {err.strerror}") from None
         if mode & 0o077:
-            raise WireSecretError(f"wire secret file {path} is readable by other users (mode {mode:o}); chmod 600 {path}")
+            raise WireSecretError(
+                f"wire secret file {path} is readable by other users (mode {mode:o}); chmod 600 {path}"
+            )
         where = str(path)
     else:
         secret = os.environ.get(SECRET_ENV, "").strip().encode()
@@ -163,11 +165,15 @@ class Verifier:
         secret = self._keys.get(kid)
         if secret is None:
             raise Rejected(f"signed with an unknown key (id {kid.hex()}): a wrong or retired secret")
-        if not hmac.compare_digest(view[_HEADER.size : start], _mac(secret, view[: _HEADER.size], prefix, name, view[start:])):
+        if not hmac.compare_digest(
+            view[_HEADER.size : start], _mac(secret, view[: _HEADER.size], prefix, name, view[start:])
+        ):
             raise Rejected("bad signature: altered, or signed with another secret")
         now = self._clock()
         if abs(now - sent_ns) > self._max_age_ns:
-            raise Rejected(f"signed {(now - sent_ns) / 1e9:.0f} s ago, outside the {self._max_age_ns / 1e9:.0f} s window")
+            raise Rejected(
+                f"signed {(now - sent_ns) / 1e9:.0f} s ago, outside the {self._max_age_ns / 1e9:.0f} s window"
+            )
         last, newest = self._last.get(publisher, (0, 0))
         if sequence <= last:
             raise Rejected(f"replayed (sequence {sequence} of publisher {publisher.hex()} already seen)")

@@ -59,7 +59,9 @@ class DropLog:
         """Log how many drops went unlogged, and start a new window."""
         if self._quiet:
             counts = ", ".join(f"{n} {kind}" for kind, n in self._quiet.most_common())
-            logger.warning("tomolive worker: dropped %d more messages without a line each: %s", self._quiet.total(), counts)
+            logger.warning(
+                "tomolive worker: dropped %d more messages without a line each: %s", self._quiet.total(), counts
+            )
         self._window_start, self._logged, self._quiet = self._clock(), 0, Counter()
 
 
