@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -61,6 +62,15 @@ def test_signed_message_round_trips_and_arrays_survive():
 def test_each_bad_message_is_refused_with_its_reason(message, why):
     with pytest.raises(Rejected, match=why):
         parse(message, b"", Verifier([SECRET]))
+
+
+def test_what_a_sender_wrote_stays_on_one_escaped_line():
+    bad_array = msgpack.ExtType(1, msgpack.packb(["<u2\ninjected line", [1], b"\0\0"]))
+    body = Signer(SECRET).sign(b"", "event", msgpack.packb({"image": bad_array}))
+    for message in (_message(body, b"event"), _message(b"x", name="start\n\u2028".encode())):
+        with pytest.raises(Rejected) as refused:
+            parse(message, b"", Verifier([SECRET]))
+        assert "\n" not in str(refused.value) and str(refused.value).isascii(), refused.value
 
 
 def test_a_replayed_or_stale_message_is_refused():

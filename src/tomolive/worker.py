@@ -70,7 +70,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _describe(name: bytes) -> str:
-    return repr(name[:40].decode("utf-8", "replace"))
+    """A sender's bytes, clipped and escaped: one log line stays one line."""
+    return ascii(name[:40].decode("utf-8", "replace"))
 
 
 def parse(message: bytes, prefix: bytes, verifier: Verifier | None) -> tuple[str, dict]:
@@ -87,7 +88,7 @@ def parse(message: bytes, prefix: bytes, verifier: Verifier | None) -> tuple[str
     try:
         doc = unpack(payload)
     except Exception as err:  # msgpack raises many kinds on garbage
-        raise Rejected(f"{name.decode()} document is not msgpack ({type(err).__name__}: {str(err)[:80]})") from None
+        raise Rejected(f"{name.decode()} document is not msgpack ({type(err).__name__}: {str(err)[:80]!a})") from None
     if not isinstance(doc, dict):
         raise Rejected(f"{name.decode()} document is a {type(doc).__name__}, not a mapping")
     return name.decode(), doc
@@ -172,6 +173,6 @@ def _deliver(
     try:
         callback(name, doc)
     except Exception as err:  # the pipeline fails the run it can; the worker carries on
-        drops.drop("callback", f"the pipeline raised on a {name} document: {type(err).__name__}: {str(err)[:120]}")
+        drops.drop("callback", f"the pipeline raised on a {name} document: {type(err).__name__}: {str(err)[:120]!a}")
         return 0
     return 1
