@@ -85,8 +85,12 @@ def _wait_done(client, uid: str) -> dict:
     return dict(client["processed"][uid].metadata)
 
 
-def _recon_digest(client, uid: str) -> str:
-    return hashlib.sha256(client["processed"][uid]["recon"].read().tobytes()).hexdigest()
+def _arrays_digest(client, uid: str) -> str:
+    """SHA-256 over the result's arrays (recon and whichever others it holds)."""
+    scan, digest = client["processed"][uid], hashlib.sha256()
+    for key in [k for k in ("preview", "recon", "denoised", "segmented") if k in scan] or ["recon"]:
+        digest.update(key.encode() + scan[key].read().tobytes())
+    return digest.hexdigest()
 
 
 def _reach_worker(attacker: zmq.Socket, out: Output) -> None:
@@ -136,8 +140,9 @@ def test_hostile_publisher_changes_nothing_and_the_worker_stays_alive(
 
         # a genuine scan; the attacker records every signed message on the proxy's output
         (uid_a,) = RE(sim_tomo_scan(beamline, n_angles=60, md={"sample": "genuine-a"}))
-        assert _wait_done(client, uid_a)["status"] == "complete"
-        digest_a = _recon_digest(client, uid_a)
+        metadata_a = _wait_done(client, uid_a)
+        assert metadata_a["status"] == "complete" and metadata_a["sample"] == "genuine-a"
+        digest_a = _arrays_digest(client, uid_a)
         captured = []
         while eavesdropper.poll(1000):
             if (message := eavesdropper.recv()).split(b" ", 2)[2].startswith(b"TLW1"):  # signed, not the probes
@@ -171,9 +176,8 @@ def test_hostile_publisher_changes_nothing_and_the_worker_stays_alive(
         (uid_b,) = RE(sim_tomo_scan(beamline, n_angles=60, md={"sample": "genuine-b"}))
         assert _wait_done(client, uid_b)["status"] == "complete"
         assert worker.poll() is None
-        metadata_a = client["processed"][uid_a].metadata
-        assert metadata_a["status"] == "complete" and metadata_a["sample"] == "genuine-a"
-        assert _recon_digest(client, uid_a) == digest_a
+        assert dict(client["processed"][uid_a].metadata) == metadata_a  # status, sample, provenance
+        assert _arrays_digest(client, uid_a) == digest_a
     finally:
         publisher._context.destroy(linger=0)
         context.destroy(linger=0)
