@@ -146,8 +146,8 @@ def test_every_load_in_the_package_refuses_pickled_code():
     assert all(_keyword(call, "weights_only") is True for _, call in torch_loads), torch_loads
     assert all(_keyword(call, "allow_pickle") is False for _, call in _calls("np.load"))
     unpicklers = {path.name for name in ("pickle.loads", "pickle.load") for path, _ in _calls(name)}
-    assert unpicklers <= {"cli.py"}  # only `tomolive worker --trust-pickle`, an explicit opt-in
-    assert inspect.signature(run_worker).parameters["deserializer"].default is unpack
+    assert unpicklers == set()  # `tomolive worker` decodes msgpack only, after checking the signature
+    assert "deserializer" not in inspect.signature(run_worker).parameters
 
 
 def test_pickled_document_on_0mq_is_dropped_without_running_code(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import time
@@ -10,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from bluesky.callbacks.zmq import Publisher
 
 from tests.conftest import free_port
 from tomolive.plans import tomo_scan
 from tomolive.qc import circle_mask, psnr
 from tomolive.store import connect
-from tomolive.wire import pack, unpack
+from tomolive.wire import SECRET_ENV, SignedPublisher, pack, unpack
 
 BIN = Path(sys.executable).parent
+SECRET = secrets.token_hex(32)
 
 
 def test_wire_round_trips_documents_with_arrays():
@@ -53,18 +54,31 @@ def _wait_for_line(process: subprocess.Popen, text: str, timeout: float = 60.0) 
 
 def test_worker_process_reconstructs_scans_published_through_the_proxy(tiled_server, dask_client, beamline, tmp_path):
     port_in, port_out = free_port(), free_port()
-    proxy = subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), str(port_in), str(port_out)])
+    proxy = subprocess.Popen(
+        [
+            str(BIN / "bluesky-0MQ-proxy"),
+            "--in-address",
+            f"127.0.0.1:{port_in}",
+            "--out-address",
+            f"127.0.0.1:{port_out}",
+        ]
+    )
     env_args = ["--uri", tiled_server.uri, "--api-key", tiled_server.api_key, "--dask", dask_client.scheduler.address]
     worker = subprocess.Popen(
         [str(BIN / "tomolive"), "worker", "--zmq", f"127.0.0.1:{port_out}", *env_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={"TMPDIR": str(tmp_path), "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"), "PATH": str(BIN)},
+        env={
+            "TMPDIR": str(tmp_path),
+            "TOMOLIVE_OUTBOX": str(tmp_path / "outbox"),
+            "PATH": str(BIN),
+            SECRET_ENV: SECRET,
+        },
     )
-    publisher = Publisher(f"127.0.0.1:{port_in}", serializer=pack)
+    publisher = SignedPublisher(f"127.0.0.1:{port_in}", secret=SECRET.encode())
     try:
-        _wait_for_line(worker, "tomolive worker:")
+        _wait_for_line(worker, "tomolive worker: connected to")
         time.sleep(3.0)  # 0MQ subscriptions take a moment to reach the proxy (slow joiner)
         RE = RunEngine()
         RE.subscribe(publisher)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -144,21 +145,39 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run the pipeline on documents from a bluesky 0MQ proxy until stopped."""
+    """Run the pipeline on signed documents from a bluesky 0MQ proxy until stopped."""
     import logging
-    import pickle
 
     from .callbacks import TomoPipeline
-    from .wire import unpack
+    from .wire import SECRET_ENV, Verifier, WireSecretError, load_secret
     from .worker import run_worker
 
+    configured = bool(args.secret_file or os.environ.get(SECRET_ENV))
+    secrets: list[bytes] = []
+    if configured or not args.insecure_unsigned:
+        try:
+            secrets = [load_secret(path) for path in args.secret_file or ()] or [load_secret()]
+        except WireSecretError as err:
+            opt_out = "" if configured else " (or --insecure-unsigned: anyone's documents)"
+            print(f"tomolive worker: {err}{opt_out}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings(args)
-    deserializer = pickle.loads if args.trust_pickle else unpack
+    verifier = Verifier(secrets) if secrets else None
     with TomoPipeline.from_uri(settings.uri, api_key=_key_or_none(settings), dask=args.dask, progress=False) as pipe:
-        print(f"tomolive worker: {args.zmq} -> {settings.uri}", flush=True)
-        run_worker(args.zmq, pipe, prefix=args.prefix.encode(), deserializer=deserializer)
+        signed = "signed documents only" if verifier else "UNSIGNED documents from anyone (--insecure-unsigned)"
+        print(f"tomolive worker: {args.zmq} -> {settings.uri}; {signed}", flush=True)
+        max_bytes = int(args.max_message_mb * 2**20)
+        run_worker(args.zmq, pipe, verifier=verifier, prefix=args.prefix.encode(), max_message_bytes=max_bytes)
     return 0
+
+
+def _positive_mb(text: str) -> float:
+    """``--max-message-mb``: a positive number of MiB."""
+    value = float(text)
+    if not 0 < value <= 2**20:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of MiB between 0 and 1048576")
+    return value
 
 
 def cmd_upload_outbox(args: argparse.Namespace) -> int:
@@ -287,9 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(worker, uri_help=RESULTS_URI_HELP)
     worker.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     worker.add_argument(
-        "--trust-pickle",
+        "--secret-file",
+        action="append",
+        help="file (mode 600) holding the wire secret publishers sign with; repeat to accept an old and a new "
+        "one while rotating (default: $TOMOLIVE_WIRE_SECRET)",
+    )
+    worker.add_argument(
+        "--insecure-unsigned",
         action="store_true",
-        help="accept bluesky's default pickled documents (runs code from the sender)",
+        help="with no secret, accept unsigned documents from anyone who can reach the proxy",
+    )
+    worker.add_argument(
+        "--max-message-mb",
+        type=_positive_mb,
+        default=64.0,
+        help="refuse messages over this size, unread (default 64: a 2048x2048 uint16 frame is 8)",
     )
     worker.set_defaults(func=cmd_worker)
 
