@@ -86,7 +86,6 @@ def test_tomolive_key_is_read_only_by_default_and_sees_only_itself(tiled_server,
         assert httpx.post(f"{api}/auth/principal", params={"role": role}, headers=as_reader).status_code in REFUSED
     assert httpx.get(f"{api}/auth/principal", headers=as_reader).status_code in REFUSED
     assert httpx.post(f"{api}/auth/apikey", json={"scopes": ["read:data"]}, headers=as_reader).status_code in REFUSED
-    assert httpx.post(f"{api}/metadata/", json={}, headers=as_reader).status_code in REFUSED | {422}
     with pytest.raises(ClientError) as refused:
         from_uri(tiled_server.uri, api_key=reader).create_container(key="vandal")
     assert refused.value.response.status_code in REFUSED

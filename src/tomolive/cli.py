@@ -76,7 +76,9 @@ def cmd_key(args: argparse.Namespace) -> int:
             revoke_key(settings.uri, key_headers(admin_key), args.revoke)
             print(f"revoked the key starting {args.revoke[:8]}")
             return 0
-        print(create_key(settings.uri, admin_key, read_only=not args.writer, note=args.note, expires_in=args.expires_in))
+        print(
+            create_key(settings.uri, admin_key, read_only=not args.writer, note=args.note, expires_in=args.expires_in)
+        )
     except TomoliveError as err:
         print(f"tomolive key: {err}", file=sys.stderr)
         return 1

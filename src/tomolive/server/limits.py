@@ -102,6 +102,7 @@ class BodyLimit:
             "raw_path": b"/api/v1/auth/apikey",
             "query_string": urlencode(query).encode(),
             "headers": [(k, v) for k, v in credentials if k != b"api_key"],
+            "state": dict(scope.get("state", {})),  # what Tiled notes on request.state stays there
         }
         answer: dict[str, Any] = {"status": 500, "body": b""}
         sent = False
