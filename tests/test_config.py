@@ -8,10 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from tomolive.config import KEY_FILE_NAME, Settings
+from tomolive.config import ADMIN_KEY_FILE_NAME, DEFAULT_MAX_BODY_BYTES, KEY_FILE_NAME, Settings
 from tomolive.errors import MissingDataError, TomoliveError
 
-ENV = ("DATA_DIR", "HOST", "PORT", "TILED_URI", "API_KEY", "PUBLIC", "CATALOG_URI", "AUTH_DB_URI")
+ENV = (
+    "DATA_DIR",
+    "HOST",
+    "PORT",
+    "TILED_URI",
+    "API_KEY",
+    "PUBLIC",
+    "CATALOG_URI",
+    "AUTH_DB_URI",
+    "ADMIN_KEY",
+    "MAX_BODY_BYTES",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +107,18 @@ def test_missing_key_is_a_lookup_error_naming_the_file(tmp_path: Path) -> None:
     assert str(tmp_path / KEY_FILE_NAME) in str(info.value)
     assert "TOMOLIVE_API_KEY" in str(info.value)
     assert not (tmp_path / KEY_FILE_NAME).exists()  # resolving never writes
+
+
+def test_admin_key_lives_apart_and_keys_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, catalog_uri="postgresql://tl:pw@db/tomolive")
+    with pytest.raises(MissingDataError, match="TOMOLIVE_ADMIN_KEY"):
+        s.resolved_admin_key()
+    saved = s.save_api_key("ab" * 36).save_admin_key("ef" * 36)
+    assert stat.S_IMODE(os.stat(tmp_path / ADMIN_KEY_FILE_NAME).st_mode) == 0o600
+    assert s.resolved_admin_key() == "ef" * 36 and s.resolved_api_key() == "ab" * 36
+    assert "ab" * 4 not in repr(saved) and "ef" * 4 not in repr(saved) and ":pw@" not in repr(saved)
+    monkeypatch.setenv("TOMOLIVE_ADMIN_KEY", "12" * 36)
+    monkeypatch.setenv("TOMOLIVE_MAX_BODY_BYTES", "4096")
+    from_env = Settings.from_env(data_dir=tmp_path)
+    assert from_env.resolved_admin_key() == "12" * 36 and from_env.max_body_bytes == 4096
+    assert Settings().max_body_bytes == DEFAULT_MAX_BODY_BYTES

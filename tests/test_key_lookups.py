@@ -141,12 +141,13 @@ def test_install_wraps_tiled_lookup_once(monkeypatch):
 
 
 def test_server_still_records_latest_activity_and_refuses_a_revoked_key_at_once(tiled_server):
-    api, as_writer = f"{tiled_server.uri}/api/v1", {"Authorization": f"Apikey {tiled_server.api_key}"}
-    reader = create_key(tiled_server.uri, tiled_server.api_key, read_only=True)
+    api, as_admin = f"{tiled_server.uri}/api/v1", {"Authorization": f"Apikey {tiled_server.admin_key}"}
+    reader = create_key(tiled_server.uri, tiled_server.admin_key, read_only=True)
     as_reader = {"Authorization": f"Apikey {reader}"}
+    principal = httpx.get(f"{api}/auth/whoami", headers=as_reader).json()["uuid"]  # each key has its own
 
     def latest_activity() -> str:
-        keys = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()["api_keys"]
+        keys = httpx.get(f"{api}/auth/principal/{principal}", headers=as_admin).json()["api_keys"]
         return next(key["latest_activity"] for key in keys if key["first_eight"] == reader[:8])
 
     assert httpx.get(f"{api}/metadata/", headers=as_reader).status_code == 200
@@ -155,10 +156,9 @@ def test_server_still_records_latest_activity_and_refuses_a_revoked_key_at_once(
     assert httpx.get(f"{api}/metadata/", headers=as_reader).status_code == 200
     assert latest_activity() > before
 
-    me = httpx.get(f"{api}/auth/whoami", headers=as_writer).json()
     with httpx.Client(headers=as_reader) as kept_alive:  # one connection: requests share it, not keys
         assert kept_alive.get(f"{api}/metadata/").status_code == 200
         httpx.delete(
-            f"{api}/auth/principal/{me['uuid']}/apikey", params={"first_eight": reader[:8]}, headers=as_writer
+            f"{api}/auth/principal/{principal}/apikey", params={"first_eight": reader[:8]}, headers=as_admin
         ).raise_for_status()
         assert kept_alive.get(f"{api}/metadata/").status_code == 401

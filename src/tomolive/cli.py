@@ -23,24 +23,29 @@ def _settings(args: argparse.Namespace) -> Settings:
         public=getattr(args, "public", None) or None,
         catalog_uri=getattr(args, "catalog", None),
         auth_uri=getattr(args, "auth_db", None),
+        admin_key=getattr(args, "admin_key", None),
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the Tiled server in the foreground until interrupted; issue its writer key first."""
+    """Run the Tiled server in the foreground until interrupted; issue its admin and writer keys first."""
     from .server import running_server
+    from .server.modes import mode_of
     from .server.web import web_url
 
     settings = _settings(args)
     catalog = f"PostgreSQL {split_password(settings.catalog_uri)[0]}" if settings.catalog_uri else "SQLite"
     with running_server(settings, console=True) as server:
-        key = "TOMOLIVE_API_KEY" if settings.api_key else f"{server.key_file} (mode 600)"
+        data_dir = server.data_dir.absolute()
+        key = "TOMOLIVE_API_KEY" if settings.api_key else f"{server.key_file} (mode {mode_of(server.key_file):o})"
         reads = "anyone may read (--public)" if server.public else "reads need a key too"
         print(
             f"tomolive: Tiled server at {server.uri}\n"
-            f"  catalog: {catalog}; arrays in {server.data_dir.absolute() / 'zarr'}\n"
-            f"  writer API key: {key}; writes need it, {reads}.\n"
-            f"  read-only keys for users: tomolive key --read-only --uri {server.uri}\n"
+            f"  catalog: {catalog}; data in {data_dir} (mode {mode_of(data_dir):o})\n"
+            f"  writer API key: {key}; writes need it (it cannot delete), {reads}.\n"
+            f"  admin key (issues and revokes keys; keep it to yourself): {server.admin_key_file} "
+            f"(mode {mode_of(server.admin_key_file):o})\n"
+            f"  read-only keys for users: tomolive key --uri {server.uri} --data-dir {data_dir}\n"
             f"  web view: {web_url(server.uri)}  (add ?api_key=KEY once, or type a key there; docs/web.md)\n"
             f"  connect: from tiled.client import from_uri; c = from_uri({server.uri!r}, api_key=...)",
             flush=True,
@@ -54,19 +59,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    """Print a new API key made with the writer key: read-only with ``--read-only``."""
-    from .server.keys import create_key
+    """Print a new API key (read-only unless ``--writer``), or revoke one, with the admin key."""
+    from .errors import TomoliveError
+    from .server.keys import create_key, key_headers, revoke_key
 
-    settings = _settings(args)
-    print(
-        create_key(
-            settings.uri,
-            settings.resolved_api_key(),
-            read_only=args.read_only,
-            note=args.note,
-            expires_in=args.expires_in,
+    if args.expires_in is not None and args.expires_in <= 0:
+        print(
+            f"tomolive key: --expires-in {args.expires_in}: give a positive number of seconds "
+            "(omit it for a key that never expires)",
+            file=sys.stderr,
         )
-    )
+        return 2
+    settings = _settings(args)
+    try:
+        admin_key = settings.resolved_admin_key()
+        if args.revoke:
+            revoke_key(settings.uri, key_headers(admin_key), args.revoke)
+            print(f"revoked the key starting {args.revoke[:8]}")
+            return 0
+        print(
+            create_key(settings.uri, admin_key, read_only=not args.writer, note=args.note, expires_in=args.expires_in)
+        )
+    except TomoliveError as err:
+        print(f"tomolive key: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -256,15 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--public", action="store_true", help="allow reads without a key")
     serve.set_defaults(func=cmd_serve)
 
-    key = sub.add_parser("key", help="issue another API key (--read-only: reads only) with the writer key")
-    key.add_argument("--read-only", action="store_true", help="the key can read but not write")
-    key.add_argument("--note", help="label shown in Tiled's key listing")
+    key = sub.add_parser("key", help="issue a read-only (default) or writer API key, or revoke one, with the admin key")
+    kind = key.add_mutually_exclusive_group()
+    kind.add_argument("--read-only", action="store_true", help="the key can read but not write (the default)")
+    kind.add_argument("--writer", action="store_true", help="the key can create and update, not delete")
+    kind.add_argument("--revoke", metavar="FIRST_EIGHT", help="revoke the key starting with these characters")
+    key.add_argument("--note", help="label kept with the key")
     key.add_argument("--expires-in", type=int, help="seconds until the key expires (default: never)")
-    _add_client_options(
-        key,
-        data_dir_help="where to find the writer key file",
-        key_help="the writer key (default: TOMOLIVE_API_KEY or the key file)",
-    )
+    key.add_argument("--uri", help=URI_HELP)
+    key.add_argument("--data-dir", help="the server's data directory, where its admin key file is")
+    key.add_argument("--admin-key", help="the admin key (default: TOMOLIVE_ADMIN_KEY or DATA_DIR/admin_key)")
     key.set_defaults(func=cmd_key)
 
     ls = sub.add_parser("ls", help="list processed scans")

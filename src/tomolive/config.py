@@ -9,8 +9,10 @@ Environment variables (all optional):
 ``TOMOLIVE_HOST``       server bind address (``127.0.0.1``)
 ``TOMOLIVE_PORT``       server port (``8000``)
 ``TOMOLIVE_TILED_URI``  Tiled URI clients use (``http://HOST:PORT``)
-``TOMOLIVE_API_KEY``    API key; otherwise the key file ``DATA_DIR/api_key`` made by ``tomolive serve``
+``TOMOLIVE_API_KEY``    writer key; otherwise the key file ``DATA_DIR/api_key`` made by ``tomolive serve``
                        (keys are issued by the server: see :mod:`tomolive.server.keys`)
+``TOMOLIVE_ADMIN_KEY``  admin key for ``tomolive key``; otherwise ``DATA_DIR/admin_key``
+``TOMOLIVE_MAX_BODY_BYTES`` largest request body the server takes with a writing key (1 GiB)
 ``TOMOLIVE_PUBLIC``     ``1`` lets anyone read without a key (writes still need it)
 """
 
@@ -24,6 +26,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .errors import BadInputError, MissingDataError
 
 KEY_FILE_NAME = "api_key"
+ADMIN_KEY_FILE_NAME = "admin_key"
+DEFAULT_MAX_BODY_BYTES = 1 << 30
+"""16 reconstructed rows of a 4096-pixel-wide detector in float32 (16 x 4096 x 4096 x 4 bytes):
+tomolive's largest block; raw frames and weights are far smaller."""
 POSTGRESQL_SCHEME = "postgresql://"  # Settings rewrites the short "postgres://" to it
 
 
@@ -51,10 +57,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     tiled_uri: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     public: bool = False
-    catalog_uri: str | None = None
-    auth_uri: str | None = None
+    catalog_uri: str | None = field(default=None, repr=False)
+    auth_uri: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         for name in ("catalog_uri", "auth_uri"):  # SQLAlchemy knows only the long scheme name
@@ -66,6 +74,8 @@ class Settings:
                 f"catalog URI {self.catalog_uri!r}: expected postgresql://USER:PASSWORD@HOST:PORT/DB "
                 "(leave it unset for the embedded SQLite catalog in the data directory)"
             )
+        if self.max_body_bytes <= 0:
+            raise BadInputError(f"TOMOLIVE_MAX_BODY_BYTES={self.max_body_bytes}: expected a positive number of bytes")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -88,6 +98,10 @@ class Settings:
             values["catalog_uri"] = env["TOMOLIVE_CATALOG_URI"]
         if "TOMOLIVE_AUTH_DB_URI" in env:
             values["auth_uri"] = env["TOMOLIVE_AUTH_DB_URI"]
+        if "TOMOLIVE_ADMIN_KEY" in env:
+            values["admin_key"] = env["TOMOLIVE_ADMIN_KEY"]
+        if "TOMOLIVE_MAX_BODY_BYTES" in env:
+            values["max_body_bytes"] = int(env["TOMOLIVE_MAX_BODY_BYTES"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"])  # type: ignore[arg-type]
@@ -118,14 +132,38 @@ class Settings:
         """Tiled's authentication database: explicit, else SQLite in the data directory."""
         return self.auth_uri or f"sqlite:///{self.data_dir.absolute() / 'auth.db'}"
 
+    @property
+    def admin_key_file(self) -> Path:
+        return self.data_dir.absolute() / ADMIN_KEY_FILE_NAME
+
+    def resolved_admin_key(self) -> str:
+        """The admin key: explicit/env value, else the admin key file written by ``tomolive serve``."""
+        if self.admin_key:
+            return self.admin_key
+        if self.admin_key_file.exists():
+            return self.admin_key_file.read_text().strip()
+        raise MissingDataError(
+            f"no admin key: set TOMOLIVE_ADMIN_KEY or pass --data-dir of the server "
+            f"(`tomolive serve` writes {self.admin_key_file})."
+        )
+
     def save_api_key(self, key: str) -> Settings:
         """Write ``key`` to the user-only key file (mode 600) and return settings carrying it."""
-        path = self.key_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = path.with_name(path.name + ".new")
-        fresh.unlink(missing_ok=True)
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-        fresh.replace(path)
+        write_private(self.key_file, key)
         return replace(self, api_key=key)
+
+    def save_admin_key(self, key: str) -> Settings:
+        """Write ``key`` to the user-only admin key file (mode 600) and return settings carrying it."""
+        write_private(self.admin_key_file, key)
+        return replace(self, admin_key=key)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` by a file of mode 600 holding ``text`` and a newline."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fresh = path.with_name(path.name + ".new")
+    fresh.unlink(missing_ok=True)
+    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    fresh.replace(path)

@@ -1,4 +1,4 @@
-"""Start tomolive's Tiled server from a profile in ``tiled_config/`` and issue its writer key.
+"""Start tomolive's Tiled server from a profile in ``tiled_config/`` and issue its admin and writer keys.
 
 Profiles: ``sqlite.yml`` (embedded default: catalog, tables and arrays under the data dir) and
 ``postgresql.yml`` (catalog and tables in PostgreSQL, arrays under the data dir), picked by
@@ -22,7 +22,8 @@ import httpx
 
 from ..config import Settings, split_password
 from ..errors import TomoliveError
-from .keys import issue_writer_key, principal_of
+from .keys import ADMIN_SCOPES, WRITER_SCOPES, admin_login, issue_key, key_scopes, principal_of, revoke_key
+from .modes import FILE_MODE, secure_data_dir
 
 SERVER_MODULE = "tomolive.server.tiled_serve"
 """What the server process runs (``python -m``): find it among child processes by this."""
@@ -37,13 +38,14 @@ def config_path(settings: Settings) -> Path:
 def server_command(settings: Settings, admin_password: str) -> tuple[list[str], dict[str, str]]:
     """The server's command line (``tiled serve config`` by way of :mod:`tomolive.server.tiled_serve`) and environment."""
     data_dir = settings.data_dir.absolute()
-    (data_dir / "zarr").mkdir(parents=True, exist_ok=True)
+    (data_dir / "zarr").mkdir(mode=0o700, parents=True, exist_ok=True)
     auth_uri, auth_password = split_password(settings.auth_db_uri)
     env = {
         **os.environ,
         "TOMOLIVE_DATA_DIR": str(data_dir),
         "TOMOLIVE_AUTH_DB_URI": auth_uri,
         "TOMOLIVE_ADMIN_PASSWORD": admin_password,
+        "TOMOLIVE_MAX_BODY_BYTES": str(settings.max_body_bytes),
     }
     if auth_password is not None:
         env["PGPASSWORD"] = auth_password
@@ -84,47 +86,68 @@ def wait_until_up(uri: str, timeout: float = 180.0, process: subprocess.Popen | 
     raise TomoliveError(f"Tiled server at {uri} did not answer within {timeout:.0f} s")
 
 
-def writer_key(settings: Settings, admin_password: str) -> Settings:
-    """Settings carrying a writer key that the running server knows.
+def server_keys(settings: Settings, admin_password: str) -> Settings:
+    """Settings carrying the admin key and a writer key that the running server knows.
 
-    An explicit key (``TOMOLIVE_API_KEY`` / ``--api-key``) must be one the server issued; a
-    key file from an earlier start is reused while the server still knows it; otherwise a new
-    key is issued and written to the key file (mode 600).
+    Keys in the key files from an earlier start are reused while the server knows them with
+    the expected scopes; a writer key with more (one issued before keys were scoped) is
+    revoked and replaced. Otherwise a new key is issued and written to its file (mode 600).
+    An explicit writer key (``TOMOLIVE_API_KEY`` / ``--api-key``) must be one the server issued.
     """
+    headers = admin_login(settings.uri, admin_password)
+    uri = settings.uri
+    admin = _known_key(settings.admin_key_file, uri)
+    if admin is None or admin[1] != frozenset(ADMIN_SCOPES):
+        settings = settings.save_admin_key(issue_key(uri, headers, ADMIN_SCOPES, "tomolive admin"))
+    else:
+        settings = replace(settings, admin_key=admin[0])
     if settings.api_key:
-        if principal_of(settings.uri, settings.api_key) is None:
+        if principal_of(uri, settings.api_key) is None:
             raise TomoliveError(
                 f"the API key from TOMOLIVE_API_KEY/--api-key is not known to the Tiled server at "
-                f"{settings.uri}: unset it to let tomolive issue one into {settings.key_file}"
+                f"{uri}: unset it to let tomolive issue one into {settings.key_file}"
             )
         return settings
-    path = settings.key_file
-    if path.exists() and principal_of(settings.uri, key := path.read_text().strip()) is not None:
-        return replace(settings, api_key=key)
-    return settings.save_api_key(issue_writer_key(settings.uri, admin_password))
+    writer = _known_key(settings.key_file, uri)
+    if writer is not None and writer[1] == frozenset(WRITER_SCOPES):
+        return replace(settings, api_key=writer[0])
+    if writer is not None:  # it may delete and administer: no longer
+        revoke_key(uri, headers, writer[0])
+    return settings.save_api_key(issue_key(uri, headers, WRITER_SCOPES, "tomolive writer"))
+
+
+def _known_key(path: Path, uri: str) -> tuple[str, frozenset[str]] | None:
+    """The key in the file at ``path`` and its scopes, if the file exists and the server knows the key."""
+    if not path.exists():
+        return None
+    key = path.read_text().strip()
+    scopes = key_scopes(uri, key) if key else None
+    return None if scopes is None else (key, scopes)
 
 
 @contextmanager
 def running_server(settings: Settings, log_path: Path | None = None, *, console: bool = False) -> Iterator[Settings]:
-    """Run the Tiled server in a child process for the ``with`` block; yields settings with its key.
+    """Run the Tiled server in a child process for the ``with`` block; yields settings with its keys.
 
-    Output goes to ``log_path`` (default ``DATA_DIR/tiled-server.log``), or to this process's
-    own stdout/stderr when ``console`` is true.
+    The data directory is made private first (:func:`~tomolive.server.modes.secure_data_dir`).
+    Output goes to ``log_path`` (default ``DATA_DIR/tiled-server.log``, mode 600), or to this
+    process's own stdout/stderr when ``console`` is true.
     """
     password = os.environ.get("TOMOLIVE_ADMIN_PASSWORD") or secrets.token_hex(32)
+    secure_data_dir(settings.data_dir.absolute())
     command, env = server_command(settings, password)
     log_path = log_path or settings.data_dir.absolute() / "tiled-server.log"
     if console:
         process = subprocess.Popen(command, env=env)
     else:
-        with open(log_path, "ab") as log:
+        with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE), "ab") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
             wait_until_up(settings.uri, process=process)
         except TomoliveError as err:
             raise TomoliveError(f"{err}; its log: {'above' if console else log_path}") from err
-        yield writer_key(settings, password)
+        yield server_keys(settings, password)
     finally:
         process.terminate()
         try:

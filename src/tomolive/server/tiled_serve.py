@@ -10,12 +10,16 @@ imported Tiled already to serve, so creating both here halves a server start
 only if it finds that database missing.
 
 It also makes Tiled look up a request's API key once instead of three or four times
-(:mod:`tomolive.store.internals`): half of a request's server CPU.
+(:mod:`tomolive.store.internals`): half of a request's server CPU. And it guards the server:
+new files private (umask 077), key material redacted from every log line
+(:mod:`~tomolive.server.redact`), request bodies capped before they are read
+(:mod:`~tomolive.server.limits`, ``TOMOLIVE_MAX_BODY_BYTES``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -37,7 +41,10 @@ from tiled.commandline.main import cli_app
 from tiled.config import parse_configs
 from tiled.utils import ensure_specified_sql_driver
 
+from ..config import DEFAULT_MAX_BODY_BYTES
 from ..store import internals
+from . import limits, redact
+from .modes import SERVER_UMASK
 
 USAGE = "usage: python -m tomolive.server.tiled_serve PROFILE [tiled serve config options]"
 SCHEMAS = {
@@ -100,8 +107,11 @@ def main(argv: list[str]) -> None:
     """Create the databases of the profile ``argv[0]``, then serve it with ``tiled serve config argv``."""
     if not argv or argv[0].startswith("-"):
         raise SystemExit(USAGE)
+    os.umask(SERVER_UMASK)
+    redact.install()
     create_databases(Path(argv[0]))
     internals.share_api_key_lookups()
+    limits.install(int(os.environ.get("TOMOLIVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
     cli_app(args=["serve", "config", *argv], prog_name="tiled")
 
 
