@@ -73,7 +73,7 @@ def test_read_only_key_reads_but_cannot_write(tiled_server, capsys):
     assert list(after) == ["recon"] and after.metadata["status"] == "complete"
     np.testing.assert_array_equal(after["recon"].read(), volume)
 
-    # Revoked with the admin key (docs/security-keys.md): the key stops reading at once.
+    # Revoked with the admin key (docs/security.md): the key stops reading at once.
     revoke_key(tiled_server.uri, key_headers(tiled_server.admin_key), read_only[:8])
     api = f"{tiled_server.uri}/api/v1"
     assert httpx.get(f"{api}/metadata/", headers={"Authorization": f"Apikey {read_only}"}).status_code == 401
