@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client.base import BaseClient
 
@@ -117,6 +118,19 @@ def _events_per_stream(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, int]
     return counts
 
 
+def _replace_partial_copy(node: BaseClient, uid: str) -> None:
+    """Delete the partial copy of ``raw/<uid>`` a dead server left: an operator's act (admin key)."""
+    try:
+        node.delete(recursive=True, external_only=False)
+    except httpx.HTTPStatusError as err:
+        if err.response.status_code not in (401, 403):
+            raise
+        raise PermissionError(
+            f"raw/{uid} holds a partial copy that a dead server left; replacing it deletes data, which the "
+            'writer key may not: run tomolive upload-outbox --api-key "$(cat DATA_DIR/admin_key)"'
+        ) from None
+
+
 def replay_raw(path: Path, client: BaseClient, **kwargs: Any) -> str:
     """Write the run backed up in ``path`` to ``raw/<uid>``, then delete ``path``; return its URI.
 
@@ -133,7 +147,7 @@ def replay_raw(path: Path, client: BaseClient, **kwargs: Any) -> str:
         raise MissingDataError(f"{path} holds {counted} events but its stop document declares {stop['num_events']}.")
     root = raw_root(client)
     if uid in root and "stop" not in root[uid].metadata:
-        root[uid].delete(recursive=True, external_only=False)  # a partial copy from a dead server
+        _replace_partial_copy(root[uid], uid)
     if uid not in root:
         writer = TiledWriter(root, **kwargs)
         for name, doc in docs:

@@ -176,7 +176,11 @@ def test_tiled_killed_mid_scan_spools_result_and_raw_run_and_upload_outbox_deliv
         kept = tmp_path / backup.name
         kept.write_bytes(backup.read_bytes())
 
-        assert tomolive_main(["upload-outbox", "--uri", settings.uri, "--api-key", settings.api_key]) == 0
+        # The writer key may not replace the partial raw copy (a delete): the operator's admin key may.
+        assert tomolive_main(["upload-outbox", "--uri", settings.uri, "--api-key", settings.api_key]) == 1
+        assert "which the writer key may not" in capsys.readouterr().err and pending_raw(outbox) != []
+        admin = settings.resolved_admin_key()
+        assert tomolive_main(["upload-outbox", "--uri", settings.uri, "--api-key", admin]) == 0
         assert pending(outbox) == [] and pending_raw(outbox) == []
         client = connect(settings.uri, api_key=settings.api_key)
         node = find_scan(client, uid)  # a new version; the one the dead server left says it was superseded

@@ -295,24 +295,13 @@ class Run:
 
     def _announce(self, outcome: ProcessedRun) -> ProcessedRun:
         """Tell the result subscribers (QC alerts first, then the status); return ``outcome``."""
-        if outcome.status == "complete":
+        complete = outcome.status == "complete"
+        if complete:
             with self._lock:
                 self._move(RunState.COMPLETE)
-        complete = outcome.status == "complete"
-        qc = self.stage_results.get("qc", {})
-        payload = {
-            "uid": self.uid,
-            "status": outcome.status,
-            "uri": outcome.uri,
-            "outbox": outcome.outbox,
-            "reason": outcome.reason,
-            "sample": self.metadata.get("sample"),
-            "scan_id": self.metadata.get("scan_id"),
-            "stages": self.technique.stages_done() if complete else list(self.provenance.stage_seconds),
-            "qc": qc,
-            "metrics": self.stage_results.get("metrics", {}),
-        }
-        for alert in qc.get("alerts", []) if complete else []:
+        stages = self.technique.stages_done() if complete else list(self.provenance.stage_seconds)
+        payload = event_payload(outcome, self.metadata, stages, self.stage_results)
+        for alert in payload["qc"].get("alerts", []) if complete else []:
             self.engine.events.emit("qc_alert", {**payload, "alert": alert})
         self.engine.events.emit(outcome.status, payload)
         return outcome
@@ -327,7 +316,7 @@ class Run:
 
     def _store_end(self, status: str, reason: str) -> ProcessedRun:
         """Mark the run ended without a result, in Tiled or else the outbox; never raises."""
-        self._let_ingest_stop()
+        let_ingest_stop(self._ingest, self.engine.patience_s)
         extra = {"reason": reason, "provenance": self.provenance.as_dict()}
         try:
             store = self.store.result()
@@ -346,11 +335,29 @@ class Run:
         logger.error("Tiled is unreachable: status %r of run %s kept in %s", status, self.uid, entry.describe())
         return ProcessedRun(self.uid, status, None, reason, str(entry.path))
 
-    def _let_ingest_stop(self) -> None:
-        """Wait for the ingest thread to finish the frame it holds (the run has ended, so it
-        stops after that one): what it is still making is then here to remove."""
-        ingest = self._ingest
-        if ingest is not None and ingest is not threading.current_thread():
-            ingest.join(timeout=self.engine.patience_s)
-            if ingest.is_alive():
-                logger.warning("run %s: its ingest thread is still busy after %s s", self.uid, self.engine.patience_s)
+
+def let_ingest_stop(ingest: threading.Thread | None, patience_s: float) -> None:
+    """Wait for a run's ingest thread to finish the frame it holds (the run has ended, so it
+    stops after that one): what it is still making is then there to remove."""
+    if ingest is not None and ingest is not threading.current_thread():
+        ingest.join(timeout=patience_s)
+        if ingest.is_alive():
+            logger.warning("%s is still busy after %s s", ingest.name, patience_s)
+
+
+def event_payload(
+    outcome: ProcessedRun, metadata: dict[str, Any], stages: list[str], results: dict[str, Any]
+) -> dict[str, Any]:
+    """What result subscribers hear of a run (see :mod:`tomolive.engine.events`)."""
+    return {
+        "uid": outcome.uid,
+        "status": outcome.status,
+        "uri": outcome.uri,
+        "outbox": outcome.outbox,
+        "reason": outcome.reason,
+        "sample": metadata.get("sample"),
+        "scan_id": metadata.get("scan_id"),
+        "stages": stages,
+        "qc": results.get("qc", {}),
+        "metrics": results.get("metrics", {}),
+    }
