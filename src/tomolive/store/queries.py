@@ -9,18 +9,42 @@ from __future__ import annotations
 from typing import Any
 
 from tiled.client.base import BaseClient
+from tiled.client.container import Container
 from tiled.queries import Key, Like
 
 from ..errors import BadInputError, MissingDataError
-from .client import processed_root, raw_path
+from .client import PROCESSED, processed_root, raw_path
 
 
-def scan_rows(client: BaseClient) -> list[dict[str, Any]]:
-    """One summary row per processed scan, newest first (for ``tomolive ls``)."""
+def scan_rows(
+    client: BaseClient,
+    *,
+    sample: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Summary rows of processed scans, newest first (for ``tomolive ls``).
+
+    The filters run on the server as Tiled queries (``sample`` and ``status`` equal, ``created``
+    at or after the ISO date ``since``) and the server sorts by ``created``, newest first, so only
+    ``limit`` containers travel. Containers without ``status`` or ``recon`` (an interrupted or
+    foreign one) are listed with blanks, never skipped or fatal.
+    """
+    if PROCESSED not in client:
+        return []
+    found = client[PROCESSED]
+    if sample is not None:
+        found = found.search(Key("sample") == sample)
+    if status is not None:
+        found = found.search(Key("status") == status)
+    if since is not None:
+        found = found.search(Key("created") >= since)
     rows = []
-    for uid, node in processed_root(client).items():
+    for uid, node in found.sort(("created", -1)).items().head(limit):
         md = node.metadata
-        shape = node["recon"].shape if "recon" in node else None
+        recon = node["recon"] if isinstance(node, Container) and "recon" in node else None
+        shape = getattr(recon, "shape", None)
         rows.append(
             {
                 "uid": uid,
@@ -32,7 +56,7 @@ def scan_rows(client: BaseClient) -> list[dict[str, Any]]:
                 "reason": md.get("reason"),
             }
         )
-    return sorted(rows, key=lambda row: row["when"] or "", reverse=True)
+    return rows
 
 
 def processed_for(client: BaseClient, raw: str | BaseClient) -> BaseClient:
