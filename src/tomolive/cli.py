@@ -548,8 +548,14 @@ def _explain(err: Exception, args: argparse.Namespace) -> str | None:
     if isinstance(err, httpx.TransportError):
         uri = _server_root(str(err.request.url)) if _has_request(err) else _settings(args).uri
         return _unreachable(uri)
-    if isinstance(err, CannotPrompt):
-        return "no API key: pass --api-key KEY, set TOMOLIVE_API_KEY, or --data-dir of the server"
+    if isinstance(err, CannotPrompt):  # Tiled wanted a password: the key it was given was refused
+        settings = _settings(args)
+        if _key_or_none(settings) is None:
+            return "no API key: pass --api-key KEY, set TOMOLIVE_API_KEY, or --data-dir of the server"
+        return (
+            f"the Tiled server at {_server_root(settings.uri)} refused the API key (unknown, revoked or expired): "
+            "pass a key it issued with --api-key (tomolive key makes one)"
+        )
     if isinstance(err, ClientError):
         status = err.response.status_code
         url = err.response.request.url
