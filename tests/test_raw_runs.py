@@ -104,7 +104,9 @@ def test_process_names_a_bad_source(tiled_server, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(missing) in err and "does not exist" in err
     with pytest.raises(MissingDataError, match=re.escape(str(missing))):  # --debug: the exception itself
-        tomolive_main(["--debug", "process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key])
+        tomolive_main(
+            ["--debug", "process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key]
+        )
 
 
 def test_process_refuses_a_scan_whose_angles_do_not_match_its_projections(tmp_path):

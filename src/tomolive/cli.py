@@ -39,7 +39,12 @@ class CliError(Exception):
 def _settings(args: argparse.Namespace) -> Settings:
     uri = getattr(args, "uri", None)
     data_dir = getattr(args, "data_dir", None)
-    if uri is None and data_dir is not None and args.func is not cmd_serve and "TOMOLIVE_TILED_URI" not in os.environ:
+    if (
+        uri is None
+        and data_dir is not None
+        and args.func not in (cmd_serve, cmd_demo)
+        and "TOMOLIVE_TILED_URI" not in os.environ
+    ):
         described = Path(data_dir) / SERVER_URI_FILE  # the server this data dir belongs to
         if described.is_file():
             uri = described.read_text().strip() or None
