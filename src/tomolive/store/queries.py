@@ -6,6 +6,7 @@ raw run (``raw_uid``, ``links.raw``), and :func:`processed_for` searches ``raw_u
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tiled.client.base import BaseClient
@@ -40,23 +41,39 @@ def scan_rows(
         found = found.search(Key("status") == status)
     if since is not None:
         found = found.search(Key("created") >= since)
+    page = list(found.sort(("created", -1)).items().head(limit))  # one request for the page
+    with ThreadPoolExecutor(max_workers=16) as pool:  # a request per recon shape: overlap them
+        shapes = list(pool.map(_recon_shape, [node for _, node in page]))
     rows = []
-    for uid, node in found.sort(("created", -1)).items().head(limit):
+    for (uid, node), shape in zip(page, shapes, strict=True):
         md = node.metadata
-        recon = node["recon"] if isinstance(node, Container) and "recon" in node else None
-        shape = getattr(recon, "shape", None)
         rows.append(
             {
                 "uid": uid,
                 "sample": md.get("sample"),
                 "scan_id": md.get("scan_id"),
                 "status": md.get("status"),
-                "shape": tuple(shape) if shape else None,
+                "shape": shape,
                 "when": md.get("updated") or md.get("created"),
                 "reason": md.get("reason"),
             }
         )
     return rows
+
+
+def _recon_shape(node: BaseClient) -> tuple[int, ...] | None:
+    """The shape of a processed container's ``recon`` array; None when it has none (yet)."""
+    if isinstance(node.metadata.get("recon_shape"), list):  # written with the array since issue 26
+        return tuple(int(n) for n in node.metadata["recon_shape"])
+    if not isinstance(node, Container):
+        return None
+    if (node.item["attributes"].get("structure") or {}).get("count") == 0:  # known from the listing: no request
+        return None
+    try:
+        shape = getattr(node["recon"], "shape", None)
+    except KeyError:
+        return None
+    return tuple(shape) if shape else None
 
 
 def processed_for(client: BaseClient, raw: str | BaseClient) -> BaseClient:
