@@ -100,8 +100,13 @@ def test_process_a_dxchange_file_offline(tiled_server, pipeline, shared_data, mo
 
 def test_process_names_a_bad_source(tiled_server, tmp_path, capsys):
     missing = tmp_path / "nope.h5"
-    with pytest.raises(MissingDataError, match=re.escape(str(missing))):
-        tomolive_main(["process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key])
+    assert tomolive_main(["process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and "does not exist" in err
+    with pytest.raises(MissingDataError, match=re.escape(str(missing))):  # --debug: the exception itself
+        tomolive_main(
+            ["--debug", "process", str(missing), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key]
+        )
 
 
 def test_process_refuses_a_scan_whose_angles_do_not_match_its_projections(tmp_path):

@@ -32,9 +32,13 @@ def save_slice_png(image: np.ndarray, path: Path) -> Path:
 
 
 def run_demo(
-    settings: Settings, *, size: int = 256, n_angles: int = 360, rows: int = 64, output_dir: str | Path = "demo-output"
+    settings: Settings, *, size: int = 256, n_angles: int = 360, rows: int = 64, output: str | Path = "demo-output"
 ) -> Path:
-    """Start a server, scan a simulated foam, reconstruct it into Tiled, and report where it is."""
+    """Start a server, scan a simulated foam, reconstruct it into Tiled, and report where it is.
+
+    ``output`` ending in ``.png`` is the file the central slice is written to; otherwise a
+    folder, where it goes as ``<uid>-slice<N>.png``.
+    """
     print(f"tomolive demo: starting the Tiled server in {settings.data_dir.absolute()} ...", flush=True)
     with running_server(settings) as server:
         beamline = make_sim_beamline(make_foam((rows, size, size), seed=7), photons=20000, seed=7)
@@ -68,14 +72,18 @@ def run_demo(
         middle = recon.shape[0] // 2
         slice_ = recon[middle]
         truth = beamline.phantom.attenuation()[middle]
-        png = save_slice_png(slice_, Path(output_dir) / f"{uid}-slice{middle}.png")
+        target = Path(output)
+        png = save_slice_png(slice_, target if target.suffix.lower() == ".png" else target / f"{uid}-slice{middle}.png")
+        data_dir = settings.data_dir.absolute()
         print(
             f"\nscan {scanned - start:.1f} s, reconstruction ready {done - scanned:.1f} s after the stop document"
             f"\nrecon {tuple(recon.shape)} {recon.dtype}; central slice PSNR vs phantom "
             f"{psnr(slice_, truth):.1f} dB\n"
             f"\nresult:  {server.uri}/api/v1/metadata/processed/{uid}"
             f"\nPNG:     {png.absolute()}"
-            f"\n\nfetch it (start the server again with `tomolive serve`):\n"
+            f"\n\nthe demo server stops now; to fetch the result later, start it on the same port and data dir:\n"
+            f"    tomolive serve --port {settings.port} --data-dir {data_dir}\n"
+            f"then, in Python:\n"
             f"    from tiled.client import from_uri\n"
             f"    from tiled.queries import Key\n"
             f"    c = from_uri({server.uri!r}, api_key=open({str(settings.key_file)!r}).read().strip())\n"

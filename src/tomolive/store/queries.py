@@ -6,33 +6,74 @@ raw run (``raw_uid``, ``links.raw``), and :func:`processed_for` searches ``raw_u
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tiled.client.base import BaseClient
+from tiled.client.container import Container
 from tiled.queries import Key, Like
 
 from ..errors import BadInputError, MissingDataError
-from .client import processed_root, raw_path
+from .client import PROCESSED, processed_root, raw_path
 
 
-def scan_rows(client: BaseClient) -> list[dict[str, Any]]:
-    """One summary row per processed scan, newest first (for ``tomolive ls``)."""
+def scan_rows(
+    client: BaseClient,
+    *,
+    sample: str | None = None,
+    status: str | None = None,
+    since: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Summary rows of processed scans, newest first (for ``tomolive ls``).
+
+    The filters run on the server as Tiled queries (``sample`` and ``status`` equal, ``created``
+    at or after the ISO date ``since``) and the server sorts by ``created``, newest first, so only
+    ``limit`` containers travel. Containers without ``status`` or ``recon`` (an interrupted or
+    foreign one) are listed with blanks, never skipped or fatal.
+    """
+    if PROCESSED not in client:
+        return []
+    found = client[PROCESSED]
+    if sample is not None:
+        found = found.search(Key("sample") == sample)
+    if status is not None:
+        found = found.search(Key("status") == status)
+    if since is not None:
+        found = found.search(Key("created") >= since)
+    page = list(found.sort(("created", -1)).items().head(limit))  # one request for the page
+    with ThreadPoolExecutor(max_workers=16) as pool:  # a request per recon shape: overlap them
+        shapes = list(pool.map(_recon_shape, [node for _, node in page]))
     rows = []
-    for uid, node in processed_root(client).items():
+    for (uid, node), shape in zip(page, shapes, strict=True):
         md = node.metadata
-        shape = node["recon"].shape if "recon" in node else None
         rows.append(
             {
                 "uid": uid,
                 "sample": md.get("sample"),
                 "scan_id": md.get("scan_id"),
                 "status": md.get("status"),
-                "shape": tuple(shape) if shape else None,
+                "shape": shape,
                 "when": md.get("updated") or md.get("created"),
                 "reason": md.get("reason"),
             }
         )
-    return sorted(rows, key=lambda row: row["when"] or "", reverse=True)
+    return rows
+
+
+def _recon_shape(node: BaseClient) -> tuple[int, ...] | None:
+    """The shape of a processed container's ``recon`` array; None when it has none (yet)."""
+    if isinstance(node.metadata.get("recon_shape"), list):  # written with the array since issue 26
+        return tuple(int(n) for n in node.metadata["recon_shape"])
+    if not isinstance(node, Container):
+        return None
+    if (node.item["attributes"].get("structure") or {}).get("count") == 0:  # known from the listing: no request
+        return None
+    try:
+        shape = getattr(node["recon"], "shape", None)
+    except KeyError:
+        return None
+    return tuple(shape) if shape else None
 
 
 def processed_for(client: BaseClient, raw: str | BaseClient) -> BaseClient:

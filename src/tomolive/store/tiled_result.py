@@ -98,6 +98,8 @@ class TiledResult:
         metadata: dict | None = None,
     ) -> VolumeTarget:
         """Create an empty chunked array node; workers fill it with :meth:`VolumeTarget.write_block`."""
+        if key == "recon":  # ``tomolive ls`` shows it from the listing, without a request per scan
+            self.update(recon_shape=[int(n) for n in shape])
         n_rows = shape[0]
         row_chunks = [rows_per_block] * (n_rows // rows_per_block)
         if n_rows % rows_per_block:

@@ -1,0 +1,213 @@
+"""The command line explains itself: one line per expected failure, filters for ls, help for every option."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tomolive.cli import SERVER_URI_FILE, build_parser, main
+from tomolive.config import Settings
+from tomolive.store import connect, processed_root
+
+from .conftest import free_port
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("TOMOLIVE_API_KEY", "TOMOLIVE_TILED_URI", "TOMOLIVE_DATA_DIR", "TOMOLIVE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # the default ./tomolive-data holds no key file
+
+
+def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], str]]:
+    """(argv, the start of the one line on stderr) for every expected failure."""
+    down = f"http://127.0.0.1:{free_port()}"
+    unreachable = f"cannot reach the Tiled server at {down}: start it with `tomolive serve` or pass --uri"
+    described = tmp / "described"  # a data dir whose server (now gone) wrote its URI
+    described.mkdir()
+    (described / SERVER_URI_FILE).write_text(down + "\n")
+    not_hdf5 = tmp / "notes.h5"
+    not_hdf5.write_text("not HDF5\n")
+    empty = tmp / "empty"
+    empty.mkdir()
+    key = ["--uri", server.uri, "--api-key", server.api_key or ""]
+    no_key = f"no API key for the Tiled server at {server.uri}: pass --api-key KEY, set TOMOLIVE_API_KEY"
+    return [
+        (["ls", "--uri", down], f"tomolive ls: {unreachable}"),
+        (["process", str(not_hdf5), "--uri", down], f"tomolive process: {unreachable}"),
+        (["export", "abc", "--format", "zarr", "--uri", down], f"tomolive export: {unreachable}"),
+        (["upload-outbox", "x.npz", "--uri", down], f"tomolive upload-outbox: {unreachable}"),
+        (["ls", "--data-dir", str(described)], f"tomolive ls: {unreachable}"),
+        (["serve", "--port", str(server.port), "--data-dir", str(empty)], f"tomolive serve: port {server.port} on"),
+        (["demo", "--port", str(server.port), "--data-dir", str(empty)], f"tomolive demo: port {server.port} on"),
+        (["ls", "--uri", server.uri, "--data-dir", str(empty)], f"tomolive ls: {no_key}"),
+        (["export", "abc", "--format", "hdf5", "--uri", server.uri], f"tomolive export: {no_key}"),
+        (["process", str(not_hdf5), "--uri", server.uri], f"tomolive process: {no_key}"),
+        (
+            ["ls", "--uri", server.uri, "--api-key", "not-a-key"],
+            f"tomolive ls: the Tiled server at {server.uri} refused",
+        ),
+        (
+            ["export", "abc", "--format", "hdf5", "--out", str(tmp / "no" / "such" / "x.h5"), *key],
+            f"tomolive export: --out {tmp / 'no' / 'such' / 'x.h5'}: the folder {tmp / 'no' / 'such'} does not exist",
+        ),
+        (
+            ["export", "0000dead", "--format", "hdf5", *key],
+            "tomolive export 0000dead: no processed scan has a uid starting with '0000dead'",
+        ),
+        (
+            ["process", f"{server.uri}/api/v1/metadata/raw/no-such-run", *key],
+            f"tomolive process: /api/v1/metadata/raw/no-such-run not found on the Tiled server at {server.uri}",
+        ),
+        (["process", str(not_hdf5), *key], f"tomolive process: {str(not_hdf5)!r} is not a readable HDF5 file"),
+        (
+            ["process", str(tmp / "gone.h5"), *key],
+            f"tomolive process: scan file {str(tmp / 'gone.h5')!r} does not exist",
+        ),
+    ]
+
+
+def test_every_expected_failure_is_one_line_without_a_traceback(tiled_server, tmp_path, capsys):
+    for argv, first_line in _failures(tiled_server, tmp_path):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert (code, err.splitlines()[:1]) != (0, []), argv
+        assert code == 1, (argv, err)
+        assert err.startswith(first_line), (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err, (argv, err)
+        assert "Username" not in out and "Password" not in out, argv
+
+
+def test_debug_shows_the_exception_instead(tmp_path):
+    with pytest.raises(httpx.ConnectError):
+        main(["--debug", "ls", "--uri", f"http://127.0.0.1:{free_port()}", "--api-key", "k"])
+    assert logging.getLogger("httpx").level == logging.DEBUG
+    main(["ls", "--uri", f"http://127.0.0.1:{free_port()}"])
+    assert logging.getLogger("httpx").level == logging.WARNING  # no per-request lines
+    assert logging.getLogger("httpcore").level == logging.WARNING
+
+
+def test_data_dir_finds_the_server_it_describes(tiled_server, tmp_path, capsys):
+    data_dir = tmp_path / "elsewhere"
+    data_dir.mkdir()
+    (data_dir / SERVER_URI_FILE).write_text(tiled_server.uri + "\n")
+    (data_dir / "api_key").write_text(f"{tiled_server.api_key}\n")
+    sample = f"dd-{uuid.uuid4().hex[:8]}"
+    key = _put(connect(tiled_server.uri, api_key=tiled_server.api_key), sample, "2026-01-01T00:00:00+00:00")
+    assert main(["ls", "--data-dir", str(data_dir), "--sample", sample]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[1].startswith(key)
+
+
+def _put(client, sample: str, created: str, **md) -> str:
+    key = f"cli-{uuid.uuid4().hex[:12]}"
+    processed_root(client).create_container(key, metadata={"sample": sample, "created": created, **md})
+    return key
+
+
+def test_ls_filters_on_the_server_and_survives_a_container_without_status(tiled_server, capsys):
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    sample = f"ls-{uuid.uuid4().hex[:8]}"
+    old = _put(client, sample, "2020-03-01T10:00:00+00:00", status="complete", scan_id=1)
+    failed = _put(client, sample, "2026-01-02T10:00:00+00:00", status="failed", reason="no flats", scan_id=2)
+    bare = _put(client, sample, "2026-01-03T10:00:00+00:00")  # no status, no recon, no scan_id
+    newest = _put(client, sample, "2026-01-04T10:00:00+00:00", status="complete", scan_id=4)
+    _put(client, f"{sample}-other", "2026-01-05T10:00:00+00:00", status="complete")
+    base = ["ls", "--uri", tiled_server.uri, "--api-key", tiled_server.api_key or "", "--sample", sample]
+
+    def listed(*extra: str) -> list[str]:
+        assert main([*base, *extra]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return [line.split()[0] for line in lines[1:] if line.startswith("cli-")]
+
+    assert listed() == [newest, bare, failed, old]  # newest first; the bare one listed with blanks
+    assert listed("--status", "complete") == [newest, old]
+    assert listed("--since", "2026-01-02") == [newest, bare, failed]
+    assert listed("--since", "2026-01-02", "--limit", "2") == [newest, bare]
+    assert main([*base, "--status", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert failed in out and "reason: no flats" in out
+    assert main([*base, "--status", "aborted"]) == 0
+    assert capsys.readouterr().out.startswith(f"no processed scans in {tiled_server.uri}/processed with sample=")
+
+
+def test_ls_rejects_a_bad_date(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ls", "--since", "yesterday"])
+    assert exit_.value.code == 2 and "ISO date" in capsys.readouterr().err
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_parsers(sub)
+    return found
+
+
+def test_every_option_has_help_without_backticks():
+    for parser in _all_parsers(build_parser()):
+        assert "`" not in (parser.description or ""), parser.prog
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    assert choice.help and "`" not in choice.help, (parser.prog, choice.dest)
+                continue
+            assert action.help and "`" not in action.help, (parser.prog, action.option_strings or action.dest)
+
+
+def test_version_and_help_are_plain_text(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("tomolive ")
+    for argv, option in ((["--help"], "--debug"), (["ls", "--help"], "--limit"), (["process", "--help"], "--stripes")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert option in out and "\x1b" not in out and "`" not in out, argv
+
+
+def test_demo_writes_the_png_it_was_given_and_names_port_and_data_dir(tmp_path, capsys):
+    port = free_port()
+    png = tmp_path / "x.png"
+    data_dir = tmp_path / "demo-data"
+    argv = ["demo", "--port", str(port), "--data-dir", str(data_dir), "--size", "48", "--angles", "40"]
+    assert main([*argv, "--output", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.is_file() and png.stat().st_size > 0
+    assert f"tomolive serve --port {port} --data-dir {data_dir.absolute()}" in out
+
+
+def test_ls_answers_in_under_a_second_on_500_scans(tmp_path, capsys):
+    """One request for the page: filters and sorting on the server, shapes from the metadata."""
+    import time
+
+    import numpy as np
+
+    from tomolive.server import running_server
+
+    with running_server(Settings(data_dir=tmp_path / "many", port=free_port())) as server:
+        root = processed_root(connect(server.uri, api_key=server.api_key))
+        for i in range(500):
+            created = f"2026-11-{1 + i // 24:02d}T{i % 24:02d}:00:00+00:00"
+            md = {"sample": f"s{i % 5}", "status": "failed" if i % 3 == 0 else "complete", "created": created}
+            node = root.create_container(f"scan-{i:03d}", metadata={**md, "recon_shape": [4, 8, 8]})
+            if i >= 495:
+                node.write_array(np.zeros((4, 8, 8), np.float32), key="recon")
+        argv = ["ls", "--uri", server.uri, "--api-key", server.api_key or ""]
+        for extra in ([], ["--sample", "s1", "--status", "complete", "--since", "2026-11-15"]):
+            seconds = []
+            for _ in range(2):
+                started = time.perf_counter()
+                assert main([*argv, *extra]) == 0
+                seconds.append(time.perf_counter() - started)
+            lines = capsys.readouterr().out.splitlines()
+            assert lines[1].startswith("scan-499" if not extra else "scan-496") and "4x8x8" in lines[1], lines[:2]
+            assert min(seconds) < 1.0, (extra, seconds)
