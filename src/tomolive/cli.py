@@ -7,7 +7,6 @@ non-zero; ``tomolive --debug ...`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import errno
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .cli_types import iso_date, positive_int, positive_mb
 from .config import Settings, split_password
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the Tiled server in the foreground until interrupted; issue its admin and writer keys first."""
     from .server import running_server
-    from .server.modes import mode_of
+    from .server.modes import FILE_MODE, mode_of
     from .server.web import web_url
 
     settings = _settings(args)
@@ -72,7 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     catalog = f"PostgreSQL {split_password(settings.catalog_uri)[0]}" if settings.catalog_uri else "SQLite"
     with running_server(settings, console=True) as server:
         data_dir = server.data_dir.absolute()
-        (data_dir / SERVER_URI_FILE).write_text(server.uri + "\n")
+        uri_file = data_dir / SERVER_URI_FILE
+        uri_file.write_text(server.uri + "\n")
+        uri_file.chmod(FILE_MODE)  # private like everything else in the data dir
         key = "TOMOLIVE_API_KEY" if settings.api_key else f"{server.key_file} (mode {mode_of(server.key_file):o})"
         reads = "anyone may read (--public)" if server.public else "reads need a key too"
         print(
@@ -242,14 +244,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_mb(text: str) -> float:
-    """``--max-message-mb``: a positive number of MiB."""
-    value = float(text)
-    if not 0 < value <= 2**20:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of MiB between 0 and 1048576")
-    return value
-
-
 def cmd_upload_outbox(args: argparse.Namespace) -> int:
     """Upload results and raw runs kept in the local outbox while Tiled was unreachable.
 
@@ -336,6 +330,7 @@ def _unreachable(uri: str) -> str:
 def _check_port_free(settings: Settings, option: str) -> None:
     """Refuse to start a server on a port something else holds (it would answer in our stead)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is free
         try:
             probe.bind((settings.host, settings.port))
         except OSError as err:
@@ -355,29 +350,6 @@ def _quiet_http_logs(debug: bool) -> None:
 
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
-
-
-def _iso_date(text: str) -> str:
-    """``--since``: an ISO 8601 date or date-time, as the UTC string metadata ``created`` compares with."""
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO date such as 2026-12-01 or 2026-12-01T08:00"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).isoformat(timespec="seconds")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
 
 
 def _version() -> str:
@@ -414,6 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and per-request HTTP logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_server_commands(sub)
+    _add_reading_commands(sub)
+    _add_processing_commands(sub)
+    _add_worker_commands(sub)
+    return parser
+
+
+def _add_server_commands(sub: argparse._SubParsersAction) -> None:
+    """``serve`` and ``key``."""
     serve = sub.add_parser("serve", help="run the Tiled server (SQLite or PostgreSQL catalog, Zarr arrays)")
     serve.add_argument("--data-dir", help="arrays, key file (and SQLite catalog) directory (default ./tomolive-data)")
     serve.add_argument(
@@ -443,14 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--admin-key", help="the admin key (default: TOMOLIVE_ADMIN_KEY or DATA_DIR/admin_key)")
     key.set_defaults(func=cmd_key)
 
+
+def _add_reading_commands(sub: argparse._SubParsersAction) -> None:
+    """``ls`` and ``export``."""
     ls = sub.add_parser("ls", help="list processed scans")
     _add_client_options(ls)
     ls.add_argument("--sample", help="only scans of this sample")
     ls.add_argument("--status", help="only scans with this status (complete, running, failed, aborted)")
-    ls.add_argument("--since", type=_iso_date, help="only scans created on or after this ISO date (UTC unless given)")
-    ls.add_argument(
-        "--limit", type=_positive_int, default=50, help="at most this many scans, newest first (default 50)"
-    )
+    ls.add_argument("--since", type=iso_date, help="only scans created on or after this ISO date (UTC unless given)")
+    ls.add_argument("--limit", type=positive_int, default=50, help="at most this many scans, newest first (default 50)")
     ls.set_defaults(func=cmd_ls)
 
     export = sub.add_parser("export", help="write a processed scan to TIFF slices, DXchange HDF5 or Zarr")
@@ -464,11 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(export)
     export.set_defaults(func=cmd_export)
 
+
+def _add_processing_commands(sub: argparse._SubParsersAction) -> None:
+    """``demo`` and ``process``."""
     demo = sub.add_parser("demo", help="simulate a scan and reconstruct it into a fresh server")
     demo.add_argument("--data-dir", help="server data directory (default ./tomolive-data)")
     demo.add_argument("--port", type=int, help="port of the demo server (default 8000)")
-    demo.add_argument("--size", type=_positive_int, default=256, help="detector width = slice size (default 256)")
-    demo.add_argument("--angles", type=_positive_int, default=360, help="number of projections (default 360)")
+    demo.add_argument("--size", type=positive_int, default=256, help="detector width = slice size (default 256)")
+    demo.add_argument("--angles", type=positive_int, default=360, help="number of projections (default 360)")
     demo.add_argument(
         "--output",
         default="demo-output",
@@ -488,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("--sample", help="sample name for the results (default: from the source)")
     process.set_defaults(func=cmd_process)
 
+
+def _add_worker_commands(sub: argparse._SubParsersAction) -> None:
+    """``worker`` and ``upload-outbox``."""
     worker = sub.add_parser("worker", help="process scans published through bluesky's 0MQ proxy")
     worker.add_argument("--zmq", required=True, help="the proxy's output, HOST:PORT (e.g. 127.0.0.1:5578)")
     worker.add_argument("--prefix", default="", help="only documents published with this prefix")
@@ -506,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--max-message-mb",
-        type=_positive_mb,
+        type=positive_mb,
         default=64.0,
         help="refuse messages over this size, unread (default 64: a 2048x2048 uint16 frame is 8)",
     )
@@ -518,7 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_client_options(upload)
     upload.set_defaults(func=cmd_upload_outbox)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
