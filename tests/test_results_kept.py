@@ -16,7 +16,7 @@ from tomolive.store import connect
 from tomolive.techniques import TomoTechnique
 from tomolive.techniques.tomo import PipelineParams
 
-from .toy_technique import MemoryStore
+from .toy_technique import memory_opener
 
 SHAPE = (8, 32)
 
@@ -55,14 +55,8 @@ class FramesOnly(TomoTechnique):
 
 def feed(frames: dict[str, list[np.ndarray]], tmp_path, uid: str = "sanity"):
     """Darks, flats and projections through a tomography run on an in-memory store; its outcome."""
-    stores = {}
-
-    def open_store(run_uid, metadata, new_version):
-        stores[run_uid] = MemoryStore(run_uid, metadata)
-        return stores[run_uid]
-
     technique = FramesOnly(PipelineParams(center=15.5, preview_rows=()))
-    with Engine(open_store=open_store, scratch_dir=tmp_path, outbox_dir=tmp_path, progress=False) as engine:
+    with Engine(open_store=memory_opener({}), scratch_dir=tmp_path, outbox_dir=tmp_path, progress=False) as engine:
         run = engine.start_run(technique, uid, {"sample": "sanity"})
         for role in ("dark", "flat", "projection"):
             for i, frame in enumerate(frames[role]):

@@ -14,7 +14,7 @@ from tomolive.engine import Engine, RunState
 from tomolive.engine.run import TRANSITIONS
 from tomolive.errors import ResultExistsError
 
-from .toy_technique import MemoryStore, StageThatFails, SumStage, SumTechnique
+from .toy_technique import StageThatFails, SumStage, SumTechnique, memory_opener
 
 FRAME = np.ones((4, 6), np.uint16)
 
@@ -26,11 +26,9 @@ def stores():
 
 @pytest.fixture
 def engine(tmp_path, stores):
-    def open_store(uid, metadata, new_version):
-        stores[uid] = MemoryStore(uid, metadata)
-        return stores[uid]
-
-    with Engine(open_store=open_store, outbox_dir=tmp_path / "outbox", patience_s=0.2, progress=False) as engine:
+    with Engine(
+        open_store=memory_opener(stores), outbox_dir=tmp_path / "outbox", patience_s=0.2, progress=False
+    ) as engine:
         events = []
         engine.subscribe(lambda kind, payload: events.append((kind, payload["uid"], payload["reason"])))
         engine.seen = events
@@ -188,11 +186,9 @@ def test_an_unreachable_store_sends_the_result_to_the_outbox(tmp_path):
 
 @pytest.fixture
 def router(tmp_path, stores):
-    def open_store(uid, metadata, new_version):
-        stores[uid] = MemoryStore(uid, metadata)
-        return stores[uid]
-
-    pipe = TomoPipeline(None, techniques=[SumTechnique()], open_store=open_store, outbox_dir=tmp_path, progress=False)
+    pipe = TomoPipeline(
+        None, techniques=[SumTechnique()], open_store=memory_opener(stores), outbox_dir=tmp_path, progress=False
+    )
     yield pipe
     pipe.close()
 

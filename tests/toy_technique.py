@@ -78,6 +78,16 @@ class MemoryStore:
         return key in self.arrays
 
 
+def memory_opener(stores: dict[str, MemoryStore]):
+    """An ``open_store`` for Engine that keeps each run's MemoryStore in ``stores`` by uid."""
+
+    def open_store(uid: str, metadata: dict[str, Any], new_version: bool) -> MemoryStore:
+        stores[uid] = MemoryStore(uid, metadata)
+        return stores[uid]
+
+    return open_store
+
+
 class SumReader(DocumentRouter):
     """Frames of the ``primary`` stream's ``field`` become ``run.add("frame", image)``."""
 

@@ -115,7 +115,7 @@ class Engine:
         run = Run(self, technique, uid, metadata, new_version=new_version)
         with self._lock:
             self._latest = uid
-            self._runs = {key: r for key, r in self._runs.items() if not r.ended} | {uid: run}
+            self._runs = {key: r for key, r in self._runs.items() if not r.ended} | {uid: run}  # ended: in _futures
         return run
 
     def submit(self, uid: str, job: Callable[[], ProcessedRun]) -> None:
@@ -201,11 +201,11 @@ class Engine:
         for run in runs:
             if run.state is RunState.INGESTING:
                 run.end("aborted", "the script exited before the run's stop document")
-        with self._lock:
-            pending = [run.uid for run in runs if run.uid not in self._futures or not self._futures[run.uid].done()]
+        with self._lock:  # runs still taking frames (no outcome yet), and every outcome not yet done
+            pending = {run.uid for run in runs} | {uid for uid, future in self._futures.items() if not future.done()}
         if pending:
             print(f"tomolive: finishing {len(pending)} run(s) before exit", file=sys.stderr, flush=True)
-        for uid in pending:
+        for uid in sorted(pending):
             self.wait(uid)
 
     def close(self) -> None:
