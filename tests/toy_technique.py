@@ -193,5 +193,5 @@ class SumTechnique:
     def stages(self) -> list:
         return self._stages if self._stages is not None else [SumStage()]
 
-    def stages_done(self) -> list[str]:
-        return [stage.name for stage in self.stages()]
+    def frame_steps(self) -> list[str]:
+        return []

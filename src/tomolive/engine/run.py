@@ -98,6 +98,7 @@ class Run:
         self.state = RunState.INGESTING
         self.provenance = Provenance(parameters={"technique": technique.name, "pipeline": self.params.as_dict()})
         self.stage_results: dict[str, Any] = {}
+        self.stages_done: list[str] = []
         self._lock = threading.Lock()
         self._queue: queue.Queue | None = None
         self._ingest: threading.Thread | None = None
@@ -268,9 +269,10 @@ class Run:
             io=self.engine.io,
             show_progress=self.engine.progress,
             acquisition=self.acquisition,
-            stage_params=getattr(self.params, "stage_params", None) or {},
         )
-        for stage in self.technique.stages():
+        stages = self.technique.stages()  # once: building it may load users' stages from entry points
+        self.stages_done = [*self.technique.frame_steps(), *(stage.name for stage in stages)]
+        for stage in stages:
             stage.run(ctx)
         self.stage_results = ctx.metadata
         if store.previous_parameters is not None:  # a new version: say what changed
@@ -278,7 +280,7 @@ class Run:
             self.provenance.results["changed_parameters"] = changed
         newest = progress.finish()
         return {
-            "stages": self.technique.stages_done(),
+            "stages": self.stages_done,
             "progress": newest,
             "provenance": self.provenance.as_dict(),
             **ctx.metadata,
@@ -299,7 +301,7 @@ class Run:
         if complete:
             with self._lock:
                 self._move(RunState.COMPLETE)
-        stages = self.technique.stages_done() if complete else list(self.provenance.stage_seconds)
+        stages = self.stages_done if complete else list(self.provenance.stage_seconds)
         payload = event_payload(outcome, self.metadata, stages, self.stage_results)
         for alert in payload["qc"].get("alerts", []) if complete else []:
             self.engine.events.emit("qc_alert", {**payload, "alert": alert})

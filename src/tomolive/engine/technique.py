@@ -76,5 +76,5 @@ class Technique(Protocol):
     def stages(self) -> list[Stage]:
         """The ordered processing stages, run on the engine's processing thread after the stop."""
 
-    def stages_done(self) -> list[str]:
-        """The names recorded in the result's ``stages``: steps done on each frame, then :meth:`stages`."""
+    def frame_steps(self) -> list[str]:
+        """What is done to each frame as it arrives, recorded in ``stages`` before the stages' names."""

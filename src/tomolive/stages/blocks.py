@@ -79,7 +79,7 @@ class BlockStage:
     def run(self, ctx: StageContext) -> None:
         """Run on every block of ``ctx.volumes[source]``: a new volume, or slice-weighted metrics."""
         source = ctx.volumes[self.source]
-        kwargs = dict(ctx.stage_params.get(self.name, {}))
+        kwargs = ctx.params_of(self.name)
         record = {"name": self.name, **self.origin, "output": self.output, "params": kwargs}
         ctx.provenance.results.setdefault("extra_stages", []).append(record)
         with ctx.provenance.stage(self.name):

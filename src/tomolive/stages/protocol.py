@@ -10,7 +10,7 @@ engine: the block runner and the Dask client reach it through the context.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -68,7 +68,10 @@ class StageContext:
     volumes: dict[str, VolumeRef] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
-    stage_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def params_of(self, stage: str) -> dict[str, Any]:
+        """Keyword parameters the run gives ``stage`` (its technique's ``params.stage_params[stage]``)."""
+        return dict((getattr(self.params, "stage_params", None) or {}).get(stage, {}))
 
     def report(self, stage: str, done: int | None = None, total: int | None = None) -> None:
         """Report progress of ``stage`` (rate-limited, sent off this thread)."""

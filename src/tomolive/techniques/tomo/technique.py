@@ -73,6 +73,3 @@ class TomoTechnique:
             "stripes": params.stripe_method != "none",
         }
         return ["normalize", *[name for name, on in steps.items() if on]]
-
-    def stages_done(self) -> list[str]:
-        return [*self.frame_steps(), *(stage.name for stage in self.stages())]
