@@ -10,6 +10,7 @@ Layout (DESIGN.md)::
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -31,9 +32,22 @@ T = TypeVar("T")
 def connect(uri: str, api_key: str | None = None, timeout_s: float = 30.0) -> BaseClient:
     """A Tiled client for ``uri`` (the server root, or any node below it).
 
-    ``timeout_s`` bounds each request's wait for the server (connecting: at most 5 s).
+    ``timeout_s`` bounds each request's wait for the server (connecting: at most 5 s). A server
+    that refuses connections fails at once (``httpx.ConnectError``) instead of after the Tiled
+    client's own retries (about 25 s); :func:`patiently` is the place for patience.
     """
+    _reachable(uri, min(5.0, timeout_s))
     return from_uri(uri, api_key=api_key, timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)))
+
+
+def _reachable(uri: str, timeout_s: float) -> None:
+    """Raise ``httpx.ConnectError`` unless something accepts TCP connections at ``uri``'s host and port."""
+    url = httpx.URL(uri)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.host, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise httpx.ConnectError(f"cannot connect to {url.host}:{port}: {err}") from err
 
 
 def is_unreachable(err: BaseException) -> bool:
