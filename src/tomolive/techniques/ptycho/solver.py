@@ -123,6 +123,7 @@ def reconstruct(
     subpixel: bool = True,
     max_shift_px: float = 0.5,
     probe_from_epoch: int = 0,
+    momentum: float = 0.0,
     seed: int = 0,
 ) -> PtychoResult:
     """Reconstruct object and probe from far-field ``patterns`` (N, n, n), DC centred.
@@ -159,13 +160,22 @@ def reconstruct(
         dev = torch.device(device)
         return _run(patterns, positions, probe, shape, method, epochs, batch_size, refine_positions, dev,
                     object_init, callback, _DEFAULT_ALPHA[method] if alpha is None else alpha, beta, subpixel,
-                    max_shift_px, probe_from_epoch, seed)  # fmt: skip
+                    max_shift_px, probe_from_epoch, momentum, seed)  # fmt: skip
     finally:
         torch.set_num_threads(old_threads)
 
 
+def _momentum_(obj: torch.Tensor, snap: torch.Tensor, velocity: torch.Tensor | None, eta: float) -> torch.Tensor:
+    """Per-epoch object momentum (as mPIE): ``v = eta v + (O - O_start)``; ``O += eta v_old``... in place."""
+    change = obj - snap
+    if velocity is not None:
+        obj.add_(velocity, alpha=eta)
+        change.add_(velocity, alpha=eta)
+    return change
+
+
 def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, dev, object_init, callback,
-         alpha, beta, subpixel, max_shift_px, probe_from, seed) -> PtychoResult:  # fmt: skip
+         alpha, beta, subpixel, max_shift_px, probe_from, momentum, seed) -> PtychoResult:  # fmt: skip
     n = patterns.shape[-1]
     geom = _Geometry(positions, n, shape, dev, subpixel)
     amp = torch.as_tensor(np.sqrt(np.fft.ifftshift(patterns.astype(np.float32), axes=(-2, -1))), device=dev)
@@ -178,6 +188,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     total = float((amp.double() ** 2).sum())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     refine_from = max(2, epochs // 5)
+    velocity: torch.Tensor | None = None
     losses: list[float] = []
     times: list[float] = []
 
@@ -192,6 +203,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
         shifts = torch.zeros((len(patterns), 2), dtype=torch.float32, device=dev) if refine else None
         grads = sweeps.object_gradients(obj) if refine and epoch >= refine_from else None
         err = torch.zeros((), device=dev)
+        snap = obj.clone() if momentum > 0 else None
         for start in range(0, len(order), batch_size):
             sel = order[start : start + batch_size]
             batch = geom.batch(sel, amp)
@@ -204,6 +216,8 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
             err += out.err
             if grads is not None and shifts is not None:
                 shifts[sel] = sweeps.position_shift(out, grads, batch).float()
+        if snap is not None:
+            velocity = _momentum_(obj, snap, velocity, momentum)
         if grads is not None and shifts is not None:
             step = shifts.cpu().numpy().astype(np.float64)
             step = np.clip(np.nan_to_num(step), -max_shift_px, max_shift_px)

@@ -38,13 +38,12 @@ class BatchOut:
 
 def abs2(x: torch.Tensor) -> torch.Tensor:
     """|x|^2 of a complex tensor as float32 (faster than ``x.abs()**2`` on CPU)."""
-    return x.real.square() + x.imag.square()
+    return x.real.square().add_(x.imag.square())
 
 
 def scale_(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Multiply complex ``x`` in place by real ``w`` (broadcast), without a complex copy of ``w``."""
-    torch.view_as_real(x).mul_(w.unsqueeze(-1))
-    return x
+    """Multiply complex ``x`` in place by real ``w`` (broadcast; much faster than through ``view_as_real``)."""
+    return x.mul_(w)
 
 
 def project(obj_flat: torch.Tensor, probe: torch.Tensor, batch: Batch) -> BatchOut:
