@@ -1,0 +1,259 @@
+"""Ptychography speed and accuracy: tomolive's batched torch solver beside its peers, one run, same data.
+
+The case of issue 27: 256^2 complex object (amplitude 0.7-1.0 from skimage's camera, phase
+from the astronaut's red channel spanning ``--phase-range`` rad), a 64^2 zone-plate-like probe
+(22 px aperture, central stop, 3 rad defocus curvature), ~420 Fermat positions at ~65 % linear
+overlap, 1e6 photons per pattern (Poisson), flat-object start and an aperture-only probe guess
+(scaled to the data). Score: phase NRMSE after offset + linear-ramp removal inside the scanned
+area (metrics.scanned_mask), over the true phase range there.
+
+Peers: a plain numpy ePIE loop (complex64, one position at a time, the same sub-pixel probe
+shift), always; Pty-chi (``ptychi``) ePIE batch 16 and LSQML batch 64 when it imports (its
+torchvision needs the CUDA torch: on a CPU-only torch it is skipped with the reason). Our
+figure is the median over ``--repeats`` runs; s/epoch excludes the per-epoch NRMSE probe.
+The machine may be shared: check the recorded load average.
+
+    PYTHONPATH=src python bench/ptycho.py                        # 100 epochs, 2 threads, CPU
+    PYTHONPATH=src python bench/ptycho.py --quick                # 30 epochs, 1 repeat
+    PYTHONPATH=src python bench/ptycho.py --device cuda --threads 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from skimage import data
+from skimage.transform import resize
+
+from tomolive.techniques.ptycho import metrics, physics
+from tomolive.techniques.ptycho.solver import reconstruct
+
+try:  # the house's machine record; a GPU box without tiled/bluesky gets a reduced one
+    from _common import append_result, machine_info
+except ImportError:
+    import datetime as _dt
+    import json
+    import platform
+    from pathlib import Path
+
+    def machine_info(*packages: str) -> dict:
+        """Reduced machine record (no tomolive.engine import): host, CPU count, load, versions."""
+        from importlib import metadata
+
+        vers = {}
+        for name in ("numpy", "scipy", *packages):
+            try:
+                vers[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                vers[name] = None
+        return {"host": platform.node(), "cpu_model": platform.processor(), "cores": len(os.sched_getaffinity(0)),
+                "loadavg_1m": round(os.getloadavg()[0], 2), "platform": platform.platform(),
+                "python": platform.python_version(), "versions": vers, "note": "reduced record (no _common)"}  # fmt: skip
+
+    def append_result(name: str, record: dict) -> Path:
+        path = Path(__file__).resolve().parent / "results" / f"{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **record}
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return path
+
+
+N, NP, APERTURE = 256, 64, 22
+
+
+def build_case(phase_range: float, kind: str = "images", seed: int = 0) -> dict:
+    """Object, probe, positions, Poisson patterns and the scoring mask of the bench case.
+
+    ``kind="images"``: amplitude from skimage's camera, phase from the astronaut's red channel
+    (large uniform regions: much low-spatial-frequency phase). ``kind="texture"``: both from
+    smoothed uniform noise (sigma 1.5 px; fine features only, as the tests use).
+    """
+    if kind == "images":
+        amp = resize(data.camera().astype(np.float64), (N, N), anti_aliasing=True)
+        phase = resize(data.astronaut()[..., 0].astype(np.float64), (N, N), anti_aliasing=True)
+    else:
+        rng = np.random.default_rng(seed + 1)
+        amp = gaussian_filter(rng.random((N, N)), 1.5)
+        amp -= amp.min()
+        phase = gaussian_filter(rng.random((N, N)), 1.5)
+    obj = physics.complex_object(0.7 + 0.3 * amp / amp.max(), phase, phase_range_rad=phase_range)
+    positions = physics.fermat_positions(420, 8.1, centre=(N / 2, N / 2))
+    probe = physics.make_probe(NP, aperture_px=APERTURE, defocus_phase_rad=3.0)
+    patterns = physics.simulate_patterns(obj, probe, positions, photons_per_pattern=1e6, rng=seed)
+    guess = physics.make_probe(NP, aperture_px=APERTURE, kind="aperture")
+    guess = guess * np.float32(np.sqrt(patterns.sum(axis=(1, 2)).mean() / (NP * NP * np.sum(np.abs(guess) ** 2))))
+    return {
+        "obj": obj, "probe": probe, "positions": positions, "patterns": patterns, "guess": guess,
+        "mask": metrics.scanned_mask(obj.shape, positions, NP), "overlap": metrics.probe_overlap(positions, probe),
+    }  # fmt: skip
+
+
+def numpy_epie(patterns, positions, probe, shape, epochs, probe_each=None, seed=0):
+    """Plain ePIE (alpha = beta = 1), one position at a time, numpy complex64; returns object and s/epoch."""
+    n = probe.shape[-1]
+    amp = np.sqrt(np.fft.ifftshift(patterns, axes=(-2, -1))).astype(np.float32)
+    top, frac = physics.split_positions(positions, n, shape)
+    ramps = physics.shift_ramps(frac, n)
+    obj = np.ones(shape, np.complex64)
+    prb = probe.astype(np.complex64).copy()
+    rng = np.random.default_rng(seed)
+    times = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        for j in rng.permutation(len(amp)):
+            r, c = top[j]
+            o = obj[r : r + n, c : c + n]  # a view: updated in place
+            p = np.fft.ifft2(np.fft.fft2(prb) * ramps[j])
+            psi = p * o
+            spec = np.fft.fft2(psi)
+            spec *= amp[j] / (np.abs(spec) + 1e-6)
+            chi = np.fft.ifft2(spec) - psi
+            dprb = np.conj(o) * chi / np.max(np.abs(o) ** 2)
+            o += np.conj(p) * chi / np.max(np.abs(p) ** 2)
+            prb += np.fft.ifft2(np.fft.fft2(dprb) * np.conj(ramps[j]))
+        times.append(time.perf_counter() - t0)
+        if probe_each is not None:
+            probe_each(epoch, obj)
+    return obj, float(np.median(times))
+
+
+def _row(name, threads, seconds, nrmse, epochs, **extra):
+    return {"method": name, "threads": threads, "epochs": epochs, "s_per_epoch": round(seconds, 4),
+            "phase_nrmse": round(float(nrmse), 4), **extra}  # fmt: skip
+
+
+def run_ours(case, method, batch, epochs, threads, device, repeats):
+    """Median s/epoch over repeats; NRMSE per epoch tracked outside the timed sweeps."""
+    runs = []
+    for _ in range(repeats):
+        curve: list[float] = []
+
+        def track(epoch, res, curve=curve):
+            curve.append(metrics.phase_nrmse(res.object, case["obj"], case["mask"]))
+
+        res = reconstruct(
+            case["patterns"], case["positions"], case["guess"], object_shape=(N, N), method=method,
+            epochs=epochs, batch_size=batch, threads=threads, device=device, callback=track,
+        )  # fmt: skip
+        runs.append((res.seconds_per_epoch, curve))
+    secs = [r[0] for r in runs]
+    curve = runs[-1][1]
+    reach = next((i + 1 for i, v in enumerate(curve) if v <= 0.03), None)
+    return _row(f"tomolive {method} b{batch} ({device})", threads, float(np.median(secs)), curve[-1], epochs,
+                all_s_per_epoch=[round(s, 4) for s in secs], epochs_to_0_03=reach,
+                nrmse_every_10=[round(v, 4) for v in curve[9::10]])  # fmt: skip
+
+
+def run_numpy(case, epochs):
+    curve: list[float] = []
+    obj, sec = numpy_epie(
+        case["patterns"], case["positions"], case["guess"], (N, N), epochs,
+        probe_each=lambda e, o: curve.append(metrics.phase_nrmse(o, case["obj"], case["mask"])) if e % 10 == 9 else None,
+    )  # fmt: skip
+    return _row("numpy ePIE b1", 1, sec, metrics.phase_nrmse(obj, case["obj"], case["mask"]), epochs,
+                nrmse_every_10=[round(v, 4) for v in curve])  # fmt: skip
+
+
+def run_ptychi(case, method, batch, epochs, device, threads):
+    """Pty-chi ePIE / LSQML on the same data; positions relative to its origin round(N/2) - 0.5."""
+    try:
+        import ptychi.api as api
+        from ptychi.api.task import PtychographyTask
+    except Exception as err:  # torchvision on CPU torch fails with RuntimeError, absent ptychi ImportError
+        return None, f"ptychi {method}: skipped, cannot import ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    torch.set_num_threads(threads)
+    options = api.EPIEOptions() if method == "epie" else api.LSQMLOptions()
+    options.object_options.optimizable = True
+    options.object_options.optimizer = api.Optimizers.SGD
+    options.object_options.step_size = 1
+    options.probe_options.optimizable = True
+    options.probe_options.optimizer = api.Optimizers.SGD
+    options.probe_options.step_size = 1
+    if method == "epie":
+        options.object_options.alpha = 1
+        options.probe_options.alpha = 1
+    options.probe_position_options.optimizable = False
+    options.reconstructor_options.batch_size = batch
+    options.reconstructor_options.num_epochs = epochs
+    options.reconstructor_options.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
+    # ptychi centre convention: patch top-left = pos + origin - (n - 1) / 2, origin = round(N/2) - 0.5
+    pos = case["positions"] - np.round(N / 2.0)
+    task = PtychographyTask(
+        options,
+        diffraction_data=torch.as_tensor(case["patterns"]),
+        object_data=torch.ones((1, N, N), dtype=torch.complex64),
+        probe_data=torch.as_tensor(case["guess"][None, None]),
+        probe_position_x_px=torch.as_tensor(pos[:, 1], dtype=torch.float32),
+        probe_position_y_px=torch.as_tensor(pos[:, 0], dtype=torch.float32),
+    )
+    t0 = time.perf_counter()
+    task.run()
+    sec = (time.perf_counter() - t0) / epochs
+    obj = task.get_data_to_cpu("object", as_numpy=True)[0]
+    name = f"ptychi {'ePIE' if method == 'epie' else 'LSQML'} b{batch} ({device})"
+    return _row(name, threads, sec, metrics.phase_nrmse(obj, case["obj"], case["mask"]), epochs), None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ours and Pty-chi)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (ours and Pty-chi)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default 100, 30 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats of ours (default 3, 1 with --quick)")
+    ap.add_argument("--phase-range", type=float, default=np.pi, help="true phase range, rad")
+    ap.add_argument("--object", default="images", choices=("images", "texture"), help="see build_case")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the numpy reference (it always runs otherwise)")
+    ap.add_argument("--no-ptychi", action="store_true")
+    args = ap.parse_args()
+    epochs = args.epochs or (30 if args.quick else 100)
+    repeats = args.repeats or (1 if args.quick else 3)
+    case = build_case(args.phase_range, args.object)
+    print(f"case: {N}^2 object, {NP}^2 probe, {len(case['positions'])} positions, overlap {case['overlap']:.2f}, "
+          f"1e6 photons, {args.object} object, phase range {args.phase_range:.3f} rad, {epochs} epochs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    rows, notes = [], []
+    for method, batch in (("epie", 16), ("lsq", 64)):
+        rows.append(run_ours(case, method, batch, epochs, args.threads, args.device, repeats))
+        print(rows[-1], flush=True)
+    if not args.no_numpy:
+        rows.append(run_numpy(case, epochs))
+        print(rows[-1], flush=True)
+    if not args.no_ptychi:
+        for method, batch in (("epie", 16), ("lsqml", 64)):
+            row, note = run_ptychi(case, method, batch, epochs, args.device, args.threads)
+            print(row or note, flush=True)
+            if row:
+                rows.append(row)
+            else:
+                notes.append(note)
+    ours = [r for r in rows if r["method"].startswith("tomolive")]
+    best = min(ours, key=lambda r: r["s_per_epoch"])
+    ratios = {
+        r["method"]: {"speed_per_epoch": round(r["s_per_epoch"] / best["s_per_epoch"], 2),
+                      "nrmse_diff": round(best["phase_nrmse"] - r["phase_nrmse"], 4)}
+        for r in rows if not r["method"].startswith("tomolive")
+    }  # fmt: skip
+    print(f"ours fastest: {best['method']} {best['s_per_epoch']} s/epoch, NRMSE {best['phase_nrmse']}")
+    for name, ratio in ratios.items():
+        print(f"  vs {name}: {ratio['speed_per_epoch']}x faster per epoch, NRMSE ours - peer {ratio['nrmse_diff']}")
+    machine = machine_info("torch", "ptychi")
+    machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    machine["torch_threads"] = args.threads
+    machine["device"] = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    record = {"bench": "ptycho", "quick": args.quick, "machine": machine,
+              "case": {"object": N, "probe": NP, "positions": len(case["positions"]), "overlap": round(case["overlap"], 3),
+                       "photons": 1e6, "object_kind": args.object, "phase_range_rad": round(args.phase_range, 4), "epochs": epochs},
+              "results": rows, "ratios": ratios, "notes": notes}  # fmt: skip
+    print("appended to", append_result("ptycho", record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

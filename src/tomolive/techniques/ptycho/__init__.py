@@ -1,0 +1,1 @@
+"""Ptychography: far-field diffraction patterns at overlapping probe positions -> a complex object."""
