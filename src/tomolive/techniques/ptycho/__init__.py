@@ -1,0 +1,1 @@
+"""Ptychography on the engine: far-field patterns at scanned probe positions -> complex object and probe."""
