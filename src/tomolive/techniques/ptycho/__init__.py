@@ -1,1 +1,1 @@
-"""Ptychography on the engine: far-field patterns at scanned probe positions -> complex object and probe."""
+"""Ptychography: far-field diffraction patterns at overlapping probe positions -> a complex object."""

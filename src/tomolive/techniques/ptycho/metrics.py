@@ -1,0 +1,117 @@
+"""Ptychography quality numbers: phase error after offset/ramp removal, scanned area, probe overlap.
+
+A ptychographic object is known only up to a constant phase and a linear phase ramp (and
+an amplitude scale), so errors are measured after removing those, inside the scanned area.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from tomolive.errors import BadInputError
+
+
+def _check_mask(mask: np.ndarray, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != shape:
+        raise BadInputError(f"{name} must have the image's shape {shape!r}, got {mask.shape!r}")
+    if mask.sum() < 3:
+        raise BadInputError(f"{name} selects {int(mask.sum())} pixels; need >= 3 to fit an offset and a ramp")
+    return mask
+
+
+def fit_phase_ramp(phase: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Least-squares plane ``a + b*row + c*col`` fitted to ``phase`` inside ``mask``, evaluated everywhere."""
+    phase = np.asarray(phase, dtype=np.float64)
+    mask = _check_mask(mask, phase.shape)
+    rr, cc = np.indices(phase.shape, dtype=np.float64)
+    design = np.stack([np.ones(int(mask.sum())), rr[mask], cc[mask]], axis=1)
+    coef, *_ = np.linalg.lstsq(design, phase[mask], rcond=None)
+    a, b, c = (float(v) for v in coef)
+    return a + b * rr + c * cc
+
+
+def remove_phase_ramp(phase: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``phase`` less its least-squares offset and linear ramp fitted inside ``mask`` (float64, whole image)."""
+    phase = np.asarray(phase, dtype=np.float64)
+    return phase - fit_phase_ramp(phase, mask)
+
+
+def _unwrapped_difference(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Phase of ``recon * conj(truth)`` with its mean gradient and offset taken out before wrapping.
+
+    The ramp is estimated from neighbour phase differences (immune to wrapping), so large
+    ramps or offsets near pi do not wrap the residual.
+    """
+    d = recon.astype(np.complex128) * np.conj(truth.astype(np.complex128))
+    d /= np.maximum(np.abs(d), 1e-30)
+    both_r = mask[1:, :] & mask[:-1, :]
+    both_c = mask[:, 1:] & mask[:, :-1]
+    slope_r = np.angle(np.sum((d[1:, :] * np.conj(d[:-1, :]))[both_r])) if both_r.any() else 0.0
+    slope_c = np.angle(np.sum((d[:, 1:] * np.conj(d[:, :-1]))[both_c])) if both_c.any() else 0.0
+    rr, cc = np.indices(d.shape, dtype=np.float64)
+    d = d * np.exp(-1j * (slope_r * rr + slope_c * cc))
+    d = d * np.exp(-1j * np.angle(np.sum(d[mask])))
+    return np.angle(d)
+
+
+def phase_nrmse(recon_obj: np.ndarray, true_obj: np.ndarray, mask: np.ndarray) -> float:
+    """RMS phase error inside ``mask`` after offset and linear-ramp removal, over the true phase range there.
+
+    The true phase range is ``max - min`` of the true object's phase (ramp-free) inside the mask.
+    """
+    recon_obj = np.asarray(recon_obj)
+    true_obj = np.asarray(true_obj)
+    if recon_obj.shape != true_obj.shape or recon_obj.ndim != 2:
+        raise BadInputError(
+            f"recon_obj and true_obj must be 2D of one shape, got {recon_obj.shape!r} and {true_obj.shape!r}"
+        )
+    mask = _check_mask(mask, true_obj.shape)
+    if not np.all(np.isfinite(recon_obj[mask])):
+        raise BadInputError("recon_obj has NaN or inf inside the mask")
+    residual = remove_phase_ramp(_unwrapped_difference(recon_obj, true_obj, mask), mask)
+    true_phase = np.angle(true_obj.astype(np.complex128) * np.exp(-1j * np.angle(np.sum(true_obj[mask]))))
+    span = float(np.ptp(true_phase[mask]))
+    if span <= 0:
+        raise BadInputError("true_obj has a flat phase inside the mask; its phase range is zero")
+    return float(np.sqrt(np.mean(residual[mask] ** 2)) / span)
+
+
+def scanned_mask(object_shape: tuple[int, int], positions: np.ndarray, probe_n: int) -> np.ndarray:
+    """Pixels within ``probe_n / 4`` of a scan position: the area the probe's core has covered.
+
+    (For a probe whose aperture spans about half its window, this is where the object is
+    well illuminated; the windows' corners, seen faintly or not at all, are left out.)
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0:
+        raise BadInputError(f"positions must be (N, 2) with N >= 1, got shape {pos.shape!r}")
+    rr, cc = np.indices(tuple(object_shape[:2]), dtype=np.float64)
+    dist, _ = cKDTree(pos).query(np.stack([rr.ravel(), cc.ravel()], axis=1), k=1)
+    return (dist <= probe_n / 4.0).reshape(object_shape[:2])
+
+
+def probe_diameter(probe: np.ndarray) -> float:
+    """Diameter of the uniform disc with the probe intensity's second moment, ``2 * sqrt(2 <r^2>)``, px."""
+    p = np.asarray(probe)
+    inten = np.sum(np.abs(p.reshape(-1, *p.shape[-2:])) ** 2, axis=0).astype(np.float64)
+    total = inten.sum()
+    if total <= 0:
+        raise BadInputError("probe is zero everywhere")
+    rr, cc = np.indices(inten.shape, dtype=np.float64)
+    r0, c0 = (inten * rr).sum() / total, (inten * cc).sum() / total
+    second = (inten * ((rr - r0) ** 2 + (cc - c0) ** 2)).sum() / total
+    return float(2.0 * np.sqrt(2.0 * second))
+
+
+def probe_overlap(positions: np.ndarray, probe: np.ndarray) -> float:
+    """Linear overlap ``1 - d / D``: d the median nearest-neighbour step, D :func:`probe_diameter`.
+
+    1 means every position repeats its neighbour, 0 means discs just touch, < 0 means gaps.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 2:
+        raise BadInputError(f"positions must be (N, 2) with N >= 2, got shape {pos.shape!r}")
+    dist, _ = cKDTree(pos).query(pos, k=2)
+    return float(1.0 - np.median(dist[:, 1]) / probe_diameter(probe))
