@@ -21,11 +21,17 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, ...], name: str = "mask") ->
     return mask
 
 
+def _grid(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates (float64) of a 2D image."""
+    grid = np.indices(shape[:2]).astype(np.float64)
+    return grid[0], grid[1]
+
+
 def fit_phase_ramp(phase: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Least-squares plane ``a + b*row + c*col`` fitted to ``phase`` inside ``mask``, evaluated everywhere."""
     phase = np.asarray(phase, dtype=np.float64)
     mask = _check_mask(mask, phase.shape)
-    rr, cc = np.indices(phase.shape, dtype=np.float64)
+    rr, cc = _grid(phase.shape)
     design = np.stack([np.ones(int(mask.sum())), rr[mask], cc[mask]], axis=1)
     coef, *_ = np.linalg.lstsq(design, phase[mask], rcond=None)
     a, b, c = (float(v) for v in coef)
@@ -50,7 +56,7 @@ def _unwrapped_difference(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray
     both_c = mask[:, 1:] & mask[:, :-1]
     slope_r = np.angle(np.sum((d[1:, :] * np.conj(d[:-1, :]))[both_r])) if both_r.any() else 0.0
     slope_c = np.angle(np.sum((d[:, 1:] * np.conj(d[:, :-1]))[both_c])) if both_c.any() else 0.0
-    rr, cc = np.indices(d.shape, dtype=np.float64)
+    rr, cc = _grid(d.shape)
     d = d * np.exp(-1j * (slope_r * rr + slope_c * cc))
     d = d * np.exp(-1j * np.angle(np.sum(d[mask])))
     return np.angle(d)
@@ -87,7 +93,7 @@ def scanned_mask(object_shape: tuple[int, int], positions: np.ndarray, probe_n: 
     pos = np.asarray(positions, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0:
         raise BadInputError(f"positions must be (N, 2) with N >= 1, got shape {pos.shape!r}")
-    rr, cc = np.indices(tuple(object_shape[:2]), dtype=np.float64)
+    rr, cc = _grid(tuple(object_shape[:2]))
     dist, _ = cKDTree(pos).query(np.stack([rr.ravel(), cc.ravel()], axis=1), k=1)
     return (dist <= probe_n / 4.0).reshape(object_shape[:2])
 
@@ -99,7 +105,7 @@ def probe_diameter(probe: np.ndarray) -> float:
     total = inten.sum()
     if total <= 0:
         raise BadInputError("probe is zero everywhere")
-    rr, cc = np.indices(inten.shape, dtype=np.float64)
+    rr, cc = _grid(inten.shape)
     r0, c0 = (inten * rr).sum() / total, (inten * cc).sum() / total
     second = (inten * ((rr - r0) ** 2 + (cc - c0) ** 2)).sum() / total
     return float(2.0 * np.sqrt(2.0 * second))
