@@ -1,0 +1,174 @@
+"""One mini-batch of a ptychographic sweep, in torch: PIE-family and least-squares updates.
+
+The object lives flattened (``H*W`` complex64) so a batch's windows are one ``index_select``
+and their updates one ``index_add_`` (overlaps sum). Sub-pixel positions shift the probe by
+a Fourier phase ramp built per batch as the outer product of two 1D ramps (see physics.py).
+Measured amplitudes are stored ``ifftshift``-ed so no shift is needed per sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+EPS = 1e-6
+LSQ_DELTA = 0.1  # preconditioner floor, relative to the illumination maximum
+LSQ_DAMPING = 0.1  # relative Tikhonov damping of the 2x2 step-size system (object and probe steps correlate)
+
+
+@dataclass
+class Batch:
+    """Everything a sweep needs about one mini-batch of positions."""
+
+    idx: torch.Tensor  # (B*n*n,) int64 flat object indices of the windows
+    amp: torch.Tensor  # (B, n, n) float32 measured amplitudes, DC at [0, 0]
+    ramp: torch.Tensor | None  # (B, n, n) complex64 sub-pixel shift ramps, or None (no sub-pixel shift)
+
+
+@dataclass
+class BatchOut:
+    """What a modulus projection leaves: windows, shifted probes, exit waves and their correction."""
+
+    ob: torch.Tensor  # (B, n, n) object windows
+    ps: torch.Tensor  # (B, n, n) probe as seen at each position (shifted)
+    chi: torch.Tensor  # (B, n, n) corrected minus modelled exit wave
+    err: torch.Tensor  # scalar: sum of squared amplitude misfit
+
+
+def abs2(x: torch.Tensor) -> torch.Tensor:
+    """|x|^2 of a complex tensor as float32 (faster than ``x.abs()**2`` on CPU)."""
+    return x.real.square() + x.imag.square()
+
+
+def scale_(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Multiply complex ``x`` in place by real ``w`` (broadcast), without a complex copy of ``w``."""
+    torch.view_as_real(x).mul_(w.unsqueeze(-1))
+    return x
+
+
+def project(obj_flat: torch.Tensor, probe: torch.Tensor, batch: Batch) -> BatchOut:
+    """Forward model and modulus projection of one batch: chi = P_M(psi) - psi."""
+    n = probe.shape[-1]
+    ob = obj_flat.index_select(0, batch.idx).view(-1, n, n)
+    if batch.ramp is not None:
+        ps = torch.fft.ifft2(torch.fft.fft2(probe) * batch.ramp)
+    else:
+        ps = probe.expand_as(ob)
+    psi = ps * ob
+    spec = torch.fft.fft2(psi)
+    mag = abs2(spec).sqrt_()
+    err = (mag - batch.amp).square_().sum()
+    scale_(spec, batch.amp / mag.add_(EPS))
+    chi = torch.fft.ifft2(spec).sub_(psi)
+    return BatchOut(ob, ps, chi, err)
+
+
+def unshift_sum(g: torch.Tensor, ramp: torch.Tensor | None) -> torch.Tensor:
+    """Sum over the batch of per-position probe-frame terms, each shifted back by its sub-pixel ramp."""
+    if ramp is None:
+        return g.sum(0)
+    return torch.fft.ifft2((torch.fft.fft2(g) * ramp.conj()).sum(0))
+
+
+def pie_update(
+    obj_flat: torch.Tensor,
+    probe: torch.Tensor,
+    batch: Batch,
+    *,
+    alpha: float,
+    beta: float,
+    update_probe: bool,
+    work: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, BatchOut]:
+    """rPIE update of object (in place) and probe; returns (new probe, the batch's projection).
+
+    Object: ``sum conj(P) chi / ((1 - alpha) sum |P|^2 + alpha max sum |P|^2)`` with the sums over
+    the batch's windows (alpha = 1 is ePIE's ``conj(P) chi / max |P|^2`` for one position; the
+    sums keep overlapping windows of one batch from over-stepping). ``work`` is a complex and
+    a real object-sized scratch buffer. Probe: the same with object and probe swapped, beta.
+    """
+    num, illum = work
+    out = project(obj_flat, probe, batch)
+    num.zero_().index_add_(0, batch.idx, (out.chi * out.ps.conj()).view(-1))
+    illum.zero_().index_add_(0, batch.idx, abs2(out.ps).view(-1))
+    obj_flat.add_(scale_(num, 1.0 / ((1.0 - alpha) * illum + alpha * illum.max())))
+    if update_probe:
+        o2 = abs2(out.ob).sum(0)
+        grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
+        probe = probe + scale_(grad, 1.0 / ((1.0 - beta) * o2 + beta * o2.max()))
+    return probe, out
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Re sum conj(a) b, over everything."""
+    ra, rb = torch.view_as_real(a), torch.view_as_real(b)
+    return (ra * rb).sum()
+
+
+def lsq_update(
+    obj_flat: torch.Tensor,
+    probe: torch.Tensor,
+    batch: Batch,
+    *,
+    work: tuple[torch.Tensor, torch.Tensor],
+    update_probe: bool,
+) -> tuple[torch.Tensor, BatchOut]:
+    """Least-squares (LSQML-like) mini-batch step: preconditioned directions, optimal step sizes.
+
+    Directions ``dO = sum conj(P) chi / (sum |P|^2 + delta)`` (``illum`` is the scratch buffer for
+    ``work`` holds a complex and a real object-sized scratch buffer) and ``dP = sum conj(O) chi / (sum |O|^2 + delta)``; the step sizes
+    ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch (a 2x2 normal system), clamped to [0, 1.5].
+    """
+    n = probe.shape[-1]
+    num, illum = work
+    out = project(obj_flat, probe, batch)
+    num.zero_().index_add_(0, batch.idx, (out.chi * out.ps.conj()).view(-1))
+    illum.zero_().index_add_(0, batch.idx, abs2(out.ps).view(-1))
+    d_obj = scale_(num, 1.0 / (illum + LSQ_DELTA * illum.max()))
+    u = out.ps * d_obj.index_select(0, batch.idx).view(-1, n, n)
+    if update_probe:
+        o2 = abs2(out.ob).sum(0)
+        d_probe = scale_(unshift_sum(out.chi * out.ob.conj(), batch.ramp), 1.0 / (o2 + LSQ_DELTA * o2.max()))
+        v = d_probe * out.ob
+        a11, a12, a22 = _dot(u, u), _dot(u, v), _dot(v, v)
+        a11, a22 = a11 * (1 + LSQ_DAMPING), a22 * (1 + LSQ_DAMPING)
+        b1, b2 = _dot(u, out.chi), _dot(v, out.chi)
+        det = a11 * a22 - a12 * a12 + 1e-20
+        step_o = ((a22 * b1 - a12 * b2) / det).clamp(0.0, 1.5)
+        step_p = ((a11 * b2 - a12 * b1) / det).clamp(0.0, 1.5)
+        probe = probe + step_p * d_probe
+    else:
+        step_o = (_dot(u, out.chi) / (_dot(u, u) + 1e-20)).clamp(0.0, 1.5)
+    obj_flat.add_(d_obj.mul_(step_o))
+    return probe, out
+
+
+def object_gradients(obj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central-difference gradients of the (H, W) object along rows and columns, flattened."""
+    grad_r = torch.zeros_like(obj)
+    grad_c = torch.zeros_like(obj)
+    grad_r[1:-1] = (obj[2:] - obj[:-2]) * 0.5
+    grad_c[:, 1:-1] = (obj[:, 2:] - obj[:, :-2]) * 0.5
+    return grad_r.view(-1), grad_c.view(-1)
+
+
+def position_shift(out: BatchOut, grads: tuple[torch.Tensor, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Least-squares position correction (B, 2) (rows, cols) px for each position of the batch.
+
+    Linearises ``psi(x + dx) = P O(r + x + dx) ~ psi + dx . P grad O`` and solves for ``dx``
+    per position from the exit-wave correction ``chi`` (one 2x2 system each).
+    """
+    n = out.ob.shape[-1]
+    gr = out.ps * grads[0].index_select(0, batch.idx).view(-1, n, n)
+    gc = out.ps * grads[1].index_select(0, batch.idx).view(-1, n, n)
+    rr, cc, rc = (_dots(gr, gr), _dots(gc, gc), _dots(gr, gc))
+    br, bc = _dots(gr, out.chi), _dots(gc, out.chi)
+    det = rr * cc - rc * rc
+    det = torch.where(det.abs() > 1e-20, det, torch.full_like(det, float("inf")))
+    return torch.stack([(cc * br - rc * bc) / det, (rr * bc - rc * br) / det], dim=1)
+
+
+def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Re sum conj(a) b per batch element, (B,)."""
+    return (torch.view_as_real(a) * torch.view_as_real(b)).sum((1, 2, 3))
