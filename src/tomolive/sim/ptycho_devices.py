@@ -35,6 +35,7 @@ class ComplexSample:
     def __init__(self, object_at: Callable[[float], np.ndarray], shape: tuple[int, int]):
         self._object_at = functools.lru_cache(maxsize=4)(object_at)
         self.shape = shape
+        self.phase_per_unit: float | None = None  # radians per unit of a phantom's attenuation
 
     def at(self, angle_deg: float) -> np.ndarray:
         """The complex64 object (rows, cols) seen at ``angle_deg``."""
@@ -48,20 +49,27 @@ class ComplexSample:
 
     @classmethod
     def from_phantom(
-        cls, phantom: FoamPhantom, *, phase_per_unit: float = 0.05, absorption_per_unit: float = 0.005
+        cls, phantom: FoamPhantom, *, phase_range_rad: float = 1.0, absorption_ratio: float = 0.1
     ) -> ComplexSample:
-        """The projection of ``phantom`` at each angle: ``exp((i * phase - absorption) * line integral)``.
+        """The projection of ``phantom`` at each angle: ``exp((i - absorption_ratio) * k * line integral)``.
 
-        The phantom's attenuation volume times ``phase_per_unit`` is then the 3D phase
-        (radians per voxel) a ptycho-tomography reconstruction should find.
+        ``k`` (kept as :attr:`phase_per_unit`) makes the thickest projection at angle 0 a phase
+        of ``phase_range_rad``; the phantom's attenuation volume times ``k`` is then the 3D
+        phase (radians per voxel) a ptycho-tomography reconstruction should find.
         """
         nz, _, nx = phantom.shape
+        thickest = float(phantom.project(0.0).max())
+        if thickest <= 0:
+            raise BadInputError("the phantom projects to zero everywhere; nothing to image.")
+        k = phase_range_rad / thickest
 
         def at(angle_deg: float) -> np.ndarray:
             projected = phantom.project(np.deg2rad(angle_deg)).astype(np.float64)
-            return np.exp((1j * phase_per_unit - absorption_per_unit) * projected).astype(np.complex64)
+            return np.exp((1j - absorption_ratio) * k * projected).astype(np.complex64)
 
-        return cls(at, (nz, nx))
+        sample = cls(at, (nz, nx))
+        sample.phase_per_unit = k
+        return sample
 
 
 class SimPtychoDetector(Device):

@@ -41,8 +41,8 @@ class PtychoParams:
         QC: alert when a view's final data error (last epoch's loss) is above this.
     """
 
-    method: Literal["epie", "rpie", "lsq"] = "rpie"
-    epochs: int = 60
+    method: Literal["epie", "rpie", "lsq"] = "epie"
+    epochs: int = 50
     batch_size: int = 16
     refine_positions: bool = False
     device: str = "cpu"
@@ -51,7 +51,7 @@ class PtychoParams:
     preview_epochs: int = 2
     preview_min_patterns: int = 8
     min_overlap: float = 0.5
-    max_data_error: float = 0.1
+    max_data_error: float = 0.05
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -109,7 +109,7 @@ class ReconstructViewsStage:
         }
         for key, per_view in arrays.items():
             write_array(ctx.store, key, np.stack(per_view) if series else per_view[0], UNITS[key])
-        ctx.metadata["ptycho"] = {
+        ctx.metadata["ptycho_recon"] = {
             "n_views": len(views),
             "n_patterns": [len(v.patterns) for v in views],
             "object_shape": list(shape),
