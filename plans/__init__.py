@@ -1,6 +1,7 @@
-"""Bluesky plans for tomography (generator functions for ``RE(...)``)."""
+"""Bluesky plans for tomography and ptychography (generator functions for ``RE(...)``)."""
 
+from .ptycho import ptycho_scan, ptycho_tomo_scan
 from .replay_scan import replay_scan
 from .tomo_scan import tomo_scan
 
-__all__ = ["replay_scan", "tomo_scan"]
+__all__ = ["ptycho_scan", "ptycho_tomo_scan", "replay_scan", "tomo_scan"]

@@ -94,7 +94,7 @@ class OutboxResult:
     def new_volume(
         self,
         key: str,
-        shape: tuple[int, int, int],
+        shape: tuple[int, ...],
         rows_per_block: int,
         dtype: np.dtype = np.dtype(np.float32),
         metadata: dict | None = None,

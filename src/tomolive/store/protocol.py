@@ -48,12 +48,12 @@ class ResultStore(Protocol):
     def new_volume(
         self,
         key: str,
-        shape: tuple[int, int, int],
+        shape: tuple[int, ...],
         rows_per_block: int,
         dtype: np.dtype = ...,
         metadata: dict | None = None,
     ) -> VolumeTarget:
-        """An empty chunked volume ``key``; Dask workers fill it block by block."""
+        """An empty array ``key`` chunked along its first axis; Dask workers fill it block by block."""
         ...
 
     def update(self, **metadata: Any) -> None:

@@ -92,12 +92,13 @@ class TiledResult:
     def new_volume(
         self,
         key: str,
-        shape: tuple[int, int, int],
+        shape: tuple[int, ...],
         rows_per_block: int,
         dtype: np.dtype = np.dtype(np.float32),
         metadata: dict | None = None,
     ) -> VolumeTarget:
-        """Create an empty chunked array node; workers fill it with :meth:`VolumeTarget.write_block`."""
+        """Create an empty array node chunked along its first axis (a volume's z; any number of
+        axes); workers fill it with :meth:`VolumeTarget.write_block`."""
         if key == "recon":  # ``tomolive ls`` shows it from the listing, without a request per scan
             self.update(recon_shape=[int(n) for n in shape])
         n_rows = shape[0]
@@ -107,8 +108,8 @@ class TiledResult:
         structure = ArrayStructure(
             data_type=BuiltinDtype.from_numpy_dtype(np.dtype(dtype)),
             shape=tuple(shape),
-            chunks=(tuple(row_chunks), (shape[1],), (shape[2],)),
-            dims=("z", "y", "x"),
+            chunks=(tuple(row_chunks), *((n,) for n in shape[1:])),
+            dims=("z", "y", "x") if len(shape) == 3 else None,
         )
         array_client = self.node.new(
             StructureFamily.array,

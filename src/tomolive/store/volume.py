@@ -52,7 +52,7 @@ class VolumeTarget:
             start = index * self.rows_per_block
             local[start : start + len(block)] = block
             return "zarr"
-        _array_client(self.uri, self.api_key).write_block(block, block=(index, 0, 0))
+        _array_client(self.uri, self.api_key).write_block(block, block=(index, *(0,) * (block.ndim - 1)))
         return "http"
 
 

@@ -3,6 +3,7 @@
 Registered explicitly here (no import side effects); see :mod:`tomolive.engine.technique`.
 """
 
+from .ptycho.technique import PtychoTechnique
 from .tomo import TomoTechnique
 
-__all__ = ["TomoTechnique"]
+__all__ = ["PtychoTechnique", "TomoTechnique"]
