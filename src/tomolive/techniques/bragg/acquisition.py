@@ -106,8 +106,11 @@ class BraggAcquisition:
         """Centres of this frame's peaks by the deployed model, appended as table rows."""
         if len(patches) == 0:
             return
+        import torch
+
         from .braggnn import predict_centres
 
+        torch.set_num_threads(1)  # this (ingest) thread only: small batches are slower on more threads
         model, label = self.technique.deployed()
         centres = predict_centres(model, patches, self.technique.params.batch_size)
         self.versions[label] = self.versions.get(label, 0) + len(patches)

@@ -39,6 +39,12 @@ def check_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
 def find_peaks(frame: np.ndarray, threshold: float, min_pixels: int = 4) -> np.ndarray:
     """Integer ``(row, col)`` centres of the peaks in ``frame``, shape (P, 2), brightest first.
 
+    Pixels above the frame's median plus ``threshold`` form connected components (8-connected);
+    components of at least ``min_pixels`` pixels are peaks. A component holding several peaks
+    (an overlapping pair) gives one centre per local maximum of the lightly smoothed frame
+    (3x3 mean, maxima at least 3 px apart), so both peaks of a pair are localised; a centre
+    is the brightest raw pixel within a pixel of its maximum.
+
     Parameters
     ----------
     frame : 2-D array
@@ -46,7 +52,7 @@ def find_peaks(frame: np.ndarray, threshold: float, min_pixels: int = 4) -> np.n
     threshold : float
         Counts above the frame's median (its background) a pixel needs to belong to a peak.
     min_pixels : int
-        Smallest connected component (8-connected) kept as a peak; smaller ones are noise.
+        Smallest connected component kept as a peak; smaller ones are noise.
 
     Raises
     ------
@@ -58,18 +64,29 @@ def find_peaks(frame: np.ndarray, threshold: float, min_pixels: int = 4) -> np.n
         raise BadInputError(f"threshold must be a positive number of counts; got {threshold!r}.")
     if min_pixels < 1:
         raise BadInputError(f"min_pixels must be >= 1; got {min_pixels!r}.")
-    mask = frame > np.median(frame) + threshold
+    level = np.median(frame) + threshold
+    mask = frame > level
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    index = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(mask, labels, index)
-    keep = index[sizes >= min_pixels]
-    if len(keep) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    centres = np.array(ndimage.maximum_position(frame, labels, keep), dtype=np.int64).reshape(-1, 2)
+    sizes = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
+    kept = np.isin(labels, np.flatnonzero(sizes >= min_pixels) + 1)
+    smooth = ndimage.uniform_filter(frame, 3, mode="nearest")
+    maxima = kept & (smooth == ndimage.maximum_filter(smooth, 5, mode="nearest")) & (frame > level)
+    # a flat top (a saturated peak) ties over several pixels: one maximum per touching group
+    groups, n_groups = ndimage.label(maxima, structure=np.ones((3, 3), bool))
+    spots = ndimage.center_of_mass(maxima, groups, np.arange(1, n_groups + 1))
+    centres = np.array([_brightest_near(frame, round(r), round(c)) for r, c in spots], dtype=np.int64).reshape(-1, 2)
+    centres = np.unique(centres, axis=0)
     order = np.argsort(-frame[centres[:, 0], centres[:, 1]], kind="stable")
     return centres[order]
+
+
+def _brightest_near(frame: np.ndarray, row: int, col: int) -> tuple[int, int]:
+    """The brightest pixel of the 3x3 around ``(row, col)`` (the first of equals)."""
+    window = frame[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
+    dr, dc = np.unravel_index(int(np.argmax(window)), window.shape)
+    return max(row - 1, 0) + int(dr), max(col - 1, 0) + int(dc)
 
 
 def split_edge(centres: np.ndarray, frame_shape: tuple[int, ...], size: int = PATCH_SIZE) -> np.ndarray:
