@@ -23,7 +23,7 @@ from event_model import DocumentRouter, RunRouter
 from tomolive.engine import EVENT_KINDS, Engine, ProcessedRun, ResultCallback, Run, Technique
 from tomolive.errors import BadInputError
 from tomolive.store import connect
-from tomolive.techniques import PtychoTechnique, TomoTechnique
+from tomolive.techniques import BraggTechnique, PtychoTechnique, TomoTechnique
 from tomolive.techniques.tomo import PipelineParams
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class TomoPipeline:
         Tomography's processing parameters (recorded in provenance).
     techniques : sequence of Technique, optional
         The techniques tried in order on each start document; default: tomography with ``params``,
-        then ptychography (runs with a ``ptycho`` block) with its default parameters.
+        then ptychography (runs with a ``ptycho`` block) and Bragg-peak analysis (``bragg_scan``'s runs).
     **engine_options
         ``dask``, ``scratch_dir``, ``outbox_dir``, ``patience_s``, ``progress``: see
         :class:`~tomolive.engine.Engine`.
@@ -66,7 +66,7 @@ class TomoPipeline:
     ):
         self.engine = Engine(client, **engine_options)
         self.techniques: tuple[Technique, ...] = (
-            tuple(techniques) if techniques else (TomoTechnique(params), PtychoTechnique())
+            tuple(techniques) if techniques else (TomoTechnique(params), PtychoTechnique(), BraggTechnique())
         )
         self._runs: dict[str, _RunDocuments] = {}  # open and recent runs by uid
         self._router = RunRouter([self._factory])

@@ -1,0 +1,236 @@
+"""The edge side of the retraining loop: the deployed model in a hot-swappable slot, and a
+drift monitor that audits it against the conventional labeller and asks for a retrain.
+
+A running edge callback reads its model from a :class:`ModelSlot` once per frame
+(:meth:`ModelSlot.current` gives model and version together); the loop swaps in a new model
+between two reads. A frame that already holds the old model finishes with it, the next frame
+gets the new one: no frame waits for training or is dropped. A model in a slot is never
+trained in place: the loop trains a copy and swaps it in.
+
+:class:`DriftMonitor` is fed each frame's samples (``observe``, cheap: it only keeps them);
+every ``every`` frames it audits a few of them in a background thread (label them with the
+labeller, score the deployed model against those labels with the validator). An audit above
+``threshold`` starts collecting the samples seen since the last clean audit; once there are
+``min_samples`` of them it calls ``on_drift`` with them in the background (the retrain), and
+audits no longer trigger until that returns.
+
+Examples
+--------
+::
+
+    slot = ModelSlot(model, version=3)
+    monitor = DriftMonitor(slot, labeller, validator, threshold=0.3, on_drift=lambda s: retrain(s, ...))
+    for index, frame in enumerate(frames):   # the edge callback
+        model, version = slot.current()
+        patches = ...
+        monitor.observe(index, patches)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+import numpy as np
+
+from ..errors import BadInputError, MissingDataError
+
+if TYPE_CHECKING:
+    from .loop import Labeller, Validator
+
+log = logging.getLogger(__name__)
+M = TypeVar("M")
+
+
+class Deployed(NamedTuple, Generic[M]):
+    """A model and the registry version it came from (None: not from the registry)."""
+
+    model: M
+    version: int | None
+
+
+class ModelSlot(Generic[M]):
+    """The deployed model, swapped atomically while readers keep running.
+
+    ``get()`` returns the model, ``current()`` the model with its version (read together, so a
+    table row never names the wrong version), ``swap(model, version)`` replaces both.
+    """
+
+    def __init__(self, model: M | None = None, version: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._deployed: Deployed[M] | None = None if model is None else Deployed(model, version)
+        self.swaps = 0
+
+    def current(self) -> Deployed[M]:
+        """The deployed (model, version); MissingDataError when the slot is empty."""
+        deployed = self._deployed  # one reference read: model and version always match
+        if deployed is None:
+            raise MissingDataError("model slot: no model deployed yet; swap(model, version) one in first")
+        return deployed
+
+    def get(self) -> M:
+        """The deployed model."""
+        return self.current().model
+
+    @property
+    def version(self) -> int | None:
+        """The deployed model's registry version (None when empty or not from the registry)."""
+        deployed = self._deployed
+        return None if deployed is None else deployed.version
+
+    def swap(self, model: M, version: int | None) -> Deployed[M] | None:
+        """Deploy ``model`` (registry ``version``); return what was deployed before."""
+        if model is None:
+            raise BadInputError("model slot: expected a model to deploy, got None")
+        with self._lock:
+            previous, self._deployed = self._deployed, Deployed(model, version)
+            self.swaps += 1
+        log.info("model slot: deployed version %s (was %s)", version, previous and previous.version)
+        return previous
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One audit of the deployed model: its disagreement with the labeller on ``n`` samples."""
+
+    frame: int
+    version: int | None
+    disagreement: float
+    n: int
+    drifted: bool
+
+
+class DriftMonitor:
+    """Audits the deployed model every ``every`` frames and calls ``on_drift`` when it drifts.
+
+    Parameters
+    ----------
+    slot : ModelSlot
+        Where the deployed model is read from.
+    labeller, validator
+        The conventional labeller (e.g. a least-squares fit) and the metric (lower is better)
+        of the model against its labels; the audit's disagreement is that metric.
+    threshold : float
+        An audit whose disagreement exceeds this counts as drift.
+    on_drift : callable
+        Called with the samples collected since the last clean audit (an array, stacked along
+        axis 0), in a background thread; typically runs :func:`tomolive.ml.loop.retrain`.
+    every : int
+        Frames between audits.
+    audit_size : int
+        Samples labelled per audit (drawn from the frames since the previous audit).
+    min_samples : int
+        Samples to collect after drift before ``on_drift`` is called.
+    max_samples : int
+        At most this many samples are kept (the newest).
+    """
+
+    def __init__(
+        self,
+        slot: ModelSlot[Any],
+        labeller: Labeller,
+        validator: Validator,
+        *,
+        threshold: float,
+        on_drift: Callable[[np.ndarray], Any],
+        every: int = 10,
+        audit_size: int = 16,
+        min_samples: int = 256,
+        max_samples: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        if every < 1 or audit_size < 1 or min_samples < 1 or max_samples < min_samples:
+            raise BadInputError(
+                f"DriftMonitor: expected every, audit_size, min_samples >= 1 and max_samples >= min_samples, got "
+                f"every={every}, audit_size={audit_size}, min_samples={min_samples}, max_samples={max_samples}"
+            )
+        self.slot, self.labeller, self.validator = slot, labeller, validator
+        self.threshold, self.on_drift = float(threshold), on_drift
+        self.every, self.audit_size, self.min_samples, self.max_samples = every, audit_size, min_samples, max_samples
+        self.audits: list[Audit] = []
+        self.frames_seen = 0
+        self.audits_skipped = 0  # an audit was due while the previous one still ran
+        self.retrains: list[Future[Any]] = []
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._recent: list[np.ndarray] = []  # samples since the previous audit
+        self._collected: list[np.ndarray] = []  # samples since the last clean audit
+        self._drifting = False
+        self._audit_pool = ThreadPoolExecutor(1, thread_name_prefix="drift-audit")
+        self._retrain_pool = ThreadPoolExecutor(1, thread_name_prefix="drift-retrain")
+        self._audit: Future[Any] | None = None
+
+    @property
+    def retraining(self) -> bool:
+        """Whether a retrain started by this monitor is still running."""
+        return any(not f.done() for f in self.retrains)
+
+    def observe(self, frame: int, samples: np.ndarray) -> None:
+        """Keep this frame's ``samples`` (shape (n, ...)); start an audit when one is due. Never blocks on one."""
+        samples = np.asarray(samples)
+        with self._lock:
+            self.frames_seen += 1
+            if len(samples):
+                self._recent.append(samples)
+                self._collected.append(samples)
+                self._trim()
+            due = self.frames_seen % self.every == 0
+            ready = self._drifting and sum(map(len, self._collected)) >= self.min_samples
+            if ready and not self.retraining:
+                self._drifting = False
+                batch, self._collected = np.concatenate(self._collected), []
+                self.retrains.append(self._retrain_pool.submit(self._run_retrain, batch))
+            if not due or not self._recent:
+                return
+            if self._audit is not None and not self._audit.done():
+                self.audits_skipped += 1
+                return
+            pool, self._recent = np.concatenate(self._recent), []
+            pick = self._rng.choice(len(pool), size=min(self.audit_size, len(pool)), replace=False)
+            self._audit = self._audit_pool.submit(self._run_audit, frame, pool[np.sort(pick)])
+
+    def _trim(self) -> None:
+        while sum(map(len, self._collected)) - len(self._collected[0]) >= self.max_samples:
+            self._collected.pop(0)
+
+    def _run_audit(self, frame: int, samples: np.ndarray) -> Audit:
+        model, version = self.slot.current()
+        disagreement = float(self.validator.score(model, (samples, self.labeller.label(samples))))
+        audit = Audit(frame, version, disagreement, len(samples), disagreement > self.threshold)
+        with self._lock:
+            self.audits.append(audit)
+            if not audit.drifted and not self._drifting:
+                self._collected = []  # only samples after the last clean audit feed a retrain
+            elif audit.drifted and not self.retraining and version == self.slot.version:
+                self._drifting = True
+        log.info(
+            "drift audit at frame %d: version %s disagreement %.4g (%s)",
+            frame,
+            version,
+            disagreement,
+            "drift" if audit.drifted else "ok",
+        )
+        return audit
+
+    def _run_retrain(self, samples: np.ndarray) -> Any:
+        try:
+            return self.on_drift(samples)
+        except Exception:
+            log.exception("drift monitor: the retrain it started failed; the deployed model stays")
+            raise
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the running audit and every retrain started so far (results or errors are on ``retrains``)."""
+        if self._audit is not None:
+            self._audit.exception(timeout)
+        for future in list(self.retrains):
+            future.exception(timeout)
+
+    def close(self) -> None:
+        """Wait for background work, then stop the threads."""
+        self._audit_pool.shutdown(wait=True)
+        self._retrain_pool.shutdown(wait=True)
