@@ -72,6 +72,10 @@ class ModelSlot(Generic[M]):
             raise MissingDataError("model slot: no model deployed yet; swap(model, version) one in first")
         return deployed
 
+    def peek(self) -> Deployed[M] | None:
+        """The deployed (model, version), or None when the slot is empty."""
+        return self._deployed
+
     def get(self) -> M:
         """The deployed model."""
         return self.current().model
