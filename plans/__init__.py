@@ -1,6 +1,7 @@
-"""Bluesky plans for tomography (generator functions for ``RE(...)``)."""
+"""Bluesky plans for tomography and Bragg-peak scans (generator functions for ``RE(...)``)."""
 
+from .bragg import bragg_scan
 from .replay_scan import replay_scan
 from .tomo_scan import tomo_scan
 
-__all__ = ["replay_scan", "tomo_scan"]
+__all__ = ["bragg_scan", "replay_scan", "tomo_scan"]
