@@ -23,7 +23,7 @@ from event_model import DocumentRouter, RunRouter
 from tomolive.engine import EVENT_KINDS, Engine, ProcessedRun, ResultCallback, Run, Technique
 from tomolive.errors import BadInputError
 from tomolive.store import connect
-from tomolive.techniques import TomoTechnique
+from tomolive.techniques import BraggTechnique, TomoTechnique
 from tomolive.techniques.tomo import PipelineParams
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class TomoPipeline:
     params : PipelineParams, optional
         Tomography's processing parameters (recorded in provenance).
     techniques : sequence of Technique, optional
-        The techniques tried in order on each start document; default: tomography with ``params``.
+        The techniques tried in order on each start document; default: tomography with ``params``,
+        then Bragg-peak analysis (``bragg_scan``'s runs) with its shipped model.
     **engine_options
         ``dask``, ``scratch_dir``, ``outbox_dir``, ``patience_s``, ``progress``: see
         :class:`~tomolive.engine.Engine`.
@@ -64,7 +65,9 @@ class TomoPipeline:
         **engine_options: Any,
     ):
         self.engine = Engine(client, **engine_options)
-        self.techniques: tuple[Technique, ...] = tuple(techniques) if techniques else (TomoTechnique(params),)
+        self.techniques: tuple[Technique, ...] = (
+            tuple(techniques) if techniques else (TomoTechnique(params), BraggTechnique())
+        )
         self._runs: dict[str, _RunDocuments] = {}  # open and recent runs by uid
         self._router = RunRouter([self._factory])
         self.engine.io.submit(_import_array_client)  # ~2 s once: off the path to the first preview

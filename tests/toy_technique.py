@@ -70,6 +70,11 @@ class MemoryStore:
             if image is not None:
                 self.arrays["preview"] = np.array(image)
 
+    def write_table(self, key: str, table: Any, metadata: dict | None = None) -> None:
+        with self.lock:
+            self.arrays[key] = table.copy()
+            self.table_metadata = {**getattr(self, "table_metadata", {}), key: dict(metadata or {})}
+
     def remove(self, key: str) -> None:
         with self.lock:
             del self.arrays[key]

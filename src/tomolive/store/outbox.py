@@ -8,6 +8,7 @@ result is not dropped: it is written here, in the same layout Tiled would hold, 
         record.json        the container metadata (status, reason, provenance, ...)
         recon.zarr         each volume, same chunks as in Tiled, its metadata in the attrs
         preview.zarr       the live preview, if one was written here
+        peaks.parquet      each table (Bragg peaks), its metadata in peaks.parquet.json
     <outbox>/raw/<uid prefix>.jsonl   raw runs TiledWriter could not write (see tomolive.callbacks.raw_backup)
 """
 
@@ -18,7 +19,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -31,9 +32,13 @@ from .queries import versions
 from .tiled_result import TiledResult
 from .volume import VOLUME_COMPRESSORS, VolumeTarget
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 logger = logging.getLogger(__name__)
 RECORD_FILE = "record.json"
 PREVIEW = "preview"
+TABLE_SUFFIX = ".parquet"
 
 
 def default_outbox() -> Path:
@@ -125,14 +130,40 @@ class OutboxResult:
             raise BadInputError("write_preview: no preview image yet, so one must be given.")
         zarr.open_array(str(path), mode="r+").attrs.update(jsonable(metadata))
 
+    def write_table(self, key: str, table: pd.DataFrame, metadata: dict | None = None) -> None:
+        """Keep ``table`` as ``<key>.parquet`` and its metadata beside it, so :func:`upload` sends it."""
+        if not key:
+            raise BadInputError(f"write_table needs a child's key; got {key!r}")
+        path = self.path / f"{key}{TABLE_SUFFIX}"
+        partial = path.with_name(path.name + ".partial")
+        table.to_parquet(partial, index=False)
+        (self.path / f"{key}{TABLE_SUFFIX}.json").write_text(json.dumps(jsonable(metadata or {})))
+        partial.replace(path)  # the table appears whole or not at all
+
     def remove(self, key: str) -> None:
-        """Delete the volume ``key`` and its data."""
+        """Delete the volume or table ``key`` and its data."""
         if not key:
             raise BadInputError(f"remove needs a child's key; got {key!r}")
-        shutil.rmtree(self.path / f"{key}.zarr")
+        table = self.path / f"{key}{TABLE_SUFFIX}"
+        if table.is_file():
+            table.unlink()
+            (self.path / f"{key}{TABLE_SUFFIX}.json").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.path / f"{key}.zarr")
 
     def __contains__(self, key: str) -> bool:
-        return (self.path / f"{key}.zarr").is_dir()
+        return (self.path / f"{key}.zarr").is_dir() or (self.path / f"{key}{TABLE_SUFFIX}").is_file()
+
+    def tables(self) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
+        """Every table kept here, by key, with its metadata."""
+        import pandas as pd
+
+        out = {}
+        for path in sorted(self.path.glob(f"*{TABLE_SUFFIX}")):
+            meta = path.with_name(path.name + ".json")
+            metadata = json.loads(meta.read_text()) if meta.is_file() else {}
+            out[path.name.removesuffix(TABLE_SUFFIX)] = (pd.read_parquet(path), metadata)
+        return out
 
     def volumes(self) -> dict[str, zarr.Array]:
         """Every array kept here (volumes and preview), by key."""
@@ -178,6 +209,10 @@ def upload(entry: OutboxResult, client: BaseClient, api_key: str | None = None) 
         stored = record.node[key]
         if tuple(stored.shape) != local.shape or not np.array_equal(stored[-1], local[-1]):
             raise MissingDataError(f"upload of {entry.path / key}.zarr did not read back intact; kept locally.")
+    for key, (table, table_metadata) in entry.tables().items():
+        record.write_table(key, table, table_metadata)
+        if len(record.node[key].read()) != len(table):
+            raise MissingDataError(f"upload of table {entry.path / key} did not read back intact; kept locally.")
     kept = {k: v for k, v in metadata.items() if k not in ("created", "updated", "raw_uid")}
     record.set_status(status, **kept, uploaded={"from": str(entry.path), "at": now()})
     _supersede_running(client, entry.uid, str(record.uid))

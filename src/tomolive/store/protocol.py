@@ -5,13 +5,16 @@ The engine codes against :class:`ResultStore` only; it never asks which one it h
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from tiled.client.base import BaseClient
 
 from ..errors import BadInputError
 from .volume import VolumeTarget
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Status = Literal["running", "complete", "failed", "aborted"]
 STATUSES: tuple[Status, ...] = ("running", "complete", "failed", "aborted")
@@ -66,6 +69,10 @@ class ResultStore(Protocol):
 
     def write_preview(self, image: np.ndarray | None, metadata: dict) -> None:
         """Create or overwrite the ``preview`` image, then its metadata; ``image`` None: metadata only."""
+        ...
+
+    def write_table(self, key: str, table: pd.DataFrame, metadata: dict | None = None) -> None:
+        """Write ``table`` whole as the child ``key`` (a Tiled table; Parquet in the outbox)."""
         ...
 
     def remove(self, key: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tiled.client.base import BaseClient
@@ -18,6 +18,9 @@ from .metadata import jsonable, now
 from .protocol import Status, check_status
 from .queries import newest_version
 from .volume import VOLUME_COMPRESSORS, VolumeTarget
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class TiledResult:
@@ -120,6 +123,12 @@ class TiledResult:
         if zarr_path is not None and (Path(zarr_path) / "zarr.json").is_file():
             set_compressors(zarr_path, VOLUME_COMPRESSORS)
         return VolumeTarget(array_client.uri, self.api_key, rows_per_block, zarr_path)
+
+    def write_table(self, key: str, table: pd.DataFrame, metadata: dict | None = None) -> None:
+        """Write ``table`` whole as the table node ``key`` (stored in the server's tabular storage)."""
+        if not key:
+            raise BadInputError(f"write_table needs a child's key; got {key!r}")
+        self.node.write_table(table, key=key, metadata=jsonable(metadata or {}))
 
     def remove(self, key: str) -> None:
         """Delete the child ``key`` and its data."""

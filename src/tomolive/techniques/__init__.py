@@ -3,6 +3,7 @@
 Registered explicitly here (no import side effects); see :mod:`tomolive.engine.technique`.
 """
 
+from .bragg import BraggTechnique
 from .tomo import TomoTechnique
 
-__all__ = ["TomoTechnique"]
+__all__ = ["BraggTechnique", "TomoTechnique"]
