@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class Audit:
     disagreement: float
     n: int
     drifted: bool
+    at: float  # time.monotonic() when the audit finished
 
 
 class DriftMonitor:
@@ -204,7 +206,7 @@ class DriftMonitor:
     def _run_audit(self, frame: int, samples: np.ndarray) -> Audit:
         model, version = self.slot.current()
         disagreement = float(self.validator.score(model, (samples, self.labeller.label(samples))))
-        audit = Audit(frame, version, disagreement, len(samples), disagreement > self.threshold)
+        audit = Audit(frame, version, disagreement, len(samples), disagreement > self.threshold, time.monotonic())
         with self._lock:
             self.audits.append(audit)
             if not audit.drifted and not self._drifting:
