@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tomolive.errors import BadInputError, MissingDataError
+from tomolive.ml.cost_model import CostConstants, Plan, break_even, predict
 from tomolive.ml.deploy import DriftMonitor, ModelSlot
 from tomolive.ml.loop import retrain
 from tomolive.ml.model_store import ModelIntegrityError
@@ -216,3 +217,20 @@ def test_rollback_to_a_version(deployed_v1):
         (2, "published from parent 1"),
         (1, "v2 misbehaves"),
     ]
+
+
+def test_cost_model_chooses_the_fit_for_small_scans_and_the_surrogate_for_large_ones():
+    k = CostConstants(
+        c_fit=2.5e-3, o_fit=0.3, c_infer=2e-5, c_step=1e-4, o_train=1.0, o_transfer=0.5, bandwidth=1e8,
+        sample_bytes=484, workers=2,
+    )  # fmt: skip
+    plan = Plan(label_fraction=0.25, held_out=0.2, epochs=4)
+    n_star = break_even(k, plan)
+    # training (o_train + 4 * 0.2 n c_step) outlasts labelling the held-out 0.05 n: eq. 5 is linear in n
+    slope = k.c_fit - (k.c_infer + 0.2 * k.c_fit + 4 * 0.2 * k.c_step + 0.25 * 484 / 1e8)
+    assert n_star == pytest.approx((1.0 + 0.5) / slope, abs=2)  # o_fit is paid on both paths
+    small, large = predict(n_star // 2, k, plan), predict(n_star * 2, k, plan)
+    assert small.choice == "fit" and large.choice == "surrogate" and "break-even" in large.why
+    assert predict(10, k, plan, retrain=False).choice == "surrogate"  # a model that still fits always pays
+    with pytest.raises(BadInputError, match="label_fraction"):
+        Plan(label_fraction=0)
