@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ class ModelSlot(Generic[M]):
             raise MissingDataError("model slot: no model deployed yet; swap(model, version) one in first")
         return deployed
 
+    def peek(self) -> Deployed[M] | None:
+        """The deployed (model, version), or None when the slot is empty."""
+        return self._deployed
+
     def get(self) -> M:
         """The deployed model."""
         return self.current().model
@@ -102,6 +107,7 @@ class Audit:
     disagreement: float
     n: int
     drifted: bool
+    at: float  # time.monotonic() when the audit finished
 
 
 class DriftMonitor:
@@ -200,7 +206,7 @@ class DriftMonitor:
     def _run_audit(self, frame: int, samples: np.ndarray) -> Audit:
         model, version = self.slot.current()
         disagreement = float(self.validator.score(model, (samples, self.labeller.label(samples))))
-        audit = Audit(frame, version, disagreement, len(samples), disagreement > self.threshold)
+        audit = Audit(frame, version, disagreement, len(samples), disagreement > self.threshold, time.monotonic())
         with self._lock:
             self.audits.append(audit)
             if not audit.drifted and not self._drifting:

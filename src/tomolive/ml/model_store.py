@@ -109,7 +109,8 @@ def model_from_bytes(data: bytes, device: str | torch.device | None = "cpu", sou
     return net.to(choose_device(device)).eval()
 
 
-def _verified(blob: bytes, expected: Any, source: str) -> bytes:
+def verify_sha256(blob: bytes, expected: Any, source: str) -> bytes:
+    """``blob`` when it hashes to ``expected``; ModelIntegrityError (naming ``source``) when not."""
     digest = sha256(blob)
     if digest != expected:
         raise ModelIntegrityError(
@@ -155,7 +156,7 @@ def read_model_file(path: str | os.PathLike, device: str | torch.device | None =
     except (OSError, ValueError) as err:
         raise BadInputError(f"model {str(path)!r}: cannot read the weights or their record ({err})") from err
     net = model_from_bytes(blob, device, source=f"model {str(path)!r}")
-    _verified(blob, record.get("sha256"), f"model {str(path)!r}")
+    verify_sha256(blob, record.get("sha256"), f"model {str(path)!r}")
     return net, record
 
 
@@ -284,7 +285,7 @@ def load_model(client: BaseClient, model_id: str, device: str | torch.device | N
     record = model_record(client, model_id)
     with fetched_here():
         blob = np.asarray(models_root(client)[model_id].read(), dtype=np.uint8).tobytes()
-    _verified(blob, record.metadata.get("sha256"), f"model_id {model_id!r}")
+    verify_sha256(blob, record.metadata.get("sha256"), f"model_id {model_id!r}")
     return model_from_bytes(blob, device, source=f"model_id {model_id!r}")
 
 
