@@ -29,6 +29,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import Status
+from scipy import ndimage
 
 from ..errors import BadInputError
 from .phantoms import make_foam
@@ -82,6 +83,8 @@ class SimTomoDetector(Device):
         the flats do not correct them, so each adds a ring to its slice. 0: none.
     ring_strength : float
         Relative standard deviation of those pixels' gain error.
+    ring_width : int
+        Columns each defect spans (1: one pixel; more: a scratch or dust on the scintillator).
     assets : {"inline", "resource", "stream"}
         Where images go: in the events; or in HDF5 files announced by Resource/Datum
         (``external: "FILESTORE:"``, spec ``AD_HDF5``) or by StreamResource/StreamDatum
@@ -114,6 +117,7 @@ class SimTomoDetector(Device):
         beam_drift: float = 0.0,
         ring_defects: float = 0.0,
         ring_strength: float = 0.05,
+        ring_width: int = 1,
         assets: str = "inline",
         asset_dir: str | Path | None = None,
         **kwargs,
@@ -137,7 +141,7 @@ class SimTomoDetector(Device):
         self.sample_in, self.out_tolerance = sample_in, out_tolerance
         self._rng = np.random.default_rng(seed)
         self.beam_profile = _beam_profile(phantom.shape[0], phantom.shape[2], seed)
-        self.defect_gain = _defect_gain(self.beam_profile.shape, ring_defects, ring_strength, seed)
+        self.defect_gain = _defect_gain(self.beam_profile.shape, ring_defects, ring_strength, ring_width, seed)
         self.image.put(np.zeros((phantom.shape[0], phantom.shape[2]), dtype=np.uint16))
 
     def frame_kind(self) -> str:
@@ -251,14 +255,18 @@ def _beam_profile(rows: int, cols: int, seed: int) -> np.ndarray:
     return smooth * gain
 
 
-def _defect_gain(shape: tuple[int, ...], fraction: float, strength: float, seed: int) -> np.ndarray:
-    """Per-pixel gain on the sample-attenuated beam only: 1, or ``1 + strength * N(0, 1)`` on ``fraction`` of pixels."""
-    gain = np.ones(shape)
+def _defect_gain(shape: tuple[int, ...], fraction: float, strength: float, width: int, seed: int) -> np.ndarray:
+    """Per-pixel gain on the sample-attenuated beam only: 1, or ``1 + strength * N(0, 1)`` on
+    ``fraction`` of pixels, each defect spanning ``width`` columns."""
+    if width < 1:
+        raise BadInputError(f"ring_width must be a whole number of columns >= 1; got {width!r}.")
+    error = np.zeros(shape)
     if fraction > 0:
         rng = np.random.default_rng(seed + 2)
         bad = rng.random(shape) < fraction
-        gain[bad] = np.clip(1.0 + strength * rng.standard_normal(int(bad.sum())), 0.05, None)
-    return gain
+        error[bad] = strength * rng.standard_normal(int(bad.sum()))
+        error = ndimage.convolve1d(error, np.ones(int(width)), axis=1, mode="constant", origin=-(int(width) // 2))
+    return np.clip(1.0 + error, 0.05, None)
 
 
 def _check_assets(assets: str, asset_dir: str | Path | None) -> tuple[str, Path | None]:
@@ -390,6 +398,8 @@ def make_sim_beamline(
     seed: int = 0,
     beam_drift: float = 0.0,
     ring_defects: float = 0.0,
+    ring_strength: float = 0.05,
+    ring_width: int = 1,
     prefix: str = "sim",
     assets: str = "inline",
     asset_dir: str | Path | None = None,
@@ -405,7 +415,7 @@ def make_sim_beamline(
         Open-beam photons per pixel (sets the noise); ``None`` for noise-free images.
     seed : int
         Noise seed.
-    beam_drift, ring_defects : float
+    beam_drift, ring_defects, ring_strength, ring_width
         A drifting beam and pixels the flats do not correct (see :class:`SimTomoDetector`).
     prefix : str
         Prefix of the device names (``sim_det``, ``sim_rotation``, ...).
@@ -428,6 +438,8 @@ def make_sim_beamline(
         seed=seed,
         beam_drift=beam_drift,
         ring_defects=ring_defects,
+        ring_strength=ring_strength,
+        ring_width=ring_width,
         assets=assets,
         asset_dir=asset_dir,
         labels={"detectors"},
