@@ -267,13 +267,13 @@ def remove_stripe_sorting(sinograms: np.ndarray, size: int = 21, *, dim: int = 1
     return _per_sinogram(data, _sorting_2d, size, _check_dim(dim))
 
 
-def remove_stripe_mean(sinograms: np.ndarray, size: int = 11) -> np.ndarray:
+def remove_stripe_mean(sinograms: np.ndarray, size: int = 21) -> np.ndarray:
     """Remove full, narrow stripes: subtract from each column its offset over all angles.
 
     A pixel whose gain the flat field does not correct (noise in the flats, a defect)
     adds the same offset to its column of line integrals at every angle. The offset is the
     column's mean over angles less the median of the means over ``size`` columns, the
-    smooth trend the object explains (as :func:`ring_metric` measures it); subtracting it
+    smooth trend the object explains; subtracting it
     removes the stripe. Stripes wider than about ``size / 2`` columns, or present at some
     angles only, are left (use ``"sort"`` or ``"combined"``); so is an object feature
     narrower than that sitting on the rotation axis, whose column is constant too.
@@ -283,7 +283,7 @@ def remove_stripe_mean(sinograms: np.ndarray, size: int = 11) -> np.ndarray:
     sinograms : ndarray
         One sinogram (n_angles, n_cols) or a block (n_angles, n_rows, n_cols).
     size : int
-        Median window across columns, >= 3 (default 11).
+        Median window across columns, >= 3 (default 21, as :func:`remove_stripe_sorting`'s).
 
     Returns
     -------
