@@ -1,7 +1,8 @@
 """Reconstruction speed and accuracy: tomolive's default backend beside its peers.
 
 Analytic Shepp-Logan (exact line integrals of ellipses), 1500 angles over 180 degrees,
-1024^2 and 2048^2 slices. Every method gets exact data in its own centre convention and is
+1024^2 and 2048^2 slices. Also times each stripe-removal method on the same block, one
+thread as in a pipeline block task, as a fraction of the one-thread reconstruction. Every method gets exact data in its own centre convention and is
 scored against the phantom averaged over the pixels of its own output grid, inside the
 inscribed disc. Prints slices/s, PSNR and tomolive/peer ratios; appends a JSON line to
 bench/results/recon.jsonl.
@@ -27,6 +28,7 @@ import warnings
 import numpy as np
 from _common import append_result, ellipse_image, machine_info, psnr_disc, shepp_logan_ellipses
 
+from tomolive.preprocess import remove_stripes
 from tomolive.recon import available_methods, reconstruct
 from tomolive.sim.phantoms import project_ellipses
 
@@ -110,6 +112,7 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
     reconstruct(proj[:, :2], angles, mid, ncore=1, fft_plan="measure")
     out, t = _best_of(3, lambda: reconstruct(proj, angles, mid, ncore=1), rows)
     record(f"tomolive {method}", 1, out[-1], t, "ours", note="best of 3")
+    _time_stripes(proj, rows, t, results)
     if with_fbp:
         p1 = proj[:, :1]
         out, t = _timed(lambda: reconstruct(p1, angles, mid, method="fbp"), 1)
@@ -123,6 +126,29 @@ def run_size(n, n_angles, rows, peer_rows, with_fbp, cores):
         print("  astra-toolbox not installed: skipped")
     _time_skimage(ell, angles, n, peer_rows, record)
     return results
+
+
+def _time_stripes(proj, rows, recon_1_thread, results):
+    """Each stripe-removal method on the block just reconstructed, best of 3, one thread, as a
+    pipeline block task runs it before reconstructing (docs/measurements/rings.md)."""
+    for method in ("mean", "sort", "combined"):
+        _, t = _best_of(3, lambda m=method: remove_stripes(proj, m), rows)
+        ratio = t["seconds"] / recon_1_thread["seconds"]
+        results.append(
+            {
+                "size": proj.shape[2],
+                "angles": proj.shape[0],
+                "method": f"stripes {method}",
+                "threads": 1,
+                **t,
+                "fraction_of_recon_1_thread": round(ratio, 3),
+            }
+        )
+        print(
+            f"  {'stripes ' + method:<28} {1:>3} thr  {t['slices_per_s']:>8.3f} slices/s"
+            f"  = {100 * ratio:.0f} % of the 1-thread reconstruction of the same block",
+            flush=True,
+        )
 
 
 def _time_algotom(pk, angles, mid, peer_rows, record):
@@ -212,7 +238,7 @@ def main(argv=None):
         )
         one = next(r for r in results if r["size"] == n and r["method"] == ours["method"] and r["threads"] == 1)
         for r in results:
-            if r["size"] != n or r["method"].startswith("tomolive"):
+            if r["size"] != n or r["method"].startswith(("tomolive", "stripes")):
                 continue
             key = f"{n}:{r['method']}"
             ratios[key] = {

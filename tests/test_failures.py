@@ -181,9 +181,9 @@ def test_missing_darks_or_flats_are_named(tiled_server, pipeline, beamline, run_
     assert f"no {missing} frames" in container_md(tiled_server, uid)["reason"]
 
 
-def test_plan_refuses_fewer_than_two_angles(beamline):
+def test_plan_refuses_fewer_than_four_angles(beamline):
     b = beamline
-    with pytest.raises(BadInputError, match="at least 2"):
+    with pytest.raises(BadInputError, match="at least 4"):
         list(
             tomo_scan(
                 b.detector, b.rotation, [0.0], 1, 1, shutter=b.shutter, sample_x=b.sample_x, sample_out=b.sample_out
@@ -193,7 +193,7 @@ def test_plan_refuses_fewer_than_two_angles(beamline):
 
 def test_plan_refuses_darks_without_shutter(beamline):
     with pytest.raises(BadInputError, match="shutter"):
-        list(tomo_scan(beamline.detector, beamline.rotation, [0.0, 90.0, 180.0], n_darks=2, n_flats=0))
+        list(tomo_scan(beamline.detector, beamline.rotation, [0.0, 45.0, 90.0, 135.0], n_darks=2, n_flats=0))
 
 
 def test_non_tomography_runs_are_ignored(pipeline, beamline):

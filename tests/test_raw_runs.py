@@ -59,7 +59,7 @@ def test_raw_run_is_saved_beside_the_result_and_reprocesses_from_tiled(
     assert tomolive_main([*_process_args(run.uri, tiled_server, pipeline), "--stripes", "sort"]) == 0
     third = processed[f"{uid}-v3"]
     assert third.metadata["provenance"]["changed_parameters"] == {
-        "pipeline.stripe_method": {"before": "none", "now": "sort"}
+        "pipeline.stripe_method": {"before": "mean", "now": "sort"}
     }
     assert find_scan(client, uid).item["id"] == f"{uid}-v3" and find_scan(client, f"{uid}-v2").item["id"] == f"{uid}-v2"
     assert [key for key, _ in versions(client, uid)] == [uid, f"{uid}-v2", f"{uid}-v3"]

@@ -29,9 +29,11 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import Status
+from scipy import ndimage
 
 from ..errors import BadInputError
-from .phantoms import FoamPhantom, make_foam
+from .phantoms import make_foam
+from .volume import Sample, as_sample
 
 SHUTTER_OPEN, SHUTTER_CLOSED = 1, 0
 ASSET_MODES = ("inline", "resource", "stream")
@@ -54,8 +56,10 @@ class SimTomoDetector(Device):
 
     Parameters
     ----------
-    phantom : FoamPhantom
-        The sample; detector size is ``(phantom.shape[0], phantom.shape[2])``.
+    phantom : phantom, ndarray or object with ``attenuation()``
+        The sample (see :func:`tomolive.sim.volume.as_sample`): a foam or rock phantom, a 3D
+        attenuation volume ``(n_slices, ny, nx)`` per pixel, or an object whose
+        ``attenuation()`` returns one; detector size is ``(shape[0], shape[2])``.
     rotation, sample_x : SynAxis
         Rotation stage (degrees) and the sample translation that moves it out of the beam.
     shutter : Signal
@@ -69,6 +73,18 @@ class SimTomoDetector(Device):
         than ``out_tolerance`` from it counts as out of the beam.
     seed : int
         Seed of the noise generator.
+    beam_drift : float
+        How fast the beam's profile drifts: after ``k`` frames since :meth:`stage` the beam is
+        multiplied by ``1 + beam_drift * k * u``, ``u`` from -1 to 1 across the detector (a
+        tilt that grows through the scan, as a monochromator warming up). 0: a steady beam.
+    ring_defects : float
+        Fraction of pixels whose response to the sample-attenuated beam differs from their
+        response to the open beam (gain off by ``ring_strength``, a relative standard deviation):
+        the flats do not correct them, so each adds a ring to its slice. 0: none.
+    ring_strength : float
+        Relative standard deviation of those pixels' gain error.
+    ring_width : int
+        Columns each defect spans (1: one pixel; more: a scratch or dust on the scintillator).
     assets : {"inline", "resource", "stream"}
         Where images go: in the events; or in HDF5 files announced by Resource/Datum
         (``external: "FILESTORE:"``, spec ``AD_HDF5``) or by StreamResource/StreamDatum
@@ -88,7 +104,7 @@ class SimTomoDetector(Device):
         prefix: str = "",
         *,
         name: str,
-        phantom: FoamPhantom,
+        phantom: Sample | np.ndarray,
         rotation: SynAxis,
         sample_x: SynAxis,
         shutter: Signal,
@@ -98,6 +114,10 @@ class SimTomoDetector(Device):
         sample_in: float = 0.0,
         out_tolerance: float = 1.0,
         seed: int = 0,
+        beam_drift: float = 0.0,
+        ring_defects: float = 0.0,
+        ring_strength: float = 0.05,
+        ring_width: int = 1,
         assets: str = "inline",
         asset_dir: str | Path | None = None,
         **kwargs,
@@ -111,12 +131,17 @@ class SimTomoDetector(Device):
         self._writer_kind: str | None = None
         self._asset_docs: deque[tuple[str, dict]] = deque()
         self._datum_id: str | None = None
-        self.phantom = phantom
+        if not 0.0 <= ring_defects <= 1.0:
+            raise BadInputError(f"ring_defects must be a fraction in [0, 1]; got {ring_defects!r}.")
+        self.phantom = phantom = as_sample(phantom)
+        self.beam_drift = float(beam_drift)
+        self.frames_taken = 0  # since stage(): the clock of the beam drift
         self.rotation, self.sample_x, self.shutter = rotation, sample_x, shutter
         self.photons, self.dark_counts, self.read_noise = photons, dark_counts, read_noise
         self.sample_in, self.out_tolerance = sample_in, out_tolerance
         self._rng = np.random.default_rng(seed)
         self.beam_profile = _beam_profile(phantom.shape[0], phantom.shape[2], seed)
+        self.defect_gain = _defect_gain(self.beam_profile.shape, ring_defects, ring_strength, ring_width, seed)
         self.image.put(np.zeros((phantom.shape[0], phantom.shape[2]), dtype=np.uint16))
 
     def frame_kind(self) -> str:
@@ -132,9 +157,11 @@ class SimTomoDetector(Device):
         level = self.photons if self.photons is not None else 10000.0
         kind = self.frame_kind()
         beam = np.zeros_like(self.beam_profile) if kind == "dark" else level * self.beam_profile
+        if self.beam_drift:
+            beam = beam * (1.0 + self.beam_drift * self.frames_taken * np.linspace(-1.0, 1.0, beam.shape[1]))
         if kind == "projection":
             angle = np.deg2rad(self.rotation.position)
-            beam = beam * np.exp(-self.phantom.project(angle).astype(np.float64))
+            beam = beam * np.exp(-self.phantom.project(angle).astype(np.float64)) * self.defect_gain
         return beam + self.dark_counts
 
     def trigger(self) -> Status:
@@ -143,6 +170,7 @@ class SimTomoDetector(Device):
             counts = self._rng.poisson(counts - self.dark_counts) + self.dark_counts
             counts = counts + self._rng.normal(0.0, self.read_noise, counts.shape)
         image = np.clip(np.rint(counts), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        self.frames_taken += 1
         self.image.put(image)
         if self.assets != "inline":
             self._write(image)
@@ -183,6 +211,7 @@ class SimTomoDetector(Device):
     def stage(self) -> list:
         """Stage; with external assets, get ready to write files into ``asset_dir``."""
         staged = super().stage()
+        self.frames_taken = 0
         if self.assets != "inline":
             self._files_dir().mkdir(parents=True, exist_ok=True)
             self._staged_assets = True
@@ -224,6 +253,20 @@ def _beam_profile(rows: int, cols: int, seed: int) -> np.ndarray:
     smooth = np.exp(-(v**2) / 2.0 - u**2 / 4.0)
     gain = 1.0 + 0.03 * rng.standard_normal((rows, cols))
     return smooth * gain
+
+
+def _defect_gain(shape: tuple[int, ...], fraction: float, strength: float, width: int, seed: int) -> np.ndarray:
+    """Per-pixel gain on the sample-attenuated beam only: 1, or ``1 + strength * N(0, 1)`` on
+    ``fraction`` of pixels, each defect spanning ``width`` columns."""
+    if width < 1:
+        raise BadInputError(f"ring_width must be a whole number of columns >= 1; got {width!r}.")
+    error = np.zeros(shape)
+    if fraction > 0:
+        rng = np.random.default_rng(seed + 2)
+        bad = rng.random(shape) < fraction
+        error[bad] = strength * rng.standard_normal(int(bad.sum()))
+        error = ndimage.convolve1d(error, np.ones(int(width)), axis=1, mode="constant", origin=-(int(width) // 2))
+    return np.clip(1.0 + error, 0.05, None)
 
 
 def _check_assets(assets: str, asset_dir: str | Path | None) -> tuple[str, Path | None]:
@@ -344,15 +387,19 @@ class SimBeamline:
     rotation: SynAxis
     sample_x: SynAxis
     shutter: Signal
-    phantom: FoamPhantom
+    phantom: Sample
     sample_out: float = 20.0
 
 
 def make_sim_beamline(
-    phantom: FoamPhantom | None = None,
+    phantom: Sample | np.ndarray | None = None,
     *,
     photons: float | None = 5000.0,
     seed: int = 0,
+    beam_drift: float = 0.0,
+    ring_defects: float = 0.0,
+    ring_strength: float = 0.05,
+    ring_width: int = 1,
     prefix: str = "sim",
     assets: str = "inline",
     asset_dir: str | Path | None = None,
@@ -361,12 +408,15 @@ def make_sim_beamline(
 
     Parameters
     ----------
-    phantom : FoamPhantom, optional
-        The sample; default a seeded 64-slice, 128-pixel-wide foam.
+    phantom : phantom, ndarray or object with ``attenuation()``, optional
+        The sample (see :class:`SimTomoDetector`): e.g. ``make_rock(...)``, your own 3D
+        attenuation volume per pixel, or default a seeded 64-slice, 128-pixel-wide foam.
     photons : float or None
         Open-beam photons per pixel (sets the noise); ``None`` for noise-free images.
     seed : int
         Noise seed.
+    beam_drift, ring_defects, ring_strength, ring_width
+        A drifting beam and pixels the flats do not correct (see :class:`SimTomoDetector`).
     prefix : str
         Prefix of the device names (``sim_det``, ``sim_rotation``, ...).
     assets : {"inline", "resource", "stream"}
@@ -374,7 +424,7 @@ def make_sim_beamline(
     asset_dir : path, optional
         Directory of the detector's HDF5 files; required unless ``assets="inline"``.
     """
-    phantom = phantom or make_foam((64, 128, 128), seed=seed)
+    phantom = as_sample(make_foam((64, 128, 128), seed=seed) if phantom is None else phantom)
     rotation = SynAxis(name=f"{prefix}_rotation", labels={"motors"})
     sample_x = SynAxis(name=f"{prefix}_sample_x", labels={"motors"})
     shutter = Signal(name=f"{prefix}_shutter", value=SHUTTER_OPEN)
@@ -386,6 +436,10 @@ def make_sim_beamline(
         shutter=shutter,
         photons=photons,
         seed=seed,
+        beam_drift=beam_drift,
+        ring_defects=ring_defects,
+        ring_strength=ring_strength,
+        ring_width=ring_width,
         assets=assets,
         asset_dir=asset_dir,
         labels={"detectors"},

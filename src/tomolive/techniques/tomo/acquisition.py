@@ -4,6 +4,11 @@ Runs on the engine's ingest thread, frame by frame. Darks and flats are kept unt
 projection, then reduced; each projection is normalised, appended to the scratch spool and
 handed to the live preview. As soon as the frame shape is known, the empty ``recon`` array
 is made on an I/O thread, so processing starts with the centre search.
+
+Flats may also come after the projections, or at both ends (``tomo.flats``, see
+:mod:`.flats`): then projections are spooled raw and corrected once the last flats are in,
+each with flats interpolated between the two sets; the live preview uses the flats taken
+before, or waits for flats and says so (``preview_status`` in the container's metadata).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import BadInputError, MissingDataError
-from ...preprocess import reduce_frames
 from ...store import now
+from ...validation import check_finite
+from .flats import CALIBRATIONS, CalibrationSet, FlatField, correct_spool, flat_mode, time_weights
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .reconstruction import new_recon_volume, prepare_projection
 from .sanity import check_flats_over_darks, check_frame_values, check_transmission
@@ -27,8 +33,9 @@ if TYPE_CHECKING:
     from ...engine.run import Run
 
 logger = logging.getLogger(__name__)
-CALIBRATIONS = ("dark", "flat")
 ROLES = (*CALIBRATIONS, "projection")
+WAITING_FOR_FLATS = "waiting for flats: no flats came before the projections; they are spooled raw until the flats come"
+FLATS_ARRIVED = "flats arrived after the projections: no live preview; the reconstruction follows"
 
 
 class TomoAcquisition:
@@ -38,7 +45,10 @@ class TomoAcquisition:
         self.run = run
         self.params = run.params
         self.expected_angles = expected_angles
-        self.calibration: dict[str, list[np.ndarray]] = {name: [] for name in CALIBRATIONS}
+        self.mode = flat_mode(run.metadata.get("tomo"))
+        self.sets = {"before": CalibrationSet.empty(), "after": CalibrationSet.empty()}
+        self.deferred = False  # projections spooled raw until the flats after them arrive
+        self.times: dict[str, list[float]] = {role: [] for role in ROLES}  # acquisition times, when known
         self.flat: np.ndarray | None = None
         self.dark: np.ndarray | None = None
         self.spool: ProjectionSpool | None = None
@@ -49,6 +59,11 @@ class TomoAcquisition:
         self._counts = dict.fromkeys(ROLES, 0)
 
     # -- the ingest thread ----------------------------------------------------------------
+
+    def record_time(self, role: str, time: float) -> None:
+        """The acquisition time of the next frame of ``role`` (the document reader's thread;
+        read once every frame is in): flats at both ends are interpolated by time."""
+        self.times[role].append(float(time))
 
     def add(self, role: str, frame: np.ndarray, coordinate: float | None) -> None:
         """Take a dark, a flat, or a projection at angle ``coordinate`` (degrees)."""
@@ -61,10 +76,16 @@ class TomoAcquisition:
             if coordinate is None:
                 raise BadInputError("a projection arrived without its rotation angle.")
             self._add_projection(frame, float(coordinate))
-        elif self.spool is not None:
-            raise BadInputError(f"a {role} frame arrived after the projections began; take darks and flats first.")
+        elif self.spool is None:
+            self.sets["before"].frames[role].append(frame)
+        elif self.deferred:
+            self.sets["after"].frames[role].append(frame)
         else:
-            self.calibration[role].append(frame)
+            raise BadInputError(
+                f"a {role} frame arrived after the projections began, but the projections were already "
+                f"corrected with the flats before them (tomo.flats={self.mode!r}); to take flats at the end "
+                "too, declare it: tomo_scan(..., flats='after' or 'both')."
+            )
 
     def _check_frame(self, role: str, frame: np.ndarray) -> None:
         if frame.ndim != 2 or frame.shape[0] < 1 or frame.shape[1] < 2:
@@ -83,35 +104,86 @@ class TomoAcquisition:
     def _add_projection(self, frame: np.ndarray, angle_deg: float) -> None:
         if self.spool is None:
             self._start(frame)
-        assert self.spool is not None and self.flat is not None and self.dark is not None
-        prepared = prepare_projection(frame, self.flat, self.dark, self.params)
-        check_transmission(len(self.spool), prepared)
-        self.spool.append(prepared, angle_deg)
-        if self.preview is not None:
+        assert self.spool is not None
+        prepared = None  # with the flats before (if any): the spool's frame, or only the preview's
+        if self.flat is not None and self.dark is not None and (not self.deferred or self.preview is not None):
+            prepared = prepare_projection(frame, self.flat, self.dark, self.params)
+        if self.deferred:  # raw counts (exact in float32), corrected when the last flats are in
+            check_finite(frame, "projection")
+            self.spool.append(frame, angle_deg)
+        else:
+            assert prepared is not None
+            check_transmission(len(self.spool), prepared)
+            self.spool.append(prepared, angle_deg)
+        if self.preview is not None and prepared is not None:
             self.preview.add(prepared, math.radians(angle_deg))
 
     def _start(self, frame: np.ndarray) -> None:
-        for name, frames in self.calibration.items():
-            if not frames:
-                raise MissingDataError(
-                    f"no {name} frames arrived before the first projection; the scan needs a "
-                    f"'{name}' stream (tomo_scan(..., n_{name}s=10)) to normalise projections."
-                )
-        self.dark = reduce_frames(np.stack(self.calibration["dark"]), self.params.flat_reduce, name="darks")
-        self.flat = reduce_frames(np.stack(self.calibration["flat"]), self.params.flat_reduce, name="flats")
-        check_flats_over_darks(self.flat, self.dark)
+        before = self.sets["before"]
+        self.deferred = self.mode in ("after", "both") or (self.mode is None and not before.count("flat"))
+        if not self.deferred:
+            for name in CALIBRATIONS:
+                if not before.count(name):
+                    raise MissingDataError(
+                        f"no {name} frames arrived before the first projection; the scan needs a "
+                        f"'{name}' stream (tomo_scan(..., n_{name}s=10)) to normalise projections, "
+                        "or tomo_scan(..., flats='after') to take darks and flats at the end."
+                    )
+        before.reduce(self.params.flat_reduce, "before the projections")
+        if before.flat is not None and before.dark is not None:
+            check_flats_over_darks(before.flat, before.dark)
+            self.flat, self.dark = before.flat, before.dark
         self.run.provenance.inputs.update(
             frame_shape=list(frame.shape),
             frame_dtype=str(frame.dtype),
-            n_darks=len(self.calibration["dark"]),
-            n_flats=len(self.calibration["flat"]),
+            n_darks=before.n_darks,
+            n_flats=before.n_flats,
         )
-        self.calibration = {name: [] for name in CALIBRATIONS}
         path = self.run.engine.scratch_dir / f"tomolive-spool-{self.run.uid}.zarr"
         shape = frame.shape  # keep the shape, not the frame
         self.spool = ProjectionSpool.create(path, shape, self.params.rows_per_block, self.expected_angles)
         self.run.store.add_done_callback(lambda store: self._make_recon_volume(store, shape))
-        self._start_preview(shape)
+        if self.flat is not None:
+            self._start_preview(shape)
+        else:
+            self._say_preview_status(WAITING_FOR_FLATS)
+
+    def _say_preview_status(self, status: str) -> None:
+        """Put ``preview_status`` in the container's metadata (on an I/O thread, once it exists)."""
+
+        def say(store: Future) -> None:
+            if store.exception() is None:
+                self.run.unless_ended(lambda: self.run.engine.io.submit(store.result().update, preview_status=status))
+
+        self.run.store.add_done_callback(say)
+
+    def _correct_deferred(self) -> None:
+        """The spool holds raw frames: correct each with its flats, interpolated when both ends have them."""
+        assert self.spool is not None
+        before, after = self.sets["before"], self.sets["after"]
+        after.reduce(self.params.flat_reduce, "after the projections")
+        n = len(self.spool)
+        flat_times = self.times["flat"]
+        weights = None
+        if before.flat is not None and after.flat is not None:
+            nb = before.n_flats
+            weights = time_weights(self.times["projection"], flat_times[:nb], flat_times[nb:], n)
+        field = FlatField(before, after, n, weights)
+        if self.mode == "both" and not field.interpolated:
+            logger.warning("run %s declared flats at both ends but has one set only: corrected with it", self.run.uid)
+        correct_spool(str(self.spool.path), field, self.params)
+        self.run.provenance.inputs.update(
+            n_darks=before.n_darks + after.n_darks,
+            n_flats=before.n_flats + after.n_flats,
+            flats={
+                "declared": self.mode,
+                "before": {"darks": before.n_darks, "flats": before.n_flats},
+                "after": {"darks": after.n_darks, "flats": after.n_flats},
+                "interpolation": field.basis,
+            },
+        )
+        if self.preview is None:
+            self._say_preview_status(FLATS_ARRIVED)
 
     def _make_recon_volume(self, store: Future, frame_shape: tuple[int, int]) -> None:
         """Once the store exists, make its empty ``recon`` array on an I/O thread, unless the
@@ -177,6 +249,8 @@ class TomoAcquisition:
         if self.spool is None:
             raise MissingDataError("the scan was stopped before any projection arrived.")
         self.spool.finish()
+        if self.deferred:
+            self._correct_deferred()
         if self.preview is not None:
             self.preview.hold()  # its last publish waits until the volume's blocks are queued
         self.run.provenance.inputs.update(n_angles=len(self.spool), angles_deg=self.spool.angles)
@@ -204,7 +278,7 @@ class TomoAcquisition:
         """The run ended without a result: stop the preview, drop the spool, and mark an empty
         ``recon`` array in ``store`` (None when it is unreachable) as never written."""
         self.dark = self.flat = None
-        self.calibration = {name: [] for name in CALIBRATIONS}
+        self.sets = {"before": CalibrationSet.empty(), "after": CalibrationSet.empty()}
         if self.preview is not None:
             self.preview.close(timeout=0)
             self.preview = None

@@ -16,6 +16,7 @@ from event_model import DocumentRouter, unpack_datum_page
 
 from ...errors import BadInputError, MissingDataError
 from ...io.assets import AssetResolver
+from .acquisition import TomoAcquisition
 
 if TYPE_CHECKING:
     from ...engine.run import Run
@@ -34,7 +35,7 @@ class TomoDocuments(DocumentRouter):
         self.streams: dict[str, str] = {}
         self.assets = AssetResolver()
         self.frames_waiting: dict[tuple[str, int], np.ndarray] = {}
-        self.events_waiting: dict[tuple[str, int], float | None] = {}
+        self.events_waiting: dict[tuple[str, int], tuple[float | None, float | None]] = {}  # (angle, time)
 
     def descriptor(self, doc: Any) -> None:
         if self.field not in doc["data_keys"]:
@@ -60,7 +61,7 @@ class TomoDocuments(DocumentRouter):
         for k, frame in enumerate(batch.frames):
             key = (batch.descriptor, batch.seq_nums[0] + k)
             if key in self.events_waiting:
-                self._frame(batch.descriptor, frame, self.events_waiting.pop(key))
+                self._frame(batch.descriptor, frame, *self.events_waiting.pop(key))
             else:
                 self.frames_waiting[key] = frame
 
@@ -76,18 +77,23 @@ class TomoDocuments(DocumentRouter):
                 f"(start document's tomo.angle_field); its data keys are {sorted(data)!r}."
             )
         filled = doc.get("filled", {}).get(self.field)
+        times = doc.get("time") or [None] * len(doc["seq_num"])
         for i, seq_num in enumerate(doc["seq_num"]):
             angle = None if angles is None else float(angles[i])
             if self.field in data:  # inline, or a datum id to fill from a file
                 image = data[self.field][i]
-                self._frame(descriptor, self.assets.fill(image) if filled and not filled[i] else image, angle)
+                self._frame(descriptor, self.assets.fill(image) if filled and not filled[i] else image, angle, times[i])
             elif (descriptor, seq_num) in self.frames_waiting:  # from a StreamDatum
-                self._frame(descriptor, self.frames_waiting.pop((descriptor, seq_num)), angle)
+                self._frame(descriptor, self.frames_waiting.pop((descriptor, seq_num)), angle, times[i])
             else:
-                self.events_waiting[(descriptor, seq_num)] = angle
+                self.events_waiting[(descriptor, seq_num)] = (angle, times[i])
 
-    def _frame(self, descriptor: str, image: Any, angle: float | None) -> None:
-        self.run.add(STREAM_ROLES[self.streams[descriptor]], np.asarray(image), angle)
+    def _frame(self, descriptor: str, image: Any, angle: float | None, time: float | None = None) -> None:
+        role = STREAM_ROLES[self.streams[descriptor]]
+        acquisition = self.run.acquisition
+        if time is not None and isinstance(acquisition, TomoAcquisition):  # for flats at both ends
+            acquisition.record_time(role, time)
+        self.run.add(role, np.asarray(image), angle)
 
     def stop(self, doc: Any) -> None:
         """A successful stop: every event must have its frame (the engine then finishes the run)."""
