@@ -101,7 +101,7 @@ def test_center_recovers_known_shift(
     assert isinstance(result, CenterResult)
     assert abs(result.center - center) < 0.5  # the bar; measured errors <= 0.15 px
     assert 0.0 <= result.confidence <= 1.0
-    assert result.method in ("registration", "vo")
+    assert result.method in ("registration", "vo", "quality")
 
 
 def test_center_on_projection_block_and_shuffled_angles() -> None:
@@ -177,8 +177,11 @@ def test_auto_falls_back_to_vo_without_partner() -> None:
     with pytest.raises(BadInputError, match="180 degrees"):
         find_center_registration(sino, theta, max_residual=1e-4)
     result = find_center(sino, theta, max_residual=1e-4)
-    assert result.method == "vo" and result.details["registration"] is None
+    # without registration, Vo seeds the image-quality check, which decides
+    assert result.method == "quality" and result.details["registration"] is None
     assert result.details["vo"]["details"]["refined"] is True
+    assert abs(result.details["vo"]["center"] - 58.2) < 0.5
+    assert result.details["quality_agreement"] == 1.0
     assert abs(result.center - 58.2) < 0.5
 
 

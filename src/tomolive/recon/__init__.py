@@ -231,7 +231,10 @@ def reconstruct(
     filter_cutoff : float, optional
         Fraction of Nyquist (0, 1] where the filter ends.
     padding : {"edge", "zero"}, optional
-        How the detector is padded (to >= 2 n_cols) before filtering.
+        How the detector is padded before filtering, the same in every backend: to
+        ``padded_width`` (>= 2 n_cols + twice the axis's offset from the middle), with each
+        edge's value brought to zero by a half-cosine (``"edge"``, for samples wider than the
+        field of view) or with zeros (:func:`tomolive.recon.filters.fill_pad`).
     ncore : int, optional
         CPU threads for the backend; default: the backend's own (gridrec: every CPU this
         process may use). Pass 1 inside single-threaded Dask workers.
@@ -311,7 +314,7 @@ def _register_builtin() -> None:
             _importable("finufft"),
             speed=20.0,
             description="direct Fourier inversion by finufft type-1 NUFFT (CPU), two slices per transform",
-            options=("interpolation", "eps", "upsampfac", "pad_factor", "pairs_per_batch", "fft_plan", "overlap"),
+            options=("interpolation", "eps", "upsampfac", "pairs_per_batch", "fft_plan", "overlap"),
         )
     )
     register_backend(

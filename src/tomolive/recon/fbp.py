@@ -80,7 +80,8 @@ def fbp(
     projections, angles, center
         Validated inputs as :class:`tomolive.recon.Backend` receives them.
     settings : ReconSettings
-        Filter and padding; ``ncore`` sets torch's CPU threads (process-wide while this
+        Filter and padding (:func:`~tomolive.recon.filters.padded_width`,
+        :func:`~tomolive.recon.filters.fill_pad`, as in every backend); ``ncore`` sets torch's CPU threads (process-wide while this
         runs, default torch's setting); ``device`` the torch device (default CUDA when
         available, else CPU).
     rows_per_batch : int, optional
@@ -95,7 +96,7 @@ def fbp(
 
     dev = torch_device(settings.device)
     _n_angles, n_rows, n = projections.shape
-    width = padded_width(n)
+    width = padded_width(n, center)
     if int(rows_per_batch) < 1:
         raise BadInputError(f"rows_per_batch: expected an integer >= 1, got {rows_per_batch!r}")
     resp = filter_response(settings.filter, width, settings.filter_cutoff)[: width // 2 + 1]

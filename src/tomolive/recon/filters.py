@@ -5,6 +5,8 @@ Conventions (every backend follows them):
 * Frequencies are in cycles per detector pixel, Nyquist = 0.5.
 * The ramp is the band-limited Ram-Lak kernel built in real space (Kak & Slaney, eq. 61),
   so its zero-frequency term is right for a padded, finite detector; windows multiply it.
+* Every backend pads the detector the same way before filtering (:func:`padded_width`,
+  :func:`fill_pad`), so a sample wider than the field of view reconstructs alike in each.
 * Angle weights sum to pi: each projection gets half the gap to each neighbour, angles taken
   modulo pi, so 0-360 degree and non-uniform scans are weighted correctly.
 """
@@ -25,25 +27,71 @@ FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", "parzen")
 PADDINGS = ("edge", "zero")
 
 
-def padded_width(n_cols: int) -> int:
-    """Padded detector width used for filtering: the smallest fast FFT length >= 2 * n_cols.
+def padded_width(n_cols: int, center: float | None = None) -> int:
+    """Padded detector width every backend filters on: a fast FFT length >= 2 n_cols + 2 |offset|.
+
+    ``offset`` is the axis's distance from the detector middle, so the detector sits
+    within the padded one with at least n_cols / 2 of pad on either side of the axis's
+    mirror image; see :func:`fill_pad` for what the pad holds.
 
     Parameters
     ----------
     n_cols : int
         Detector width in pixels.
+    center : float, optional
+        Rotation-axis column (pixel j's centre at j); default the detector middle.
 
     Returns
     -------
     int
-        A 2, 3, 5-smooth length at least ``2 * n_cols``.
+        A 2, 3, 5-smooth length.
 
     Examples
     --------
     >>> padded_width(1024)
     2048
+    >>> padded_width(1000, center=519.5)
+    2048
     """
-    return int(scipy.fft.next_fast_len(2 * int(n_cols), real=True))
+    offset = 0.0 if center is None else abs(float(center) - (int(n_cols) - 1) / 2.0)
+    return int(scipy.fft.next_fast_len(int(np.ceil(2 * int(n_cols) + 2.0 * offset)), real=True))
+
+
+def fill_pad(buf: np.ndarray, n_cols: int, mode: str) -> None:
+    """Fill ``buf[..., n_cols:]`` (in place) from the detector in ``buf[..., :n_cols]``.
+
+    The padded row is read circularly: its first half continues the detector's right edge,
+    its second half leads into the left edge. ``"edge"`` starts each half at that edge's
+    value and brings it to zero by a half-cosine over the half's length (the same shape for
+    every backend, and no jump where the two halves meet); ``"zero"`` writes zeros. For a
+    sample within the field of view (edges ~0) both give the same; for one wider than it,
+    the taper stands in for the unseen part of the sample -- its length (half the pad,
+    >= n_cols / 2) is a guess, and what the mean value inside the field of view depends on
+    (docs/measurements/kernels.md).
+
+    Parameters
+    ----------
+    buf : numpy.ndarray
+        (..., width) float or complex, width >= n_cols.
+    n_cols : int
+        Detector width.
+    mode : {"edge", "zero"}
+    """
+    if mode not in PADDINGS:
+        raise BadInputError(f"padding: expected one of {PADDINGS}, got {mode!r}")
+    n, width = int(n_cols), buf.shape[-1]
+    if width <= n:
+        return
+    half = n + (width - n) // 2
+    if mode == "zero":
+        buf[..., n:] = 0
+        return
+    right, left = half - n, width - half
+    # weight 1 at the detector edge, falling to 0 one step past the pad's middle
+    fall = 0.5 * (1.0 + np.cos(np.pi * np.arange(1, right + 1) / (right + 1)))
+    rise = 0.5 * (1.0 + np.cos(np.pi * np.arange(left, 0, -1) / (left + 1)))
+    buf[..., n:half] = buf[..., n - 1 : n] * fall.astype(np.float32)
+    buf[..., half:] = buf[..., 0:1] * rise.astype(np.float32)
 
 
 def filter_response(name: str, width: int, cutoff: float = 1.0) -> np.ndarray:
@@ -168,34 +216,39 @@ def largest_gap(angles: np.ndarray) -> AngularGap:
 
 
 def pad_projections(sino: np.ndarray, width: int, mode: str) -> np.ndarray:
-    """Pad the last axis of ``sino`` to ``width`` for circular (FFT) filtering.
+    """``sino`` (..., n_cols) padded to (..., width) float32 by :func:`fill_pad`.
 
-    The detector stays at indices ``0 .. n_cols - 1``; the pad fills ``n_cols .. width - 1``,
-    its first half with the right-edge value and its second half with the left-edge value
-    (what the detector continues into on either side, seen circularly).
+    The detector stays at indices ``0 .. n_cols - 1``; the pad fills ``n_cols .. width - 1``
+    (seen circularly: the right edge's continuation, then the left edge's).
 
     Parameters
     ----------
     sino : numpy.ndarray
         (..., n_cols) float32.
     width : int
-        Padded width, >= n_cols.
+        Padded width, >= n_cols (every backend uses :func:`padded_width`).
     mode : {"edge", "zero"}
-        ``"edge"`` repeats the edge pixels (fewer truncation artefacts when the sample is wider
-        than the field of view); ``"zero"`` pads with zeros.
+        See :func:`fill_pad`.
 
     Returns
     -------
     numpy.ndarray
         (..., width) float32.
     """
-    if mode not in PADDINGS:
-        raise BadInputError(f"padding: expected one of {PADDINGS}, got {mode!r}")
     n = sino.shape[-1]
-    out = np.zeros(sino.shape[:-1] + (width,), dtype=np.float32)
+    out = np.empty(sino.shape[:-1] + (width,), dtype=np.float32)
     out[..., :n] = sino
-    if mode == "edge" and width > n:
-        half = n + (width - n) // 2
-        out[..., n:half] = sino[..., -1:]
-        out[..., half:] = sino[..., :1]
+    fill_pad(out, n, mode)
     return out
+
+
+def pad_centered(sino: np.ndarray, width: int, mode: str) -> tuple[np.ndarray, int]:
+    """:func:`pad_projections` laid out flat, for libraries that pad or filter themselves.
+
+    Returns the (..., width) float32 row with the detector at ``left .. left + n_cols - 1``
+    (the left edge's lead-in before it, the right edge's continuation after it) and ``left``.
+    """
+    padded = pad_projections(sino, width, mode)
+    n = sino.shape[-1]
+    left = width - (n + (width - n) // 2)  # length of the lead-in, the pad's second half
+    return np.roll(padded, left, axis=-1), left

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft
 
 from ..errors import BadInputError
-from .filters import angle_weights, filter_response
+from .filters import angle_weights, fill_pad, filter_response, padded_width
 from .settings import ReconSettings
 
 
@@ -55,7 +55,6 @@ def gridrec(
     interpolation: str = "linear",
     eps: float = 1e-2,
     upsampfac: float = 1.25,
-    pad_factor: float = 1.25,
     pairs_per_batch: int = 2,
     fft_plan: str = "auto",
     overlap: bool = True,
@@ -67,7 +66,9 @@ def gridrec(
     projections, angles, center
         Validated inputs as :class:`tomolive.recon.Backend` receives them.
     settings : ReconSettings
-        Filter and padding; ``ncore`` sets finufft and FFT threads (default: the CPUs this
+        Filter and padding (the detector is padded to
+        :func:`~tomolive.recon.filters.padded_width` by
+        :func:`~tomolive.recon.filters.fill_pad`, as in every backend); ``ncore`` sets finufft and FFT threads (default: the CPUs this
         process may use); ``device`` must be None or ``"cpu"`` (finufft runs on the CPU).
     interpolation : {"linear", "sinc"}, optional
         Detector interpolation the result matches (see :data:`INTERPOLATIONS`).
@@ -76,10 +77,6 @@ def gridrec(
     upsampfac : float, optional
         finufft oversampling; 1.25 (smaller FFT, wider kernel) measured fastest on CPUs
         (docs/measurements/kernels.md).
-    pad_factor : float, optional
-        Padded detector width over n_cols (plus twice the axis offset from the detector
-        middle). 1.25 is exact inside the inscribed disc; pixels beyond it (never seen at all
-        angles) pick up wrapped values unless pad_factor >= 1.5.
     pairs_per_batch : int, optional
         Slice pairs per finufft call (``n_trans``).
     fft_plan : {"auto", "measure", "estimate"}, optional
@@ -96,11 +93,10 @@ def gridrec(
     """
     import finufft
 
-    _check_options(settings, interpolation, pad_factor, fft_plan)
+    _check_options(settings, interpolation, fft_plan)
     nthreads = int(settings.ncore) if settings.ncore is not None else _default_threads()
     n_angles, n_rows, n = projections.shape
-    offset = abs(center - (n - 1) / 2.0)
-    width = int(scipy.fft.next_fast_len(int(np.ceil(float(pad_factor) * n + 2.0 * offset))))
+    width = padded_width(n, center)
     k = np.fft.fftfreq(width) * width  # signed integer frequencies, FFT order
     resp = _response(settings, width, interpolation)
     # The spectrum is packed as (n_angles, width) points, zeros included: no gather needed.
@@ -127,7 +123,6 @@ def gridrec(
     out = np.empty((n_rows, n, n), dtype=np.float32)
     img = np.empty((batch, n, n), dtype=np.complex64)
     buffers = [np.empty((batch, n_angles, width), dtype=np.complex64) for _ in range(2)]
-    half = n + (width - n) // 2
 
     def spectrum(p0: int, z: np.ndarray) -> np.ndarray:
         """Pack rows 2 p0 ... as complex pairs, pad, FFT, apply the gain (in place in z)."""
@@ -138,11 +133,7 @@ def gridrec(
         z[:, :, :n].imag[:n_im] = projections[:, r0 + 1 : r1 : 2, :].transpose(1, 0, 2)
         z[n_re:].real[..., :n] = 0
         z[n_im:].imag[..., :n] = 0
-        if settings.padding == "edge":
-            z[..., n:half] = z[..., n - 1 : n]
-            z[..., half:] = z[..., 0:1]
-        else:
-            z[..., n:] = 0
+        fill_pad(z, n, settings.padding)
         spec = scipy.fft.fft(z, axis=-1, workers=fft_workers, overwrite_x=True)
         spec *= gain
         return spec.reshape(batch, -1)
@@ -187,14 +178,12 @@ def _spectral_gain(angles: np.ndarray, center: float, n: int, resp: np.ndarray) 
     return gain
 
 
-def _check_options(settings: ReconSettings, interpolation: str, pad_factor: float, fft_plan: str) -> None:
-    """Reject what gridrec cannot do: a GPU device, unknown interpolation or planning, pad < 1."""
+def _check_options(settings: ReconSettings, interpolation: str, fft_plan: str) -> None:
+    """Reject what gridrec cannot do: a GPU device, unknown interpolation or planning."""
     if settings.device not in (None, "cpu"):
         raise BadInputError(f"device: gridrec runs on the CPU only, got {settings.device!r}; use method='fbp'")
     if interpolation not in INTERPOLATIONS:
         raise BadInputError(f"interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
-    if not float(pad_factor) >= 1.0:
-        raise BadInputError(f"pad_factor: expected a number >= 1, got {pad_factor!r}")
     if fft_plan not in ("auto", "measure", "estimate"):
         raise BadInputError(f"fft_plan: expected 'auto', 'measure' or 'estimate', got {fft_plan!r}")
 

@@ -8,12 +8,10 @@ scaling as tomolive's own backends (see :mod:`tomolive.recon`).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
 from ..errors import BadInputError
-from .filters import angle_weights
+from .filters import angle_weights, pad_centered, padded_width
 from .settings import ReconSettings
 
 _ASTRA_FILTERS = {
@@ -53,8 +51,10 @@ def astra_fbp(
     """astra-toolbox FBP (``FBP`` on CPU with the 'linear' projector, ``FBP_CUDA`` on GPU).
 
     Non-uniform angles are handled by pre-weighting each projection by its share of the
-    arc; the centre by shifting the sinogram to the detector middle. astra pads internally;
-    ``settings.padding`` and ``settings.ncore`` are ignored (its CPU FBP is single-threaded).
+    arc; the centre by shifting the sinogram to the detector middle. The detector is padded
+    as every backend pads it and the padded square reconstructed, then cropped (4x the
+    pixels: astra is a reference here, not a workhorse); ``settings.ncore`` is ignored
+    (its CPU FBP is single-threaded).
 
     Returns
     -------
@@ -70,13 +70,17 @@ def astra_fbp(
         raise BadInputError(f"device: {settings.device!r} requested but astra has no usable CUDA device")
     n_angles, n_rows, n = projections.shape
     weight = (angle_weights(angles) * n_angles / np.pi).astype(np.float32)[:, None]
-    vol = astra.create_vol_geom(n, n)
-    geom = astra.create_proj_geom("parallel", 1.0, n, np.asarray(angles, dtype=np.float64))
+    # tomolive's padding first (astra's own then adds zeros, which the taper reaches); an
+    # even pad keeps the middle of the padded detector on the middle of the real one
+    width = padded_width(n)
+    width += (width - n) % 2
+    vol = astra.create_vol_geom(width, width)
+    geom = astra.create_proj_geom("parallel", 1.0, width, np.asarray(angles, dtype=np.float64))
     proj_id = None if use_cuda else astra.create_projector("linear", geom, vol)
     out = np.empty((n_rows, n, n), dtype=np.float32)
     try:
         for r in range(n_rows):
-            sino = _shift_to_middle(projections[:, r, :] * weight, center)
+            sino, left = pad_centered(_shift_to_middle(projections[:, r, :] * weight, center), width, settings.padding)
             sid = astra.data2d.create("-sino", geom, sino)
             rid = astra.data2d.create("-vol", vol)
             cfg = astra.astra_dict("FBP_CUDA" if use_cuda else "FBP")
@@ -88,7 +92,7 @@ def astra_fbp(
             try:
                 astra.algorithm.run(aid)
                 # astra's rows run along -y: flip to tomolive's [y, x].
-                out[r] = astra.data2d.get(rid)[::-1]
+                out[r] = astra.data2d.get(rid)[::-1][left : left + n, left : left + n]
             finally:
                 astra.algorithm.delete(aid)
                 astra.data2d.delete([sid, rid])
@@ -114,7 +118,7 @@ def tomopy_gridrec(
     center: float,
     settings: ReconSettings,
 ) -> np.ndarray:
-    """TomoPy's gridrec, with the detector edge-padded to a power of two (it needs it).
+    """TomoPy's gridrec on the detector padded as every backend pads it, to a power of two.
 
     Not verifiable on the machines this was written on (TomoPy is conda-only): the centre
     is passed in TomoPy's pixel units and the output is assumed [row, y, x]; check the
@@ -130,10 +134,10 @@ def tomopy_gridrec(
     if settings.device not in (None, "cpu"):
         raise BadInputError(f"device: tomopy runs on the CPU only, got {settings.device!r}")
     _n_angles, _n_rows, n = projections.shape
-    width = 1 << int(np.ceil(np.log2(2 * n)))
-    left = (width - n) // 2
-    mode: Literal["edge", "constant"] = "edge" if settings.padding == "edge" else "constant"
-    padded = np.pad(projections, ((0, 0), (0, 0), (left, width - n - left)), mode=mode)
+    # tomolive's padding first (to a power of two, which TomoPy needs); TomoPy's own is then
+    # a continuation of zeros, which the tapered pad already reaches
+    width = 1 << int(np.ceil(np.log2(padded_width(n, center))))
+    padded, left = pad_centered(projections, width, settings.padding)
     rec = tomopy.recon(
         padded,
         angles,

@@ -16,7 +16,10 @@ the mirror image about the centre. Both methods use that symmetry, one module ea
   180-degree partner. Fast; uses every detector row.
 - ``"vo"`` (:mod:`.vo`) -- Vo et al.'s (2014) Fourier-domain metric of the stitched
   360-degree sinogram; per row, the median over rows.
-- ``"auto"`` (:mod:`.auto`) -- both: registration seeds and is cross-checked by Vo.
+- ``"auto"`` (:mod:`.auto`) -- both: registration seeds and is cross-checked by Vo; unless
+  registration is confident and agrees, the entropy of trial reconstructions decides
+  (:mod:`.quality`: needs no 180-degree partner, copes with samples wider than the field
+  of view).
 
 All functions take line integrals (flat/dark-normalised, ``-log``), either one sinogram
 ``(n_angles, n_cols)`` or projections ``(n_angles, n_rows, n_cols)``, with ``angles`` in

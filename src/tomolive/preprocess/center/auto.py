@@ -1,13 +1,22 @@
-"""The ``"auto"`` decision: registration first, cross-checked by Vo's method.
+"""The ``"auto"`` decision: registration and Vo's method, then an image-quality check.
 
 Registration runs first (when a partner within ``max_residual`` of 180 degrees exists);
 when its correlation is >= 0.5 it narrows Vo's search to +/- max(n_cols/32, 8) px around
 it (widened again if Vo's minimum lands on that edge). Vo then stops at its unit-step
 estimate, parabola-refined (``refined`` false in its details), on the middle one of its
 rows only, unless that lies within 0.5 px of the agreement limit or beyond: then Vo runs
-again, refined, on all of its rows. When the two agree to ``agree_px`` (default 2) the
-registration result is returned; otherwise Vo's, with its confidence halved. Both results
-go in ``details``. Why registration comes first: docs/measurements/kernels.md.
+again, refined, on all of its rows.
+
+When registration correlates at >= 0.9 and the two agree to ``agree_px`` (default 2), the
+registration result is returned: on real scans it is then the most accurate (tooth.h5,
+the sarepy neutron sinogram). Otherwise -- no partner within reach, a partner that had to
+be extrapolated across a wide sample (features far from the axis move a few pixels per
+step, and the correlation drops), or disagreement -- the image-quality check
+(:mod:`.quality`) scans trial reconstructions of one row pair from 2 px below the lower
+candidate to 2 px above the higher one and returns the entropy minimum (``method``
+``"quality"``), with confidence ``sharpness * (0.5 + 0.5 * agreement)``: agreement is the
+fraction of the candidates within ``agree_px`` of it. Every result goes in ``details``.
+Numbers behind these choices: docs/measurements/kernels.md.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import numpy as np
 
 from ...errors import BadInputError
 from .common import CenterResult, check_center_inputs
+from .quality import QualityScan, quality_scan
 from .registration import find_center_registration
 from .vo import find_center_vo, pick_rows
 
@@ -26,6 +36,10 @@ __all__ = ["CENTER_METHODS", "find_center"]
 CENTER_METHODS = ("auto", "registration", "vo")
 _SEED_CONFIDENCE = 0.5  # registration NCC above which it narrows Vo's search in "auto"
 _UNREFINED_PX = 0.5  # error allowed for Vo's unit-step estimate when it only cross-checks
+_TRUSTED = 0.9  # registration NCC from which an agreeing registration skips the image check
+_QUALITY_REACH = 2.0  # px the image check searches beyond the outermost candidate
+_QUALITY_STEP = 0.5  # px between trial centres
+_QUALITY_TRIALS = 25  # most trial centres in one scan (the step widens beyond)
 
 
 def find_center(
@@ -48,7 +62,8 @@ def find_center(
     angles : ndarray
         (n_angles,) rotation angles in radians, covering at least 180 degrees.
     method : {"auto", "registration", "vo"}
-        See :mod:`tomolive.preprocess.center`. ``"auto"`` (default) runs both and cross-checks.
+        See :mod:`tomolive.preprocess.center`. ``"auto"`` (default) runs both, cross-checks
+        them and, unless registration is confident and agrees, decides by image quality.
     search_range : (float, float), optional
         Column range for Vo's coarse search; default the middle +/- n_cols / 8 (in
         ``"auto"``: around the registration result when that is confident).
@@ -56,8 +71,8 @@ def find_center(
         Detector rows for Vo's method; default those of :func:`find_center_vo`, of which
         ``"auto"``'s cross-check of a usable registration takes only the middle one.
     agree_px : float
-        In ``"auto"``: largest difference between the two methods counted as agreement
-        (default 2.0); see this module's docstring.
+        In ``"auto"``: largest difference between two methods counted as agreement
+        (default 2.0); see :mod:`tomolive.preprocess.center.auto`.
     **options
         Passed to :func:`find_center_registration` (``max_residual``, ``n_pairs``) or
         :func:`find_center_vo` (``step``, ``radius``, ``ratio``).
@@ -66,7 +81,8 @@ def find_center(
     -------
     CenterResult
         The centre in the package's convention (pixel ``j``'s centre is ``j``;
-        ``u = center + x cos(theta) + y sin(theta)``).
+        ``u = center + x cos(theta) + y sin(theta)``). ``method`` says which method's
+        number it is: ``"registration"``, ``"vo"`` or (``"auto"`` only) ``"quality"``.
 
     Raises
     ------
@@ -145,11 +161,48 @@ def _cross_checked(
         "registration": None if reg is None else reg.as_dict(),
         "registration_error": reg_error,
         "seeded_by_registration": seeded,
+        "quality": None,
     }
+    if usable is not None:
+        details["difference_px"] = vo.center - usable.center
+        details["agree"] = bool(abs(vo.center - usable.center) <= agree_px)
+        if details["agree"] and usable.confidence >= _TRUSTED:
+            return CenterResult(usable.center, "registration", usable.confidence, details)
+    others = [c.center for c in (vo, usable) if c is not None]
+    quality = _quality_check(data, theta, rows, others)
+    if quality is not None:
+        details["quality"] = quality.as_dict()
+        agreeing = sum(abs(c - quality.center) <= agree_px for c in others) / len(others)
+        details["quality_agreement"] = agreeing
+        confidence = quality.sharpness * (0.5 + 0.5 * agreeing)
+        return CenterResult(quality.center, "quality", float(confidence), details)
     if usable is None:
         return CenterResult(vo.center, "vo", vo.confidence, details)
-    details["difference_px"] = vo.center - usable.center
-    details["agree"] = bool(abs(vo.center - usable.center) <= agree_px)
     if details["agree"]:
         return CenterResult(usable.center, "registration", usable.confidence, details)
     return CenterResult(vo.center, "vo", 0.5 * vo.confidence, details)
+
+
+def _quality_check(
+    data: np.ndarray, theta: np.ndarray, rows: int | list[int] | None, candidates: list[float]
+) -> QualityScan | None:
+    """Entropy scan over the candidates +/- 2 px at 0.5 px steps (once more over +/- 4 px
+    about the minimum if it lands on an edge); None when the angles cannot be reconstructed."""
+    n_cols = data.shape[2]
+    picked = pick_rows(data.shape[1], rows)
+    use = sorted({picked[len(picked) // 2], picked[0]})  # one gridrec pair
+    lo, hi = min(candidates) - _QUALITY_REACH, max(candidates) + _QUALITY_REACH
+    try:
+        for _ in range(2):
+            step = max(_QUALITY_STEP, (hi - lo) / (_QUALITY_TRIALS - 1))
+            grid = np.arange(lo, hi + 0.5 * step, step)
+            grid = grid[(grid >= 0) & (grid <= n_cols - 1)]
+            if grid.size < 3:
+                return None
+            scan = quality_scan(data, theta, grid, use)
+            if not scan.at_edge:
+                break
+            lo, hi = scan.center - 2.0 * _QUALITY_REACH, scan.center + 2.0 * _QUALITY_REACH
+    except BadInputError:  # e.g. an angular gap that reconstruct refuses
+        return None
+    return scan

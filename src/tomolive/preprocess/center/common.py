@@ -17,6 +17,7 @@ __all__ = [
     "check_center_inputs",
     "check_search_range",
     "median_step",
+    "parabola_min",
 ]
 
 CENTER_LAYOUT = "(n_angles, n_cols) or (n_angles, n_rows, n_cols)"
@@ -38,10 +39,12 @@ class CenterResult:
     center : float
         Column coordinate of the rotation axis in pixels (pixel ``j``'s centre is ``j``).
     method : str
-        ``"registration"`` or ``"vo"``: the method whose number this is.
+        ``"registration"``, ``"vo"`` or ``"quality"``: the method whose number this is.
     confidence : float
         0..1; for registration the normalised cross-correlation of the registered pair,
-        for Vo's method the relative depth of the metric's minimum (1 - min/median).
+        for Vo's method the relative depth of the metric's minimum (1 - min/median), for
+        the image-quality check its sharpness times its agreement with the other methods
+        (:mod:`tomolive.preprocess.center.auto`).
     details : dict
         Method-specific numbers (JSON-serialisable) for the provenance record.
     """
@@ -120,3 +123,16 @@ def check_search_range(search: tuple[float, float] | None, n_cols: int) -> tuple
             f"search_range must satisfy 0 <= start < stop <= n_cols - 1 = {n_cols - 1}; got {search!r}."
         )
     return lo, hi
+
+
+def parabola_min(grid: np.ndarray, metric: np.ndarray) -> float:
+    """Grid point of the minimum, refined by a parabola through it and its neighbours."""
+    k = int(np.argmin(metric))
+    value = float(grid[k])
+    if 0 < k < len(grid) - 1:
+        y0, y1, y2 = metric[k - 1 : k + 2]
+        denom = y0 - 2 * y1 + y2
+        if denom > 0:
+            spacing = float(grid[k + 1] - grid[k])
+            value += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5)) * spacing
+    return value

@@ -17,7 +17,7 @@ import scipy.fft as sfft
 import scipy.ndimage as ndi
 
 from ...errors import BadInputError
-from .common import CenterResult, check_center_inputs, check_search_range, median_step
+from .common import CenterResult, check_center_inputs, check_search_range, median_step, parabola_min
 
 __all__ = ["find_center_vo", "pick_rows"]
 
@@ -120,19 +120,6 @@ def _vo_metrics(sino: np.ndarray, centers: np.ndarray, ratio: float) -> np.ndarr
     return metrics
 
 
-def _parabola_min(grid: np.ndarray, metric: np.ndarray) -> float:
-    """Grid point of the minimum, refined by a parabola through it and its neighbours."""
-    k = int(np.argmin(metric))
-    value = float(grid[k])
-    if 0 < k < len(grid) - 1:
-        y0, y1, y2 = metric[k - 1 : k + 2]
-        denom = y0 - 2 * y1 + y2
-        if denom > 0:
-            spacing = float(grid[k + 1] - grid[k])
-            value += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5)) * spacing
-    return value
-
-
 def _vo_row(
     sino: np.ndarray,
     theta: np.ndarray,
@@ -178,7 +165,7 @@ def _vo_row(
     reach = np.ceil(radius)
     grid = np.unique(np.clip(center0 + np.arange(-reach, reach + 0.5), 0, ncol - 1))
     metric = _vo_metrics(fine, grid, ratio)
-    center1 = _parabola_min(grid, metric)
+    center1 = parabola_min(grid, metric)
     if confidence == 0.0:
         typical = float(np.median(metric))
         confidence = float(np.clip(1.0 - metric.min() / typical, 0.0, 1.0)) if typical > 0 else 0.0
@@ -189,7 +176,7 @@ def _vo_row(
     center1 = float(np.clip(round(center1 / step) * step, 0, ncol - 1))
     grid = np.unique(np.clip(center1 + np.arange(-1.0, 1.0 + step / 2, step), 0, ncol - 1))
     metric = _vo_metrics(fine, grid, ratio)
-    return _parabola_min(grid, metric), confidence, info
+    return parabola_min(grid, metric), confidence, info
 
 
 def pick_rows(n_rows: int, rows: object) -> list[int]:
