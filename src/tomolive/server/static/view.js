@@ -35,7 +35,8 @@ async function getJSON(path) {
   return response.json();
 }
 
-const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(4) : String(v));
+// 4 significant digits without trailing zeros: an angle of 5.9999999 reads 6, not 6.000
+const fmt = (v) => (typeof v === "number" && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : String(v));
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const techniqueOf = (md) => md.technique ?? md.provenance?.parameters?.technique;
 
