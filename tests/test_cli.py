@@ -7,7 +7,9 @@ import logging
 import uuid
 from pathlib import Path
 
+import h5py
 import httpx
+import numpy as np
 import pytest
 
 from tomolive.cli import SERVER_URI_FILE, build_parser, main
@@ -19,13 +21,20 @@ from .conftest import free_port
 
 @pytest.fixture(autouse=True)
 def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("TOMOLIVE_API_KEY", "TOMOLIVE_TILED_URI", "TOMOLIVE_DATA_DIR", "TOMOLIVE_PORT"):
+    for name in (
+        "TOMOLIVE_API_KEY",
+        "TOMOLIVE_ADMIN_KEY",
+        "TOMOLIVE_TILED_URI",
+        "TOMOLIVE_DATA_DIR",
+        "TOMOLIVE_PORT",
+        "TOMOLIVE_WIRE_SECRET",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # the default ./tomolive-data holds no key file
 
 
-def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], str]]:
-    """(argv, the start of the one line on stderr) for every expected failure."""
+def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], int, str]]:
+    """(argv, exit code, the start of the one line on stderr) for every expected failure."""
     down = f"http://127.0.0.1:{free_port()}"
     unreachable = f"cannot reach the Tiled server at {down}: start it with `tomolive serve` or pass --uri"
     described = tmp / "described"  # a data dir whose server (now gone) wrote its URI
@@ -33,51 +42,85 @@ def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], str]]:
     (described / SERVER_URI_FILE).write_text(down + "\n")
     not_hdf5 = tmp / "notes.h5"
     not_hdf5.write_text("not HDF5\n")
+    not_a_scan = tmp / "other.h5"  # HDF5, but neither DXchange nor NXtomo
+    with h5py.File(not_a_scan, "w") as f:
+        f["entry/counts"] = np.zeros(3)
+    no_flats = tmp / "no_flats.h5"  # DXchange projections and darks, no flats
+    with h5py.File(no_flats, "w") as f:
+        f["exchange/data"] = np.zeros((4, 2, 3), np.uint16)
+        f["exchange/data_dark"] = np.zeros((1, 2, 3), np.uint16)
     empty = tmp / "empty"
     empty.mkdir()
     key = ["--uri", server.uri, "--api-key", server.api_key or ""]
     no_key = f"no API key for the Tiled server at {server.uri}: pass --api-key KEY, set TOMOLIVE_API_KEY"
+    expected = "expected DXchange"
     return [
-        (["ls", "--uri", down], f"tomolive ls: {unreachable}"),
-        (["process", str(not_hdf5), "--uri", down], f"tomolive process: {unreachable}"),
-        (["export", "abc", "--format", "zarr", "--uri", down], f"tomolive export: {unreachable}"),
-        (["upload-outbox", "x.npz", "--uri", down], f"tomolive upload-outbox: {unreachable}"),
-        (["ls", "--data-dir", str(described)], f"tomolive ls: {unreachable}"),
-        (["serve", "--port", str(server.port), "--data-dir", str(empty)], f"tomolive serve: port {server.port} on"),
-        (["demo", "--port", str(server.port), "--data-dir", str(empty)], f"tomolive demo: port {server.port} on"),
-        (["ls", "--uri", server.uri, "--data-dir", str(empty)], f"tomolive ls: {no_key}"),
-        (["export", "abc", "--format", "hdf5", "--uri", server.uri], f"tomolive export: {no_key}"),
-        (["process", str(not_hdf5), "--uri", server.uri], f"tomolive process: {no_key}"),
+        # server down, named by --uri or by the data dir it wrote
+        (["ls", "--uri", down], 1, f"tomolive ls: {unreachable}"),
+        (["process", str(not_hdf5), "--uri", down], 1, f"tomolive process: {unreachable}"),
+        (["export", "abc", "--format", "zarr", "--uri", down], 1, f"tomolive export: {unreachable}"),
+        (["upload-outbox", "x.npz", "--uri", down], 1, f"tomolive upload-outbox: {unreachable}"),
+        (["key", "--uri", down, "--admin-key", "k"], 1, f"tomolive key: {unreachable}"),
+        (["ls", "--data-dir", str(described)], 1, f"tomolive ls: {unreachable}"),
+        (["process", str(not_hdf5), "--data-dir", str(described)], 1, f"tomolive process: {unreachable}"),
+        (["export", "abc", "--format", "hdf5", "--data-dir", str(described)], 1, f"tomolive export: {unreachable}"),
+        # port in use
+        (["serve", "--port", str(server.port), "--data-dir", str(empty)], 1, f"tomolive serve: port {server.port} on"),
+        (["demo", "--port", str(server.port), "--data-dir", str(empty)], 1, f"tomolive demo: port {server.port} on"),
+        # no key found, or a key the server refuses
+        (["ls", "--uri", server.uri, "--data-dir", str(empty)], 1, f"tomolive ls: {no_key}"),
+        (["export", "abc", "--format", "hdf5", "--uri", server.uri], 1, f"tomolive export: {no_key}"),
+        (["process", str(not_hdf5), "--uri", server.uri], 1, f"tomolive process: {no_key}"),
+        (
+            ["key", "--uri", server.uri, "--data-dir", str(empty)],
+            1,
+            "tomolive key: no admin key: set TOMOLIVE_ADMIN_KEY",
+        ),
+        (["worker", "--zmq", "127.0.0.1:1", *key], 2, "tomolive worker: no wire secret: set TOMOLIVE_WIRE_SECRET"),
         (
             ["ls", "--uri", server.uri, "--api-key", "not-a-key"],
+            1,
             f"tomolive ls: the Tiled server at {server.uri} refused",
         ),
+        # export into a missing folder
         (
             ["export", "abc", "--format", "hdf5", "--out", str(tmp / "no" / "such" / "x.h5"), *key],
+            1,
             f"tomolive export: --out {tmp / 'no' / 'such' / 'x.h5'}: the folder {tmp / 'no' / 'such'} does not exist",
         ),
+        # unknown uid
         (
             ["export", "0000dead", "--format", "hdf5", *key],
+            1,
             "tomolive export 0000dead: no processed scan has a uid starting with '0000dead'",
         ),
         (
             ["process", f"{server.uri}/api/v1/metadata/raw/no-such-run", *key],
+            1,
             f"tomolive process: /api/v1/metadata/raw/no-such-run not found on the Tiled server at {server.uri}",
         ),
-        (["process", str(not_hdf5), *key], f"tomolive process: {str(not_hdf5)!r} is not a readable HDF5 file"),
+        # unreadable or missing HDF5, or HDF5 that is not a whole scan
+        (["process", str(not_hdf5), *key], 1, f"tomolive process: {str(not_hdf5)!r} is not a readable HDF5 file"),
         (
             ["process", str(tmp / "gone.h5"), *key],
+            1,
             f"tomolive process: scan file {str(tmp / 'gone.h5')!r} does not exist",
         ),
+        (
+            ["process", str(not_a_scan), *key],
+            1,
+            f"tomolive process: {str(not_a_scan)!r} is not a tomography scan tomolive can read: {expected}",
+        ),
+        (["process", str(no_flats), *key], 1, f"tomolive process: {str(no_flats)!r} has no "),
+        # bad option values
+        (["key", "--expires-in", "0"], 2, "tomolive key: --expires-in 0: give a positive number of seconds"),
     ]
 
 
 def test_every_expected_failure_is_one_line_without_a_traceback(tiled_server, tmp_path, capsys):
-    for argv, first_line in _failures(tiled_server, tmp_path):
-        code = main(argv)
+    for argv, code, first_line in _failures(tiled_server, tmp_path):
+        assert main(argv) == code, (argv, capsys.readouterr().err)
         out, err = capsys.readouterr()
-        assert (code, err.splitlines()[:1]) != (0, []), argv
-        assert code == 1, (argv, err)
         assert err.startswith(first_line), (argv, err)
         assert err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err, (argv, err)
         assert "Username" not in out and "Password" not in out, argv

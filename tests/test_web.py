@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
@@ -67,10 +69,30 @@ def best_match(screen: np.ndarray, image: np.ndarray) -> float:
 
 
 def row(dom: str, name: str) -> str:
-    """Text of one row of the page's metadata table."""
+    """Text of one row of the page's metadata (or outputs) table."""
     found = re.search(rf"<th>{re.escape(name)}</th><td[^>]*>([^<]*)</td>", dom)
     assert found, f"no {name!r} row in the page"
-    return found.group(1)
+    return html.unescape(found.group(1))
+
+
+def caption(dom: str, panel: str) -> str:
+    """Caption of the image panel ``panel`` (an array's name, or xy / xz / yz)."""
+    found = re.search(rf'<figure id="panel-{re.escape(panel)}">.*?<figcaption>([^<]*)</figcaption>', dom, re.S)
+    assert found, f"no shown {panel!r} panel in the page"
+    return html.unescape(found.group(1))
+
+
+def img_size(dom: str, panel: str) -> tuple[int, int]:
+    """(height, width) the page draws panel ``panel``'s image at."""
+    found = re.search(rf'<figure id="panel-{re.escape(panel)}">.*?<img [^>]*width="(\d+)" height="(\d+)"', dom, re.S)
+    assert found, f"no shown {panel!r} panel in the page"
+    return int(found.group(2)), int(found.group(1))
+
+
+def match_at(screen: np.ndarray, image: np.ndarray, zoom_y: int, zoom_x: int) -> float:
+    """Correlation of ``image`` drawn ``zoom_y`` x ``zoom_x`` screen pixels per pixel, best place on ``screen``."""
+    template = np.kron(image.astype(np.float32), np.ones((zoom_y, zoom_x), np.float32))
+    return float(match_template(screen, template).max())
 
 
 def test_page_shows_central_slices_and_metadata(tiled_server, pipeline, beamline, run_scan, tmp_path):
@@ -116,3 +138,154 @@ def test_page_shows_central_slices_and_metadata(tiled_server, pipeline, beamline
     assert '<form id="login" method="get">' in dom and "needs an API key" in dom
     served = [httpx.get(web_url(tiled_server.uri) + name).text for name in ("", "view.js")]
     assert not any(tiled_server.api_key in text for text in served)
+
+
+# --- a scan processed from a file, other techniques' results, the key statement ---------------
+
+THIN_ROWS = (3, 5)  # two detector rows of an 8-slice foam: a 2-slice volume
+FILE_ANGLES = np.linspace(0.0, 180.0, 90, endpoint=False)
+
+
+@pytest.fixture(scope="module")
+def file_scan(tiled_server, dask_client, tmp_path_factory) -> str:
+    """``tomolive process`` on a small DXchange file of a thin foam: the processed uid."""
+    from tomolive.cli import main
+    from tomolive.io.offline import open_source
+    from tomolive.io.writers import write_dxchange
+
+    from .test_replay import _counts
+
+    folder = tmp_path_factory.mktemp("web-file")
+    counts = _counts(make_foam((8, 64, 64), seed=3), FILE_ANGLES)
+    frames = {kind: stack[:, slice(*THIN_ROWS)] for kind, stack in counts.items()}
+    path = write_dxchange(folder / "thin.h5", **frames, angles_deg=FILE_ANGLES)
+    argv = ["process", str(path), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key or ""]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOMOLIVE_OUTBOX", str(folder / "outbox"))
+        assert main([*argv, "--dask", dask_client.scheduler.address, "--sample", "thin-file"]) == 0
+    scan, uid = open_source(str(path))  # the uid a file's result is filed under
+    scan.close()
+    return uid
+
+
+def test_page_shows_a_thin_scan_processed_from_a_file(tiled_server, file_scan, tmp_path):
+    scan = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][file_scan]
+    recon, md, preview_md = scan["recon"].read(), scan.metadata, scan["preview"].metadata
+    nz, ny, nx = recon.shape
+    assert nz == THIN_ROWS[1] - THIN_ROWS[0] and md["tomo"]["angular_range"] == 178.0
+
+    screen, dom = browse(
+        f"{web_url(tiled_server.uri)}?scan={file_scan}&api_key={tiled_server.api_key}", tmp_path, "file"
+    )
+    assert row(dom, "angles") == "90 over 178 deg (0 to 178)"
+    assert row(dom, "source") == f"{md['source']} (dxchange)" and row(dom, "volume") == f"{nz} x {ny} x {nx}"
+    assert "#?" not in dom and "undefined" not in dom and "NaN" not in dom
+    assert "<th>edge width (px)</th><td>0</td>" not in dom
+    # The preview says how many of the file's angles it holds, over which range, and what it skipped.
+    low, high = preview_md["angle_range_deg"]
+    said = caption(dom, "preview")
+    assert f"{preview_md['n_angles']} angles ({low:.4g} to {high:.4g} deg)" in said, said
+    if preview_md.get("frames_dropped"):
+        assert f"{preview_md['frames_dropped']} projections not previewed" in said
+
+    # A 2-slice volume: xz and yz stretched along z to a visible strip, said so, and drawn right.
+    scale = 256 // nx
+    stretch = -(-32 // (nz * scale))
+    assert img_size(dom, "xy") == (ny * scale, nx * scale)
+    for panel, image in (("xz", recon[:, ny // 2]), ("yz", recon[:, :, nx // 2])):
+        assert img_size(dom, panel) == (nz * scale * stretch, nx * scale)
+        assert f"z drawn {stretch}x taller ({nz} slices)" in caption(dom, panel)
+        score = match_at(screen, image, scale * stretch, scale)
+        assert score >= MATCH_FLOOR, (panel, score)
+    assert match_at(screen, recon[nz // 2], scale, scale) >= MATCH_FLOOR
+
+    # Each stage with what it wrote; the preview as written during acquisition.
+    assert md["stages"] == ["normalize", "center", "recon", "qc"]
+    assert row(dom, "recon").startswith(f"recon ({nz} x {ny} x {nx} f32)")
+    assert row(dom, "center").startswith("rotation centre") and row(dom, "qc").startswith("QC numbers")
+    assert row(dom, "during acquisition") == "preview ({} x {} x {} f32)".format(*scan["preview"].shape)
+
+
+def _ptycho_and_bragg(tiled_server) -> tuple[str, str, dict[str, np.ndarray]]:
+    """Results of two other techniques written straight into Tiled: no tomo keys, no recon."""
+    import pandas as pd
+
+    from tomolive.store import connect, processed_root
+
+    root = processed_root(connect(tiled_server.uri, api_key=tiled_server.api_key))
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:48, :48]
+    images = {
+        "object_phase": np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.1 * rng.standard_normal((48, 48)),
+        "object_amplitude": np.hypot(xx - 20, yy - 28) + 3 * rng.standard_normal((48, 48)),
+        "preview_phase": rng.standard_normal((32, 32)),
+        "preview_amplitude": np.add.outer(np.arange(32.0), np.arange(32.0) ** 1.5) % 17,
+    }
+    uids = []
+    for technique, md in (
+        ("ptycho", {"sample": "ptycho-web", "stages": ["ptycho_recon"], "ptycho": {"n_positions": 400}}),
+        ("bragg", {"sample": "bragg-web", "stages": ["peaks"]}),
+    ):
+        uid = f"{technique}-{uuid.uuid4().hex[:8]}"
+        provenance = {"parameters": {"technique": technique}, "seconds_per_stage": {md["stages"][0]: 1.5}}
+        created = "2026-12-04T10:00:00+00:00"
+        node = root.create_container(
+            uid, metadata={**md, "status": "complete", "created": created, "provenance": provenance}
+        )
+        if technique == "ptycho":
+            for key, image in images.items():
+                node.write_array(image.astype(np.float32), key=key)
+        else:
+            peaks = pd.DataFrame({"frame": [0, 0, 3], "x": [10.2, 40.7, 12.0], "y": [5.5, 9.1, 30.3]})
+            node.write_table(peaks, key="peaks")
+        uids.append(uid)
+    return uids[0], uids[1], images
+
+
+def test_results_of_other_techniques_show_their_images_and_stages(tiled_server, file_scan, tmp_path, capsys):
+    from tomolive.cli import main
+
+    ptycho, bragg, images = _ptycho_and_bragg(tiled_server)
+    key = tiled_server.api_key or ""
+    screen, dom = browse(f"{web_url(tiled_server.uri)}?scan={ptycho}&api_key={key}", tmp_path, "ptycho")
+    for name, image in images.items():
+        assert caption(dom, name) == name
+        zoom = 256 // image.shape[0]
+        assert img_size(dom, name) == (image.shape[0] * zoom,) * 2
+        score = match_at(screen, image, zoom, zoom)
+        assert score >= MATCH_FLOOR, (name, score)
+    assert row(dom, "technique") == "ptycho" and row(dom, "ptycho.n_positions") == "400"
+    assert row(dom, "ptycho_recon") == "1.5 s"
+    assert row(dom, "other outputs").startswith("object_amplitude (48 x 48 f32); object_phase")
+    assert row(dom, "during acquisition").startswith("preview_amplitude (32 x 32 f32)")
+    assert "Could not read" not in dom and 'id="panel-xy"' not in dom
+    # The listing holds every kind of result: these two, and a tomography scan.
+    options = dict(re.findall(r'<option value="([^"]+)"[^>]*>([^<]*)</option>', dom))
+    assert options[bragg].startswith("bragg-web · bragg · complete") and options[ptycho].startswith("ptycho-web")
+    assert options[file_scan].startswith("thin-file · complete")
+
+    _, dom = browse(f"{web_url(tiled_server.uri)}?scan={bragg}&api_key={key}", tmp_path, "bragg")
+    assert row(dom, "peaks") == "peaks (table: frame, x, y); 1.5 s" and row(dom, "technique") == "bragg"
+    assert "Could not read" not in dom and "<figure" not in dom
+
+    assert main(["ls", "--uri", tiled_server.uri, "--api-key", key, "--sample", "bragg-web"]) == 0
+    assert bragg in capsys.readouterr().out
+
+
+def _text(path: Path) -> str:
+    """A file's prose with markup and line breaks flattened: backticks, asterisks, runs of spaces."""
+    return " ".join(path.read_text().replace("`", "").replace("*", "").split())
+
+
+def test_readme_and_page_say_the_same_about_the_key(tiled_server):
+    page = httpx.get(web_url(tiled_server.uri)).text
+    found = re.search(r'<small id="key-how">(.*?)</small>', page, re.S)
+    assert found, "the page's key statement is gone"
+    statement = " ".join(found.group(1).split())
+    root = Path(__file__).parents[1]
+    for doc in ("README.md", "docs/web.md"):
+        assert statement in _text(root / doc), doc
+    # What the statement promises is what the code does: the address carries no key, the page drops it.
+    assert "?api_key" not in web_url(tiled_server.uri)
+    script = httpx.get(web_url(tiled_server.uri) + "view.js").text
+    assert 'params.delete("api_key")' in script

@@ -96,7 +96,13 @@ def process_scan(
         "plan_name": "tomolive process",
         "source": str(scan.source),
         "format": scan.format,
-        "tomo": {"n_angles": len(scan.projections), "angle_units": "deg"},
+        "tomo": {  # as a live plan's start document has them (the web view and searches read these)
+            "n_angles": len(scan.projections),
+            "angle_units": "deg",
+            "angular_range": float(np.ptp(scan.angles_deg)) if len(scan.angles_deg) else 0.0,
+            "n_darks": len(scan.darks),
+            "n_flats": len(scan.flats),
+        },
     }
     run = engine.start_run(technique, uid, metadata, new_version=True)
     try:
