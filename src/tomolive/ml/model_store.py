@@ -26,7 +26,7 @@ import io
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -287,106 +287,3 @@ def load_model(client: BaseClient, model_id: str, device: str | torch.device | N
         blob = np.asarray(models_root(client)[model_id].read(), dtype=np.uint8).tobytes()
     verify_sha256(blob, record.metadata.get("sha256"), f"model_id {model_id!r}")
     return model_from_bytes(blob, device, source=f"model_id {model_id!r}")
-
-
-# ---------------------------------------------------------------------------- any network
-
-GENERIC_FORMAT = "tomolive-module/1"
-ModuleBuilder = Callable[[dict[str, Any]], torch.nn.Module]
-"""``build(arch) -> module``: the network of a kind, built from its recorded architecture."""
-
-
-def module_to_bytes(module: torch.nn.Module, *, kind: str, arch: dict[str, Any]) -> bytes:
-    """Serialise any network as tensors plus its ``kind`` and JSON-able ``arch`` (no pickled code)."""
-    buffer = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save({"format": GENERIC_FORMAT, "kind": kind, "arch": jsonable(arch), "state_dict": state}, buffer)
-    return buffer.getvalue()
-
-
-def module_from_bytes(
-    data: bytes, builders: dict[str, ModuleBuilder], device: str | torch.device | None = "cpu", source: str = "weights"
-) -> torch.nn.Module:
-    """Rebuild a :func:`module_to_bytes` network with ``builders[kind](arch)``, in eval mode on ``device``.
-
-    Raises
-    ------
-    BadInputError
-        Not a generic weights file, a kind without a builder, or tensors that do not fit.
-    """
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise BadInputError(f"{source}: cannot read the weights ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != GENERIC_FORMAT:
-        raise BadInputError(f"{source}: expected weights format {GENERIC_FORMAT!r}")
-    if payload.get("kind") not in builders:
-        raise BadInputError(f"{source}: expected a network kind in {sorted(builders)}, got {payload.get('kind')!r}")
-    try:
-        module = builders[payload["kind"]](payload["arch"])
-        module.load_state_dict(payload["state_dict"])
-    except (TypeError, KeyError, RuntimeError) as err:
-        raise BadInputError(f"{source}: the weights do not fit their recorded architecture ({err})") from err
-    return module.to(choose_device(device)).eval()
-
-
-def save_module(
-    client: BaseClient,
-    module: torch.nn.Module,
-    *,
-    kind: str,
-    arch: dict[str, Any],
-    sample_class: str,
-    training: dict[str, Any] | None = None,
-    scan_uids: Iterable[str] = (),
-    metadata: dict[str, Any] | None = None,
-) -> str:
-    """Store any network under ``models/<kind>-<hash>`` with the same provenance as :func:`save_model`.
-
-    ``training`` is the run's summary (steps, seconds, loss, hyper-parameters); the id is
-    derived from the weights' SHA-256, so saving the same weights twice stores them once.
-    """
-    if not isinstance(sample_class, str) or not sample_class:
-        raise BadInputError(f"sample_class: expected a non-empty string, got {sample_class!r}")
-    blob = module_to_bytes(module, kind=kind, arch=arch)
-    digest = sha256(blob)
-    model_id = f"{kind}-{digest[:16]}"
-    root = models_root(client)
-    if model_id in root:
-        return model_id
-    record = {
-        "model_id": model_id,
-        "kind": kind,
-        "format": GENERIC_FORMAT,
-        "sample_class": sample_class,
-        "sha256": digest,
-        "size_bytes": len(blob),
-        "architecture": arch,
-        "training": training,
-        "scan_uids": list(scan_uids),
-        "torch_version": torch.__version__,
-        "tomolive_version": tomolive.__version__,
-        "git_commit": git_commit(),
-        "packages": package_versions(),
-        "device": compute_device(),
-        "created": now(),
-    }
-    root.write_array(
-        np.frombuffer(blob, dtype=np.uint8),
-        key=model_id,
-        dims=["byte"],
-        metadata=jsonable({**(metadata or {}), **record}),
-        specs=[MODEL_SPEC],
-    )
-    return model_id
-
-
-def load_module(
-    client: BaseClient, model_id: str, builders: dict[str, ModuleBuilder], device: str | torch.device | None = "cpu"
-) -> torch.nn.Module:
-    """Load a :func:`save_module` network after checking its SHA-256; tensors only, no pickled code."""
-    record = model_record(client, model_id)
-    with fetched_here():
-        blob = np.asarray(models_root(client)[model_id].read(), dtype=np.uint8).tobytes()
-    _verified(blob, record.metadata.get("sha256"), f"model_id {model_id!r}")
-    return module_from_bytes(blob, builders, device, source=f"model_id {model_id!r}")

@@ -10,6 +10,7 @@ from .acquisition import PREVIEW_KEYS, PtychoAcquisition
 from .documents import PtychoDocuments
 from .params import PtychoParams
 from .stages import ARRAYS, PtychoQualityStage, ReconstructViewsStage
+from .tomo3d import PtychoTomoStage
 
 if TYPE_CHECKING:
     from ...engine.run import Run
@@ -50,8 +51,8 @@ class PtychoTechnique:
         return PtychoAcquisition(run, run.metadata.get("ptycho"))
 
     def stages(self) -> list[Stage]:
-        """Every view reconstructed (one Dask task each), then QC."""
-        return [ReconstructViewsStage(), PtychoQualityStage()]
+        """Every view reconstructed (one Dask task each), QC, then a rotation series' 3D phase volume."""
+        return [ReconstructViewsStage(), PtychoQualityStage(), PtychoTomoStage()]
 
     def frame_steps(self) -> list[str]:
         """What is done to each pattern as it arrives: checks, and the live preview's sweeps."""

@@ -321,7 +321,7 @@ def register_volume(volume: np.ndarray, reference: np.ndarray) -> np.ndarray:
 class PtychoTomoStage:
     """The rotation series' ``phase_volume``: per-view objects -> aligned phases -> tomography.
 
-    Reads ``ctx.results["objects"]`` (one complex object per view, the per-view stage's
+    A single view (a plain scan) is skipped and says so. Reads ``ctx.results["objects"]`` (one complex object per view, the per-view stage's
     output) and ``ctx.results["angles"]`` (degrees); its keyword parameters come from
     ``ctx.params_of("ptycho_tomo")`` (see :func:`assemble_phase_volume`). Writes
     ``processed/<uid>/phase_volume`` and the report under the ``ptycho_tomo`` metadata key.
@@ -333,6 +333,9 @@ class PtychoTomoStage:
     def run(self, ctx: StageContext) -> None:
         if "objects" not in ctx.results or "angles" not in ctx.results:
             raise BadInputError("ptycho_tomo: needs the per-view 'objects' and 'angles' from the reconstruction stage")
+        if len(ctx.results["objects"]) < 2:
+            ctx.metadata["ptycho_tomo"] = {"skipped": "a single view: no rotation series"}
+            return
         ctx.report(self.name)
         with ctx.provenance.stage(self.name):
             volume, report = assemble_phase_volume(
