@@ -228,29 +228,34 @@ def test_demo_writes_the_png_it_was_given_and_names_port_and_data_dir(tmp_path, 
     assert f"tomolive serve --port {port} --data-dir {data_dir.absolute()}" in out
 
 
-def test_ls_answers_in_under_a_second_on_500_scans(tmp_path, capsys):
-    """One request for the page: filters and sorting on the server, shapes from the metadata."""
-    import time
-
+def test_ls_makes_a_few_requests_however_many_scans(tmp_path, capsys, monkeypatch):
+    """Filters and sorting run on the server and shapes come from the metadata: the request
+    count does not grow with the scans listed (timings: bench/, not here)."""
+    import httpx
     import numpy as np
 
     from tomolive.server import running_server
 
     with running_server(Settings(data_dir=tmp_path / "many", port=free_port())) as server:
         root = processed_root(connect(server.uri, api_key=server.api_key))
-        for i in range(500):
+        for i in range(120):
             created = f"2026-11-{1 + i // 24:02d}T{i % 24:02d}:00:00+00:00"
             md = {"sample": f"s{i % 5}", "status": "failed" if i % 3 == 0 else "complete", "created": created}
             node = root.create_container(f"scan-{i:03d}", metadata={**md, "recon_shape": [4, 8, 8]})
-            if i >= 495:
+            if i >= 115:
                 node.write_array(np.zeros((4, 8, 8), np.float32), key="recon")
+        sent: list[str] = []
+        send = httpx.Client.send
+        monkeypatch.setattr(
+            httpx.Client, "send", lambda self, request, **kw: sent.append(request.url.path) or send(self, request, **kw)
+        )
         argv = ["ls", "--uri", server.uri, "--api-key", server.api_key or ""]
-        for extra in ([], ["--sample", "s1", "--status", "complete", "--since", "2026-11-15"]):
-            seconds = []
-            for _ in range(2):
-                started = time.perf_counter()
-                assert main([*argv, *extra]) == 0
-                seconds.append(time.perf_counter() - started)
+        for extra in ([], ["--sample", "s1", "--status", "complete", "--since", "2026-11-04"]):
+            sent.clear()
+            assert main([*argv, *extra]) == 0
             lines = capsys.readouterr().out.splitlines()
-            assert lines[1].startswith("scan-499" if not extra else "scan-496") and "4x8x8" in lines[1], lines[:2]
-            assert min(seconds) < 1.0, (extra, seconds)
+            assert lines[1].startswith("scan-119" if not extra else "scan-116") and "4x8x8" in lines[1], lines[:2]
+            assert len(lines) == (51 if not extra else 1 + sum(1 for i in range(72, 120) if i % 5 == 1 and i % 3)), (
+                lines
+            )
+            assert len(sent) <= 6, sent  # connect, the filtered and sorted page: none per scan

@@ -59,7 +59,7 @@ def test_payloads_are_copies():
 def test_scan_events_reach_user_callbacks_off_the_runengine_thread(
     tiled_server, pipeline, monkeypatch, beamline, scan_plan, caplog
 ):
-    monkeypatch.setattr(pipeline, "params", PipelineParams(qc_thresholds={"max_ring_severity": 1e-9}))  # an alert
+    monkeypatch.setattr(pipeline, "params", PipelineParams(qc_thresholds={"min_snr": 1e9}))  # an alert
     recorder, dropped = Recorder(), Recorder()
     re_threads: set[str] = set()
     pipeline.subscribe(recorder)
@@ -76,7 +76,7 @@ def test_scan_events_reach_user_callbacks_off_the_runengine_thread(
     kinds = [(kind, payload["uid"]) for kind, payload, _ in recorder.seen]
     md = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid].metadata
     alerts = md["qc"]["alerts"]
-    assert alerts and any("ring" in a.lower() for a in alerts)
+    assert alerts and any("signal-to-noise" in a for a in alerts)
     assert kinds == [*[("qc_alert", uid)] * len(alerts), ("complete", uid), ("failed", failed)]
     assert [p["alert"] for k, p, _ in recorder.seen if k == "qc_alert"] == alerts
     complete = next(p for k, p, _ in recorder.seen if k == "complete")

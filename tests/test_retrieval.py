@@ -61,7 +61,7 @@ def test_databroker_queries_find_the_right_raw_run(tiled_server, beamline):
             tomo_scan(
                 beamline.detector,
                 beamline.rotation,
-                [0.0, 90.0],
+                [0.0, 45.0, 90.0, 135.0],
                 1,
                 1,
                 shutter=beamline.shutter,

@@ -200,7 +200,7 @@ def test_page_shows_a_thin_scan_processed_from_a_file(tiled_server, file_scan, t
     assert match_at(screen, recon[nz // 2], scale, scale) >= MATCH_FLOOR
 
     # Each stage with what it wrote; the preview as written during acquisition.
-    assert md["stages"] == ["normalize", "center", "recon", "qc"]
+    assert md["stages"] == ["normalize", "stripes", "center", "recon", "qc"]
     assert row(dom, "recon").startswith(f"recon ({nz} x {ny} x {nx} f32)")
     assert row(dom, "center").startswith("rotation centre") and row(dom, "qc").startswith("QC numbers")
     assert row(dom, "during acquisition") == "preview ({} x {} x {} f32)".format(*scan["preview"].shape)

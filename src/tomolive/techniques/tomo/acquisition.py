@@ -23,7 +23,7 @@ import numpy as np
 from ...errors import BadInputError, MissingDataError
 from ...store import now
 from ...validation import check_finite
-from .flats import CALIBRATIONS, CalibrationSet, FlatField, correct_spool, flat_mode, time_weights
+from .flats import CALIBRATIONS, CalibrationSet, FlatField, correct_spool, flat_mode
 from .preview import LivePreview, PreviewSnapshot, default_preview_rows
 from .reconstruction import new_recon_volume, prepare_projection
 from .sanity import check_flats_over_darks, check_frame_values, check_transmission
@@ -160,28 +160,12 @@ class TomoAcquisition:
     def _correct_deferred(self) -> None:
         """The spool holds raw frames: correct each with its flats, interpolated when both ends have them."""
         assert self.spool is not None
-        before, after = self.sets["before"], self.sets["after"]
-        after.reduce(self.params.flat_reduce, "after the projections")
-        n = len(self.spool)
-        flat_times = self.times["flat"]
-        weights = None
-        if before.flat is not None and after.flat is not None:
-            nb = before.n_flats
-            weights = time_weights(self.times["projection"], flat_times[:nb], flat_times[nb:], n)
-        field = FlatField(before, after, n, weights)
+        self.sets["after"].reduce(self.params.flat_reduce, "after the projections")
+        field = FlatField.of_scan(self.sets["before"], self.sets["after"], self.times, len(self.spool))
         if self.mode == "both" and not field.interpolated:
             logger.warning("run %s declared flats at both ends but has one set only: corrected with it", self.run.uid)
         correct_spool(str(self.spool.path), field, self.params)
-        self.run.provenance.inputs.update(
-            n_darks=before.n_darks + after.n_darks,
-            n_flats=before.n_flats + after.n_flats,
-            flats={
-                "declared": self.mode,
-                "before": {"darks": before.n_darks, "flats": before.n_flats},
-                "after": {"darks": after.n_darks, "flats": after.n_flats},
-                "interpolation": field.basis,
-            },
-        )
+        self.run.provenance.inputs.update(field.provenance(self.mode))
         if self.preview is None:
             self._say_preview_status(FLATS_ARRIVED)
 

@@ -106,6 +106,34 @@ class FlatField:
         else:
             self.basis = "time"
         self.weights = np.clip(np.asarray(weights, dtype=np.float64), 0.0, 1.0)
+        self.before, self.after = before, after
+
+    @classmethod
+    def of_scan(
+        cls, before: CalibrationSet, after: CalibrationSet, times: dict[str, list[float]], n_projections: int
+    ) -> FlatField:
+        """The field of a finished scan, interpolated by acquisition time when ``times`` (per
+        role, flats before then after) allow it, else by index."""
+        weights = None
+        if before.flat is not None and after.flat is not None:
+            flat_times = times["flat"]
+            nb = before.n_flats
+            weights = time_weights(times["projection"], flat_times[:nb], flat_times[nb:], n_projections)
+        return cls(before, after, n_projections, weights)
+
+    def provenance(self, declared: str | None) -> dict[str, Any]:
+        """What the provenance record's ``inputs`` say about the darks and flats used."""
+        before, after = self.before, self.after
+        return {
+            "n_darks": before.n_darks + after.n_darks,
+            "n_flats": before.n_flats + after.n_flats,
+            "flats": {
+                "declared": declared,
+                "before": {"darks": before.n_darks, "flats": before.n_flats},
+                "after": {"darks": after.n_darks, "flats": after.n_flats},
+                "interpolation": self.basis,
+            },
+        }
 
     def for_projection(self, index: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """``(flat, dark)`` for projection ``index``, detector rows ``rows`` (float32)."""
