@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -221,6 +222,9 @@ def _ptycho_and_bragg(tiled_server) -> tuple[str, str, dict[str, np.ndarray]]:
         "preview_phase": rng.standard_normal((32, 32)),
         "preview_amplitude": np.add.outer(np.arange(32.0), np.arange(32.0) ** 1.5) % 17,
     }
+    filler = {"sample": "filler-web", "status": "complete", "created": "2021-01-01T00:00:00+00:00"}
+    for _ in range(100):  # newer than the ptycho result only: it falls out of the listing's newest 100
+        root.create_container(f"filler-{uuid.uuid4().hex[:8]}", metadata=filler)
     uids = []
     for technique, md in (
         ("ptycho", {"sample": "ptycho-web", "stages": ["ptycho_recon"], "ptycho": {"n_positions": 400}}),
@@ -228,7 +232,8 @@ def _ptycho_and_bragg(tiled_server) -> tuple[str, str, dict[str, np.ndarray]]:
     ):
         uid = f"{technique}-{uuid.uuid4().hex[:8]}"
         provenance = {"parameters": {"technique": technique}, "seconds_per_stage": {md["stages"][0]: 1.5}}
-        created = "2026-12-04T10:00:00+00:00"
+        # the ptycho result is older than the listing's newest 100: asked for by uid, it is still shown
+        created = "2020-01-01T00:00:00+00:00" if technique == "ptycho" else datetime.now(UTC).isoformat()
         node = root.create_container(
             uid, metadata={**md, "status": "complete", "created": created, "provenance": provenance}
         )

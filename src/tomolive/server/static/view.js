@@ -180,6 +180,18 @@ function showOutputs(md, children) {
   $("outputs-title").hidden = rows.length === 0;
 }
 
+function scanOption(id, md, selected) {
+  const technique = techniqueOf(md);
+  const label = [
+    md.sample ?? id.slice(0, 8),
+    md.scan_id !== undefined && md.scan_id !== null ? `#${md.scan_id}` : null,
+    technique && technique !== "tomo" ? technique : null,
+    md.status, md.created,
+  ].filter((part) => part !== null && part !== undefined && part !== "").join(" · ");
+  return new Option(label, id, false, id === selected);
+}
+
+/** The newest 100 scans, and the one asked for by its uid even when it is older than those. */
 async function listScans(selected) {
   let found;
   try {
@@ -188,20 +200,18 @@ async function listScans(selected) {
     if (err instanceof HttpError && err.status === 404) return ""; // nothing processed yet
     throw err;
   }
-  const select = $("scan");
-  select.replaceChildren();
-  for (const { id, attributes } of found.data) {
-    const md = attributes.metadata ?? {};
-    const technique = techniqueOf(md);
-    const label = [
-      md.sample ?? id.slice(0, 8),
-      md.scan_id !== undefined && md.scan_id !== null ? `#${md.scan_id}` : null,
-      technique && technique !== "tomo" ? technique : null,
-      md.status, md.created,
-    ].filter((part) => part !== null && part !== undefined && part !== "").join(" · ");
-    select.add(new Option(label, id, false, id === selected));
+  const options = found.data.map(({ id, attributes }) => scanOption(id, attributes.metadata ?? {}, selected));
+  if (selected && !found.data.some(({ id }) => id === selected)) {
+    try {
+      const node = await getJSON(`metadata/processed/${encodeURIComponent(selected)}`);
+      options.unshift(scanOption(selected, node.data.attributes.metadata ?? {}, selected));
+    } catch (err) {
+      if (!(err instanceof HttpError && err.status === 404)) throw err;
+      $("message").textContent = `No processed scan ${selected}; showing the newest.`;
+    }
   }
-  return select.value;
+  $("scan").replaceChildren(...options);
+  return $("scan").value;
 }
 
 function showPreview(uid, key, child) {
@@ -266,6 +276,7 @@ async function showScan(uid) {
 
 async function refresh() {
   clearTimeout(timer);
+  $("message").textContent = "";
   try {
     const uid = await listScans(params.get("scan") || $("scan").value);
     if (!uid) {
@@ -274,7 +285,6 @@ async function refresh() {
       return;
     }
     const status = await showScan(uid);
-    $("message").textContent = "";
     if (status === "running") timer = setTimeout(refresh, POLL_MS);
   } catch (err) {
     const needsKey = err instanceof HttpError && (err.status === 401 || err.status === 403);
