@@ -7,7 +7,6 @@ inside the field of view differed by 3-10 % on truncated data.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tomolive.qc import circle_mask, psnr

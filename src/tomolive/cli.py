@@ -468,7 +468,9 @@ def _add_processing_commands(sub: argparse._SubParsersAction) -> None:
     process.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     process.add_argument("--center", type=float, help="rotation-axis column in pixels (default: found)")
     process.add_argument("--method", help="reconstruction backend (default: auto)")
-    process.add_argument("--stripes", choices=("none", "mean", "sort", "combined"), help="stripe removal (default: mean)")
+    process.add_argument(
+        "--stripes", choices=("none", "mean", "sort", "combined"), help="stripe removal (default: mean)"
+    )
     process.add_argument("--rows-per-block", type=int, help="detector rows per Dask task (even)")
     process.add_argument("--sample", help="sample name for the results (default: from the source)")
     process.set_defaults(func=cmd_process)
