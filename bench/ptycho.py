@@ -5,7 +5,8 @@ from the astronaut's red channel spanning ``--phase-range`` rad), a 64^2 zone-pl
 (22 px aperture, central stop, 3 rad defocus curvature), ~420 Fermat positions at ~65 % linear
 overlap, 1e6 photons per pattern (Poisson), flat-object start and an aperture-only probe guess
 (scaled to the data). Score: phase NRMSE after offset + linear-ramp removal inside the scanned
-area (metrics.scanned_mask), over the true phase range there.
+area the probe illuminates (metrics.illuminated_mask: within the true probe's radius of a position),
+over the true phase range there.
 
 Peers: a plain numpy ePIE loop (complex64, one position at a time, the same sub-pixel probe
 shift), always; Pty-chi (``ptychi``) ePIE batch 16 and LSQML batch 64 when it imports (its
@@ -91,7 +92,7 @@ def build_case(phase_range: float, kind: str = "images", seed: int = 0) -> dict:
     guess = guess * np.float32(np.sqrt(patterns.sum(axis=(1, 2)).mean() / (NP * NP * np.sum(np.abs(guess) ** 2))))
     return {
         "obj": obj, "probe": probe, "positions": positions, "patterns": patterns, "guess": guess,
-        "mask": metrics.scanned_mask(obj.shape, positions, NP), "overlap": metrics.probe_overlap(positions, probe),
+        "mask": metrics.illuminated_mask(obj.shape, positions, probe), "overlap": metrics.probe_overlap(positions, probe),
     }  # fmt: skip
 
 

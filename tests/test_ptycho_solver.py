@@ -31,7 +31,7 @@ def scan():
     positions = physics.fermat_positions(130, 4.6, centre=(N / 2, N / 2))
     probe = physics.make_probe(NP, aperture_px=APERTURE, defocus_phase_rad=2.0)
     patterns = physics.simulate_patterns(obj, probe, positions, photons_per_pattern=1e6, rng=1)
-    mask = metrics.scanned_mask(obj.shape, positions, NP)
+    mask = metrics.illuminated_mask(obj.shape, positions, probe)
     guess = physics.make_probe(NP, aperture_px=APERTURE, kind="aperture")
     return {"obj": obj, "positions": positions, "probe": probe, "patterns": patterns, "mask": mask, "guess": guess}
 
@@ -96,11 +96,19 @@ def test_overlap_and_mask():
     assert metrics.probe_overlap(grid, probe) == pytest.approx(1 - 7.0 / metrics.probe_diameter(probe), abs=1e-9)
     mask = metrics.scanned_mask((100, 100), grid, 64)
     assert mask[50, 50] and not mask[0, 0]
+    # the probe's own radius (10 px here, not 64 / 4): the corner of the scan's square is left out
+    lit = metrics.illuminated_mask((100, 100), grid, probe)
+    assert lit[50, 50] and lit[36, 36] and not lit[25, 25] and mask[25, 25]
+    assert np.array_equal(metrics.scanned_mask((100, 100), grid, 64, radius_px=16.0), mask)
 
 
-@pytest.mark.parametrize(("method", "batch", "floor"), [("epie", 8, 0.065), ("lsq", 16, 0.07), ("rpie", 8, 0.06)])
+@pytest.mark.parametrize(("method", "batch", "floor"), [("epie", 8, 0.014), ("lsq", 16, 0.03), ("rpie", 8, 0.016)])
 def test_reconstruction_reaches_phase_floor(scan, method, batch, floor):
-    """Flat object, aperture-only probe: object phase and probe recovered (floors ~1.35x the measured: 0.048, 0.050, 0.043)."""
+    """Flat object, aperture-only probe: object phase and probe recovered (floors ~1.35x the measured: 0.010, 0.023, 0.012).
+
+    Scored where the probe illuminates (within its radius, 6.1 px, of a position); with the old
+    32 / 4 = 8 px mask, which takes in never-lit pixels, the same runs measure 0.045, 0.050, 0.044.
+    """
     res = reconstruct(
         scan["patterns"], scan["positions"], scan["guess"], object_shape=(N, N), method=method,
         epochs=40, batch_size=batch, threads=1,

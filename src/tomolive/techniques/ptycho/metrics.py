@@ -84,18 +84,33 @@ def phase_nrmse(recon_obj: np.ndarray, true_obj: np.ndarray, mask: np.ndarray) -
     return float(np.sqrt(np.mean(residual[mask] ** 2)) / span)
 
 
-def scanned_mask(object_shape: tuple[int, int], positions: np.ndarray, probe_n: int) -> np.ndarray:
-    """Pixels within ``probe_n / 4`` of a scan position: the area the probe's core has covered.
+def scanned_mask(
+    object_shape: tuple[int, int], positions: np.ndarray, probe_n: int, *, radius_px: float | None = None
+) -> np.ndarray:
+    """Pixels within ``radius_px`` of a scan position: the area the probe has illuminated.
 
-    (For a probe whose aperture spans about half its window, this is where the object is
-    well illuminated; the windows' corners, seen faintly or not at all, are left out.)
+    Pass ``radius_px = probe_diameter(probe) / 2``: pixels farther than the probe's radius
+    from every position are never illuminated, their phase is unconstrained by the data and
+    stays at the start guess, so scoring them measures the truth, not the solver (a 22 px
+    probe in a 64 px window: phase NRMSE 0.083 within 16 px, 0.012 within 11 px, the same
+    reconstruction). Without ``radius_px``, ``probe_n / 4``: right only for a probe whose
+    aperture spans half its window.
     """
     pos = np.asarray(positions, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0:
         raise BadInputError(f"positions must be (N, 2) with N >= 1, got shape {pos.shape!r}")
+    radius = probe_n / 4.0 if radius_px is None else float(radius_px)
+    if not radius > 0:
+        raise BadInputError(f"radius_px must be > 0, got {radius_px!r}")
     rr, cc = _grid(tuple(object_shape[:2]))
     dist, _ = cKDTree(pos).query(np.stack([rr.ravel(), cc.ravel()], axis=1), k=1)
-    return (dist <= probe_n / 4.0).reshape(object_shape[:2])
+    return (dist <= radius).reshape(object_shape[:2])
+
+
+def illuminated_mask(object_shape: tuple[int, int], positions: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """:func:`scanned_mask` with the radius of ``probe`` (n, n) or (modes, n, n): its :func:`probe_diameter` / 2."""
+    n = int(np.asarray(probe).shape[-1])
+    return scanned_mask(object_shape, positions, n, radius_px=probe_diameter(probe) / 2.0)
 
 
 def probe_diameter(probe: np.ndarray) -> float:
