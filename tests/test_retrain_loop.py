@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from dataclasses import replace
 
 import cloudpickle
 import numpy as np
@@ -222,7 +223,7 @@ def test_rollback_to_a_version(deployed_v1):
 def test_cost_model_chooses_the_fit_for_small_scans_and_the_surrogate_for_large_ones():
     k = CostConstants(
         c_fit=2.5e-3, o_fit=0.3, c_infer=2e-5, c_step=1e-4, o_train=1.0, o_transfer=0.5, bandwidth=1e8,
-        sample_bytes=484, workers=2,
+        sample_bytes=484, workers=2, overlap=True,
     )  # fmt: skip
     plan = Plan(label_fraction=0.25, held_out=0.2, epochs=4)
     n_star = break_even(k, plan)
@@ -232,5 +233,12 @@ def test_cost_model_chooses_the_fit_for_small_scans_and_the_surrogate_for_large_
     small, large = predict(n_star // 2, k, plan), predict(n_star * 2, k, plan)
     assert small.choice == "fit" and large.choice == "surrogate" and "break-even" in large.why
     assert predict(10, k, plan, retrain=False).choice == "surrogate"  # a model that still fits always pays
+    # training on one of the labelling workers: the held-out labelling adds to it
+    shared = replace(k, overlap=False)
+    parts, own = predict(4000, shared, plan).parts, predict(4000, k, plan).parts
+    assert parts["train_and_label_held_out"] == pytest.approx(
+        1.0 + 4 * 0.2 * 4000 * k.c_step + 0.3 + 0.05 * 4000 * k.c_fit
+    ) and own["train_and_label_held_out"] == pytest.approx(1.0 + 4 * 0.2 * 4000 * k.c_step)
+    assert break_even(shared, plan) > n_star
     with pytest.raises(BadInputError, match="label_fraction"):
         Plan(label_fraction=0)

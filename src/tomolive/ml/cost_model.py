@@ -13,10 +13,11 @@ describe, derived from the loop's steps; every constant is measured on the runni
 2. labelling a fraction ``f``: ``T_label(N) = o_fit + f N * c_fit``;
 3. training on the labelled part (all but the held-out share ``h``) for ``E`` epochs:
    ``T_train(N) = o_train + E (1 - h) f N * c_step``; the held-out share is labelled while
-   training runs, so only the longer of the two counts;
+   training runs: on a worker of its own (``overlap``) only the longer of the two counts; on
+   one of the labelling workers they add up (measured on 2 workers: the overlap gained nothing);
 4. transfer: patches to the data centre and the model back (``bytes / bandwidth`` plus one
    publish and one load of the registry, ``o_transfer``);
-5. surrogate: ``T_ml(N) = T_label((1-h) f N) + max(T_train, T_label(h f N)) + T_transfer +
+5. surrogate: ``T_ml(N) = T_label((1-h) f N) + [T_train (+|max) T_label(h f N)] + T_transfer +
    N * c_infer`` (inference of every sample at the edge). The surrogate is chosen when
    ``T_ml(N) < T_conv(N)``; without a retrain (a model that still fits) ``T_ml = N c_infer``.
 """
@@ -42,6 +43,7 @@ class CostConstants:
     bandwidth: float  # bytes/s from the edge to the data centre
     sample_bytes: int  # bytes of one sample (an 11x11 float32 patch: 484)
     workers: int
+    overlap: bool = False  # training has a worker of its own (a GPU), so labelling goes on beside it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +101,8 @@ def surrogate_parts(n: int, k: CostConstants, plan: Plan, retrain: bool = True) 
     parts = {"infer": n * k.c_infer}
     if retrain:
         parts["label"] = labelling(n_train, k)
-        parts["train_or_label_held_out"] = max(training(n_train, plan.epochs, k), labelling(n_held, k))
+        train, held = training(n_train, plan.epochs, k), labelling(n_held, k)
+        parts["train_and_label_held_out"] = max(train, held) if k.overlap else train + held
         parts["transfer"] = transfer(labelled, k)
     return parts
 

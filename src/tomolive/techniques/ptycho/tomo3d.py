@@ -204,31 +204,48 @@ def _vertical_shifts(phases: np.ndarray, iterations: int = 3) -> np.ndarray:
     return shifts
 
 
-def _horizontal_shifts(phases: np.ndarray, angles_rad: np.ndarray) -> tuple[np.ndarray, float]:
-    """Each view's column offset from the sinusoid its phase centre of mass must follow, and the centre."""
+MIN_NET_PHASE = 0.2
+"""Horizontal alignment needs each view's net phase over its air level to be at least this
+fraction of its absolute phase; below it the centre of mass is ill-conditioned (no air in
+the field: the offset removed is the sample's own level)."""
+
+
+def _horizontal_shifts(phases: np.ndarray, angles_rad: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Each view's column offset from the sinusoid its phase centre of mass must follow, and
+    the centre; None when a view's net phase is too small to locate it (see :data:`MIN_NET_PHASE`)."""
     weights = phases.sum(axis=1).astype(np.float64)  # (V, W): the phase "mass" per column
     weights *= np.sign(weights.sum()) or 1.0  # phase shifts may be negative: the mass is its magnitude
     cols = np.arange(weights.shape[1], dtype=np.float64)
     mass = weights.sum(axis=1)
-    if np.any(np.abs(mass) < 1e-9 * np.abs(weights).sum(axis=1).clip(1e-30)):
-        raise BadInputError("objects: a view has no net phase to align on; is the sample in the field?")
+    if np.any(mass < MIN_NET_PHASE * np.abs(weights).sum(axis=1)) or not np.all(mass > 0):
+        return None
     com = weights @ cols / mass
     design = np.stack([np.ones_like(angles_rad), np.cos(angles_rad), np.sin(angles_rad)], axis=1)
     coef, *_ = np.linalg.lstsq(design, com, rcond=None)
     return com - design @ coef, float(coef[0])
 
 
-def align_views(phases: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Shift each view onto a common rotation axis; (aligned phases, shifts ``(V, 2)`` removed, centre).
+def align_views(phases: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, dict[str, str]]:
+    """Shift each view onto a common rotation axis; (aligned phases, shifts ``(V, 2)`` removed,
+    centre, how each direction was aligned).
 
     Shifts are ``(rows, cols)`` in pixels, as found in the views; the aligned phases have them
-    taken out (cubic spline, edge values extended).
+    taken out (cubic spline, edge values extended). Where the views have too little net phase
+    over air to locate them (:data:`MIN_NET_PHASE`), columns are left as they are, the centre is
+    the field's middle, and the returned description says so.
     """
     vertical = _vertical_shifts(phases)
-    horizontal, center = _horizontal_shifts(phases, np.deg2rad(angles_deg))
+    how = {"vertical": "row-sum cross-correlation", "horizontal": "centre-of-mass sinusoid fit"}
+    found = _horizontal_shifts(phases, np.deg2rad(angles_deg))
+    if found is None:
+        found = np.zeros(len(phases)), (phases.shape[2] - 1) / 2
+        how["horizontal"] = (
+            "none: too little net phase over the air level to align on (does the sample fill the field?)"
+        )
+    horizontal, center = found
     shifts = np.stack([vertical, horizontal], axis=1)
     aligned = np.stack([ndimage.shift(p, -s, order=3, mode="nearest") for p, s in zip(phases, shifts)])
-    return aligned.astype(np.float32), shifts, center
+    return aligned.astype(np.float32), shifts, center, how
 
 
 def assemble_phase_volume(
@@ -288,18 +305,14 @@ def assemble_phase_volume(
     start = time.perf_counter()
     shifts = np.zeros((len(stack), 2))
     fitted = (stack.shape[2] - 1) / 2
+    alignment = {"vertical": "none", "horizontal": "none"}
     if align:
-        phases, shifts, fitted = align_views(phases, angles)
+        phases, shifts, fitted, alignment = align_views(phases, angles)
     seconds["align"] = round(time.perf_counter() - start, 4)
     axis = fitted if center is None else float(center)
     start = time.perf_counter()
     volume = reconstruct(phases, np.deg2rad(angles), center=axis, method=method, filter=filter, ncore=ncore)
     seconds["recon"] = round(time.perf_counter() - start, 4)
-    alignment = (
-        {"vertical": "row-sum cross-correlation", "horizontal": "centre-of-mass sinusoid fit"}
-        if align
-        else {"vertical": "none", "horizontal": "none"}
-    )
     report = TomoReport(angles, offsets, ramps, shifts, axis, method, alignment, seconds)
     return volume, report
 
