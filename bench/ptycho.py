@@ -163,43 +163,20 @@ def run_numpy(case, epochs):
 
 
 def run_ptychi(case, method, batch, epochs, device, threads):
-    """Pty-chi ePIE / LSQML on the same data; positions relative to its origin round(N/2) - 0.5."""
-    try:
-        import ptychi.api as api
-        from ptychi.api.task import PtychographyTask
-    except Exception as err:  # torchvision on CPU torch fails with RuntimeError, absent ptychi ImportError
-        return None, f"ptychi {method}: skipped, cannot import ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-    torch.set_num_threads(threads)
-    options = api.EPIEOptions() if method == "epie" else api.LSQMLOptions()
-    options.object_options.optimizable = True
-    options.object_options.optimizer = api.Optimizers.SGD
-    options.object_options.step_size = 1
-    options.probe_options.optimizable = True
-    options.probe_options.optimizer = api.Optimizers.SGD
-    options.probe_options.step_size = 1
-    if method == "epie":
-        options.object_options.alpha = 1
-        options.probe_options.alpha = 1
-    options.probe_position_options.optimizable = False
-    options.reconstructor_options.batch_size = batch
-    options.reconstructor_options.num_epochs = epochs
-    options.reconstructor_options.default_device = api.Devices.GPU if device == "cuda" else api.Devices.CPU
-    # ptychi centre convention: patch top-left = pos + origin - (n - 1) / 2, origin = round(N/2) - 0.5
-    pos = case["positions"] - np.round(N / 2.0)
-    task = PtychographyTask(
-        options,
-        diffraction_data=torch.as_tensor(case["patterns"]),
-        object_data=torch.ones((1, N, N), dtype=torch.complex64),
-        probe_data=torch.as_tensor(case["guess"][None, None]),
-        probe_position_x_px=torch.as_tensor(pos[:, 1], dtype=torch.float32),
-        probe_position_y_px=torch.as_tensor(pos[:, 0], dtype=torch.float32),
-    )
-    t0 = time.perf_counter()
-    task.run()
-    sec = (time.perf_counter() - t0) / epochs
-    obj = task.get_data_to_cpu("object", as_numpy=True)[0]
+    """Pty-chi ePIE / LSQML on the same data, through tomolive's optional backend."""
+    from tomolive.techniques.ptycho.ptychi_backend import reconstruct_ptychi, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        return None, f"ptychi {method}: skipped, cannot import ({reason})"
+    res = reconstruct_ptychi(
+        case["patterns"], case["positions"], case["guess"], object_shape=(N, N), method=method,
+        epochs=epochs, batch_size=batch, threads=threads, device=device,
+    )  # fmt: skip
     name = f"ptychi {'ePIE' if method == 'epie' else 'LSQML'} b{batch} ({device})"
-    return _row(name, threads, sec, metrics.phase_nrmse(obj, case["obj"], case["mask"]), epochs), None
+    return _row(
+        name, threads, res.seconds_per_epoch, metrics.phase_nrmse(res.object, case["obj"], case["mask"]), epochs
+    ), None
 
 
 def main() -> int:

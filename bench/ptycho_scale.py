@@ -107,10 +107,10 @@ def patterns_case(args: argparse.Namespace, scratch: Path) -> dict:
         uid, wall = run_plan(pipe, plan)
         node = from_uri(uri, api_key=key)["processed"][uid]
         md = node.metadata
-        obj = node["object_amplitude"].read()[0] * np.exp(1j * node["object_phase"].read()[0])
-        positions = node["positions"].read()[0]
+        obj = node["object_amplitude"].read() * np.exp(1j * node["object_phase"].read())  # a plain scan: no view axis
+        positions = node["positions"].read()
     truth = sample.at(0.0)
-    mask = metrics.scanned_mask(truth.shape, positions, n)
+    mask = metrics.illuminated_mask(truth.shape, positions, probe)
     ours = {
         "wall_s": round(wall, 2),
         "seconds_per_stage": md["provenance"]["seconds_per_stage"],

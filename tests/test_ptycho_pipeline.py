@@ -23,6 +23,7 @@ from tomolive.stages import StageContext
 from tomolive.techniques import PtychoTechnique, TomoTechnique
 from tomolive.techniques.ptycho import metrics, physics
 from tomolive.techniques.ptycho.params import PtychoParams
+from tomolive.techniques.ptycho.ptychi_backend import unavailable as ptychi_unavailable
 
 from . import ptycho_sim
 
@@ -147,3 +148,37 @@ def test_a_rotation_series_gives_one_object_per_view(ptycho_pipeline, tiled_serv
     for obj, angle, pos in zip(objects, angles, positions):
         mask = metrics.scanned_mask((40, 48), pos, 16)
         assert metrics.phase_nrmse(obj, sample.at(angle), mask) <= 0.06
+
+
+PTYCHI_WHY = ptychi_unavailable()
+
+
+@pytest.mark.skipif(PTYCHI_WHY is not None, reason=f"Pty-chi cannot be imported here: {PTYCHI_WHY}")
+def test_a_scan_reconstructed_by_ptychi_on_the_workers(ptycho_pipeline, tiled_server):
+    line = ptycho_sim.beamline()
+    with ptycho_pipeline(PtychoParams(method="ptychi-epie", epochs=40, threads_per_task=1)) as pipe:
+        RE = RunEngine()
+        RE.subscribe(pipe)
+        (uid,) = RE(ptycho_sim.scan(line))
+        outcome = pipe.wait(uid, timeout=300)
+    assert outcome.status == "complete", outcome.reason
+    node = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert node.metadata["provenance"]["parameters"]["pipeline"]["method"] == "ptychi-epie"
+    assert node.metadata["preview"]["source"].startswith("iterative: 2 epie")  # the preview stays ours
+    obj = node["object_amplitude"].read() * np.exp(1j * node["object_phase"].read())
+    mask = metrics.scanned_mask(ptycho_sim.OBJECT, node["positions"].read(), 32)
+    assert metrics.phase_nrmse(obj, ptycho_sim.true_object(), mask) <= PHASE_NRMSE_FLOOR
+
+
+@pytest.mark.skipif(PTYCHI_WHY is None, reason="Pty-chi imports here: its refusal cannot be seen")
+def test_asking_for_ptychi_where_it_cannot_import_fails_the_run_saying_why(ptycho_pipeline, tiled_server):
+    line = ptycho_sim.beamline()
+    with ptycho_pipeline(PtychoParams(method="ptychi-epie", epochs=2)) as pipe:
+        RE = RunEngine()
+        RE.subscribe(pipe)
+        (uid,) = RE(ptycho_sim.scan(line, n_positions=30))
+        outcome = pipe.wait(uid, timeout=120)
+    assert outcome.status == "failed" and "pip install ptychi" in outcome.reason, outcome.reason
+    node = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["processed"][uid]
+    assert node.metadata["status"] == "failed" and "ptychi" in node.metadata["reason"]
+    assert not {"object_phase", "object_amplitude"} & set(node)

@@ -157,7 +157,7 @@ class PtychoAcquisition:
         store.update(
             preview={
                 "keys": list(PREVIEW_KEYS),
-                "source": f"iterative: {self.params.preview_epochs} {self.params.method} sweeps per update",
+                "source": f"iterative: {self.params.preview_epochs} {self.params.preview_method} sweeps per update",
                 "interval_s": self.params.preview_interval_s,
                 "view": image.view,
                 "angle_deg": image.angle_deg,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from ...errors import BadInputError
 
-METHODS = ("epie", "rpie", "lsq")
+METHODS = ("epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml")
 
 
 @dataclass(frozen=True)
@@ -16,8 +16,9 @@ class PtychoParams:
 
     Parameters
     ----------
-    method : {"epie", "rpie", "lsq"}
-        The iterative solver of :func:`tomolive.techniques.ptycho.solver.reconstruct`.
+    method : {"epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml"}
+        The iterative solver of :func:`tomolive.techniques.ptycho.solver.reconstruct`, or
+        Pty-chi's (:mod:`.ptychi_backend`; where it imports on the Dask workers).
     epochs : int
         Sweeps over every pattern of a view in the final reconstruction.
     batch_size : int
@@ -41,7 +42,7 @@ class PtychoParams:
         QC: alert when a view's final data error (last epoch's loss) is above this.
     """
 
-    method: Literal["epie", "rpie", "lsq"] = "epie"
+    method: Literal["epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml"] = "epie"
     epochs: int = 50
     batch_size: int = 16
     refine_positions: bool = False
@@ -64,6 +65,12 @@ class PtychoParams:
             raise BadInputError(f"threads_per_task must be None or >= 1; got {self.threads_per_task!r}.")
         if not self.preview_interval_s > 0:
             raise BadInputError(f"preview_interval_s must be positive; got {self.preview_interval_s!r}.")
+
+    @property
+    def preview_method(self) -> str:
+        """The live preview's solver: always tomolive's own (Pty-chi sets process-wide torch
+        state, so it runs on the Dask workers only), ePIE when the reconstruction is Pty-chi's."""
+        return "epie" if self.method.startswith("ptychi-") else self.method
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

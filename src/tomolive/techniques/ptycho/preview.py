@@ -113,7 +113,7 @@ class StitchedPreview:
             view.positions,
             self._probe,
             object_shape=self.object_shape,
-            method=params.method,
+            method=params.preview_method,
             epochs=params.preview_epochs,
             batch_size=params.batch_size,
             object_init=self._object,

@@ -35,6 +35,20 @@ def reconstruct_view(view: View, probe: np.ndarray, object_shape: tuple[int, int
     from .solver import reconstruct  # torch: imported on the worker
 
     threads = params.threads_per_task or _worker_threads()
+    if params.method.startswith("ptychi-"):
+        from .ptychi_backend import reconstruct_ptychi
+
+        return reconstruct_ptychi(
+            view.patterns,
+            view.positions,
+            probe,
+            object_shape=object_shape,
+            method=params.method.removeprefix("ptychi-"),
+            epochs=params.epochs,
+            batch_size=params.batch_size,
+            threads=threads,
+            device=params.device,
+        )
     return reconstruct(
         view.patterns,
         view.positions,

@@ -1,0 +1,111 @@
+"""Pty-chi (APS's PyTorch ptychography library, PyPI ``ptychi``) as an optional backend.
+
+Same inputs and result as :func:`.solver.reconstruct`, so a view can be cross-checked against
+APS's engine or processed by it (``PtychoParams(method="ptychi-epie")``). Pty-chi imports
+torchvision, whose PyPI Linux wheels need the CUDA build of torch, and building a task sets
+process-wide torch defaults (dtype, device, seeds): run it in a process of its own, e.g. a
+Dask worker with one thread, never beside other torch work in one process.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...errors import BadInputError
+from .solver import PtychoResult, _check_inputs
+
+METHODS = ("epie", "lsqml")
+
+
+def unavailable() -> str | None:
+    """Why Pty-chi cannot be used here (None when it imports)."""
+    try:
+        import ptychi.api  # noqa: F401
+    except Exception as err:  # torchvision on a CPU-only torch raises RuntimeError, absent ptychi ImportError
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    return None
+
+
+def reconstruct_ptychi(
+    patterns: np.ndarray,
+    positions: np.ndarray,
+    probe: np.ndarray,
+    *,
+    object_shape: tuple[int, int],
+    method: str = "epie",
+    epochs: int = 50,
+    batch_size: int = 16,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> PtychoResult:
+    """Object and probe from far-field ``patterns`` by Pty-chi's ePIE (alpha 1) or LSQML.
+
+    Inputs as :func:`.solver.reconstruct` (positions are probe centres in object pixels; the
+    probe guess is rescaled to the data's mean photon count). ``loss`` is Pty-chi's own
+    per-epoch loss, not tomolive's amplitude misfit.
+
+    Raises
+    ------
+    BadInputError
+        As :func:`.solver.reconstruct`; an unknown ``method``; Pty-chi does not import here
+        (the message says why).
+    """
+    if method not in METHODS:
+        raise BadInputError(f"method must be one of {METHODS} for Pty-chi, got {method!r}")
+    patterns, positions = np.asarray(patterns, dtype=np.float32), np.asarray(positions, dtype=np.float64)
+    probe = np.asarray(probe).reshape(1, *np.shape(probe)[-2:]).astype(np.complex64)
+    _check_inputs(patterns, positions, probe, object_shape, "epie", epochs, batch_size)
+    reason = unavailable()
+    if reason is not None:
+        raise BadInputError(
+            f"the Pty-chi backend needs ptychi (pip install ptychi, with a torch its torchvision accepts); "
+            f"here it does not import: {reason}"
+        )
+    import ptychi.api as api
+    import torch
+    from ptychi.api.task import PtychographyTask
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    n = patterns.shape[-1]
+    scale = np.sqrt(patterns.sum(axis=(1, 2)).mean() / (n * n * np.sum(np.abs(probe) ** 2)))
+    options = _options(api, method, epochs, batch_size, device)
+    centre = np.round(np.asarray(object_shape, dtype=np.float64) / 2.0)  # Pty-chi's origin, as measured
+    task = PtychographyTask(
+        options,
+        diffraction_data=torch.as_tensor(patterns),
+        object_data=torch.ones((1, *object_shape), dtype=torch.complex64),
+        probe_data=torch.as_tensor(probe[None] * np.float32(scale)),
+        probe_position_x_px=torch.as_tensor(positions[:, 1] - centre[1], dtype=torch.float32),
+        probe_position_y_px=torch.as_tensor(positions[:, 0] - centre[0], dtype=torch.float32),
+    )
+    start = time.perf_counter()
+    task.run()
+    seconds = (time.perf_counter() - start) / epochs
+    table = task.reconstructor.loss_tracker.table if task.reconstructor is not None else None
+    loss = np.asarray(table["loss"], dtype=np.float64) if table is not None else np.full(epochs, np.nan)
+    return PtychoResult(
+        object=task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64),
+        probe=task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64),
+        positions=positions.copy(),
+        loss=loss,
+        seconds_per_epoch=seconds,
+    )
+
+
+def _options(api, method: str, epochs: int, batch_size: int, device: str):
+    """Pty-chi's options: SGD steps of 1 on object and probe (alpha 1 for ePIE), positions fixed."""
+    options = api.EPIEOptions() if method == "epie" else api.LSQMLOptions()
+    for part in (options.object_options, options.probe_options):
+        part.optimizable = True
+        part.optimizer = api.Optimizers.SGD
+        part.step_size = 1
+        if method == "epie":
+            part.alpha = 1
+    options.probe_position_options.optimizable = False
+    options.reconstructor_options.batch_size = batch_size
+    options.reconstructor_options.num_epochs = epochs
+    options.reconstructor_options.default_device = api.Devices.GPU if device.startswith("cuda") else api.Devices.CPU
+    return options
