@@ -88,20 +88,37 @@ def pie_update(
     do, the pixelwise sum keeps them from over-stepping). The peak is NOT that of the summed
     illumination: two overlapping windows in a random batch would halve every window's step
     (the batched ePIE lagged sequential ePIE ~3x in phase error for it). ``work`` is a complex
-    and a real object-sized scratch buffer. Probe: the batch's mean ePIE/rPIE step, beta.
+    and a real object-sized scratch buffer, zero outside the batch (see :func:`_footprint_sums`).
+    Probe: the batch's mean ePIE/rPIE step, beta.
     """
-    num, illum = work
     out = project(obj_flat, probe, batch)
     p2 = abs2(out.ps)
-    num.zero_().index_add_(0, batch.idx, (out.chi * out.ps.conj()).view(-1))
-    illum.zero_().index_add_(0, batch.idx, p2.view(-1))
+    num, illum = _footprint_sums(work, batch.idx, out.chi * out.ps.conj(), p2)
     denom = torch.maximum(illum, p2.amax()).mul_(alpha).add_(illum, alpha=1.0 - alpha)
-    obj_flat.add_(scale_(num, denom.reciprocal_()))
+    obj_flat.index_copy_(0, batch.idx, out.ob.reshape(-1) + scale_(num, denom.reciprocal_()))
     if update_probe:
         o2 = abs2(out.ob).sum(0)
         grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
         probe = probe + scale_(grad, 1.0 / ((1.0 - beta) * o2 + beta * o2.max()))
     return probe, out
+
+
+def _footprint_sums(
+    work: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor, values: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window sums over the batch's overlapping windows, read back at every window pixel.
+
+    ``work`` (complex, real) object-sized buffers are zero outside the batch and left zero, so
+    a batch costs its windows, not the object: a 674^2 object under 128^2 windows is ~4x
+    the windows of a batch of 16, and whole-object passes dominated the sweep.
+    """
+    num, illum = work
+    num.index_add_(0, idx, values.reshape(-1))
+    illum.index_add_(0, idx, weights.reshape(-1))
+    sums = num.index_select(0, idx), illum.index_select(0, idx)
+    num.index_fill_(0, idx, 0)
+    illum.index_fill_(0, idx, 0)
+    return sums
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -125,12 +142,10 @@ def lsq_update(
     ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch (a 2x2 normal system), clamped to [0, 1.5].
     """
     n = probe.shape[-1]
-    num, illum = work
     out = project(obj_flat, probe, batch)
-    num.zero_().index_add_(0, batch.idx, (out.chi * out.ps.conj()).view(-1))
-    illum.zero_().index_add_(0, batch.idx, abs2(out.ps).view(-1))
-    d_obj = scale_(num, 1.0 / (illum + LSQ_DELTA * illum.max()))
-    u = out.ps * d_obj.index_select(0, batch.idx).view(-1, n, n)
+    num, illum = _footprint_sums(work, batch.idx, out.chi * out.ps.conj(), abs2(out.ps))
+    d_obj = scale_(num, 1.0 / (illum + LSQ_DELTA * illum.max()))  # at every window pixel of the batch
+    u = out.ps * d_obj.view(-1, n, n)
     if update_probe:
         o2 = abs2(out.ob).sum(0)
         d_probe = scale_(unshift_sum(out.chi * out.ob.conj(), batch.ramp), 1.0 / (o2 + LSQ_DELTA * o2.max()))
@@ -144,7 +159,7 @@ def lsq_update(
         probe = probe + step_p * d_probe
     else:
         step_o = (_dot(u, out.chi) / (_dot(u, u) + 1e-20)).clamp(0.0, 1.5)
-    obj_flat.add_(d_obj.mul_(step_o))
+    obj_flat.index_copy_(0, batch.idx, out.ob.reshape(-1) + d_obj.mul_(step_o))
     return probe, out
 
 
