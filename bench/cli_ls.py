@@ -43,7 +43,7 @@ def fill(uri: str, key: str, n: int) -> None:
 
 
 def ours(uri: str, key: str, filtered: bool) -> None:
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert main(["ls", "--uri", uri, "--api-key", key, *(FILTERS if filtered else [])]) == 0
 
 
