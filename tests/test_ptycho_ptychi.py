@@ -16,7 +16,7 @@ from skimage.transform import resize
 from tomolive.errors import BadInputError
 from tomolive.techniques.ptycho import metrics, physics
 from tomolive.techniques.ptycho.ptychi_backend import reconstruct_ptychi, unavailable
-from tomolive.techniques.ptycho.solver import reconstruct
+from tomolive.techniques.ptycho.solver import data_error, reconstruct
 
 N, SHAPE, EPOCHS = 32, (96, 96), 60
 WHY = unavailable()
@@ -48,6 +48,7 @@ def test_ours_and_ptychi_agree_on_the_same_patterns() -> None:
     assert abs(errors["ours"] - errors["ptychi"]) <= 0.005, errors
     assert metrics.phase_nrmse(ours.object, theirs.object, case["mask"]) <= 0.015  # the same object (0.008)
     assert theirs.probe.shape == (1, N, N) and len(theirs.loss) == EPOCHS
+    assert abs(theirs.loss[-1] - ours.loss[-1]) < 0.5 * ours.loss[-1]  # one data error for both solvers
 
 
 @pytest.mark.skipif(WHY is None, reason="Pty-chi imports here: its refusal cannot be seen")
@@ -63,3 +64,15 @@ def test_the_backend_checks_its_inputs_before_importing() -> None:
         reconstruct_ptychi(case["patterns"], case["positions"], case["guess"], object_shape=SHAPE, method="dm")
     with pytest.raises(BadInputError, match="positions"):
         reconstruct_ptychi(case["patterns"], case["positions"][:5], case["guess"], object_shape=SHAPE)
+
+
+def test_data_error_of_a_result_matches_the_solver_s_own() -> None:
+    """The one data error both backends are judged by: at the truth only Poisson noise remains."""
+    case = _case()
+    args = (case["patterns"], case["positions"])
+    ours = reconstruct(*args, case["guess"], object_shape=SHAPE, epochs=20, batch_size=16, threads=1)
+    after = data_error(*args, ours.probe[0], ours.object)
+    assert 0 < after <= 1.05 * ours.loss[-1], (after, ours.loss[-1])  # the last sweep's, measured mid-update
+    probe = physics.make_probe(N, aperture_px=16, defocus_phase_rad=1.5)
+    truth = data_error(*args, probe * physics.probe_scale(probe, 1e6), case["obj"])  # the probe as simulated
+    assert truth < 0.5 * after, (truth, after)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from ...errors import BadInputError
-from .solver import PtychoResult, _check_inputs
+from .solver import PtychoResult, _check_inputs, data_error
 
 METHODS = ("epie", "lsqml")
 
@@ -43,8 +43,9 @@ def reconstruct_ptychi(
     """Object and probe from far-field ``patterns`` by Pty-chi's ePIE (alpha 1) or LSQML.
 
     Inputs as :func:`.solver.reconstruct` (positions are probe centres in object pixels; the
-    probe guess is rescaled to the data's mean photon count). ``loss`` is Pty-chi's own
-    per-epoch loss, not tomolive's amplitude misfit.
+    probe guess is rescaled to the data's mean photon count). Pty-chi's per-epoch losses are
+    in its own units, so ``loss`` holds tomolive's data error (:func:`.solver.data_error`) of
+    the final object and probe as its last value, NaN before.
 
     Raises
     ------
@@ -84,15 +85,11 @@ def reconstruct_ptychi(
     start = time.perf_counter()
     task.run()
     seconds = (time.perf_counter() - start) / epochs
-    table = task.reconstructor.loss_tracker.table if task.reconstructor is not None else None
-    loss = np.asarray(table["loss"], dtype=np.float64) if table is not None else np.full(epochs, np.nan)
-    return PtychoResult(
-        object=task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64),
-        probe=task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64),
-        positions=positions.copy(),
-        loss=loss,
-        seconds_per_epoch=seconds,
-    )
+    obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
+    final_probe = task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64)
+    loss = np.full(epochs, np.nan)
+    loss[-1] = data_error(patterns, positions, final_probe[0], obj)
+    return PtychoResult(obj, final_probe, positions.copy(), loss, seconds)
 
 
 def _options(api, method: str, epochs: int, batch_size: int, device: str):

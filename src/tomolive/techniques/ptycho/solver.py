@@ -229,3 +229,21 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
         if callback is not None:
             callback(epoch, result())
     return result()
+
+
+def data_error(
+    patterns: np.ndarray, positions: np.ndarray, probe: np.ndarray, obj: np.ndarray, *, batch_size: int = 64
+) -> float:
+    """The relative amplitude misfit ``sum (|F(P O)| - sqrt(I))^2 / sum I`` of an object and probe
+    (the units of :class:`PtychoResult`'s ``loss``), e.g. for a result of another solver."""
+    n = patterns.shape[-1]
+    dev = torch.device("cpu")
+    geom = _Geometry(np.asarray(positions, dtype=np.float64), n, obj.shape, dev, True)
+    amp = torch.as_tensor(np.sqrt(np.fft.ifftshift(patterns.astype(np.float32), axes=(-2, -1))))
+    obj_flat = torch.as_tensor(np.ascontiguousarray(obj, dtype=np.complex64)).view(-1)
+    prb = torch.as_tensor(np.asarray(probe, dtype=np.complex64).reshape(n, n))
+    err = sum(
+        float(sweeps.project(obj_flat, prb, geom.batch(torch.arange(i, min(i + batch_size, len(amp))), amp)).err)
+        for i in range(0, len(amp), batch_size)
+    )
+    return err / float((amp.double() ** 2).sum())
