@@ -47,6 +47,9 @@ class PtychoNN(nn.Module):
     ``n/2``. Inputs are ``log1p(100 sqrt(I / flux))`` standardised with buffers set in training.
     """
 
+    in_mean: torch.Tensor
+    in_std: torch.Tensor
+
     def __init__(self, n: int = 32, channels: int = 16):
         super().__init__()
         if n % 8:
@@ -273,7 +276,8 @@ def train(
         for _ in range(epochs):
             total = 0.0
             for sel in torch.randperm(len(x), generator=gen).split(batch_size):
-                loss = _weighted_loss(*net(x[sel]), a[sel], p[sel], w)
+                amp_out, phase_out = net(x[sel])
+                loss = _weighted_loss(amp_out, phase_out, a[sel], p[sel], w)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
