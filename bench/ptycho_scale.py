@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from _common import append_result, machine_info
 from bluesky import RunEngine
-from dask.distributed import Client, LocalCluster
+from dask.distributed import Client
 from scan import free_port
 from skimage import data
 from skimage.transform import resize
@@ -40,6 +40,7 @@ from tiled.client import from_uri
 from ptycho import numpy_epie
 from tomolive.callbacks import TomoPipeline
 from tomolive.config import Settings
+from tomolive.engine.cluster import local_cluster
 from tomolive.plans.ptycho import ptycho_scan, ptycho_tomo_scan
 from tomolive.qc import circle_mask, psnr
 from tomolive.server import running_server
@@ -59,7 +60,7 @@ def pipeline(params: PtychoParams, workers: int, scratch: Path) -> Iterator[tupl
     settings = Settings(data_dir=scratch / "tiled", port=free_port())
     with (
         running_server(settings) as server,
-        LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster,
+        local_cluster(workers) as cluster,  # tomolive's: its workers' allocator settings matter (3x here)
         Client(cluster) as client,
         TomoPipeline.from_uri(
             server.uri,
