@@ -19,12 +19,14 @@ from bluesky import RunEngine
 from tiled.client import from_uri
 
 from tomolive.callbacks import TomoPipeline
+from tomolive.errors import BadInputError
 from tomolive.plans import ptycho_scan, ptycho_tomo_scan
 from tomolive.sim.ptycho_devices import ComplexSample, SimPtychoBeamline, make_sim_ptycho
 from tomolive.sim.ptycho_tomo import phase_foam
 from tomolive.techniques import PtychoTechnique, TomoTechnique
 from tomolive.techniques.ptycho import metrics, physics
-from tomolive.techniques.ptycho.learning import ptychonn_registry
+from tomolive.techniques.ptycho import surrogate as sg
+from tomolive.techniques.ptycho.learning import StoredSurrogate, ptychonn_registry, skip_reason
 from tomolive.techniques.ptycho.params import PtychoParams
 
 from . import ptycho_sim
@@ -44,6 +46,23 @@ def _kwargs(line: SimPtychoBeamline, sample: str) -> dict:
     return ptycho_sim.scan_kwargs(
         line, object_shape=SHAPE, n_positions=80, step_um=4.0 * line.pixel_um, md={"sample": sample}
     )
+
+
+def test_when_a_run_trains_and_the_stored_form_round_trips():
+    auto, on = PtychoParams(), PtychoParams(surrogate="on")
+    assert skip_reason(auto, 3, 32) is None and skip_reason(on, 2, 32) is None
+    assert skip_reason(auto, 2, 32) == "2 view(s): surrogate='auto' trains on rotation series of >= 3 views"
+    assert skip_reason(on, 3, 20) == "20 px patterns: the surrogate needs a multiple of 8"
+    with pytest.raises(BadInputError, match="surrogate must be one of"):
+        PtychoParams(surrogate="yes")
+    probe = physics.make_probe(N, aperture_px=16, defocus_phase_rad=1.5, kind="zone_plate")
+    sur = sg.Surrogate(sg.PtychoNN(N, CHANNELS), probe, 2000, 0.25)
+    back = StoredSurrogate.pack(sur).unpack()
+    assert back.n_train == 2000 and back.threshold == pytest.approx(0.25)
+    np.testing.assert_array_equal(back.probe, probe)
+    patterns = np.random.default_rng(0).poisson(100.0, (4, N, N)).astype(np.float32)
+    for got, want in zip(back.predict(patterns), sur.predict(patterns)):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.fixture(scope="module")
