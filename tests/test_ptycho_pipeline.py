@@ -83,8 +83,11 @@ def test_a_scan_reaches_the_phase_floor_with_a_live_preview(ptycho_pipeline, til
 
     node = client["processed"][uid]
     md = node.metadata
-    assert md["status"] == "complete" and md["stages"] == ["check", "preview", "ptycho", "qc", "ptycho_tomo"]
+    stages = ["check", "preview", "ptycho", "qc", "ptycho_tomo", "surrogate"]
+    assert md["status"] == "complete" and md["stages"] == stages
     assert md["ptycho_tomo"] == {"skipped": "a single view: no rotation series"}
+    assert md["surrogate"]["skipped"].startswith("1 view(s): surrogate='auto' trains on rotation series of >= 3")
+    assert md["preview"]["source"].startswith("iterative: 2 epie sweeps per update (")
     assert md["provenance"]["parameters"]["technique"] == "ptycho"
     assert md["provenance"]["parameters"]["pipeline"]["epochs"] == 30
     assert node["probe_amplitude"].shape == (1, 32, 32) and node["probe_phase"].shape == (1, 32, 32)

@@ -25,6 +25,7 @@ from .views import View
 
 if TYPE_CHECKING:
     from ...engine.run import Run
+    from .learning import LiveSurrogate
 
 logger = logging.getLogger(__name__)
 ROLES = ("pattern", "position")
@@ -78,8 +79,21 @@ class PtychoAcquisition:
             kind=guess.kind,
         )
         self.preview = StitchedPreview(
-            self._snapshot, self.probe_guess, self.setup.object_shape, self.params, self._publish
+            self._snapshot,
+            self.probe_guess,
+            self.setup.object_shape,
+            self.params,
+            self._publish,
+            None if self.params.surrogate == "off" else self._find_surrogate,
         )
+
+    def _find_surrogate(self) -> LiveSurrogate:
+        """The deployed surrogate for this run's pattern size (the preview's thread: it waits for the store)."""
+        from .learning import deployed_surrogate  # torch: imported off the ingest thread
+
+        store = self.run.store.result()
+        client = getattr(store, "models_client", None)
+        return deployed_surrogate(client, self.setup.pattern_n, self.params.surrogate_channels)
 
     # -- the ingest thread ----------------------------------------------------------------
 
@@ -157,7 +171,7 @@ class PtychoAcquisition:
         store.update(
             preview={
                 "keys": list(PREVIEW_KEYS),
-                "source": f"iterative: {self.params.preview_epochs} {self.params.preview_method} sweeps per update",
+                "source": image.source,
                 "interval_s": self.params.preview_interval_s,
                 "view": image.view,
                 "angle_deg": image.angle_deg,

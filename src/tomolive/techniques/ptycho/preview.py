@@ -1,4 +1,4 @@
-"""The live stitched preview: a few iterative sweeps over the patterns so far, published every few seconds.
+"""The live stitched preview: the surrogate's image, or a few iterative sweeps, of the patterns so far.
 
 While a view is being scanned, :class:`StitchedPreview` wakes every ``interval_s``, takes the
 patterns and positions that have arrived, runs ``epochs`` sweeps of the solver over them
@@ -7,6 +7,11 @@ accumulate) and hands the phase and amplitude to ``publish``. It runs on its own
 the ingest thread only appends frames and never waits for it. A new view (the next angle of
 a rotation series) starts from a flat object and the probe found so far. Publish errors are
 logged and the preview goes on: a preview is worth having, never worth losing the scan for.
+
+When the model store has a surrogate for the run's pattern size (``find_surrogate``, called
+once on the preview's thread: never on the ingest thread) and its trust check passes on the
+patterns so far, the update is the surrogate's stitched image instead (milliseconds, not
+sweeps); :attr:`PreviewImage.source` says which, and why the surrogate was not used.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .params import PtychoParams
 from .views import View
+
+if TYPE_CHECKING:
+    from .learning import LiveSurrogate
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +44,7 @@ class PreviewImage:
     angle_deg: float
     n_patterns: int
     sweeps: int
+    source: str
 
 
 class StitchedPreview:
@@ -42,7 +52,8 @@ class StitchedPreview:
 
     ``snapshot()`` returns the current view's index and its :class:`View` so far (or None);
     ``probe`` is the starting probe (n, n); ``publish`` is called on the preview's thread, at
-    most every ``params.preview_interval_s`` seconds.
+    most every ``params.preview_interval_s`` seconds; ``find_surrogate`` gives the surrogate
+    the preview may use (None: iterative only).
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class StitchedPreview:
         object_shape: tuple[int, int],
         params: PtychoParams,
         publish: Callable[[PreviewImage], None],
+        find_surrogate: Callable[[], LiveSurrogate] | None = None,
     ):
         self.snapshot = snapshot
         self.initial_probe = probe
@@ -59,6 +71,9 @@ class StitchedPreview:
         self.params = params
         self.publish = publish
         self.published = 0
+        self.find_surrogate = find_surrogate
+        self.surrogate: LiveSurrogate | None = None
+        self._why_not = "surrogate off"
         self._probe = probe
         self._object: np.ndarray | None = None
         self._view = -1
@@ -76,6 +91,7 @@ class StitchedPreview:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        self._load_surrogate()
         interval = self.params.preview_interval_s
         done = 0  # patterns of the current view in the last published image
         while not self._stop.wait(interval):
@@ -104,10 +120,27 @@ class StitchedPreview:
                 logger.warning("could not publish the live preview (%d patterns)", n, exc_info=True)
             logger.debug("ptycho preview of %d patterns in %.2f s", n, time.monotonic() - started)
 
+    def _load_surrogate(self) -> None:
+        """Ask for the deployed surrogate once; a failure only means iterative previews."""
+        if self.find_surrogate is None:
+            return
+        try:
+            self.surrogate = self.find_surrogate()
+            self._why_not = self.surrogate.why_not
+        except Exception as err:
+            logger.warning("the live preview could not load the surrogate", exc_info=True)
+            self._why_not = f"the surrogate could not be loaded: {err}"
+
     def _update(self, index: int, view: View) -> PreviewImage:
         from .solver import reconstruct  # torch: imported when the first preview is due
 
         params = self.params
+        why_not = self._why_not
+        if self.surrogate is not None:
+            obj, said = self.surrogate.image(view, self.object_shape)
+            if obj is not None:
+                return self._image(obj, index, view, 0, said)
+            why_not = said
         result = reconstruct(
             view.patterns,
             view.positions,
@@ -120,11 +153,17 @@ class StitchedPreview:
         )
         self._object = result.object
         self._probe = result.probe[0] if result.probe.ndim == 3 else result.probe
+        source = f"iterative: {params.preview_epochs} {params.preview_method} sweeps per update ({why_not})"
+        return self._image(result.object, index, view, params.preview_epochs, source)
+
+    @staticmethod
+    def _image(obj: np.ndarray, index: int, view: View, sweeps: int, source: str) -> PreviewImage:
         return PreviewImage(
-            phase=np.angle(result.object).astype(np.float32),
-            amplitude=np.abs(result.object).astype(np.float32),
+            phase=np.angle(obj).astype(np.float32),
+            amplitude=np.abs(obj).astype(np.float32),
             view=index,
             angle_deg=view.angle_deg,
             n_patterns=len(view.patterns),
-            sweeps=params.preview_epochs,
+            sweeps=sweeps,
+            source=source,
         )

@@ -21,6 +21,7 @@ set was large enough.
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from dataclasses import dataclass, field
@@ -246,8 +247,13 @@ def train(
     channels: int = 16,
     seed: int = 0,
     threads: int | None = None,
+    init: PtychoNN | None = None,
 ) -> Surrogate:
-    """Train a :class:`PtychoNN` on :func:`training_set` pairs (Adam, one-cycle schedule); CPU."""
+    """Train a :class:`PtychoNN` on :func:`training_set` pairs (Adam, one-cycle schedule); CPU.
+
+    ``init`` fine-tunes a copy of an earlier network (its architecture and input normalisation
+    kept) instead of starting from random weights.
+    """
     if not len(inputs) == len(amplitude) == len(phase) or len(inputs) < 2:
         raise BadInputError(f"training pairs disagree or are too few: {len(inputs)}, {len(amplitude)}, {len(phase)}")
     prb = _probe2d(probe)
@@ -260,11 +266,14 @@ def train(
         torch.set_num_threads(int(threads))
     try:
         torch.manual_seed(seed)
-        net = PtychoNN(n, channels)
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
-        feats = torch.log1p(100.0 * x)
-        net.in_mean.fill_(float(feats.mean()))
-        net.in_std.fill_(float(feats.std()) or 1.0)
+        if init is None:
+            net = PtychoNN(n, channels)
+            feats = torch.log1p(100.0 * x)
+            net.in_mean.fill_(float(feats.mean()))
+            net.in_std.fill_(float(feats.std()) or 1.0)
+        else:
+            net = copy.deepcopy(init)
         a, p, w = (torch.from_numpy(np.asarray(v, dtype=np.float32)) for v in (amplitude, phase, weight))
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         steps = epochs * -(-len(x) // batch_size)
@@ -288,7 +297,7 @@ def train(
     finally:
         torch.set_num_threads(old)
     record = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "seconds": round(seconds, 2),
-              "loss": [round(v, 5) for v in losses], "params": sum(q.numel() for q in net.parameters())}  # fmt: skip
+              "loss": [round(v, 5) for v in losses], "params": sum(q.numel() for q in net.parameters()), "fine_tuned": init is not None}  # fmt: skip
     return Surrogate(net.eval(), prb, len(x), record=record)
 
 

@@ -51,9 +51,15 @@ class PtychoTechnique:
         return PtychoAcquisition(run, run.metadata.get("ptycho"))
 
     def stages(self) -> list[Stage]:
-        """Every view reconstructed (one Dask task each), QC, then a rotation series' 3D phase volume."""
-        return [ReconstructViewsStage(), PtychoQualityStage(), PtychoTomoStage()]
+        """Every view reconstructed (one Dask task each), QC, a rotation series' 3D phase volume, then
+        (unless ``params.surrogate`` is ``"off"``) the surrogate trained on the views."""
+        stages: list[Stage] = [ReconstructViewsStage(), PtychoQualityStage(), PtychoTomoStage()]
+        if self.params.surrogate != "off":
+            from .learning import SurrogateStage  # torch: imported when the stages are made
+
+            stages.append(SurrogateStage())
+        return stages
 
     def frame_steps(self) -> list[str]:
-        """What is done to each pattern as it arrives: checks, and the live preview's sweeps."""
+        """What is done to each pattern as it arrives: checks, and the live preview (surrogate or sweeps)."""
         return ["check", "preview"]
