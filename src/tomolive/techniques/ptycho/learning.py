@@ -32,7 +32,7 @@ from ...stages import StageContext
 from . import metrics
 from . import surrogate as sg
 from .params import PtychoParams
-from .stages import _worker_threads
+from .stages import worker_threads
 from .views import View
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def train_task(
         epochs=params.surrogate_epochs,
         lr=lr,
         channels=params.surrogate_channels,
-        threads=params.threads_per_task or _worker_threads(),
+        threads=params.threads_per_task or worker_threads(),
         init=None if parent is None else parent.net,
     )
     sur.n_train = len(x) + (parent.n_train if parent is not None else 0)

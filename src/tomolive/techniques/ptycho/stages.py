@@ -34,7 +34,7 @@ def reconstruct_view(view: View, probe: np.ndarray, object_shape: tuple[int, int
     """Dask task: the :class:`PtychoResult` of one view, with the worker's thread count (or ``params``')."""
     from .solver import reconstruct  # torch: imported on the worker
 
-    threads = params.threads_per_task or _worker_threads()
+    threads = params.threads_per_task or worker_threads()
     if params.method.startswith("ptychi-"):
         from .ptychi_backend import reconstruct_ptychi
 
@@ -63,7 +63,7 @@ def reconstruct_view(view: View, probe: np.ndarray, object_shape: tuple[int, int
     )
 
 
-def _worker_threads() -> int:
+def worker_threads() -> int:
     """The threads of the Dask worker running this task (1 on tomolive's LocalCluster)."""
     from distributed import get_worker
 
