@@ -91,10 +91,10 @@ class LiveSurrogate:
         """The stitched object of the patterns so far and a line saying so, or None and why not."""
         if self.surrogate is None:
             return None, self.why_not
-        report = sg.check_trust(self.surrogate, view.patterns, view.positions, object_shape)
+        obj = self.surrogate.image(view.patterns, view.positions, object_shape)
+        report = sg.check_trust(self.surrogate, view.patterns, view.positions, object_shape, image=obj)
         if not report.trusted:
             return None, f"surrogate v{self.version} not trusted: {report.reason}"
-        obj = self.surrogate.image(view.patterns, view.positions, object_shape)
         return obj, f"surrogate v{self.version} (misfit ratio {report.ratio:.3f} <= {report.threshold:.3f})"
 
 

@@ -390,9 +390,16 @@ class TrustReport:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def misfit_ratio(sur: Surrogate, patterns: np.ndarray, positions: np.ndarray, object_shape: tuple[int, int]):
-    """(ratio, surrogate misfit, flat misfit): mean misfits of the stitched and of a flat (all-ones) object."""
-    obj = sur.image(patterns, positions, object_shape)
+def misfit_ratio(
+    sur: Surrogate,
+    patterns: np.ndarray,
+    positions: np.ndarray,
+    object_shape: tuple[int, int],
+    image: np.ndarray | None = None,
+):
+    """(ratio, surrogate misfit, flat misfit): mean misfits of the stitched (``image``, when
+    already made) and of a flat (all-ones) object."""
+    obj = sur.image(patterns, positions, object_shape) if image is None else image
     mine = float(np.mean(misfit(obj, sur.probe, patterns, positions)))
     flat = float(np.mean(misfit(np.ones(object_shape, np.complex64), sur.probe, patterns, positions)))
     return mine / max(flat, 1e-30), mine, flat
@@ -417,9 +424,11 @@ def check_trust(
     object_shape: tuple[int, int],
     *,
     min_train: int = MIN_TRAINING_PAIRS,
+    image: np.ndarray | None = None,
 ) -> TrustReport:
-    """Whether the surrogate's image of this scan can be shown as is (see the module docstring)."""
-    ratio, mine, flat = misfit_ratio(sur, patterns, positions, object_shape)
+    """Whether the surrogate's image of this scan (``image``, when already made) can be shown
+    as is (see the module docstring)."""
+    ratio, mine, flat = misfit_ratio(sur, patterns, positions, object_shape, image)
     reasons = []
     if sur.n_train < min_train:
         reasons.append(f"trained on {sur.n_train} pairs (< {min_train})")
