@@ -53,6 +53,8 @@ def test_when_a_run_trains_and_the_stored_form_round_trips():
     assert skip_reason(auto, 3, 32) is None and skip_reason(on, 2, 32) is None
     assert skip_reason(auto, 2, 32) == "2 view(s): surrogate='auto' trains on rotation series of >= 3 views"
     assert skip_reason(on, 3, 20) == "20 px patterns: the surrogate needs a multiple of 8"
+    assert "takes up to 64 px" in (skip_reason(on, 3, 128) or "")  # 134 M parameters: not a preview network
+    assert skip_reason(on, 3, 64) is None
     with pytest.raises(BadInputError, match="surrogate must be one of"):
         PtychoParams(surrogate="yes")
     probe = physics.make_probe(N, aperture_px=16, defocus_phase_rad=1.5, kind="zone_plate")
