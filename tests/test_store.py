@@ -143,6 +143,13 @@ def test_an_outbox_result_keeps_volumes_and_preview_and_upload_sends_both(
     volume = np.arange(6 * 16, dtype=np.float32).reshape(6, 4, 4)
     target = entry.new_volume("recon", (6, 4, 4), rows_per_block=4, metadata={"stage": "recon"})
     assert target.write_block(0, volume[0:4]) == "zarr" and target.write_block(1, volume[4:6]) == "zarr"
+    other_ranks = {  # a ptychography result: loss curve, positions, a probe with mode axes
+        "loss": np.linspace(1, 0, 7, dtype=np.float32),
+        "positions": np.arange(10, dtype=np.float32).reshape(5, 2),
+        "probe": np.arange(2 * 1 * 3 * 3, dtype=np.complex64).reshape(2, 1, 3, 3),
+    }
+    for key, array in other_ranks.items():
+        entry.new_volume(key, array.shape, rows_per_block=len(array), dtype=array.dtype).write_block(0, array)
     entry.new_volume("scratch", (2, 4, 4), rows_per_block=2)
     entry.remove("scratch")
     assert "recon" in entry and "scratch" not in entry
@@ -161,4 +168,6 @@ def test_an_outbox_result_keeps_volumes_and_preview_and_upload_sends_both(
     assert uploaded["recon"].metadata["stage"] == "recon"
     np.testing.assert_array_equal(uploaded["preview"].read(), image)
     assert uploaded["preview"].metadata["n_angles"] == 9
+    for key, array in other_ranks.items():
+        np.testing.assert_array_equal(uploaded[key].read(), array)
     assert not pending(tmp_path)

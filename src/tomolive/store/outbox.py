@@ -201,10 +201,9 @@ def upload(entry: OutboxResult, client: BaseClient, api_key: str | None = None) 
         if key == PREVIEW:
             record.write_preview(np.asarray(local[...]), dict(local.attrs))
         else:
-            n_rows, height, width = local.shape
             rows = local.chunks[0]
-            target = record.new_volume(key, (n_rows, height, width), rows, local.dtype, metadata=dict(local.attrs))
-            for index, start in enumerate(range(0, n_rows, rows)):
+            target = record.new_volume(key, tuple(local.shape), rows, local.dtype, metadata=dict(local.attrs))
+            for index, start in enumerate(range(0, local.shape[0], rows)):
                 target.write_block(index, np.asarray(local[start : start + rows]))
         stored = record.node[key]
         if tuple(stored.shape) != local.shape or not np.array_equal(stored[-1], local[-1]):
