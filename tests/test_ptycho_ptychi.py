@@ -15,7 +15,8 @@ from skimage.transform import resize
 
 from tomolive.errors import BadInputError
 from tomolive.techniques.ptycho import metrics, physics
-from tomolive.techniques.ptycho.ptychi_backend import reconstruct_ptychi, unavailable
+from tomolive.techniques.ptycho.params import PtychoParams
+from tomolive.techniques.ptycho.ptychi_backend import reconstruct_ptychi, reconstruct_ptychi_isolated, unavailable
 from tomolive.techniques.ptycho.solver import data_error, reconstruct
 
 N, SHAPE, EPOCHS = 32, (96, 96), 60
@@ -54,8 +55,11 @@ def test_ours_and_ptychi_agree_on_the_same_patterns() -> None:
 @pytest.mark.skipif(WHY is None, reason="Pty-chi imports here: its refusal cannot be seen")
 def test_the_backend_says_why_it_cannot_run() -> None:
     case = _case()
+    args = (case["patterns"], case["positions"], case["guess"])
     with pytest.raises(BadInputError, match="ptychi"):
-        reconstruct_ptychi(case["patterns"], case["positions"], case["guess"], object_shape=SHAPE, epochs=1)
+        reconstruct_ptychi(*args, object_shape=SHAPE, epochs=1)
+    with pytest.raises(BadInputError, match=r"Pty-chi's process failed: .*pip install ptychi"):
+        reconstruct_ptychi_isolated(*args, object_shape=SHAPE, epochs=1)  # the pipeline's way: its own process
 
 
 def test_the_backend_checks_its_inputs_before_importing() -> None:
@@ -64,6 +68,8 @@ def test_the_backend_checks_its_inputs_before_importing() -> None:
         reconstruct_ptychi(case["patterns"], case["positions"], case["guess"], object_shape=SHAPE, method="dm")
     with pytest.raises(BadInputError, match="positions"):
         reconstruct_ptychi(case["patterns"], case["positions"][:5], case["guess"], object_shape=SHAPE)
+    with pytest.raises(BadInputError, match="refine_positions: the Pty-chi backend keeps positions fixed"):
+        PtychoParams(method="ptychi-lsqml", refine_positions=True)  # refused, not silently ignored
 
 
 def test_data_error_of_a_result_matches_the_solver_s_own() -> None:

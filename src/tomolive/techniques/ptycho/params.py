@@ -25,7 +25,7 @@ class PtychoParams:
     batch_size : int
         Patterns updated together (mini-batch).
     refine_positions : bool
-        Refine the probe positions beside object and probe.
+        Refine the probe positions beside object and probe (tomolive's solvers only).
     device : str
         Torch device of the reconstruction tasks (``"cpu"``, ``"cuda"``).
     threads_per_task : int or None
@@ -89,6 +89,11 @@ class PtychoParams:
                 raise BadInputError(f"{name} must be a positive integer; got {value!r}.")
         if self.threads_per_task is not None and self.threads_per_task < 1:
             raise BadInputError(f"threads_per_task must be None or >= 1; got {self.threads_per_task!r}.")
+        if self.refine_positions and self.method.startswith("ptychi-"):
+            raise BadInputError(
+                f"refine_positions: the Pty-chi backend keeps positions fixed; use method 'epie', 'rpie' "
+                f"or 'lsq' to refine them (got method {self.method!r})."
+            )
         if not self.preview_interval_s > 0:
             raise BadInputError(f"preview_interval_s must be positive; got {self.preview_interval_s!r}.")
 

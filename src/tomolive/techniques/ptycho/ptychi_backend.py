@@ -3,13 +3,18 @@
 Same inputs and result as :func:`.solver.reconstruct`, so a view can be cross-checked against
 APS's engine or processed by it (``PtychoParams(method="ptychi-epie")``). Pty-chi imports
 torchvision, whose PyPI Linux wheels need the CUDA build of torch, and building a task sets
-process-wide torch defaults (dtype, device, seeds): run it in a process of its own, e.g. a
-Dask worker with one thread, never beside other torch work in one process.
+process-wide torch defaults (dtype, device, seeds): :func:`reconstruct_ptychi_isolated` runs
+each view in a Python process of its own (what the pipeline's Dask tasks call), so no worker
+keeps Pty-chi's defaults or threads; :func:`reconstruct_ptychi` runs in the calling process.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -66,10 +71,21 @@ def reconstruct_ptychi(
         )
     import ptychi.api as api
     import torch
-    from ptychi.api.task import PtychographyTask
 
+    threads_before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
+    try:
+        return _run(api, patterns, positions, probe, object_shape, method, epochs, batch_size, device)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(api, patterns, positions, probe, object_shape, method, epochs, batch_size, device) -> PtychoResult:
+    """Build and run one Pty-chi task: the result with tomolive's final data error."""
+    import torch
+    from ptychi.api.task import PtychographyTask
+
     n = patterns.shape[-1]
     scale = np.sqrt(patterns.sum(axis=(1, 2)).mean() / (n * n * np.sum(np.abs(probe) ** 2)))
     options = _options(api, method, epochs, batch_size, device)
@@ -106,3 +122,70 @@ def _options(api, method: str, epochs: int, batch_size: int, device: str):
     options.reconstructor_options.num_epochs = epochs
     options.reconstructor_options.default_device = api.Devices.GPU if device.startswith("cuda") else api.Devices.CPU
     return options
+
+
+def reconstruct_ptychi_isolated(
+    patterns: np.ndarray,
+    positions: np.ndarray,
+    probe: np.ndarray,
+    *,
+    object_shape: tuple[int, int],
+    method: str = "epie",
+    epochs: int = 50,
+    batch_size: int = 16,
+    threads: int | None = None,
+    device: str = "cpu",
+    timeout_s: float | None = None,
+) -> PtychoResult:
+    """:func:`reconstruct_ptychi` in a fresh Python process (inputs and result through a temporary
+    ``.npz``), so Pty-chi's process-wide torch defaults never reach the caller's process.
+
+    Costs the child's imports (about 2 s); raises what :func:`reconstruct_ptychi` raises, as
+    :class:`BadInputError` with the child's message.
+    """
+    with tempfile.TemporaryDirectory(prefix="tomolive-ptychi-") as scratch:
+        inputs, output = Path(scratch) / "in.npz", Path(scratch) / "out.npz"
+        np.savez(
+            inputs, patterns=patterns, positions=positions, probe=probe, object_shape=np.asarray(object_shape),
+            method=method, epochs=epochs, batch_size=batch_size, threads=-1 if threads is None else threads,
+            device=device,
+        )  # fmt: skip
+        child = subprocess.run(
+            [sys.executable, "-m", __name__, str(inputs), str(output)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if child.returncode != 0:
+            lines = child.stderr.strip().splitlines() or [f"exit code {child.returncode}"]
+            raise BadInputError(f"Pty-chi's process failed: {lines[-1]}")
+        with np.load(output) as result:
+            return PtychoResult(
+                result["object"], result["probe"], result["positions"], result["loss"], float(result["seconds"])
+            )
+
+
+def _child(inputs: str, output: str) -> None:
+    """The isolated process: one reconstruction from ``inputs`` into ``output``."""
+    with np.load(inputs) as given:
+        threads, (rows, cols) = int(given["threads"]), (int(n) for n in given["object_shape"])
+        result = reconstruct_ptychi(
+            given["patterns"],
+            given["positions"],
+            given["probe"],
+            object_shape=(rows, cols),
+            method=str(given["method"]),
+            epochs=int(given["epochs"]),
+            batch_size=int(given["batch_size"]),
+            threads=None if threads < 0 else threads,
+            device=str(given["device"]),
+        )
+    np.savez(output, object=result.object, probe=result.probe, positions=result.positions, loss=result.loss,
+             seconds=result.seconds_per_epoch)  # fmt: skip
+
+
+if __name__ == "__main__":
+    try:
+        _child(sys.argv[1], sys.argv[2])
+    except BadInputError as err:
+        sys.exit(f"{err}")

@@ -36,9 +36,9 @@ def reconstruct_view(view: View, probe: np.ndarray, object_shape: tuple[int, int
 
     threads = params.threads_per_task or worker_threads()
     if params.method.startswith("ptychi-"):
-        from .ptychi_backend import reconstruct_ptychi
+        from .ptychi_backend import reconstruct_ptychi_isolated
 
-        return reconstruct_ptychi(
+        return reconstruct_ptychi_isolated(
             view.patterns,
             view.positions,
             probe,
