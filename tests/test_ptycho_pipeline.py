@@ -90,6 +90,7 @@ def test_a_scan_reaches_the_phase_floor_with_a_live_preview(ptycho_pipeline, til
     assert md["preview"]["source"].startswith("iterative: 2 epie sweeps per update (")
     assert md["provenance"]["parameters"]["technique"] == "ptycho"
     assert md["provenance"]["parameters"]["pipeline"]["epochs"] == 30
+    assert set(md["provenance"]["seconds_per_stage"]) == {"ptycho", "qc"}  # each stage timed
     assert node["probe_amplitude"].shape == (1, 32, 32) and node["probe_phase"].shape == (1, 32, 32)
     assert node["positions"].shape == (100, 2) and node["loss"].shape == (30,)
     amplitude = node["object_amplitude"].read()
@@ -102,8 +103,8 @@ def test_a_scan_reaches_the_phase_floor_with_a_live_preview(ptycho_pipeline, til
     # the positions read back from the stages, in object pixels
     np.testing.assert_allclose(positions, physics.fermat_positions(100, 5.5) + 48.0, atol=1e-6)
     qc = md["qc"]
-    assert qc["alerts"] == [] and qc["data_error"] < qc["data_error_first"] if "data_error_first" in qc else True
-    assert 0.6 < qc["probe_overlap"] < 0.8 and set(qc["phase_removed"]) == {"offset_rad", "ramp_rad_per_px"}
+    assert qc["alerts"] == [] and qc["data_error"] <= PtychoParams().max_data_error
+    assert 0.6 < qc["probe_overlap"] < 0.8 and qc["phase_removed"]["ramp_rad_across_scan"] < np.pi
     assert md["ptycho_recon"]["n_views"] == 1 and md["ptycho_recon"]["seconds_per_epoch"] > 0
 
 

@@ -13,7 +13,9 @@ from scipy.ndimage import gaussian_filter
 
 from tomolive.errors import BadInputError
 from tomolive.techniques.ptycho import metrics, physics
+from tomolive.techniques.ptycho.params import PtychoParams
 from tomolive.techniques.ptycho.solver import reconstruct
+from tomolive.techniques.ptycho.stages import flattened_phase, quality_alerts
 
 N, NP, APERTURE = 96, 32, 12
 
@@ -87,6 +89,26 @@ def test_phase_metrics_remove_offset_and_ramp(scan):
     assert metrics.phase_nrmse(noisy, obj, mask) == pytest.approx(0.05 / span, rel=0.1)
     flat = metrics.remove_phase_ramp(0.1 * rr + 3.0, mask)
     assert np.abs(flat).max() < 1e-9
+
+
+def test_a_steep_ramp_is_removed_whole_and_raises_the_qc_alert(scan):
+    obj, mask = scan["obj"], scan["mask"]
+    rr = np.indices(obj.shape)[0]
+    height = np.ptp(np.nonzero(mask)[0]) + 1
+    truth, own = flattened_phase(obj, mask)
+    for slope in (0.3, 0.3 / height):  # 0.3 rad/px wraps the phase ~7 times inside the scan
+        phase, removed = flattened_phase(obj * np.exp(1j * (1.0 + slope * rr)), mask)
+        added = np.subtract(removed["ramp_rad_per_px"], own["ramp_rad_per_px"])
+        np.testing.assert_allclose(added, [slope, 0.0], atol=1e-6)
+        assert np.abs(phase - truth)[mask].max() < 1e-4  # the same flat phase, ramp or none
+        q = {"data_error": 0.01, "data_error_first": 0.5, "probe_overlap": 0.7, "phase_removed": removed}
+        alerts = quality_alerts([q], [0.0], PtychoParams())
+        if slope == 0.3:
+            across = removed["ramp_rad_across_scan"]
+            assert across == pytest.approx(0.3 * height, rel=0.05) and len(alerts) == 1
+            assert f"phase ramp of {across:.2f} rad across the scanned area was removed" in alerts[0]
+        else:
+            assert removed["ramp_rad_across_scan"] < np.pi and alerts == []
 
 
 def test_overlap_and_mask():

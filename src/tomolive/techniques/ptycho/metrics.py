@@ -44,6 +44,17 @@ def remove_phase_ramp(phase: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return phase - fit_phase_ramp(phase, mask)
 
 
+def mean_phase_slope(z: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean phase gradient of complex ``z`` inside ``mask`` (rad/px along rows, cols), from
+    neighbour phase differences, so wrapping does not bias it however steep the ramp."""
+    unit = z / np.maximum(np.abs(z), 1e-30)
+    both_r = mask[1:, :] & mask[:-1, :]
+    both_c = mask[:, 1:] & mask[:, :-1]
+    slope_r = float(np.angle(np.sum((unit[1:, :] * np.conj(unit[:-1, :]))[both_r]))) if both_r.any() else 0.0
+    slope_c = float(np.angle(np.sum((unit[:, 1:] * np.conj(unit[:, :-1]))[both_c]))) if both_c.any() else 0.0
+    return slope_r, slope_c
+
+
 def _unwrapped_difference(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Phase of ``recon * conj(truth)`` with its mean gradient and offset taken out before wrapping.
 
@@ -51,13 +62,9 @@ def _unwrapped_difference(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray
     ramps or offsets near pi do not wrap the residual.
     """
     d = recon.astype(np.complex128) * np.conj(truth.astype(np.complex128))
-    d /= np.maximum(np.abs(d), 1e-30)
-    both_r = mask[1:, :] & mask[:-1, :]
-    both_c = mask[:, 1:] & mask[:, :-1]
-    slope_r = np.angle(np.sum((d[1:, :] * np.conj(d[:-1, :]))[both_r])) if both_r.any() else 0.0
-    slope_c = np.angle(np.sum((d[:, 1:] * np.conj(d[:, :-1]))[both_c])) if both_c.any() else 0.0
+    slope_r, slope_c = mean_phase_slope(d, mask)
     rr, cc = _grid(d.shape)
-    d = d * np.exp(-1j * (slope_r * rr + slope_c * cc))
+    d = d / np.maximum(np.abs(d), 1e-30) * np.exp(-1j * (slope_r * rr + slope_c * cc))
     d = d * np.exp(-1j * np.angle(np.sum(d[mask])))
     return np.angle(d)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -59,6 +60,10 @@ class PtychoParams:
         QC: alert when the probe-overlap ratio of a view is below this.
     max_data_error : float
         QC: alert when a view's final data error (last epoch's loss) is above this.
+    max_phase_ramp_rad : float
+        QC: alert when the linear phase ramp removed from a view spans more than this across the
+        scanned area (default pi: beyond it the phase wraps inside the area, and a ramp fitted to
+        wrapped phase is unreliable).
     """
 
     method: Literal["epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml"] = "epie"
@@ -76,6 +81,7 @@ class PtychoParams:
     surrogate_pairs: int = 2000
     min_overlap: float = 0.5
     max_data_error: float = 0.05
+    max_phase_ramp_rad: float = math.pi
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

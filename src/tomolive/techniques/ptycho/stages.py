@@ -74,13 +74,24 @@ def worker_threads() -> int:
 
 
 def flattened_phase(obj: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """The phase of ``obj`` less its offset and linear ramp fitted inside ``mask``, and what was removed."""
+    """The phase of ``obj`` less its offset and linear ramp fitted inside ``mask``, and what was removed.
+
+    The ramp's bulk comes from neighbour phase differences (:func:`.metrics.mean_phase_slope`),
+    so a ramp steep enough to wrap inside the scanned area is still removed whole.
+    """
+    rr, cc = np.indices(obj.shape, dtype=np.float64)
+    slope = metrics.mean_phase_slope(obj, mask)
+    obj = obj * np.exp(-1j * (slope[0] * rr + slope[1] * cc))
     offset = float(np.angle(np.sum(obj[mask])))
     phase = np.angle(obj * np.exp(-1j * offset)).astype(np.float64)
     plane = metrics.fit_phase_ramp(phase, mask)
+    slope = (slope[0] + float(plane[1, 0] - plane[0, 0]), slope[1] + float(plane[0, 1] - plane[0, 0]))
+    rows, cols = np.nonzero(mask)
+    extent = (np.ptp(rows) + 1, np.ptp(cols) + 1) if rows.size else (0, 0)
     removed = {
         "offset_rad": round(offset + float(plane[0, 0]), 6),
-        "ramp_rad_per_px": [round(float(plane[1, 0] - plane[0, 0]), 8), round(float(plane[0, 1] - plane[0, 0]), 8)],
+        "ramp_rad_per_px": [round(slope[0], 8), round(slope[1], 8)],
+        "ramp_rad_across_scan": round(abs(slope[0]) * extent[0] + abs(slope[1]) * extent[1], 4),
     }
     return (phase - plane).astype(np.float32), removed
 
@@ -168,8 +179,13 @@ class PtychoQualityStage:
     name = "qc"
 
     def run(self, ctx: StageContext) -> None:
-        params: PtychoParams = ctx.params
-        results, views = ctx.results["ptycho"], ctx.results["views"]
+        with ctx.provenance.stage("qc"):
+            ctx.metadata["qc"] = self.numbers(ctx.results, ctx.params)
+
+    @staticmethod
+    def numbers(results_so_far: dict[str, Any], params: PtychoParams) -> dict[str, Any]:
+        """The QC record: the worst view's numbers, alerts and (for a series) every view's."""
+        results, views = results_so_far["ptycho"], results_so_far["views"]
         per_view = []
         for index, (result, view) in enumerate(zip(results, views)):
             loss = np.asarray(result.loss, dtype=np.float64)
@@ -177,7 +193,7 @@ class PtychoQualityStage:
                 "data_error": float(loss[-1]) if loss.size else float("nan"),
                 "data_error_first": float(loss[0]) if loss.size else float("nan"),
                 "probe_overlap": metrics.probe_overlap(view.positions, _modes(result.probe)),
-                "phase_removed": ctx.results["phase_removed"][index],
+                "phase_removed": results_so_far["phase_removed"][index],
             }
             per_view.append(numbers)
         alerts = quality_alerts(per_view, [v.angle_deg for v in views], params)
@@ -186,12 +202,12 @@ class PtychoQualityStage:
         worst = {
             "data_error": max(q["data_error"] for q in per_view),
             "probe_overlap": min(q["probe_overlap"] for q in per_view),
-            "phase_removed": per_view[0]["phase_removed"],
+            "phase_removed": max((q["phase_removed"] for q in per_view), key=lambda r: r["ramp_rad_across_scan"]),
         }
         qc: dict[str, Any] = {**worst, "alerts": alerts}
         if len(per_view) > 1:
             qc["per_view"] = per_view
-        ctx.metadata["qc"] = qc
+        return qc
 
 
 def quality_alerts(per_view: list[dict[str, Any]], angles: list[float], params: PtychoParams) -> list[str]:
@@ -208,6 +224,13 @@ def quality_alerts(per_view: list[dict[str, Any]], angles: list[float], params: 
             alerts.append(
                 f"{where}: final data error {q['data_error']:.3g} is above {params.max_data_error:.3g}; "
                 "the reconstruction may not have converged (more epochs, or check probe and geometry)."
+            )
+        ramp = q["phase_removed"]["ramp_rad_across_scan"]
+        if ramp > params.max_phase_ramp_rad:
+            alerts.append(
+                f"{where}: a phase ramp of {ramp:.2f} rad across the scanned area was removed (above "
+                f"{params.max_phase_ramp_rad:.2f}); the phase may have wrapped before removal: check the "
+                "detector centre and the probe guess."
             )
         if q["data_error"] > q["data_error_first"]:
             alerts.append(f"{where}: the data error rose during the reconstruction; the solver diverged.")
