@@ -19,12 +19,12 @@ from tomolive.callbacks import TomoPipeline
 from tomolive.plans import ptycho_tomo_scan
 from tomolive.sim.phantoms import make_foam
 from tomolive.sim.ptycho_devices import ComplexSample, make_sim_ptycho
+from tomolive.sim.ptycho_tomo import phase_foam
 from tomolive.stages import StageContext
 from tomolive.techniques import PtychoTechnique, TomoTechnique
 from tomolive.techniques.ptycho import metrics, physics
 from tomolive.techniques.ptycho.params import PtychoParams
 from tomolive.techniques.ptycho.ptychi_backend import unavailable as ptychi_unavailable
-from tomolive.sim.ptycho_tomo import phase_foam
 from tomolive.techniques.ptycho.tomo3d import assemble_phase_volume, register_volume
 
 from . import ptycho_sim
