@@ -44,6 +44,10 @@ def _spoiled(kind: str, line) -> tuple[dict, list[np.ndarray], np.ndarray]:
         patterns[4] = np.zeros((0, 0), np.float32)
     elif kind == "shape":
         patterns[5] = patterns[5][:, :30]
+    elif kind == "zero":
+        patterns[3] = np.zeros_like(patterns[3])  # shutter closed
+    elif kind == "negative":
+        patterns[2] = patterns[2] - 2.0 * patterns[2].max()
     elif kind == "nan":
         patterns[6] = patterns[6].copy()
         patterns[6][3, 3] = np.nan
@@ -57,6 +61,8 @@ def _spoiled(kind: str, line) -> tuple[dict, list[np.ndarray], np.ndarray]:
 CASES = {
     "empty": "pattern 4 has shape (0, 0); expected a 2-D 32x32 diffraction pattern",
     "shape": "pattern 5 has shape (32, 30) but the ptycho block's pattern_shape",
+    "zero": "pattern 3 is all zero; expected diffraction counts",
+    "negative": "pattern 2 holds negative intensities",
     "nan": "pattern 6 holds 1 NaN or infinite pixels",
     "outside": "the position of pattern 7: 1 of 1 probe positions put the 32x32 probe outside the 96x96 object grid",
     "no probe": "the start document's 'ptycho' block has no 'probe'",
