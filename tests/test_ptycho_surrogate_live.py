@@ -123,6 +123,9 @@ def test_a_rotation_series_trains_and_publishes_the_surrogate(trained):
     assert record["scan_uids"] == [uid] and record["parent_version"] is None
     assert record["labels"]["train"] == 2000 and record["metrics"]["n_train"] == 2000
     assert record["metrics"]["held_out_phase_nrmse"] == scores["held_out_phase_nrmse"]
+    assert record["metrics"]["baseline_held_out_phase_nrmse"] == scores["flat_phase_nrmse"]  # the loop's baseline
+    assert record["metrics"]["threshold"] == sur["threshold"]  # calibrated for the published version
+    assert md["provenance"]["seconds_per_stage"]["surrogate"] > 0
 
 
 def _preview_and_final(client, uid: str) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from torch import nn
 from tomolive.errors import BadInputError, MissingDataError
 from tomolive.ml.cost_model import CostConstants, Plan, break_even, predict
 from tomolive.ml.deploy import DriftMonitor, ModelSlot
-from tomolive.ml.loop import retrain
+from tomolive.ml.loop import retrain, train_and_deploy
 from tomolive.ml.model_store import ModelIntegrityError
 from tomolive.ml.registry import ModelRegistry, RegistryPermissionError, state_to_bytes
 from tomolive.server.keys import create_key
@@ -144,6 +144,34 @@ def test_a_worse_model_is_never_deployed(deployed_v1, dask_client):
     assert result.candidate_score > result.deployed_score
     assert registry.versions() == [1] and registry.deployed() == 1
     assert slot.version == 1 and state_to_bytes(slot.get()) == before
+
+
+def test_with_nothing_deployed_a_candidate_must_beat_the_baseline(keys, dask_client):
+    writer, _ = keys
+    registry = ModelRegistry(writer, "toy_baseline", build=nn.Linear, arch=ARCH)
+    labeller, slot = Labeller(SETUP_A), ModelSlot()
+    x, held = samples(200, 11), samples(50, 12)
+    train, held_out = (x, labeller.label(x)), (held, labeller.label(held))
+    zeros = float(np.abs(held_out[1]).mean())  # predicting zeros: the baseline a first model must beat
+    common = {"validator": Validator(), "registry": registry, "labels": {"train": 200, "held_out": 50}}
+
+    worse = train_and_deploy(train, lambda: held_out, trainer=Trainer(broken=True), slot=slot, baseline=zeros, **common)
+    assert not worse.deployed and worse.version is None and worse.parent is None and worse.deployed_score is None
+    assert worse.candidate_score > zeros and f"baseline {zeros:.4g}" in worse.reason
+    assert worse.metrics["baseline_held_out"] == zeros
+    assert registry.versions() == [] and slot.peek() is None
+
+    better = train_and_deploy(
+        train, lambda: held_out, trainer=Trainer(), slot=slot, baseline=zeros, client=dask_client, **common
+    )
+    assert better.deployed and better.version == 1 and better.parent is None and better.candidate_score < zeros
+    assert slot.version == 1 and registry.deployed() == 1
+    assert registry.record(1)["metrics"] == better.metrics and better.metrics["baseline_held_out"] == zeros
+
+    # without a slot the registry's deployed version is the one to beat: a worse fine-tune is kept out
+    kept = train_and_deploy(train, lambda: held_out, trainer=Trainer(broken=True), baseline=zeros, **common)
+    assert not kept.deployed and kept.parent == 1 and kept.deployed_score == pytest.approx(better.candidate_score)
+    assert registry.versions() == [1] and registry.deployed() == 1
 
 
 def test_drift_triggers_retrain_and_hot_swap_without_dropping_frames(deployed_v1, dask_client):

@@ -3,23 +3,31 @@
 Roles (one protocol each): a :class:`Labeller` makes ground-truth labels the slow,
 conventional way (a pseudo-Voigt fit for Bragg peaks, an iterative reconstruction for
 ptychography); a :class:`Trainer` fine-tunes a model or trains one from scratch on labelled
-samples; a :class:`Validator` scores a model on held-back labelled samples (lower is better).
+data; a :class:`Validator` scores a model on held-back labelled data (lower is better).
+
+:func:`train_and_deploy` is the loop's core, for data already labelled: train on a Dask
+worker, score candidate and deployed model on the same held-out data, publish and deploy the
+candidate only if it is better. :func:`retrain` puts labelling in front of it, for raw samples
+(Bragg peaks on drift, :mod:`tomolive.techniques.bragg.retraining`). The ptychography surrogate
+calls the core directly (:mod:`tomolive.techniques.ptycho.learning`): its labels are the
+iterative reconstructions the reconstruction stage has already made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from ..engine.cluster import gpu_resources
 from ..errors import BadInputError
-from .deploy import ModelSlot
+from .deploy import Deployed, ModelSlot
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -29,7 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Labelled = tuple[np.ndarray, np.ndarray]
-"""(samples, labels), stacked along axis 0."""
+"""(samples, labels), stacked along axis 0: the labelled data of :func:`retrain`."""
+
+D = TypeVar("D")
+D_contra = TypeVar("D_contra", contravariant=True)
 
 
 class Labeller(Protocol):
@@ -40,22 +51,25 @@ class Labeller(Protocol):
         ...
 
 
-class Trainer(Protocol):
-    """Trains models of one architecture; both methods return a new model and leave inputs untouched."""
+class Trainer(Protocol[D_contra]):
+    """Trains models of one architecture on labelled data of type ``D_contra``.
 
-    def fine_tune(self, model: Any, data: Labelled) -> Any:
+    Both methods return a new model and leave their inputs untouched.
+    """
+
+    def fine_tune(self, model: Any, data: D_contra) -> Any:
         """A copy of ``model`` trained further on ``data``."""
         ...
 
-    def from_scratch(self, data: Labelled) -> Any:
+    def from_scratch(self, data: D_contra) -> Any:
         """A new model trained on ``data`` from random weights."""
         ...
 
 
-class Validator(Protocol):
+class Validator(Protocol[D_contra]):
     """The metric the loop compares models with; lower is better."""
 
-    def score(self, model: Any, held_out: Labelled) -> float:
+    def score(self, model: Any, held_out: D_contra) -> float:
         """``model``'s error on ``held_out``."""
         ...
 
@@ -68,14 +82,15 @@ class RetrainResult:
     version: int | None  # the new version when published, else None
     parent: int | None  # the version fine-tuned from (None: trained from scratch)
     candidate_score: float
-    deployed_score: float | None  # the model deployed before, on the same held-out samples
+    deployed_score: float | None  # the model deployed before, on the same held-out data
     n_train: int
     n_held_out: int
-    seconds: dict[str, float]  # label, train, validate, publish, total
+    seconds: dict[str, float]  # label (retrain only), label_held_out, train, validate, publish, total
     reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)  # the version's metrics, recorded when published
 
 
-def _train(trainer: Trainer, base: Any, data: Labelled) -> Any:
+def _train(trainer: Trainer[D], base: Any, data: D) -> Any:
     """The data-centre task: fine-tune ``base``, or train from scratch when there is none."""
     return trainer.from_scratch(data) if base is None else trainer.fine_tune(base, data)
 
@@ -94,12 +109,134 @@ def _split(samples: np.ndarray, label_fraction: float, held_out: float, seed: in
     return samples[np.sort(picked[n_held:])], samples[np.sort(picked[:n_held])]
 
 
+def _base(registry: ModelRegistry) -> Deployed[Any] | None:
+    """The registry's deployed model to fine-tune, or None (nothing deployed, or it no longer loads)."""
+    version = registry.deployed()
+    if version is None:
+        return None
+    try:
+        return Deployed(registry.load(version), version)
+    except BadInputError as err:  # a version of another architecture: start afresh
+        log.warning("retrain: deployed version %s cannot be fine-tuned (%s); training from scratch", version, err)
+        return None
+
+
+def train_and_deploy(
+    train: D,
+    held_out: Callable[[], D],
+    *,
+    trainer: Trainer[D],
+    validator: Validator[D],
+    registry: ModelRegistry,
+    labels: dict[str, int],
+    slot: ModelSlot[Any] | None = None,
+    client: Client | None = None,
+    baseline: float | None = None,
+    metric: str = "held_out",
+    describe: Callable[[Any], dict[str, Any]] | None = None,
+    scan_uids: Iterable[str] = (),
+    hyperparameters: dict[str, Any] | None = None,
+) -> RetrainResult:
+    """Fine-tune the deployed model on labelled ``train`` data; publish and deploy the result only if it is better.
+
+    The base model is the registry's deployed version; with none (or one that no longer loads)
+    a model is trained from scratch. Training runs on a Dask worker of ``client`` (GPU-tagged
+    when the cluster has one; in a thread when ``client`` is None) while ``held_out()`` makes
+    the held-out data here, so labelling it overlaps the training.
+
+    Parameters
+    ----------
+    train, held_out : labelled data, and a callable returning the held-out labelled data
+        ``lambda: data`` for data labelled already.
+    trainer, validator : the technique's roles (:class:`Trainer`, :class:`Validator`).
+    registry : ModelRegistry
+        Where the base comes from and the candidate goes (a writer key).
+    labels : dict
+        Labelled samples by kind, recorded as lineage; needs ``"train"`` and ``"held_out"``.
+    slot : ModelSlot, optional
+        The edge's deployed model: compared against and swapped when the candidate is better.
+        Without one the registry's deployed version is compared against.
+    client : distributed.Client, optional
+        Where training runs.
+    baseline : float, optional
+        With nothing deployed the candidate must score below it (e.g. a flat image's score).
+    metric : str
+        The score's name in the version's metrics (also ``previous_<metric>``, ``baseline_<metric>``).
+    describe : callable, optional
+        More of the candidate to record in its metrics (e.g. its calibrated trust threshold).
+    scan_uids, hyperparameters : lineage recorded with the version.
+
+    Returns
+    -------
+    RetrainResult
+        Published or not, both scores, timings and a one-line reason.
+    """
+    missing = {"train", "held_out"} - labels.keys()
+    if missing:
+        raise BadInputError(f"labels: expected counts for 'train' and 'held_out', missing {sorted(missing)}")
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    base = _base(registry)
+    model, parent = (None, None) if base is None else base
+    mark = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="retrain") as pool:
+        future: Any
+        if client is not None:
+            [data] = client.scatter([train], hash=False)  # not embedded in the task graph
+            future = client.submit(_train, trainer, model, data, resources=gpu_resources(client), pure=False)
+        else:
+            future = pool.submit(_train, trainer, model, train)
+        held = held_out()  # overlaps the training
+        seconds["label_held_out"] = time.perf_counter() - mark
+        candidate = future.result()
+    seconds["train"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    score = float(validator.score(candidate, held))
+    current = slot.peek() if slot is not None else base
+    before = None if current is None else float(validator.score(current.model, held))
+    seconds["validate"] = time.perf_counter() - mark
+    bar = before if current is not None else baseline
+    better = bar is None or score < bar
+    metrics: dict[str, Any] = {
+        metric: score,
+        f"previous_{metric}": before,
+        "previous_version": None if current is None else current.version,
+    }
+    if baseline is not None:
+        metrics[f"baseline_{metric}"] = baseline
+    metrics.update(describe(candidate) if describe is not None else {})
+    version = None
+    mark = time.perf_counter()
+    if better:
+        version = registry.publish(
+            candidate,
+            parent=parent,
+            metrics=metrics,
+            scan_uids=scan_uids,
+            labels=labels,
+            hyperparameters=hyperparameters,
+        )
+        if slot is not None:
+            slot.swap(candidate, version)
+    seconds["publish"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - start
+    against = f"deployed {before if before is None else format(before, '.4g')}"
+    against += "" if baseline is None else f", baseline {baseline:.4g}"
+    reason = f"candidate {score:.4g} vs {against} on {labels['held_out']} held-out samples: " + (
+        f"published and deployed as version {version}" if better else "kept"
+    )
+    log.info("retrain: %s", reason)
+    return RetrainResult(
+        better, version, parent, score, before, labels["train"], labels["held_out"], seconds, reason, metrics
+    )
+
+
 def retrain(
     samples: np.ndarray,
     *,
     labeller: Labeller,
-    trainer: Trainer,
-    validator: Validator,
+    trainer: Trainer[Labelled],
+    validator: Validator[Labelled],
     registry: ModelRegistry,
     slot: ModelSlot[Any],
     client: Client | None = None,
@@ -111,63 +248,26 @@ def retrain(
 ) -> RetrainResult:
     """Label a fraction of ``samples``, fine-tune the deployed model, and deploy it only if it is better.
 
-    The training samples are labelled first; training then runs on a Dask worker of ``client``
-    (GPU-tagged when the cluster has one; in a thread when ``client`` is None) while the
-    held-out samples are labelled here. The candidate and the model deployed now are scored
-    on the same held-out samples; the candidate is published to ``registry`` (lineage:
-    parent version, scan uids, label counts, both scores) and swapped into ``slot`` only when
-    its score is lower. The base model is the registry's deployed version; with none (or
-    one that no longer loads) a model is trained from scratch.
+    The training samples are labelled here first, the held-out ones while training runs; the
+    rest is :func:`train_and_deploy`, comparing against and swapping ``slot``'s model. The
+    version's labels count the training, held-out and offered samples.
     """
     start = time.perf_counter()
-    train_x, held_x = _split(np.asarray(samples), label_fraction, held_out, seed)
-    seconds: dict[str, float] = {}
+    samples = np.asarray(samples)
+    train_x, held_x = _split(samples, label_fraction, held_out, seed)
     train_y = labeller.label(train_x)
-    seconds["label"] = time.perf_counter() - start
-    parent = registry.deployed()
-    try:
-        base = None if parent is None else registry.load(parent)
-    except BadInputError as err:  # a version of another architecture: start afresh
-        log.warning("retrain: deployed version %s cannot be fine-tuned (%s); training from scratch", parent, err)
-        base, parent = None, None
-    mark = time.perf_counter()
-    with ThreadPoolExecutor(1, thread_name_prefix="retrain") as pool:
-        future: Any
-        if client is not None:
-            future = client.submit(
-                _train, trainer, base, (train_x, train_y), resources=gpu_resources(client), pure=False
-            )
-        else:
-            future = pool.submit(_train, trainer, base, (train_x, train_y))
-        held_y = labeller.label(held_x)  # overlaps the training
-        seconds["label_held_out"] = time.perf_counter() - mark
-        candidate = future.result()
-    seconds["train"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    score = float(validator.score(candidate, (held_x, held_y)))
-    current = slot.peek()
-    before = None if current is None else float(validator.score(current.model, (held_x, held_y)))
-    seconds["validate"] = time.perf_counter() - mark
-    better = before is None or score < before
-    version = None
-    mark = time.perf_counter()
-    if better:
-        metrics = {"held_out": score, "previous_held_out": before, "previous_version": slot.version}
-        labels = {"train": len(train_x), "held_out": len(held_x), "offered": len(samples)}
-        version = registry.publish(
-            candidate,
-            parent=parent,
-            metrics=metrics,
-            scan_uids=scan_uids,
-            labels=labels,
-            hyperparameters=hyperparameters,
-        )
-        slot.swap(candidate, version)
-    seconds["publish"] = time.perf_counter() - mark
-    seconds["total"] = time.perf_counter() - start
-    reason = (
-        f"candidate {score:.4g} vs deployed {before if before is None else format(before, '.4g')} on "
-        f"{len(held_x)} held-out samples: " + (f"published and deployed as version {version}" if better else "kept")
+    labelled = time.perf_counter() - start
+    result = train_and_deploy(
+        (train_x, train_y),
+        lambda: (held_x, labeller.label(held_x)),
+        trainer=trainer,
+        validator=validator,
+        registry=registry,
+        labels={"train": len(train_x), "held_out": len(held_x), "offered": len(samples)},
+        slot=slot,
+        client=client,
+        scan_uids=scan_uids,
+        hyperparameters=hyperparameters,
     )
-    log.info("retrain: %s", reason)
-    return RetrainResult(better, version, parent, score, before, len(train_x), len(held_x), seconds, reason)
+    seconds = {"label": labelled, **result.seconds, "total": time.perf_counter() - start}
+    return dataclasses.replace(result, seconds=seconds)

@@ -5,13 +5,15 @@
   :class:`StoredSurrogate` module: the network plus, as buffers (so the weights' SHA-256 covers
   them), the probe it stitches with, its training-set size and its trust threshold. Lineage
   (scan uids, pairs, parent version, held-out scores) is the version's record.
-* Training: :class:`SurrogateStage` runs after the per-view reconstruction. All views but the
-  last give training pairs from their iterative results (:func:`~.surrogate.training_set`); the
-  last is held out. On a Dask worker (:func:`train_task`) it fine-tunes the deployed version (or
-  trains from scratch), calibrates the trust threshold on the held-out view's patterns and scores
-  new and deployed versions by phase NRMSE against the held-out view's iterative result. The
-  new version is published (and deployed) only when it scores better (with none deployed: better
-  than the flat image).
+* Training: :class:`SurrogateStage` runs after the per-view reconstruction and is one pass of
+  the retraining loop Bragg peaks also use (:func:`tomolive.ml.loop.train_and_deploy`). The
+  labels are the views' iterative results, already made, so nothing is labelled; all views but
+  the last train, the last is held out. :class:`SurrogateTrainer` fine-tunes the deployed
+  version (or trains from scratch) on a Dask worker on :func:`~.surrogate.training_set` pairs
+  and calibrates the candidate's trust threshold on the held-out view's patterns;
+  :class:`PhaseError` scores new and deployed versions by phase NRMSE against the held-out
+  view's iterative result. The new version is published (and deployed) only when it scores
+  better (with none deployed: better than the flat image).
 * Preview: :func:`deployed_surrogate` loads the deployed version for a run's pattern size off
   the ingest thread; :meth:`LiveSurrogate.image` gives the preview its stitched image when the
   trust check passes on the patterns so far, or says why not.
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...ml.loop import train_and_deploy
 from ...ml.registry import ModelRegistry
 from ...stages import StageContext
 from . import metrics
@@ -55,6 +59,7 @@ class StoredSurrogate(nn.Module):
         self.register_buffer("probe", torch.zeros(2, n, n))
         self.register_buffer("n_train", torch.zeros((), dtype=torch.int64))
         self.register_buffer("threshold", torch.tensor(float("inf")))
+        self.record: dict[str, Any] = {}  # training's record when packed after training; not in the weights
 
     @classmethod
     def pack(cls, sur: sg.Surrogate) -> StoredSurrogate:
@@ -64,6 +69,7 @@ class StoredSurrogate(nn.Module):
         stored.probe.copy_(torch.from_numpy(np.stack([sur.probe.real, sur.probe.imag]).astype(np.float32)))
         stored.n_train.fill_(sur.n_train)
         stored.threshold.fill_(sur.threshold)
+        stored.record = dict(sur.record)
         return stored
 
     def unpack(self) -> sg.Surrogate:
@@ -112,61 +118,6 @@ def deployed_surrogate(client: BaseClient | None, n: int, channels: int) -> Live
     return LiveSurrogate(_unpack(registry.load(version)), version)
 
 
-@dataclass
-class TrainingOutcome:
-    """What :func:`train_task` made: the surrogate and its (and the deployed version's) held-out scores."""
-
-    surrogate: sg.Surrogate
-    score: float
-    flat_score: float
-    deployed_score: float | None
-    pairs: int
-    measured: int
-    seconds: float
-
-
-def train_task(
-    training: list[Solved],
-    held_out: Solved,
-    object_shape: tuple[int, int],
-    parent: sg.Surrogate | None,
-    params: PtychoParams,
-) -> TrainingOutcome:
-    """Dask task: train (or fine-tune ``parent``), calibrate on ``held_out``'s patterns, score both versions.
-
-    Torch uses ``params.threads_per_task`` threads, or the worker's thread count.
-    """
-    started = time.perf_counter()
-    measured = sum(len(pats) for pats, *_ in training)
-    extra = max(0, -(-(params.surrogate_pairs - measured) // len(training)))
-    parts = [sg.training_set(*solved, extra=extra, rng=k) for k, solved in enumerate(training)]
-    x, amp, phase = (np.concatenate(v) for v in zip(*parts))
-    _, pos, obj, probe = training[0]
-    lr = 1e-3 if parent is not None else 2e-3
-    sur = sg.train(
-        x,
-        amp,
-        phase,
-        sg.label_probe(obj, pos, probe),
-        epochs=params.surrogate_epochs,
-        lr=lr,
-        channels=params.surrogate_channels,
-        threads=params.threads_per_task or worker_threads(),
-        init=None if parent is None else parent.net,
-    )
-    sur.n_train = len(x) + (parent.n_train if parent is not None else 0)
-    held_pats, held_pos, held_obj, held_probe = held_out
-    sg.calibrate(sur, held_pats, held_pos, object_shape)
-    mask = metrics.illuminated_mask(object_shape, held_pos, held_probe)
-
-    def score(model: sg.Surrogate) -> float:
-        return metrics.phase_nrmse(model.image(held_pats, held_pos, object_shape), held_obj, mask)
-
-    flat = metrics.phase_nrmse(np.ones(object_shape, np.complex64), held_obj, mask)
-    deployed = None if parent is None else score(parent)
-    return TrainingOutcome(sur, score(sur), flat, deployed, len(x), measured, time.perf_counter() - started)
-
-
 MAX_PATTERN_PX = 64
 """Largest pattern the surrogate takes: its dense bottleneck grows as n^4 (0.56 M parameters at
 32 px, 8.4 M at 64, 134 M at 128), past what a preview network should cost to train and ship."""
@@ -189,8 +140,121 @@ def _unsupported(n: int) -> str | None:
     return None
 
 
+Views = list[Solved]
+"""Solved views: the loop's labelled data (the iterative object and probe label the measured patterns)."""
+
+
+def _extra_per_view(training: Views, pairs: int) -> int:
+    """Pairs to simulate per view so that, with the measured ones, ``training`` gives ``pairs``."""
+    measured = sum(len(pats) for pats, *_ in training)
+    return max(0, -(-(pairs - measured) // len(training)))
+
+
+@dataclass(frozen=True)
+class SurrogateTrainer:
+    """The surrogate's :class:`~tomolive.ml.loop.Trainer`: solved views in, a :class:`StoredSurrogate` out.
+
+    Each view gives its measured pairs plus simulated ones up to ``pairs`` in all
+    (:func:`~.surrogate.training_set`). The candidate's trust threshold is calibrated on
+    ``calibration`` (a held-out view's patterns and positions), so the version the loop
+    publishes carries its own. Torch uses ``threads`` threads, or the Dask worker's count.
+    """
+
+    object_shape: tuple[int, int]
+    calibration: tuple[np.ndarray, np.ndarray]
+    pairs: int
+    epochs: int
+    channels: int
+    threads: int | None = None
+    fine_tune_lr: float = 1e-3
+    scratch_lr: float = 2e-3
+
+    @classmethod
+    def from_params(
+        cls, params: PtychoParams, object_shape: tuple[int, int], calibration: tuple[np.ndarray, np.ndarray]
+    ) -> SurrogateTrainer:
+        """The trainer ``params`` ask for (``surrogate_pairs``, ``surrogate_epochs``, ...)."""
+        return cls(
+            object_shape,
+            calibration,
+            params.surrogate_pairs,
+            params.surrogate_epochs,
+            params.surrogate_channels,
+            params.threads_per_task,
+        )
+
+    def fine_tune(self, model: StoredSurrogate, data: Views) -> StoredSurrogate:
+        """A copy of ``model`` trained further on ``data`` and calibrated."""
+        return self._fit(data, model.unpack())
+
+    def from_scratch(self, data: Views) -> StoredSurrogate:
+        """A new surrogate trained on ``data`` and calibrated."""
+        return self._fit(data, None)
+
+    def _fit(self, data: Views, parent: sg.Surrogate | None) -> StoredSurrogate:
+        extra = _extra_per_view(data, self.pairs)
+        parts = [sg.training_set(*solved, extra=extra, rng=k) for k, solved in enumerate(data)]
+        x, amp, phase = (np.concatenate(v) for v in zip(*parts))
+        _, pos, obj, probe = data[0]
+        sur = sg.train(
+            x,
+            amp,
+            phase,
+            sg.label_probe(obj, pos, probe),
+            epochs=self.epochs,
+            lr=self.scratch_lr if parent is None else self.fine_tune_lr,
+            channels=self.channels,
+            threads=self.threads or worker_threads(),
+            init=None if parent is None else parent.net,
+        )
+        sur.n_train = len(x) + (parent.n_train if parent is not None else 0)
+        sg.calibrate(sur, *self.calibration, self.object_shape)
+        return StoredSurrogate.pack(sur)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What the registry records of this trainer."""
+        return {"pairs": self.pairs, "epochs": self.epochs, "channels": self.channels,
+                "fine_tune_lr": self.fine_tune_lr, "scratch_lr": self.scratch_lr}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PhaseError:
+    """The surrogate's :class:`~tomolive.ml.loop.Validator`: stitched phase NRMSE against each held-out
+    view's iterative result inside its illuminated area, averaged over the views; lower is better."""
+
+    object_shape: tuple[int, int]
+
+    def score(self, model: StoredSurrogate, held_out: Views) -> float:
+        """``model``'s error on ``held_out``."""
+        sur = model.unpack()
+        return self._mean(held_out, lambda pats, pos: sur.image(pats, pos, self.object_shape))
+
+    def flat(self, held_out: Views) -> float:
+        """A flat (all-ones) object's error: what a first version must beat."""
+        ones = np.ones(self.object_shape, np.complex64)
+        return self._mean(held_out, lambda pats, pos: ones)
+
+    def _mean(self, held_out: Views, image: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+        errors = [
+            metrics.phase_nrmse(image(pats, pos), obj, metrics.illuminated_mask(self.object_shape, pos, probe))
+            for pats, pos, obj, probe in held_out
+        ]
+        return float(np.mean(errors))
+
+
+def _describe(model: StoredSurrogate) -> dict[str, Any]:
+    """What a new version records besides its scores: training-set size, trust threshold, last epoch's loss."""
+    return {"n_train": int(model.n_train), "threshold": float(model.threshold), "train_loss": model.record["loss"][-1]}
+
+
 class SurrogateStage:
-    """Train the surrogate on this run's views (a Dask task), publish it when it beats the deployed one."""
+    """Train the surrogate on this run's views and publish it when it beats the deployed one.
+
+    One pass of :func:`~tomolive.ml.loop.train_and_deploy`: the labels are the iterative
+    reconstructions the reconstruction stage made, so there is nothing to label. All views but
+    the last train (on a Dask worker), the last is held out; with nothing deployed the new
+    version must beat the flat image.
+    """
 
     name = "surrogate"
 
@@ -206,48 +270,50 @@ class SurrogateStage:
             return
         started = time.perf_counter()
         registry = ptychonn_registry(client, n, params.surrogate_channels)
-        parent_version = registry.deployed()
-        parent = None if parent_version is None else _unpack(registry.load(parent_version))
-        solved: list[Solved] = [
+        solved: Views = [
             (v.patterns, np.asarray(r.positions), np.asarray(r.object), np.asarray(r.probe))
             for v, r in zip(views, results)
         ]
+        training, held_out = solved[:-1], solved[-1:]
+        shape = ctx.acquisition.setup.object_shape
+        trainer = SurrogateTrainer.from_params(params, shape, calibration=held_out[0][:2])
+        validator = PhaseError(shape)
+        measured = sum(len(pats) for pats, *_ in training)
+        pairs = {
+            "train": measured + len(training) * _extra_per_view(training, trainer.pairs),
+            "measured": measured,
+            "held_out": len(held_out[0][0]),
+        }
+        flat = validator.flat(held_out)
         ctx.report("surrogate")
         with ctx.provenance.stage("surrogate"):
-            dask = ctx.dask_client()
-            training, held_out = dask.scatter([solved[:-1], solved[-1]])  # patterns travel once
-            shape = ctx.acquisition.setup.object_shape
-            outcome: TrainingOutcome = dask.submit(
-                train_task, training, held_out, shape, parent, params, pure=False
-            ).result()
-        ctx.metadata["surrogate"] = self._publish(ctx, registry, outcome, parent_version, views)
-        ctx.metadata["surrogate"]["seconds"] = round(time.perf_counter() - started, 2)
-
-    @staticmethod
-    def _publish(
-        ctx: StageContext, registry: ModelRegistry, out: TrainingOutcome, parent: int | None, views: list[View]
-    ) -> dict[str, Any]:
-        """Publish ``out`` when it beats the deployed version (with none, the flat image); what was done."""
-        better = out.score < (out.flat_score if out.deployed_score is None else out.deployed_score)
-        scores = {"held_out_phase_nrmse": round(out.score, 5), "flat_phase_nrmse": round(out.flat_score, 5)}
-        if out.deployed_score is not None:
-            scores["deployed_phase_nrmse"] = round(out.deployed_score, 5)
-        pairs = {"train": out.pairs, "measured": out.measured, "held_out": len(views[-1].patterns)}
-        record = {"registry": registry.name, "parent_version": parent, "scores": scores, "pairs": pairs,
-                  "threshold": round(out.surrogate.threshold, 5), "n_train": out.surrogate.n_train,
-                  "held_out_angle_deg": views[-1].angle_deg, "training_seconds": round(out.seconds, 2),
-                  "fine_tuned": parent is not None}  # fmt: skip
-        if not better:
-            return {**record, "published": False, "kept": parent, "version": parent}
-        version = registry.publish(
-            StoredSurrogate.pack(out.surrogate),
-            parent=parent,
-            metrics={**scores, "threshold": record["threshold"], "n_train": out.surrogate.n_train},
-            scan_uids=[ctx.uid],
-            labels=pairs,
-            hyperparameters={**out.surrogate.record, "loss": out.surrogate.record.get("loss", [])[-1:]},
-        )
-        return {**record, "published": True, "version": version}
+            result = train_and_deploy(
+                training,
+                lambda: held_out,  # labelled already
+                trainer=trainer,
+                validator=validator,
+                registry=registry,
+                labels=pairs,
+                client=ctx.dask_client(),
+                baseline=flat,
+                metric="held_out_phase_nrmse",
+                describe=_describe,
+                scan_uids=[ctx.uid],
+                hyperparameters=trainer.hyperparameters(),
+            )
+        scores = {"held_out_phase_nrmse": result.candidate_score, "flat_phase_nrmse": flat}
+        if result.deployed_score is not None:
+            scores["deployed_phase_nrmse"] = result.deployed_score
+        md = {"registry": registry.name, "parent_version": result.parent, "scores": scores, "pairs": pairs,
+                  "threshold": result.metrics["threshold"], "n_train": result.metrics["n_train"],
+                  "held_out_angle_deg": views[-1].angle_deg, "training_seconds": round(result.seconds["train"], 2),
+                  "fine_tuned": result.parent is not None, "published": result.deployed}  # fmt: skip
+        if result.deployed:
+            md["version"] = result.version
+        else:
+            md["kept"] = md["version"] = registry.deployed()
+        md["seconds"] = round(time.perf_counter() - started, 2)
+        ctx.metadata["surrogate"] = md
 
 
 def _unpack(module: nn.Module) -> sg.Surrogate:
