@@ -33,10 +33,12 @@ def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # the default ./tomolive-data holds no key file
 
 
-def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], int, str]]:
+def _failures(server: Settings, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], int, str]]:
     """(argv, exit code, the start of the one line on stderr) for every expected failure."""
-    down = f"http://127.0.0.1:{free_port()}"
-    unreachable = f"cannot reach the Tiled server at {down}: start it with `tomolive serve` or pass --uri"
+    port = free_port()
+    down = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("TOMOLIVE_PORT", str(port))  # the default server (no --uri, no --data-dir) is down
+    unreachable = f"cannot reach the Tiled server at {down}: start it with 'tomolive serve' or pass --uri"
     described = tmp / "described"  # a data dir whose server (now gone) wrote its URI
     described.mkdir()
     (described / SERVER_URI_FILE).write_text(down + "\n")
@@ -57,6 +59,7 @@ def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], int, str]]:
     return [
         # server down, named by --uri or by the data dir it wrote
         (["ls", "--uri", down], 1, f"tomolive ls: {unreachable}"),
+        (["process", str(not_hdf5)], 1, f"tomolive process: {unreachable}"),  # neither --uri nor --data-dir
         (["process", str(not_hdf5), "--uri", down], 1, f"tomolive process: {unreachable}"),
         (["export", "abc", "--format", "zarr", "--uri", down], 1, f"tomolive export: {unreachable}"),
         (["upload-outbox", "x.npz", "--uri", down], 1, f"tomolive upload-outbox: {unreachable}"),
@@ -117,8 +120,8 @@ def _failures(server: Settings, tmp: Path) -> list[tuple[list[str], int, str]]:
     ]
 
 
-def test_every_expected_failure_is_one_line_without_a_traceback(tiled_server, tmp_path, capsys):
-    for argv, code, first_line in _failures(tiled_server, tmp_path):
+def test_every_expected_failure_is_one_line_without_a_traceback(tiled_server, tmp_path, capsys, monkeypatch):
+    for argv, code, first_line in _failures(tiled_server, tmp_path, monkeypatch):
         assert main(argv) == code, (argv, capsys.readouterr().err)
         out, err = capsys.readouterr()
         assert err.startswith(first_line), (argv, err)

@@ -22,6 +22,8 @@ from tomolive.server.web import web_url
 from tomolive.sim.devices import make_sim_beamline
 from tomolive.sim.phantoms import make_foam
 
+from .web_scans import THIN_ROWS, process_thin_file
+
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium): no browser to drive"
@@ -143,30 +145,11 @@ def test_page_shows_central_slices_and_metadata(tiled_server, pipeline, beamline
 
 # --- a scan processed from a file, other techniques' results, the key statement ---------------
 
-THIN_ROWS = (3, 5)  # two detector rows of an 8-slice foam: a 2-slice volume
-FILE_ANGLES = np.linspace(0.0, 180.0, 90, endpoint=False)
-
 
 @pytest.fixture(scope="module")
 def file_scan(tiled_server, dask_client, tmp_path_factory) -> str:
     """``tomolive process`` on a small DXchange file of a thin foam: the processed uid."""
-    from tomolive.cli import main
-    from tomolive.io.offline import open_source
-    from tomolive.io.writers import write_dxchange
-
-    from .test_replay import _counts
-
-    folder = tmp_path_factory.mktemp("web-file")
-    counts = _counts(make_foam((8, 64, 64), seed=3), FILE_ANGLES)
-    frames = {kind: stack[:, slice(*THIN_ROWS)] for kind, stack in counts.items()}
-    path = write_dxchange(folder / "thin.h5", **frames, angles_deg=FILE_ANGLES)
-    argv = ["process", str(path), "--uri", tiled_server.uri, "--api-key", tiled_server.api_key or ""]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TOMOLIVE_OUTBOX", str(folder / "outbox"))
-        assert main([*argv, "--dask", dask_client.scheduler.address, "--sample", "thin-file"]) == 0
-    scan, uid = open_source(str(path))  # the uid a file's result is filed under
-    scan.close()
-    return uid
+    return process_thin_file(tiled_server, dask_client.scheduler.address, tmp_path_factory.mktemp("web-file"))
 
 
 def test_page_shows_a_thin_scan_processed_from_a_file(tiled_server, file_scan, tmp_path):
@@ -277,20 +260,14 @@ def test_results_of_other_techniques_show_their_images_and_stages(tiled_server, 
     assert bragg in capsys.readouterr().out
 
 
-def _text(path: Path) -> str:
-    """A file's prose with markup and line breaks flattened: backticks, asterisks, runs of spaces."""
-    return " ".join(path.read_text().replace("`", "").replace("*", "").split())
+def test_the_page_explains_an_edge_width_of_0_and_a_preview_that_waited(tiled_server, tmp_path):
+    from tomolive.store import connect, processed_root
+    from tomolive.techniques.tomo.acquisition import FLATS_ARRIVED
 
-
-def test_readme_and_page_say_the_same_about_the_key(tiled_server):
-    page = httpx.get(web_url(tiled_server.uri)).text
-    found = re.search(r'<small id="key-how">(.*?)</small>', page, re.S)
-    assert found, "the page's key statement is gone"
-    statement = " ".join(found.group(1).split())
-    root = Path(__file__).parents[1]
-    for doc in ("README.md", "docs/web.md"):
-        assert statement in _text(root / doc), doc
-    # What the statement promises is what the code does: the address carries no key, the page drops it.
-    assert "?api_key" not in web_url(tiled_server.uri)
-    script = httpx.get(web_url(tiled_server.uri) + "view.js").text
-    assert 'params.delete("api_key")' in script
+    uid = f"edge0-{uuid.uuid4().hex[:8]}"
+    md = {"sample": "edge0-web", "status": "complete", "created": datetime.now(UTC).isoformat(),
+          "preview_status": FLATS_ARRIVED, "qc": {"edge_width_px": 0, "alerts": []}}  # fmt: skip
+    processed_root(connect(tiled_server.uri, api_key=tiled_server.api_key)).create_container(uid, metadata=md)
+    _, dom = browse(f"{web_url(tiled_server.uri)}?scan={uid}&api_key={tiled_server.api_key}", tmp_path, "edge0")
+    assert row(dom, "edge width (px)") == "0 (at the limit of the measurement: sharper than 1 px, or noise)"
+    assert row(dom, "live preview") == FLATS_ARRIVED

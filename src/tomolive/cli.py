@@ -165,7 +165,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     try:
         node = find_scan(_connect(settings), args.uid)
-        done = export_scan(node, args.format, args.out, args.array or ["recon"], force=args.force)
+        done = export_scan(
+            node, args.format, args.out, args.array or ["recon"], force=args.force, progress=sys.stderr.isatty()
+        )
     except TomoliveError as err:
         print(f"tomolive export {args.uid}: {err}", file=sys.stderr)
         return 1
@@ -209,8 +211,9 @@ def cmd_process(args: argparse.Namespace) -> int:
     if is_tiled_uri(args.source):
         source_key = _require_key(Settings(tiled_uri=args.source, api_key=source_key), "--source-api-key")
     scan, uid = open_source(args.source, source_key)
-    with scan, Engine(connect(settings.uri, api_key=key), dask=args.dask) as engine:
-        result = process_scan(scan, uid, engine, TomoTechnique(params), sample=args.sample)
+    bars = sys.stderr.isatty()  # progress bars for a terminal; a log file gets the final line only
+    with scan, Engine(connect(settings.uri, api_key=key), dask=args.dask, progress=bars) as engine:
+        result = process_scan(scan, uid, engine, TomoTechnique(params), sample=args.sample, progress=bars)
     print(f"{result.status}: {result.uri or result.outbox}" + (f" ({result.reason})" if result.reason else ""))
     return 0 if result.status == "complete" else 1
 
@@ -324,7 +327,7 @@ def _connect(settings: Settings) -> BaseClient:
 
 
 def _unreachable(uri: str) -> str:
-    return f"cannot reach the Tiled server at {uri}: start it with `tomolive serve` or pass --uri"
+    return f"cannot reach the Tiled server at {uri}: start it with 'tomolive serve' or pass --uri"
 
 
 def _check_port_free(settings: Settings, option: str) -> None:
@@ -463,7 +466,11 @@ def _add_processing_commands(sub: argparse._SubParsersAction) -> None:
 
     process = sub.add_parser("process", help="reconstruct a stored scan (DXchange/NeXus file or Tiled run URI)")
     process.add_argument("source", help="an HDF5 file, or the URI of a raw run in Tiled (.../raw/<uid>)")
-    _add_client_options(process, uri_help=RESULTS_URI_HELP, key_help="key of the results server")
+    _add_client_options(
+        process,
+        uri_help=RESULTS_URI_HELP,
+        key_help="key of the results server (default: TOMOLIVE_API_KEY or DATA_DIR/api_key)",
+    )
     process.add_argument("--source-api-key", help="key for reading a Tiled source (default: --api-key)")
     process.add_argument("--dask", help="scheduler address (default: a LocalCluster)")
     process.add_argument("--center", type=float, help="rotation-axis column in pixels (default: found)")
@@ -471,7 +478,7 @@ def _add_processing_commands(sub: argparse._SubParsersAction) -> None:
     process.add_argument(
         "--stripes", choices=("none", "mean", "sort", "combined"), help="stripe removal (default: mean)"
     )
-    process.add_argument("--rows-per-block", type=int, help="detector rows per Dask task (even)")
+    process.add_argument("--rows-per-block", type=int, help="detector rows per Dask task, even (default 16)")
     process.add_argument("--sample", help="sample name for the results (default: from the source)")
     process.set_defaults(func=cmd_process)
 

@@ -123,7 +123,7 @@ class Settings:
         if self.key_file.exists():
             return self.key_file.read_text().strip()
         raise MissingDataError(
-            f"no API key: set TOMOLIVE_API_KEY or start the server once with `tomolive serve` "
+            f"no API key: set TOMOLIVE_API_KEY or start the server once with 'tomolive serve' "
             f"(it writes {self.key_file})."
         )
 
@@ -144,7 +144,7 @@ class Settings:
             return self.admin_key_file.read_text().strip()
         raise MissingDataError(
             f"no admin key: set TOMOLIVE_ADMIN_KEY or pass --data-dir of the server "
-            f"(`tomolive serve` writes {self.admin_key_file})."
+            f"('tomolive serve' writes {self.admin_key_file})."
         )
 
     def save_api_key(self, key: str) -> Settings:

@@ -374,8 +374,8 @@ def qc_alerts(metrics: Mapping[str, Any], thresholds: QCThresholds | None = None
             "ring_severity",
             "max_ring_severity",
             lambda v, lim: v > lim,
-            "ring artefacts: severity {v:.2g} > {lim:g} (max_ring_severity); turn on stripe removal "
-            "(stripe_method='sort' or 'combined')",
+            "ring artefacts: severity {v:.2g} > {lim:g} (max_ring_severity); use a stronger stripe removal "
+            "(stripe_method='sort' or 'combined'; the default 'mean' takes out only full-height stripes)",
         ),
         (
             "edge_width_px",

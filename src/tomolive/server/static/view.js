@@ -135,7 +135,7 @@ function showFacts(md, children) {
   const rows = [
     ["sample", md.sample], ["technique", techniqueOf(md)], ["scan id", md.scan_id], ["raw uid", md.raw_uid],
     ["source", md.source && (md.format ? `${md.source} (${md.format})` : md.source)],
-    ["status", md.status], ["reason", md.reason], ["progress", progress],
+    ["status", md.status], ["reason", md.reason], ["progress", progress], ["live preview", md.preview_status],
     ["rotation centre", centreText(md, children.preview)], ["angles", anglesText(md)],
     ["volume", volume?.structure?.shape?.join(" x ")],
     ["SNR", qc.snr], ["CNR", qc.cnr], ["noise sigma", qc.noise_sigma],

@@ -53,6 +53,7 @@ class TomoAcquisition:
         self.dark: np.ndarray | None = None
         self.spool: ProjectionSpool | None = None
         self.preview: LivePreview | None = None
+        self.preview_status: str | None = None  # why there is no live preview yet, when there is none
         self.recon_volume: Future | None = None  # made during the scan, once the frame shape is known
         self.blocks_submitted = False  # processing has begun writing the recon array
         self._frame_shape: tuple[int, ...] | None = None
@@ -149,7 +150,9 @@ class TomoAcquisition:
             self._say_preview_status(WAITING_FOR_FLATS)
 
     def _say_preview_status(self, status: str) -> None:
-        """Put ``preview_status`` in the container's metadata (on an I/O thread, once it exists)."""
+        """Put ``preview_status`` in the container's metadata (on an I/O thread, once it exists); the
+        final metadata repeats it (:class:`~.stages.CenterStage`), so a concurrent update cannot lose it."""
+        self.preview_status = status
 
         def say(store: Future) -> None:
             if store.exception() is None:

@@ -28,6 +28,8 @@ class CenterStage:
                 new_recon_volume, ctx.store, spool.frame_shape, ctx.params
             )
         ctx.results["recon_volume"] = volume
+        if acquisition.preview_status is not None:
+            ctx.metadata["preview_status"] = acquisition.preview_status
         with ctx.provenance.stage("center"):
             center = find_scan_center(spool, scan_angles(spool), ctx.params)
         ctx.provenance.results["center"] = center.as_dict()
