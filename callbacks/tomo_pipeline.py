@@ -40,7 +40,9 @@ class TomoPipeline:
         Tomography's processing parameters (recorded in provenance).
     techniques : sequence of Technique, optional
         The techniques tried in order on each start document; default: tomography with ``params``,
-        then ptychography (runs with a ``ptycho`` block) and Bragg-peak analysis (``bragg_scan``'s runs).
+        then ptychography (runs with a ``ptycho`` block) and Bragg-peak analysis (``bragg_scan``'s runs),
+        whose retraining loop runs by itself on runs stored in Tiled (``models/braggnn``; see
+        :mod:`tomolive.techniques.bragg.live_loop`; ``pipe.technique("bragg").retrain_now()`` on request).
     **engine_options
         ``dask``, ``scratch_dir``, ``outbox_dir``, ``patience_s``, ``progress``: see
         :class:`~tomolive.engine.Engine`.
@@ -76,6 +78,13 @@ class TomoPipeline:
     def from_uri(cls, uri: str, *, api_key: str | None = None, timeout_s: float = 30.0, **kwargs: Any) -> TomoPipeline:
         """A pipeline writing to the Tiled server at ``uri``."""
         return cls(connect(uri, api_key=api_key, timeout_s=timeout_s), **kwargs)
+
+    def technique(self, name: str) -> Technique:
+        """The pipeline's technique called ``name`` (e.g. ``"bragg"``), to reach its knobs or its loop."""
+        for technique in self.techniques:
+            if technique.name == name:
+                return technique
+        raise BadInputError(f"technique: expected one of {[t.name for t in self.techniques]}, got {name!r}")
 
     @property
     def client(self) -> Any:

@@ -84,9 +84,13 @@ def test_peaks_are_localised_live_to_the_fit_s_error_floor(bragg_pipe, tiled_ser
     assert total > 150 and missed <= 0.02 * total, (missed, total)
     md = node.metadata
     summary = md["peak_summary"]
-    assert md["status"] == "complete" and md["stages"] == ["find_peaks", "localise", "audit", "peaks"]
+    assert md["status"] == "complete" and md["stages"] == ["find_peaks", "localise", "retrain", "audit", "peaks"]
     assert summary["n_frames"] == 20 and summary["n_peaks"] == int((table["method"] == "braggnn").sum()) > 200
-    assert list(summary["model_versions"]) == [f"shipped:{_shipped_sha()[:12]}"]
+    # the loop connected: the shipped weights, published as version 1 of models/braggnn, localised every peak
+    assert list(summary["model_versions"]) == ["v1"]
+    assert md["retrain"] == {**md["retrain"], "mode": "auto", "registry": "models/braggnn", "passes": []}
+    shipped = from_uri(tiled_server.uri, api_key=tiled_server.api_key)["models"]["braggnn"]["v1"].metadata
+    assert shipped["hyperparameters"]["sha256"] == _shipped_sha() and shipped["parent_version"] is None
     assert md["audit"]["n"] == int((table["method"] == "pseudo-voigt").sum()) > 50
     assert md["audit"]["median_disagreement_px"] < 0.15
     assert md["provenance"]["parameters"]["technique"] == "bragg"

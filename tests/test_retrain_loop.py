@@ -178,7 +178,7 @@ def test_drift_triggers_retrain_and_hot_swap_without_dropping_frames(deployed_v1
     registry, slot = deployed_v1
     labeller, validator = Labeller(SETUP_A), Validator()
 
-    def on_drift(collected: np.ndarray):
+    def on_drift(collected: np.ndarray, sources: tuple[str, ...]):
         return retrain(
             collected,
             labeller=labeller,
@@ -188,7 +188,7 @@ def test_drift_triggers_retrain_and_hot_swap_without_dropping_frames(deployed_v1
             slot=slot,
             client=dask_client,
             label_fraction=0.5,
-            scan_uids=["scan-b"],
+            scan_uids=sources,
         )
 
     monitor = DriftMonitor(
@@ -207,7 +207,7 @@ def test_drift_triggers_retrain_and_hot_swap_without_dropping_frames(deployed_v1
             predicted = model(torch.as_tensor(x)).numpy()
         truth = x @ labeller.setup
         processed.append((frame, version, float(np.abs(predicted - truth).mean()), monitor.retraining))
-        monitor.observe(frame, x)
+        monitor.observe(frame, x, source="scan-a" if frame < 30 else "scan-b")
         frame += 1
         time.sleep(0.01)
     monitor.wait(timeout=60)

@@ -11,19 +11,22 @@ trained in place: the loop trains a copy and swaps it in.
 every ``every`` frames it audits a few of them in a background thread (label them with the
 labeller, score the deployed model against those labels with the validator). An audit above
 ``threshold`` starts collecting the samples seen since the last clean audit; once there are
-``min_samples`` of them it calls ``on_drift`` with them in the background (the retrain), and
-audits no longer trigger until that returns.
+``min_samples`` of them it calls ``on_drift(samples, sources)`` in the background (the retrain;
+``sources`` names where the samples came from, e.g. scan uids, for the new version's lineage),
+and audits no longer trigger until that returns. :meth:`DriftMonitor.retrain_now` starts the
+same retrain on request, from the newest samples seen.
 
 Examples
 --------
 ::
 
     slot = ModelSlot(model, version=3)
-    monitor = DriftMonitor(slot, labeller, validator, threshold=0.3, on_drift=lambda s: retrain(s, ...))
+    monitor = DriftMonitor(slot, labeller, validator, threshold=0.3,
+                           on_drift=lambda samples, uids: retrain(samples, scan_uids=uids, ...))
     for index, frame in enumerate(frames):   # the edge callback
         model, version = slot.current()
         patches = ...
-        monitor.observe(index, patches)
+        monitor.observe(index, patches, source=scan_uid)
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
@@ -123,8 +126,9 @@ class DriftMonitor:
     threshold : float
         An audit whose disagreement exceeds this counts as drift.
     on_drift : callable
-        Called with the samples collected since the last clean audit (an array, stacked along
-        axis 0), in a background thread; typically runs :func:`tomolive.ml.loop.retrain`.
+        ``on_drift(samples, sources)``: the samples collected since the last clean audit (an
+        array, stacked along axis 0) and the distinct ``source`` tags they were observed with,
+        in order; called in a background thread, typically runs :func:`tomolive.ml.loop.retrain`.
     every : int
         Frames between audits.
     audit_size : int
@@ -142,7 +146,7 @@ class DriftMonitor:
         validator: Validator,
         *,
         threshold: float,
-        on_drift: Callable[[np.ndarray], Any],
+        on_drift: Callable[[np.ndarray, tuple[str, ...]], Any],
         every: int = 10,
         audit_size: int = 16,
         min_samples: int = 256,
@@ -161,10 +165,12 @@ class DriftMonitor:
         self.frames_seen = 0
         self.audits_skipped = 0  # an audit was due while the previous one still ran
         self.retrains: list[Future[Any]] = []
+        self.retrain_sources: list[tuple[str, ...]] = []  # the sources of each retrain's samples
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._recent: list[np.ndarray] = []  # samples since the previous audit
-        self._collected: list[np.ndarray] = []  # samples since the last clean audit
+        self._collected: list[tuple[np.ndarray, str | None]] = []  # (samples, source) since the last clean audit
+        self._newest: list[tuple[np.ndarray, str | None]] = []  # the newest max_samples, for retrain_now
         self._drifting = False
         self._audit_pool = ThreadPoolExecutor(1, thread_name_prefix="drift-audit")
         self._retrain_pool = ThreadPoolExecutor(1, thread_name_prefix="drift-retrain")
@@ -175,21 +181,24 @@ class DriftMonitor:
         """Whether a retrain started by this monitor is still running."""
         return any(not f.done() for f in self.retrains)
 
-    def observe(self, frame: int, samples: np.ndarray) -> None:
-        """Keep this frame's ``samples`` (shape (n, ...)); start an audit when one is due. Never blocks on one."""
+    def observe(self, frame: int, samples: np.ndarray, source: str | None = None) -> None:
+        """Keep this frame's ``samples`` (shape (n, ...)) from ``source`` (e.g. the scan uid); start an
+        audit when one is due. Never blocks on one."""
         samples = np.asarray(samples)
         with self._lock:
             self.frames_seen += 1
             if len(samples):
                 self._recent.append(samples)
-                self._collected.append(samples)
-                self._trim()
+                self._collected.append((samples, source))
+                self._newest.append((samples, source))
+                _trim(self._collected, self.max_samples)
+                _trim(self._newest, self.max_samples)
             due = self.frames_seen % self.every == 0
-            ready = self._drifting and sum(map(len, self._collected)) >= self.min_samples
+            ready = self._drifting and sum(len(s) for s, _ in self._collected) >= self.min_samples
             if ready and not self.retraining:
                 self._drifting = False
-                batch, self._collected = np.concatenate(self._collected), []
-                self.retrains.append(self._retrain_pool.submit(self._run_retrain, batch))
+                self._submit(self._collected)
+                self._collected = []
             if not due or not self._recent:
                 return
             if self._audit is not None and not self._audit.done():
@@ -199,9 +208,35 @@ class DriftMonitor:
             pick = self._rng.choice(len(pool), size=min(self.audit_size, len(pool)), replace=False)
             self._audit = self._audit_pool.submit(self._run_audit, frame, pool[np.sort(pick)])
 
-    def _trim(self) -> None:
-        while sum(map(len, self._collected)) - len(self._collected[0]) >= self.max_samples:
-            self._collected.pop(0)
+    def retrain_now(self, handler: Callable[[np.ndarray, tuple[str, ...]], Any] | None = None) -> Future[Any]:
+        """Retrain on request from the newest samples seen (up to ``max_samples``), drift or not.
+
+        ``handler(samples, sources)`` runs instead of ``on_drift`` when given. Returns the
+        retrain's future (also on ``retrains``); it queues behind a running one. Raises
+        MissingDataError when fewer than 2 samples have been seen.
+        """
+        with self._lock:
+            held = sum(len(s) for s, _ in self._newest)
+            if held < 2:
+                raise MissingDataError(f"retrain_now: {held} samples observed; a retrain needs at least 2")
+            return self._submit(self._newest, handler)
+
+    def retrains_for(self, source: str) -> list[Future[Any]]:
+        """The retrains whose samples include some observed with ``source``."""
+        return [f for f, s in zip(self.retrains, self.retrain_sources, strict=True) if source in s]
+
+    def _submit(
+        self,
+        held: Sequence[tuple[np.ndarray, str | None]],
+        handler: Callable[[np.ndarray, tuple[str, ...]], Any] | None = None,
+    ) -> Future[Any]:
+        """Start ``handler`` (default ``on_drift``) on ``held`` in the retrain thread (lock held)."""
+        batch = np.concatenate([s for s, _ in held])
+        sources = tuple(dict.fromkeys(src for _, src in held if src is not None))
+        future = self._retrain_pool.submit(self._run_retrain, handler or self.on_drift, batch, sources)
+        self.retrains.append(future)
+        self.retrain_sources.append(sources)
+        return future
 
     def _run_audit(self, frame: int, samples: np.ndarray) -> Audit:
         model, version = self.slot.current()
@@ -222,9 +257,12 @@ class DriftMonitor:
         )
         return audit
 
-    def _run_retrain(self, samples: np.ndarray) -> Any:
+    @staticmethod
+    def _run_retrain(
+        handler: Callable[[np.ndarray, tuple[str, ...]], Any], samples: np.ndarray, sources: tuple[str, ...]
+    ) -> Any:
         try:
-            return self.on_drift(samples)
+            return handler(samples, sources)
         except Exception:
             log.exception("drift monitor: the retrain it started failed; the deployed model stays")
             raise
@@ -240,3 +278,9 @@ class DriftMonitor:
         """Wait for background work, then stop the threads."""
         self._audit_pool.shutdown(wait=True)
         self._retrain_pool.shutdown(wait=True)
+
+
+def _trim(held: list[tuple[np.ndarray, str | None]], most: int) -> None:
+    """Drop the oldest chunks while the rest still hold ``most`` samples."""
+    while sum(len(s) for s, _ in held) - len(held[0][0]) >= most:
+        held.pop(0)

@@ -6,11 +6,15 @@ count those whose patch would cross the detector edge, and localise the rest wit
 model deployed in the technique's slot at that moment (its version goes in each row, so a
 hot swap mid-scan shows in the table). A frame with no peak is recorded, not fatal; peaks
 touching saturated pixels are flagged. A few patches are kept for the audit stage, and
-every frame's patches go to the drift monitor when there is one.
+every frame's patches go to the retraining loop (:mod:`.live_loop`, tagged with the run's
+uid) or to a hand-wired drift monitor. The loop is connected off this thread; the first
+frame waits for it at most ``LOOP_WAIT_S`` (frames before it connects are not audited).
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,8 +24,10 @@ from .peaks import check_frame, extract_patches, find_peaks, split_edge
 
 if TYPE_CHECKING:
     from ...engine.run import Run
+    from .live_loop import BraggLoop
     from .technique import BraggTechnique
 
+LOOP_WAIT_S = 10.0
 COLUMNS = ("frame", "peak_id", "omega", "x", "y", "intensity", "saturated", "method", "model_version")
 
 
@@ -47,7 +53,12 @@ class BraggAcquisition:
         self.edge_peaks = 0
         self.versions: dict[str, int] = {}  # model version label -> peaks it localised
         self.audit: list[tuple[int, np.ndarray, np.ndarray]] = []  # (table row, patch, origin)
+        self.refit: list[tuple[int, np.ndarray, np.ndarray]] = []  # every peak after the cost model chose the fit
         self._rng = np.random.default_rng(0)
+        self._connecting = technique.attach(run) if technique.automatic else None
+        self.loop: BraggLoop | None = None
+        self.loop_why: str | None = None  # why this run is edge-only
+        self._infer_s = 0.0
 
     def add(self, role: str, frame: np.ndarray, coordinate: float | None) -> None:
         """Take frame number ``self.n_frames`` at rotation angle ``coordinate`` (degrees)."""
@@ -66,9 +77,42 @@ class BraggAcquisition:
         inside = split_edge(centres, image.shape, self.patch_size)
         self.edge_peaks += int((~inside).sum())
         patches, origins = extract_patches(image, centres[inside], self.patch_size)
+        self._connect(LOOP_WAIT_S if index == 0 else 0.0)
+        self._infer_s = 0.0
         self._localise(index, coordinate, patches, origins, saturated)
-        if self.technique.monitor is not None:
-            self.technique.monitor.observe(index, patches)
+        if self.loop is not None:
+            self.loop.observe(self.run.uid, index, patches, self._infer_s)
+        elif self.technique.monitor is not None:
+            self.technique.monitor.observe(index, patches, source=self.run.uid)
+
+    def _connect(self, wait_s: float) -> None:
+        """Take the loop once its connection is done (waiting up to ``wait_s``), or why there is none."""
+        future = self._connecting
+        if future is None or (wait_s == 0 and not future.done()):
+            return
+        try:
+            outcome = future.result(timeout=wait_s)
+        except FutureTimeout:
+            return
+        except Exception as err:
+            outcome = f"edge-only: the retraining loop could not connect ({type(err).__name__}: {err})"
+        self._connecting = None
+        if isinstance(outcome, str):
+            self.loop_why = outcome
+        else:
+            self.loop = outcome
+
+    def loop_record(self) -> dict[str, Any]:
+        """What the retraining loop did with this run's peaks (waits for its passes, up to ``wait_s``)."""
+        retrain = self.technique.params.retrain
+        if not self.technique.automatic:
+            manual = self.technique.monitor is not None
+            why = "a hand-wired drift monitor" if manual else "params.retrain.mode is 'off'"
+            return {"mode": "manual" if manual else "off", "why": why}
+        self._connect(LOOP_WAIT_S)
+        if self.loop is None:
+            return {"mode": "edge-only", "why": self.loop_why or f"the loop did not connect in {LOOP_WAIT_S:g} s"}
+        return self.loop.record(self.run.uid, retrain.wait_s)
 
     def _checked(self, frame: np.ndarray, index: int) -> np.ndarray:
         """The frame as float64, or a BadInputError naming frame ``index`` and what was wrong."""
@@ -112,7 +156,9 @@ class BraggAcquisition:
 
         torch.set_num_threads(1)  # this (ingest) thread only: small batches are slower on more threads
         model, label = self.technique.deployed()
+        start = time.perf_counter()
         centres = predict_centres(model, patches, self.technique.params.batch_size)
+        self._infer_s = time.perf_counter() - start
         self.versions[label] = self.versions.get(label, 0) + len(patches)
         half, size = self.patch_size // 2, self.patch_size
         border = np.concatenate([patches[:, 0], patches[:, -1], patches[:, 1:-1, 0], patches[:, 1:-1, -1]], axis=1)
@@ -134,6 +180,10 @@ class BraggAcquisition:
 
     def _sample_for_audit(self, first_row: int, patches: np.ndarray, origins: np.ndarray, half: int) -> None:
         params = self.technique.params
+        tally = self.loop.runs.get(self.run.uid) if self.loop is not None else None
+        if tally is not None and tally.fit_rest:  # the cost model chose the fit for the rest of the run
+            self.refit += [(first_row + k, patches[k], origins[k]) for k in range(len(patches))]
+            return
         room = params.audit_max - len(self.audit)
         if room <= 0 or params.audit_fraction <= 0:
             return
@@ -157,12 +207,12 @@ class BraggAcquisition:
         pass
 
     def release(self) -> None:
-        self.audit = []
+        self.audit, self.refit = [], []
 
     def discard(self, store: Any) -> None:
         """The run ended without a result: drop the rows (nothing was written to ``store``)."""
         self.rows = {name: [] for name in COLUMNS}
-        self.audit = []
+        self.audit, self.refit = [], []
 
     def summary(self) -> dict[str, Any]:
         """What the container's metadata says of the frames: counts, and frames that were odd."""

@@ -2,12 +2,69 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ...errors import BadInputError
+
+RETRAIN_MODES = ("auto", "off")
+DECIDE_MODES = ("cost", "always")
+
+
+@dataclass(frozen=True)
+class RetrainParams:
+    """The knobs of the automatic retraining loop (:mod:`tomolive.techniques.bragg.live_loop`).
+
+    Parameters
+    ----------
+    mode : {"auto", "off"}
+        ``"auto"``: runs whose store has a model store (Tiled ``models/``) audit the deployed
+        model, retrain on drift and hot-swap; ``"off"``: edge-only, the deployed model is kept.
+    registry : str
+        The model series in Tiled ``models/<registry>``.
+    threshold_px : float
+        Median surrogate-vs-fit disagreement (px) of an audit that counts as drift.
+    every, audit_size : int
+        Frames between audits; peaks fitted per audit.
+    min_samples : int
+        Peaks collected after drift before the retrain starts.
+    label_fraction : float
+        Fraction of the collected peaks labelled by the fit (a fifth of them held back to validate).
+    fine_tune_epochs, scratch_epochs : int
+        Epochs of a fine-tune from the deployed version, and of training from scratch (none loads).
+    decide : {"cost", "always"}
+        ``"cost"``: retrain only when the cost model predicts label-train-infer beats fitting
+        the rest of the scan; ``"always"``: retrain on every drift (the prediction is still recorded).
+    wait_s : float
+        How long a run's processing waits after its stop for the retrains its peaks started.
+    """
+
+    mode: str = "auto"
+    registry: str = "braggnn"
+    threshold_px: float = 0.08
+    every: int = 10
+    audit_size: int = 32
+    min_samples: int = 2000
+    label_fraction: float = 1.0
+    fine_tune_epochs: int = 4
+    scratch_epochs: int = 30
+    decide: str = "cost"
+    wait_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in RETRAIN_MODES or self.decide not in DECIDE_MODES:
+            raise BadInputError(
+                f"retrain mode must be one of {RETRAIN_MODES} and decide one of {DECIDE_MODES}; "
+                f"got {self.mode!r}, {self.decide!r}."
+            )
+        counts = (self.every, self.audit_size, self.min_samples, self.fine_tune_epochs, self.scratch_epochs)
+        if min(counts) < 1 or not 0 < self.label_fraction <= 1 or not self.threshold_px > 0 or self.wait_s < 0:
+            raise BadInputError(
+                "retrain: every, audit_size, min_samples and epochs must be >= 1, 0 < label_fraction <= 1, "
+                f"threshold_px > 0 and wait_s >= 0; got {self!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -36,6 +93,8 @@ class BraggParams:
         At most this many peaks audited per scan.
     fit_chunk : int
         Patches per Dask task of the audit.
+    retrain : RetrainParams
+        The automatic retraining loop's knobs.
     """
 
     threshold: float = 30.0
@@ -46,6 +105,7 @@ class BraggParams:
     audit_fraction: float = 0.05
     audit_max: int = 2000
     fit_chunk: int = 128
+    retrain: RetrainParams = field(default_factory=RetrainParams)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.threshold) and self.threshold > 0):

@@ -12,12 +12,14 @@ Examples
     slot = ModelSlot(registry.load(), registry.deployed())
     monitor = bragg_drift_monitor(slot, registry, dask_client)
     technique = BraggTechnique(slot=slot, monitor=monitor)
+
+The default pipeline wires this by itself for runs stored in Tiled (:mod:`.live_loop`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -100,29 +102,20 @@ class CentreError:
         return float(np.median(np.hypot(*(predict_centres(model, patches) - centres).T)))
 
 
-def bragg_drift_monitor(
+def bragg_retrain(
     slot: ModelSlot[Any],
     registry: ModelRegistry,
     client: Client | None,
-    *,
-    threshold: float = 0.08,
-    every: int = 10,
-    audit_size: int = 32,
-    min_samples: int = 2000,
+    trainer: BraggTrainer,
     label_fraction: float = 1.0,
-    trainer: BraggTrainer | None = None,
-    scan_uids: Sequence[str] = (),
-) -> DriftMonitor:
-    """A DriftMonitor whose drift runs :func:`tomolive.ml.loop.retrain` with the Bragg roles.
+) -> Callable[[np.ndarray, tuple[str, ...]], RetrainResult]:
+    """``retrain(samples, scan_uids)``: one pass of :func:`tomolive.ml.loop.retrain` with the Bragg roles.
 
-    Audits fit ``audit_size`` peaks here every ``every`` frames; a median disagreement above
-    ``threshold`` px collects ``min_samples`` new patches, then labels and fine-tunes on
-    ``client``'s workers; results are on ``monitor.retrains`` (futures of RetrainResult).
+    Labels on ``client``'s workers, trains there, and records ``scan_uids`` as the new version's lineage.
     """
-    trainer = trainer or BraggTrainer()
-    validator, edge_labeller = CentreError(), FitLabeller(None)
+    validator = CentreError()
 
-    def on_drift(samples: np.ndarray) -> RetrainResult:
+    def run(samples: np.ndarray, scan_uids: tuple[str, ...]) -> RetrainResult:
         return retrain(
             samples,
             labeller=FitLabeller(client),
@@ -136,12 +129,36 @@ def bragg_drift_monitor(
             hyperparameters=trainer.hyperparameters(),
         )
 
+    return run
+
+
+def bragg_drift_monitor(
+    slot: ModelSlot[Any],
+    registry: ModelRegistry,
+    client: Client | None,
+    *,
+    threshold: float = 0.08,
+    every: int = 10,
+    audit_size: int = 32,
+    min_samples: int = 2000,
+    label_fraction: float = 1.0,
+    trainer: BraggTrainer | None = None,
+    on_drift: Callable[[np.ndarray, tuple[str, ...]], Any] | None = None,
+) -> DriftMonitor:
+    """A DriftMonitor whose drift runs :func:`bragg_retrain` (or ``on_drift``, when given).
+
+    Audits fit ``audit_size`` peaks here every ``every`` frames; a median disagreement above
+    ``threshold`` px collects ``min_samples`` new patches, then labels and fine-tunes on
+    ``client``'s workers; results are on ``monitor.retrains`` (futures of RetrainResult). The
+    new version's lineage holds the ``source`` tags (scan uids) its patches were observed with.
+    """
+    trainer = trainer or BraggTrainer()
     return DriftMonitor(
         slot,
-        edge_labeller,
-        validator,
+        FitLabeller(None),
+        CentreError(),
         threshold=threshold,
-        on_drift=on_drift,
+        on_drift=on_drift or bragg_retrain(slot, registry, client, trainer, label_fraction),
         every=every,
         audit_size=audit_size,
         min_samples=min_samples,

@@ -1,8 +1,11 @@
 """Bragg's stages after the stop, on the :class:`~tomolive.stages.Stage` protocol.
 
-:class:`AuditStage` fits the sampled peaks with the pseudo-Voigt labeller on Dask and adds
-them to the table as ``method="pseudo-voigt"`` rows beside the model's; their disagreement
-with the model is recorded. :class:`PeakTableStage` writes the table
+:class:`LoopStage` records what the retraining loop did with the run's peaks (drift
+decisions, retrains and their results; it waits for passes still running) in the metadata
+``retrain`` and provenance. :class:`AuditStage` fits the sampled peaks with the pseudo-Voigt
+labeller on Dask and adds them to the table as ``method="pseudo-voigt"`` rows beside the
+model's; their disagreement with the model is recorded. Peaks after a cost-model choice of
+the fit are all fitted the same way. :class:`PeakTableStage` writes the table
 ``processed/<uid>/peaks`` and the frame summary (empty, saturated frames, edge peaks).
 """
 
@@ -17,6 +20,19 @@ from .fitting import fit_patches_dask
 FIT_METHOD = "pseudo-voigt"
 
 
+class LoopStage:
+    """The retraining loop's record of the run: ``metadata["retrain"]`` and ``provenance.results["retrain"]``."""
+
+    name = "retrain"
+
+    def run(self, ctx: StageContext) -> None:
+        ctx.report("retrain")
+        with ctx.provenance.stage("retrain"):
+            record = ctx.acquisition.loop_record()
+        ctx.metadata["retrain"] = record
+        ctx.provenance.results["retrain"] = record
+
+
 class AuditStage:
     """The sampled peaks fitted on Dask; rows added, and the model-vs-fit disagreement recorded."""
 
@@ -24,27 +40,30 @@ class AuditStage:
 
     def run(self, ctx: StageContext) -> None:
         acquisition = ctx.acquisition
-        sample = acquisition.audit
+        n_audit = len(acquisition.audit)
+        sample = acquisition.audit + acquisition.refit
         if not sample:
-            ctx.metadata["audit"] = {"n": 0}
+            ctx.metadata["audit"] = {"n": 0, "refit": 0}
             return
         ctx.report("audit")
         with ctx.provenance.stage("audit"):
             patches = np.stack([patch for _, patch, _ in sample])
             fitted = fit_patches_dask(ctx.dask_client(), patches, chunk=ctx.params.fit_chunk)
         rows = acquisition.rows
-        distances = []
+        distances: list[float] = []
         for (row, _, origin), (fy, fx) in zip(sample, fitted, strict=True):
             y, x = origin[0] + fy, origin[1] + fx
-            distances.append(float(np.hypot(y - rows["y"][row], x - rows["x"][row])))
+            if len(distances) < n_audit:
+                distances.append(float(np.hypot(y - rows["y"][row], x - rows["x"][row])))
             for name in COLUMNS:
                 rows[name].append(rows[name][row])
             rows["y"][-1], rows["x"][-1], rows["method"][-1], rows["model_version"][-1] = y, x, FIT_METHOD, ""
         ctx.metadata["audit"] = {
-            "n": len(sample),
+            "n": n_audit,
+            "refit": len(acquisition.refit),  # every peak after the cost model chose the fit
             "method": FIT_METHOD,
-            "median_disagreement_px": float(np.median(distances)),
-            "p90_disagreement_px": float(np.percentile(distances, 90)),
+            "median_disagreement_px": float(np.median(distances)) if distances else None,
+            "p90_disagreement_px": float(np.percentile(distances, 90)) if distances else None,
         }
 
 
