@@ -26,7 +26,13 @@ from tomolive.sim.ptycho_tomo import phase_foam
 from tomolive.techniques import PtychoTechnique, TomoTechnique
 from tomolive.techniques.ptycho import metrics, physics
 from tomolive.techniques.ptycho import surrogate as sg
-from tomolive.techniques.ptycho.learning import StoredSurrogate, ptychonn_registry, skip_reason
+from tomolive.techniques.ptycho.learning import (
+    StoredSurrogate,
+    SurrogateTrainer,
+    ptychonn_registry,
+    skip_reason,
+    training_pairs,
+)
 from tomolive.techniques.ptycho.params import PtychoParams
 
 from . import ptycho_sim
@@ -65,6 +71,19 @@ def test_when_a_run_trains_and_the_stored_form_round_trips():
     patterns = np.random.default_rng(0).poisson(100.0, (4, N, N)).astype(np.float32)
     for got, want in zip(back.predict(patterns), sur.predict(patterns)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_run_trains_on_surrogate_pairs_pairs_however_many_it_measured():
+    rng = np.random.default_rng(4)
+    obj = physics.complex_object(0.9 + 0.1 * rng.random((48, 48)), rng.random((48, 48)), phase_range_rad=1.0)
+    probe = physics.make_probe(16, aperture_px=8, defocus_phase_rad=1.0)
+    positions = physics.fermat_positions(40, 2.5, centre=(24.0, 24.0))
+    patterns = physics.simulate_patterns(obj, probe, positions, photons_per_pattern=1e5, rng=1)
+    views = [(patterns, positions, obj, probe)] * 2  # 80 measured pairs
+    for asked, used in ((30, 30), (100, 100)):  # a draw of the measured ones; all of them plus simulated
+        assert training_pairs(views, asked) == used
+        trainer = SurrogateTrainer((48, 48), (patterns, positions), pairs=asked, epochs=1, channels=4, threads=1)
+        assert int(trainer.from_scratch(views).n_train) == used
 
 
 @pytest.fixture(scope="module")

@@ -150,12 +150,20 @@ def _extra_per_view(training: Views, pairs: int) -> int:
     return max(0, -(-(pairs - measured) // len(training)))
 
 
+def training_pairs(training: Views, pairs: int) -> int:
+    """Pairs a run trains on: ``pairs`` drawn from the measured ones when there are more (a long
+    rotation series would otherwise make training outlast the reconstruction), else all measured
+    plus simulated ones."""
+    measured = sum(len(pats) for pats, *_ in training)
+    return pairs if measured >= pairs else measured + len(training) * _extra_per_view(training, pairs)
+
+
 @dataclass(frozen=True)
 class SurrogateTrainer:
     """The surrogate's :class:`~tomolive.ml.loop.Trainer`: solved views in, a :class:`StoredSurrogate` out.
 
     Each view gives its measured pairs plus simulated ones up to ``pairs`` in all
-    (:func:`~.surrogate.training_set`). The candidate's trust threshold is calibrated on
+    (:func:`~.surrogate.training_set`); with more measured pairs than that, ``pairs`` of them. The candidate's trust threshold is calibrated on
     ``calibration`` (a held-out view's patterns and positions), so the version the loop
     publishes carries its own. Torch uses ``threads`` threads, or the Dask worker's count.
     """
@@ -195,6 +203,9 @@ class SurrogateTrainer:
         extra = _extra_per_view(data, self.pairs)
         parts = [sg.training_set(*solved, extra=extra, rng=k) for k, solved in enumerate(data)]
         x, amp, phase = (np.concatenate(v) for v in zip(*parts))
+        if len(x) > self.pairs:  # more measured pairs than asked for: an even random draw over the views
+            keep = np.sort(np.random.default_rng(0).choice(len(x), self.pairs, replace=False))
+            x, amp, phase = x[keep], amp[keep], phase[keep]
         _, pos, obj, probe = data[0]
         sur = sg.train(
             x,
@@ -280,7 +291,7 @@ class SurrogateStage:
         validator = PhaseError(shape)
         measured = sum(len(pats) for pats, *_ in training)
         pairs = {
-            "train": measured + len(training) * _extra_per_view(training, trainer.pairs),
+            "train": training_pairs(training, trainer.pairs),
             "measured": measured,
             "held_out": len(held_out[0][0]),
         }

@@ -53,8 +53,9 @@ class PtychoParams:
         Width of the surrogate (:class:`~.surrogate.PtychoNN` ``channels``); the model store
         keeps one series per pattern size and width (``models/ptychonn_n<n>_c<channels>``).
     surrogate_pairs : int
-        Training pairs per run: the training views' measured patterns plus patterns
-        re-illuminated from their iterative results to make up this many (at least
+        Training pairs per run: the training views' measured patterns (a random draw of this
+        many when they hold more) plus patterns re-illuminated from their iterative results to
+        make up this many (at least
         :data:`~.surrogate.MIN_TRAINING_PAIRS`, or the surrogate is never trusted).
     min_overlap : float
         QC: alert when the probe-overlap ratio of a view is below this.
