@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numcodecs
@@ -171,3 +172,15 @@ def test_an_outbox_result_keeps_volumes_and_preview_and_upload_sends_both(
     for key, array in other_ranks.items():
         np.testing.assert_array_equal(uploaded[key].read(), array)
     assert not pending(tmp_path)
+
+
+def test_metadata_updates_from_many_threads_are_all_kept(tiled_server: Settings) -> None:
+    """Tiled applies each patch read-modify-write: concurrent patches to one container lost keys,
+    and the next patch built on the client's copy then failed with a 500 (a CI flake of test_flats)."""
+    client = connect(tiled_server.uri, api_key=tiled_server.api_key)
+    record = TiledResult.create(client, "store-test-concurrent", {}, tiled_server.api_key)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: record.update(**{f"key_{i}": i}), range(48)))
+    record.set_status("complete", **{f"key_{i}": -i for i in range(48)})  # replaces every key the server kept
+    stored = connect(tiled_server.uri, api_key=tiled_server.api_key)["processed"]["store-test-concurrent"].metadata
+    assert stored["status"] == "complete" and [stored[f"key_{i}"] for i in range(48)] == [-i for i in range(48)]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 from tiled.client.base import BaseClient
 from tiled.structures.array import ArrayStructure, BuiltinDtype
@@ -44,6 +47,7 @@ class TiledResult:
         self.models_client = models_client
         self.previous_parameters = previous_parameters
         self._preview: BaseClient | None = None
+        self._patching = threading.Lock()  # Tiled patches metadata read-modify-write: one patch at a time
 
     @classmethod
     def create(
@@ -86,7 +90,7 @@ class TiledResult:
 
     def update(self, **metadata: Any) -> None:
         """Merge top-level metadata keys (no revision kept: progress updates are frequent)."""
-        self.node.update_metadata(metadata=jsonable(metadata), drop_revision=True)
+        _patch_metadata(self.node, jsonable(metadata), self._patching)
 
     def set_status(self, status: Status, **metadata: Any) -> None:
         """Set ``status`` (one of :data:`~tomolive.store.STATUSES`), stamp ``updated``, merge ``metadata``."""
@@ -164,4 +168,21 @@ class TiledResult:
             self._preview.write_block(image, block=(0,) * image.ndim)
         elif self._preview is None:
             raise BadInputError("write_preview: no preview image yet, so one must be given.")
-        self._preview.update_metadata(metadata=jsonable(metadata), drop_revision=True)
+        _patch_metadata(self._preview, jsonable(metadata), self._patching)
+
+
+def _patch_metadata(node: BaseClient, metadata: dict, lock: threading.Lock) -> None:
+    """Merge ``metadata`` into ``node``'s, one patch at a time.
+
+    The client builds a JSON patch against its own copy of the metadata; concurrent patches let the
+    server lose keys, and the next patch replacing one of them failed with a 500. After a 5xx the copy
+    is refreshed, so a retry (:func:`~tomolive.store.client.patiently`) builds its patch anew.
+    """
+    with lock:
+        try:
+            node.update_metadata(metadata=metadata, drop_revision=True)
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code >= 500:
+                with contextlib.suppress(httpx.HTTPError):
+                    node.refresh()
+            raise

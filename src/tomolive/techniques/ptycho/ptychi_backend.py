@@ -159,7 +159,7 @@ def reconstruct_ptychi_isolated(
         if child.returncode != 0:
             lines = child.stderr.strip().splitlines() or [f"exit code {child.returncode}"]
             raise BadInputError(f"Pty-chi's process failed: {lines[-1]}")
-        with np.load(output) as result:
+        with np.load(output, allow_pickle=False) as result:
             return PtychoResult(
                 result["object"], result["probe"], result["positions"], result["loss"], float(result["seconds"])
             )
@@ -167,7 +167,7 @@ def reconstruct_ptychi_isolated(
 
 def _child(inputs: str, output: str) -> None:
     """The isolated process: one reconstruction from ``inputs`` into ``output``."""
-    with np.load(inputs) as given:
+    with np.load(inputs, allow_pickle=False) as given:
         threads, (rows, cols) = int(given["threads"]), (int(n) for n in given["object_shape"])
         result = reconstruct_ptychi(
             given["patterns"],
