@@ -95,7 +95,11 @@ def main() -> None:
         "model": {"name": record["name"], "sha256": record["sha256"], "architecture": record["architecture"]},
         "error_px": {
             "braggnn": {"median": float(np.median(nn_err)), "p90": float(np.percentile(nn_err, 90))},
-            "pseudo_voigt": {"median": float(np.median(fit_err)), "p90": float(np.percentile(fit_err, 90))},
+            "pseudo_voigt": {
+                "median": float(np.nanmedian(fit_err)),
+                "p90": float(np.nanpercentile(fit_err, 90)),
+                "untrusted": int(np.isnan(fit_err).sum()),  # fits that found no peak give no centre
+            },
         },
         "peaks_per_cpu_s": {"braggnn": nn_rate, "pseudo_voigt": fit_rate},
         "peaks_per_wall_s": {"braggnn": len(many) / nn_wall, "pseudo_voigt": len(patches) / fit_wall},

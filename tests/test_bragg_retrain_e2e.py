@@ -127,7 +127,9 @@ def test_drift_mid_scan_retrains_publishes_and_hot_swaps_with_lineage(loop_pipe,
     version = int(new[1:])
     record = registry.record(version)
     assert version in registry.versions() and record["parent_version"] == swap["before"]
-    assert record["scan_uids"] == [uid] and record["labels"]["train"] + record["labels"]["held_out"] >= 800
+    counts = record["labels"]
+    assert record["scan_uids"] == [uid] and counts["train"] + counts["held_out"] + counts["unlabelled"] >= 800
+    assert counts["unlabelled"] < 0.3 * counts["offered"]  # fits that found no peak are left out, not learnt
     assert record["metrics"]["held_out"] < record["metrics"]["previous_held_out"]
     errors = _errors(rows, det.truths)
     changed = rows["frame"].to_numpy() >= CHANGE_AT
@@ -137,7 +139,7 @@ def test_drift_mid_scan_retrains_publishes_and_hot_swaps_with_lineage(loop_pipe,
     )
     assert np.isfinite(before).mean() > 0.8 and np.isfinite(after).mean() > 0.8
     old_px, new_px = np.nanmedian(before), np.nanmedian(after)
-    assert new_px < old_px - 0.02, (old_px, new_px, node.metadata["retrain"])  # measured: 0.331 -> 0.278 px
+    assert new_px < old_px - 0.02, (old_px, new_px, node.metadata["retrain"])  # measured: 0.33 -> 0.26 px
 
     # the run's metadata and provenance hold the pass: its decision and its RetrainResult
     md = node.metadata

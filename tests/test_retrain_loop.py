@@ -146,6 +146,44 @@ def test_a_worse_model_is_never_deployed(deployed_v1, dask_client):
     assert slot.version == 1 and state_to_bytes(slot.get()) == before
 
 
+class PartialLabeller(Labeller):
+    """Labels setup B, but not the samples whose first feature is above ``cutoff`` (NaN): a fit that found no peak."""
+
+    def __init__(self, cutoff: float) -> None:
+        super().__init__(SETUP_B)
+        self.cutoff = cutoff
+
+    def label(self, samples: np.ndarray) -> np.ndarray:
+        labels = super().label(samples)
+        labels[samples[:, 0] > self.cutoff] = np.nan
+        return labels
+
+
+def test_samples_the_labeller_cannot_label_are_left_out_and_counted(deployed_v1):
+    registry, slot = deployed_v1
+    new = samples(400, 6)
+    result = retrain(
+        new, labeller=PartialLabeller(0.5), trainer=Trainer(), validator=Validator(), registry=registry, slot=slot
+    )
+    unlabelled = int((new[:, 0] > 0.5).sum())
+    assert 80 < unlabelled < 160  # about 31 % of a normal draw
+    assert result.deployed and result.candidate_score < 0.05 < result.deployed_score  # learnt setup B from the rest
+    counts = registry.record(result.version)["labels"]
+    assert counts == {"train": counts["train"], "held_out": result.n_held_out, "offered": 400, "unlabelled": unlabelled}
+    assert counts["train"] + counts["held_out"] == 400 - unlabelled
+
+    with pytest.raises(MissingDataError, match="labelled 0 of 320 training samples"):
+        retrain(
+            new,
+            labeller=PartialLabeller(-np.inf),
+            trainer=Trainer(),
+            validator=Validator(),
+            registry=registry,
+            slot=slot,
+        )
+    assert registry.deployed() == result.version  # nothing published by the failed pass
+
+
 def test_with_nothing_deployed_a_candidate_must_beat_the_baseline(keys, dask_client):
     writer, _ = keys
     registry = ModelRegistry(writer, "toy_baseline", build=nn.Linear, arch=ARCH)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from ..engine.cluster import gpu_resources
-from ..errors import BadInputError
+from ..errors import BadInputError, MissingDataError
 from .deploy import Deployed, ModelSlot
 
 if TYPE_CHECKING:
@@ -44,7 +44,10 @@ D_contra = TypeVar("D_contra", contravariant=True)
 
 
 class Labeller(Protocol):
-    """The conventional method: labels for ``samples`` (same length along axis 0)."""
+    """The conventional method: labels for ``samples`` (same length along axis 0).
+
+    A sample it cannot label gets a label holding NaN; :func:`retrain` leaves such samples out.
+    """
 
     def label(self, samples: np.ndarray) -> np.ndarray:
         """Labels for ``samples``."""
@@ -109,6 +112,20 @@ def _split(samples: np.ndarray, label_fraction: float, held_out: float, seed: in
     return samples[np.sort(picked[n_held:])], samples[np.sort(picked[:n_held])]
 
 
+def _labelled(samples: np.ndarray, labels: np.ndarray, part: str) -> Labelled:
+    """``(samples, labels)`` without the samples the labeller could not label (a NaN in their label)."""
+    labels = np.asarray(labels)
+    if len(labels) != len(samples):
+        raise BadInputError(f"labeller: expected {len(samples)} labels for the {part} samples, got {len(labels)}")
+    kept = np.isfinite(labels.reshape(len(labels), -1)).all(axis=1)
+    if kept.sum() < (2 if part == "training" else 1):
+        raise MissingDataError(
+            f"retrain: the labeller labelled {kept.sum()} of {len(samples)} {part} samples; too few to "
+            "train on (collect more samples, or check the labeller on them)"
+        )
+    return samples[kept], labels[kept]
+
+
 def _base(registry: ModelRegistry) -> Deployed[Any] | None:
     """The registry's deployed model to fine-tune, or None (nothing deployed, or it no longer loads)."""
     version = registry.deployed()
@@ -152,7 +169,8 @@ def train_and_deploy(
     registry : ModelRegistry
         Where the base comes from and the candidate goes (a writer key).
     labels : dict
-        Labelled samples by kind, recorded as lineage; needs ``"train"`` and ``"held_out"``.
+        Labelled samples by kind, recorded as lineage; needs ``"train"`` and ``"held_out"``. It is
+        read after ``held_out()`` returns, which may complete it (counts known once labelled).
     slot : ModelSlot, optional
         The edge's deployed model: compared against and swapped when the candidate is better.
         Without one the registry's deployed version is compared against.
@@ -249,21 +267,30 @@ def retrain(
     """Label a fraction of ``samples``, fine-tune the deployed model, and deploy it only if it is better.
 
     The training samples are labelled here first, the held-out ones while training runs; the
-    rest is :func:`train_and_deploy`, comparing against and swapping ``slot``'s model. The
-    version's labels count the training, held-out and offered samples.
+    rest is :func:`train_and_deploy`, comparing against and swapping ``slot``'s model. Samples the
+    labeller leaves unlabelled (NaN) are left out; the version's labels count the training,
+    held-out, offered and unlabelled samples.
     """
     start = time.perf_counter()
     samples = np.asarray(samples)
     train_x, held_x = _split(samples, label_fraction, held_out, seed)
-    train_y = labeller.label(train_x)
+    picked = len(train_x) + len(held_x)
+    train_x, train_y = _labelled(train_x, labeller.label(train_x), "training")
     labelled = time.perf_counter() - start
+    counts = {"train": len(train_x), "held_out": len(held_x), "offered": len(samples), "unlabelled": 0}
+
+    def label_held_out() -> Labelled:
+        held = _labelled(held_x, labeller.label(held_x), "held-out")
+        counts["held_out"], counts["unlabelled"] = len(held[0]), picked - len(train_x) - len(held[0])
+        return held
+
     result = train_and_deploy(
         (train_x, train_y),
-        lambda: (held_x, labeller.label(held_x)),
+        label_held_out,
         trainer=trainer,
         validator=validator,
         registry=registry,
-        labels={"train": len(train_x), "held_out": len(held_x), "offered": len(samples)},
+        labels=counts,
         slot=slot,
         client=client,
         scan_uids=scan_uids,

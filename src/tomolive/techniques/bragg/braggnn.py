@@ -143,6 +143,8 @@ def train(
     centres = np.asarray(centres, dtype=np.float32)
     if centres.shape != (len(patches), 2):
         raise BadInputError(f"centres have shape {centres.shape!r}; expected ({len(patches)}, 2) for the patches.")
+    if not np.isfinite(centres).all():
+        raise BadInputError("centres hold NaN or infinite values; leave unlabelled patches out of the training data.")
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise BadInputError(f"epochs, batch_size and lr must be positive; got {epochs!r}, {batch_size!r}, {lr!r}.")
     x_all = torch.from_numpy(normalise(patches))

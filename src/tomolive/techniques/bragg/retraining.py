@@ -95,11 +95,17 @@ class BraggTrainer:
 
 
 class CentreError:
-    """Median distance (px) between the model's centres and the labels; lower is better."""
+    """Median distance (px) between the model's centres and the labels; lower is better.
+
+    Patches without a label (a NaN centre: the fit was not trusted) are not scored; NaN when none has one.
+    """
 
     def score(self, model: BraggNN, held_out: Labelled) -> float:
         patches, centres = held_out
-        return float(np.median(np.hypot(*(predict_centres(model, patches) - centres).T)))
+        labelled = np.isfinite(centres).all(axis=1)
+        if not labelled.any():
+            return float("nan")
+        return float(np.median(np.hypot(*(predict_centres(model, patches[labelled]) - centres[labelled]).T)))
 
 
 def bragg_retrain(

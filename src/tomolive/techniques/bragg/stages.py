@@ -51,9 +51,11 @@ class AuditStage:
             fitted = fit_patches_dask(ctx.dask_client(), patches, chunk=ctx.params.fit_chunk)
         rows = acquisition.rows
         distances: list[float] = []
-        for (row, _, origin), (fy, fx) in zip(sample, fitted, strict=True):
+        for k, ((row, _, origin), (fy, fx)) in enumerate(zip(sample, fitted, strict=True)):
+            if not np.isfinite(fy):
+                continue  # the fit did not find this peak: no row rather than a wrong one
             y, x = origin[0] + fy, origin[1] + fx
-            if len(distances) < n_audit:
+            if k < n_audit:
                 distances.append(float(np.hypot(y - rows["y"][row], x - rows["x"][row])))
             for name in COLUMNS:
                 rows[name].append(rows[name][row])
@@ -62,6 +64,7 @@ class AuditStage:
             "n": n_audit,
             "refit": len(acquisition.refit),  # every peak after the cost model chose the fit
             "method": FIT_METHOD,
+            "untrusted": int(np.isnan(fitted[:, 0]).sum()),  # fits that found no peak, left out
             "median_disagreement_px": float(np.median(distances)) if distances else None,
             "p90_disagreement_px": float(np.percentile(distances, 90)) if distances else None,
         }

@@ -137,9 +137,9 @@ def lsq_update(
 ) -> tuple[torch.Tensor, BatchOut]:
     """Least-squares (LSQML-like) mini-batch step: preconditioned directions, optimal step sizes.
 
-    Directions ``dO = sum conj(P) chi / (sum |P|^2 + delta)`` (``illum`` is the scratch buffer for
-    ``work`` holds a complex and a real object-sized scratch buffer) and ``dP = sum conj(O) chi / (sum |O|^2 + delta)``; the step sizes
-    ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch (a 2x2 normal system), clamped to [0, 1.5].
+    Directions ``dO = sum conj(P) chi / (sum |P|^2 + delta)`` and ``dP = sum conj(O) chi / (sum |O|^2 + delta)``;
+    the step sizes ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch (a 2x2 normal system),
+    clamped to [0, 1.5]. ``work`` is a complex and a real object-sized scratch buffer.
     """
     n = probe.shape[-1]
     out = project(obj_flat, probe, batch)
