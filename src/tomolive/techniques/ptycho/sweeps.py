@@ -94,7 +94,9 @@ def pie_update(
     out = project(obj_flat, probe, batch)
     p2 = abs2(out.ps)
     num, illum = _footprint_sums(work, batch.idx, out.chi * out.ps.conj(), p2)
-    denom = torch.maximum(illum, p2.amax()).mul_(alpha).add_(illum, alpha=1.0 - alpha)
+    denom = torch.maximum(illum, p2.amax())
+    if alpha != 1.0:
+        denom.mul_(alpha).add_(illum, alpha=1.0 - alpha)
     obj_flat.index_copy_(0, batch.idx, out.ob.reshape(-1) + scale_(num, denom.reciprocal_()))
     if update_probe:
         o2 = abs2(out.ob).sum(0)
@@ -108,16 +110,20 @@ def _footprint_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-window sums over the batch's overlapping windows, read back at every window pixel.
 
-    ``work`` (complex, real) object-sized buffers are zero outside the batch and left zero, so
-    a batch costs its windows, not the object: a 674^2 object under 128^2 windows is ~4x
-    the windows of a batch of 16, and whole-object passes dominated the sweep.
+    ``work`` (complex, real) object-sized buffers are zero on entry and left zero: cleared
+    whole (a memset) unless the object exceeds 4x the batch's windows, then only under them
+    (an index fill costs more per pixel; whole-object passes over a large object dominate).
     """
     num, illum = work
     num.index_add_(0, idx, values.reshape(-1))
     illum.index_add_(0, idx, weights.reshape(-1))
     sums = num.index_select(0, idx), illum.index_select(0, idx)
-    num.index_fill_(0, idx, 0)
-    illum.index_fill_(0, idx, 0)
+    if num.numel() <= 4 * idx.numel():
+        num.zero_()
+        illum.zero_()
+    else:
+        num.index_fill_(0, idx, 0)
+        illum.index_fill_(0, idx, 0)
     return sums
 
 
