@@ -50,6 +50,15 @@ log = logging.getLogger(__name__)
 M = TypeVar("M")
 
 
+def drop_unlabelled(samples: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(samples, labels)`` without the samples whose label holds a NaN: the labeller could not label them."""
+    labels = np.asarray(labels)
+    if len(labels) != len(samples):
+        raise BadInputError(f"labeller: expected {len(samples)} labels, one per sample, got {len(labels)}")
+    kept = np.isfinite(labels.reshape(len(labels), -1)).all(axis=1)
+    return samples[kept], labels[kept]
+
+
 class Deployed(NamedTuple, Generic[M]):
     """A model and the registry version it came from (None: not from the registry)."""
 
@@ -240,7 +249,8 @@ class DriftMonitor:
 
     def _run_audit(self, frame: int, samples: np.ndarray) -> Audit:
         model, version = self.slot.current()
-        disagreement = float(self.validator.score(model, (samples, self.labeller.label(samples))))
+        labelled = drop_unlabelled(samples, self.labeller.label(samples))
+        disagreement = float(self.validator.score(model, labelled)) if len(labelled[0]) else float("nan")
         audit = Audit(frame, version, disagreement, len(samples), disagreement > self.threshold, time.monotonic())
         with self._lock:
             self.audits.append(audit)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..engine.cluster import gpu_resources
 from ..errors import BadInputError, MissingDataError
-from .deploy import Deployed, ModelSlot
+from .deploy import Deployed, ModelSlot, drop_unlabelled
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -46,7 +46,8 @@ D_contra = TypeVar("D_contra", contravariant=True)
 class Labeller(Protocol):
     """The conventional method: labels for ``samples`` (same length along axis 0).
 
-    A sample it cannot label gets a label holding NaN; :func:`retrain` leaves such samples out.
+    A sample it cannot label gets a label holding NaN; :func:`retrain` and the drift monitor's
+    audits leave such samples out (:func:`~.deploy.drop_unlabelled`).
     """
 
     def label(self, samples: np.ndarray) -> np.ndarray:
@@ -113,17 +114,14 @@ def _split(samples: np.ndarray, label_fraction: float, held_out: float, seed: in
 
 
 def _labelled(samples: np.ndarray, labels: np.ndarray, part: str) -> Labelled:
-    """``(samples, labels)`` without the samples the labeller could not label (a NaN in their label)."""
-    labels = np.asarray(labels)
-    if len(labels) != len(samples):
-        raise BadInputError(f"labeller: expected {len(samples)} labels for the {part} samples, got {len(labels)}")
-    kept = np.isfinite(labels.reshape(len(labels), -1)).all(axis=1)
-    if kept.sum() < (2 if part == "training" else 1):
+    """:func:`~.deploy.drop_unlabelled`, refusing a ``part`` left too small to train (2) or validate (1) on."""
+    kept = drop_unlabelled(samples, labels)
+    if len(kept[0]) < (2 if part == "training" else 1):
         raise MissingDataError(
-            f"retrain: the labeller labelled {kept.sum()} of {len(samples)} {part} samples; too few to "
+            f"retrain: the labeller labelled {len(kept[0])} of {len(samples)} {part} samples; too few to "
             "train on (collect more samples, or check the labeller on them)"
         )
-    return samples[kept], labels[kept]
+    return kept
 
 
 def _base(registry: ModelRegistry) -> Deployed[Any] | None:
@@ -273,15 +271,15 @@ def retrain(
     """
     start = time.perf_counter()
     samples = np.asarray(samples)
-    train_x, held_x = _split(samples, label_fraction, held_out, seed)
-    picked = len(train_x) + len(held_x)
-    train_x, train_y = _labelled(train_x, labeller.label(train_x), "training")
+    picked_x, held_x = _split(samples, label_fraction, held_out, seed)
+    train_x, train_y = _labelled(picked_x, labeller.label(picked_x), "training")
     labelled = time.perf_counter() - start
-    counts = {"train": len(train_x), "held_out": len(held_x), "offered": len(samples), "unlabelled": 0}
+    counts = {"train": len(train_x), "held_out": 0, "offered": len(samples), "unlabelled": len(picked_x) - len(train_x)}
 
     def label_held_out() -> Labelled:
         held = _labelled(held_x, labeller.label(held_x), "held-out")
-        counts["held_out"], counts["unlabelled"] = len(held[0]), picked - len(train_x) - len(held[0])
+        counts["held_out"] = len(held[0])
+        counts["unlabelled"] += len(held_x) - len(held[0])
         return held
 
     result = train_and_deploy(

@@ -95,17 +95,11 @@ class BraggTrainer:
 
 
 class CentreError:
-    """Median distance (px) between the model's centres and the labels; lower is better.
-
-    Patches without a label (a NaN centre: the fit was not trusted) are not scored; NaN when none has one.
-    """
+    """Median distance (px) between the model's centres and the labels; lower is better."""
 
     def score(self, model: BraggNN, held_out: Labelled) -> float:
         patches, centres = held_out
-        labelled = np.isfinite(centres).all(axis=1)
-        if not labelled.any():
-            return float("nan")
-        return float(np.median(np.hypot(*(predict_centres(model, patches[labelled]) - centres[labelled]).T)))
+        return float(np.median(np.hypot(*(predict_centres(model, patches) - centres).T)))
 
 
 def bragg_retrain(
