@@ -29,8 +29,12 @@ def true_object(shape: tuple[int, int] = OBJECT) -> np.ndarray:
     return physics.complex_object(amplitude, phase, phase_range_rad=PHASE_RANGE)
 
 
-def beamline(photons: float = 1e6, seed: int = 3) -> SimPtychoBeamline:
+def beamline(photons: float = 1e6, seed: int = 3, incoherent: float = 0.0) -> SimPtychoBeamline:
+    """The simulated beamline; ``incoherent`` > 0 makes its beam partially coherent: a second
+    probe mode holding that share of the power."""
     probe = physics.make_probe(N, aperture_px=16, defocus_phase_rad=1.5, kind="zone_plate")
+    if incoherent > 0:
+        probe = physics.add_probe_modes(probe, 2, fraction=incoherent)
     obj = true_object()
     sample = ComplexSample(lambda angle: obj, obj.shape)
     return make_sim_ptycho(sample, probe, photons_per_pattern=photons, seed=seed)

@@ -52,6 +52,22 @@ def test_ours_and_ptychi_agree_on_the_same_patterns() -> None:
     assert abs(theirs.loss[-1] - ours.loss[-1]) < 0.5 * ours.loss[-1]  # one data error for both solvers
 
 
+@pytest.mark.skipif(WHY is not None, reason=f"Pty-chi cannot be imported here: {WHY}")
+def test_ours_and_ptychi_agree_on_a_partially_coherent_beam() -> None:
+    """Two probe modes in both solvers, on a beam with 30 % of its power in a second mode."""
+    case = _case()
+    beam = physics.add_probe_modes(physics.make_probe(N, aperture_px=16, defocus_phase_rad=1.5), 2, fraction=0.3)
+    patterns = physics.simulate_patterns(case["obj"], beam, case["positions"], photons_per_pattern=1e6, rng=3)
+    args = (patterns, case["positions"], physics.add_probe_modes(case["guess"], 2))
+    kw = {"object_shape": SHAPE, "method": "epie", "epochs": EPOCHS, "batch_size": 16, "threads": 1}
+    results = {"ours": reconstruct(*args, **kw), "ptychi": reconstruct_ptychi(*args, **kw)}
+    errors = {name: metrics.phase_nrmse(r.object, case["obj"], case["mask"]) for name, r in results.items()}
+    assert errors["ours"] <= 0.035 and errors["ptychi"] <= 0.035, errors
+    for result in results.values():
+        power = (abs(result.probe) ** 2).sum(axis=(1, 2))
+        assert result.probe.shape == (2, N, N) and 0.15 < power[1] / power.sum() < 0.45, power
+
+
 @pytest.mark.skipif(WHY is None, reason="Pty-chi imports here: its refusal cannot be seen")
 def test_the_backend_says_why_it_cannot_run() -> None:
     case = _case()

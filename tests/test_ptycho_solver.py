@@ -14,7 +14,7 @@ from scipy.ndimage import gaussian_filter
 from tomolive.errors import BadInputError
 from tomolive.techniques.ptycho import metrics, physics
 from tomolive.techniques.ptycho.params import PtychoParams
-from tomolive.techniques.ptycho.solver import reconstruct
+from tomolive.techniques.ptycho.solver import data_error, orthogonal_modes, reconstruct
 from tomolive.techniques.ptycho.stages import flattened_phase, quality_alerts
 
 N, NP, APERTURE = 96, 32, 12
@@ -195,6 +195,67 @@ def test_bad_input_names_the_input(scan):
         _bad(scan, patterns=-scan["patterns"])
     with pytest.raises(BadInputError, match="method"):
         reconstruct(scan["patterns"], scan["positions"], scan["guess"], object_shape=(N, N), method="dm")
+
+
+def test_added_probe_modes_are_orthogonal_and_keep_the_power():
+    probe = physics.make_probe(NP, aperture_px=APERTURE, defocus_phase_rad=2.0)
+    modes = physics.add_probe_modes(probe, 4, fraction=0.2)
+    assert modes.shape == (4, NP, NP) and modes.dtype == np.complex64
+    power = np.sum(np.abs(modes) ** 2, axis=(1, 2))
+    assert power.sum() == pytest.approx(np.sum(np.abs(probe) ** 2), rel=1e-5)
+    np.testing.assert_allclose(power / power.sum(), [0.8, 0.2 * 4 / 7, 0.2 * 2 / 7, 0.2 / 7], rtol=1e-4)
+    gram = modes.reshape(4, -1).conj() @ modes.reshape(4, -1).T
+    assert np.abs(gram - np.diag(np.diag(gram))).max() < 1e-4 * power.max()
+    np.testing.assert_allclose(modes[0], probe * np.sqrt(0.8), atol=1e-6)  # the first mode keeps its shape
+    assert physics.add_probe_modes(modes, 4).shape == (4, NP, NP)  # already there: unchanged
+    # a partially coherent beam's patterns are its modes' intensities added
+    obj, centre = _object(), np.array([[48.0, 47.5]])
+    added = sum(physics.far_field(obj, mode, centre) for mode in modes)
+    np.testing.assert_allclose(physics.far_field(obj, modes, centre), added, rtol=1e-5, atol=1e-3)
+    for bad in ({"modes": 0}, {"modes": 99}, {"modes": 2, "fraction": 1.0}):
+        with pytest.raises(BadInputError, match="modes|fraction"):
+            physics.add_probe_modes(probe, **bad)
+
+
+def test_orthogonal_modes_keep_the_summed_intensity():
+    rng = np.random.default_rng(0)
+    probe = torch.as_tensor((rng.normal(size=(3, 8, 8)) + 1j * rng.normal(size=(3, 8, 8))).astype(np.complex64))
+    ortho = orthogonal_modes(probe)
+    np.testing.assert_allclose(ortho.abs().square().sum(0), probe.abs().square().sum(0), rtol=1e-4)
+    flat = ortho.reshape(3, -1)
+    gram = (flat.conj() @ flat.T).numpy()
+    power = np.real(np.diag(gram))
+    assert np.all(np.diff(power) <= 0) and np.abs(gram - np.diag(np.diag(gram))).max() < 1e-3 * power[0]
+
+
+@pytest.fixture(scope="module")
+def partially_coherent_scan(scan):
+    """The scan's object and positions lit by a beam with 30 % of its power in a second mode."""
+    beam = physics.add_probe_modes(scan["probe"], 2, fraction=0.3)
+    patterns = physics.simulate_patterns(scan["obj"], beam, scan["positions"], photons_per_pattern=1e6, rng=1)
+    return {**scan, "patterns": patterns, "beam": beam}
+
+
+@pytest.mark.parametrize("method", ["epie", "lsq"])
+def test_probe_modes_reconstruct_a_partially_coherent_beam(partially_coherent_scan, method):
+    """One mode cannot fit a partially coherent beam's patterns; two modes fit them and find its power split.
+
+    Measured (60 epochs, 1 thread): ePIE 1 mode NRMSE 0.056 / loss 9.4e-4, 2 modes 0.025 / 4.4e-4,
+    second mode 28 % of the power; LSQ 0.082 / 1.5e-3 against 0.034 / 5.6e-4, 27 %.
+    """
+    scan = partially_coherent_scan
+    kw = {"object_shape": (N, N), "method": method, "epochs": 60, "threads": 1}
+    one = reconstruct(scan["patterns"], scan["positions"], scan["guess"], **kw)
+    two = reconstruct(scan["patterns"], scan["positions"], physics.add_probe_modes(scan["guess"], 2), **kw)
+    assert two.probe.shape == (2, NP, NP) and one.probe.shape == (1, NP, NP)
+    nrmse_one = metrics.phase_nrmse(one.object, scan["obj"], scan["mask"])
+    nrmse_two = metrics.phase_nrmse(two.object, scan["obj"], scan["mask"])
+    assert nrmse_two < 0.045 and nrmse_two < 0.7 * nrmse_one
+    assert two.loss[-1] < 0.6 * one.loss[-1]
+    power = np.sum(np.abs(two.probe) ** 2, axis=(1, 2))
+    assert 0.2 < power[1] / power.sum() < 0.4  # the beam's 30 %, from a 10 % start
+    # the data error of a result, with its modes, is the solver's own
+    assert data_error(scan["patterns"], two.positions, two.probe, two.object) == pytest.approx(two.loss[-1], rel=0.2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the solver on GPU is not tested here")

@@ -79,8 +79,9 @@ class SimPtychoDetector(Device):
     ----------
     sample : ComplexSample
         The object; the stages' zero is its centre.
-    probe : ndarray (n, n) complex
-        The illumination (e.g. ``physics.make_probe``); patterns are ``n x n``.
+    probe : ndarray (n, n) or (modes, n, n) complex
+        The illumination (e.g. ``physics.make_probe``); patterns are ``n x n``. Several modes
+        are a partially coherent beam (``physics.add_probe_modes``): their intensities add.
     y, x : SynAxis
         Scan stages, micrometres.
     rotation : SynAxis, optional
@@ -121,7 +122,7 @@ class SimPtychoDetector(Device):
         if photons_per_pattern is not None:
             self.probe = self.probe * physics.probe_scale(self.probe, photons_per_pattern)
         self._rng = np.random.default_rng(seed)
-        n = self.probe.shape[0]
+        n = self.probe.shape[-1]
         self.image.put(np.zeros((n, n), dtype=np.float32))
 
     def position_px(self) -> np.ndarray:

@@ -72,12 +72,13 @@ class PtychoAcquisition:
     def _start(self) -> None:
         """The first frame: the probe guess, and the preview's thread."""
         guess = self.setup.probe
-        self.probe_guess = physics.make_probe(
+        probe = physics.make_probe(
             self.setup.pattern_n,
             aperture_px=guess.aperture_px,
             defocus_phase_rad=guess.defocus_phase_rad,
             kind=guess.kind,
         )
+        self.probe_guess = physics.add_probe_modes(probe, self.params.probe_modes)
         self.preview = StitchedPreview(
             self._snapshot,
             self.probe_guess,

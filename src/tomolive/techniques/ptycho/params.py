@@ -10,6 +10,7 @@ from ...errors import BadInputError
 
 METHODS = ("epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml")
 SURROGATE = ("auto", "on", "off")
+MAX_PROBE_MODES = 8
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class PtychoParams:
         Sweeps over every pattern of a view in the final reconstruction.
     batch_size : int
         Patterns updated together (mini-batch).
+    probe_modes : int
+        Incoherent probe modes to reconstruct (1 to 8): more than one models a partially
+        coherent beam, whose patterns a single mode cannot fit (blurred speckle, a data error
+        that stalls). The extra modes start from the probe guess times low-order polynomials
+        with 10 % of the power (``physics.add_probe_modes``).
     refine_positions : bool
         Refine the probe positions beside object and probe (tomolive's solvers only).
     device : str
@@ -70,6 +76,7 @@ class PtychoParams:
     method: Literal["epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml"] = "epie"
     epochs: int = 50
     batch_size: int = 16
+    probe_modes: int = 1
     refine_positions: bool = False
     device: str = "cpu"
     threads_per_task: int | None = None
@@ -89,11 +96,13 @@ class PtychoParams:
             raise BadInputError(f"method must be one of {METHODS}; got {self.method!r}.")
         if self.surrogate not in SURROGATE:
             raise BadInputError(f"surrogate must be one of {SURROGATE}; got {self.surrogate!r}.")
-        positive = ("epochs", "batch_size", "preview_epochs", "preview_min_patterns")
+        positive = ("epochs", "batch_size", "probe_modes", "preview_epochs", "preview_min_patterns")
         for name in (*positive, "surrogate_epochs", "surrogate_channels", "surrogate_pairs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BadInputError(f"{name} must be a positive integer; got {value!r}.")
+        if self.probe_modes > MAX_PROBE_MODES:
+            raise BadInputError(f"probe_modes must be at most {MAX_PROBE_MODES}; got {self.probe_modes!r}.")
         if self.threads_per_task is not None and self.threads_per_task < 1:
             raise BadInputError(f"threads_per_task must be None or >= 1; got {self.threads_per_task!r}.")
         if self.refine_positions and self.method.startswith("ptychi-"):

@@ -6,7 +6,9 @@ Pure numpy. Conventions shared with the solver (src/tomolive/techniques/ptycho/s
 - a probe of size ``n`` at centre ``c`` covers the object window whose top-left pixel is
   ``round(c - n/2)``; the sub-pixel rest ``(c - n/2) - round(c - n/2)`` (in [-0.5, 0.5]) shifts
   the probe by a Fourier phase ramp, so sub-pixel positions are modelled exactly;
-- patterns are ``|FFT2(probe * patch)|^2`` with the unnormalised FFT and DC centred (fftshift).
+- patterns are ``|FFT2(probe * patch)|^2`` with the unnormalised FFT and DC centred (fftshift);
+  a probe of several mutually incoherent modes (modes, n, n) gives the sum of its modes'
+  intensities (a partially coherent beam).
 """
 
 from __future__ import annotations
@@ -67,6 +69,58 @@ def make_probe(n: int, *, aperture_px: float, defocus_phase_rad: float = 0.0, ki
         amp *= np.clip(r - 0.3 * radius + 0.5, 0.0, 1.0)
     phase = defocus_phase_rad * (r / radius) ** 2
     return (amp * np.exp(1j * phase)).astype(np.complex64)
+
+
+def add_probe_modes(probe: np.ndarray, modes: int, *, fraction: float = 0.1) -> np.ndarray:
+    """``probe`` (n, n) or (m, n, n) grown to ``modes`` incoherent modes (modes, n, n) complex64.
+
+    A new mode is the first mode times a low-order polynomial of the window's coordinates
+    (x, y, xy, x^2, y^2, ...), orthogonalised against the modes before it: the shapes a
+    partially coherent beam's higher modes take. The new modes share ``fraction`` of the total
+    power, halving from one to the next; the total power is kept. Modes already given are kept
+    as they are (rescaled by ``1 - fraction`` with the rest when new ones are added).
+    """
+    probe = np.asarray(probe)
+    given = probe[None] if probe.ndim == 2 else probe
+    if given.ndim != 3 or given.shape[-1] != given.shape[-2]:
+        raise BadInputError(f"probe must be (n, n) or (modes, n, n), got shape {probe.shape!r}")
+    n, have = given.shape[-1], given.shape[0]
+    if not 1 <= modes <= len(_MODE_POLYNOMIALS) + 1 or modes < have:
+        raise BadInputError(
+            f"modes must be in [{have}, {len(_MODE_POLYNOMIALS) + 1}] for a probe of {have} mode(s), got {modes!r}"
+        )
+    if not 0.0 < fraction < 1.0:
+        raise BadInputError(f"fraction must be in (0, 1), got {fraction!r}")
+    out = given.astype(np.complex128)
+    if modes == have:
+        return out.astype(np.complex64)
+    power = float(np.sum(np.abs(out) ** 2))
+    first = out[0]
+    weight = np.abs(first) ** 2
+    y, x = np.mgrid[:n, :n] - (n - 1) / 2.0
+    rms = np.sqrt(np.sum(weight * (x**2 + y**2)) / max(float(weight.sum()), 1e-30) / 2.0) or 1.0
+    x, y = x / rms, y / rms
+    shares = 0.5 ** np.arange(1, modes - have + 1)
+    shares = fraction * shares / shares.sum()
+    new: list[np.ndarray] = []
+    for k, share in enumerate(shares):
+        mode = first * _MODE_POLYNOMIALS[have - 1 + k](x, y)
+        for other in [*out, *new]:
+            mode = mode - np.vdot(other, mode) / np.vdot(other, other) * other
+        new.append(mode / np.sqrt(np.sum(np.abs(mode) ** 2)) * np.sqrt(share * power))
+    out = np.concatenate([out * np.sqrt(1.0 - fraction), np.stack(new)])
+    return out.astype(np.complex64)
+
+
+_MODE_POLYNOMIALS = (
+    lambda x, y: x,
+    lambda x, y: y,
+    lambda x, y: x * y,
+    lambda x, y: x**2 - 1.0,
+    lambda x, y: y**2 - 1.0,
+    lambda x, y: x**2 * y,
+    lambda x, y: x * y**2,
+)
 
 
 def complex_object(amplitude: np.ndarray, phase: np.ndarray, *, phase_range_rad: float) -> np.ndarray:
@@ -145,24 +199,26 @@ def insert_patches(canvas: np.ndarray, patches: np.ndarray, top: np.ndarray) -> 
 def _check_probe_object(obj: np.ndarray, probe: np.ndarray) -> None:
     if obj.ndim != 2:
         raise BadInputError(f"obj must be a 2D complex image, got shape {obj.shape!r}")
-    if probe.ndim != 2 or probe.shape[0] != probe.shape[1]:
-        raise BadInputError(f"probe must be square (n, n), got shape {probe.shape!r}")
-    if probe.shape[0] > min(obj.shape):
+    if probe.ndim not in (2, 3) or probe.shape[-1] != probe.shape[-2]:
+        raise BadInputError(f"probe must be square (n, n) or (modes, n, n), got shape {probe.shape!r}")
+    if probe.shape[-1] > min(obj.shape):
         raise BadInputError(f"probe {probe.shape!r} is larger than the object {obj.shape!r}")
 
 
 def far_field(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Noise-free intensities ``|fftshift(FFT2(shifted probe * patch))|^2``, (N, n, n) float32."""
+    """Noise-free intensities ``|fftshift(FFT2(shifted probe * patch))|^2``, (N, n, n) float32,
+    summed over the modes of a (modes, n, n) probe."""
     obj = np.asarray(obj)
     probe = np.asarray(probe)
     _check_probe_object(obj, probe)
-    n = probe.shape[0]
+    n = probe.shape[-1]
     top, frac = split_positions(positions, n, obj.shape)
-    out = np.empty((len(top), n, n), dtype=np.float32)
-    for i in range(0, len(top), _CHUNK):
-        sl = slice(i, i + _CHUNK)
-        exit_wave = shifted_probes(probe, frac[sl]) * extract_patches(obj, top[sl], n)
-        out[sl] = np.abs(np.fft.fftshift(np.fft.fft2(exit_wave), axes=(-2, -1))) ** 2
+    out = np.zeros((len(top), n, n), dtype=np.float32)
+    for mode in probe.reshape(-1, n, n):
+        for i in range(0, len(top), _CHUNK):
+            sl = slice(i, i + _CHUNK)
+            exit_wave = shifted_probes(mode, frac[sl]) * extract_patches(obj, top[sl], n)
+            out[sl] += np.abs(np.fft.fftshift(np.fft.fft2(exit_wave), axes=(-2, -1))) ** 2
     return out
 
 

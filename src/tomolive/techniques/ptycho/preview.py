@@ -152,7 +152,7 @@ class StitchedPreview:
             object_init=self._object,
         )
         self._object = result.object
-        self._probe = result.probe[0] if result.probe.ndim == 3 else result.probe
+        self._probe = result.probe
         source = f"iterative: {params.preview_epochs} {params.preview_method} sweeps per update ({why_not})"
         return self._image(result.object, index, view, params.preview_epochs, source)
 

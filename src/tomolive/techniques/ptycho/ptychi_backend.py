@@ -48,7 +48,7 @@ def reconstruct_ptychi(
     """Object and probe from far-field ``patterns`` by Pty-chi's ePIE (alpha 1) or LSQML.
 
     Inputs as :func:`.solver.reconstruct` (positions are probe centres in object pixels; the
-    probe guess is rescaled to the data's mean photon count). Pty-chi's per-epoch losses are
+    probe guess, (n, n) or (modes, n, n), is rescaled to the data's mean photon count). Pty-chi's per-epoch losses are
     in its own units, so ``loss`` holds tomolive's data error (:func:`.solver.data_error`) of
     the final object and probe as its last value, NaN before.
 
@@ -61,7 +61,7 @@ def reconstruct_ptychi(
     if method not in METHODS:
         raise BadInputError(f"method must be one of {METHODS} for Pty-chi, got {method!r}")
     patterns, positions = np.asarray(patterns, dtype=np.float32), np.asarray(positions, dtype=np.float64)
-    probe = np.asarray(probe).reshape(1, *np.shape(probe)[-2:]).astype(np.complex64)
+    probe = np.asarray(probe).reshape(-1, *np.shape(probe)[-2:]).astype(np.complex64)  # (modes, n, n)
     _check_inputs(patterns, positions, probe, object_shape, "epie", epochs, batch_size)
     reason = unavailable()
     if reason is not None:
@@ -104,7 +104,7 @@ def _run(api, patterns, positions, probe, object_shape, method, epochs, batch_si
     obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
     final_probe = task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64)
     loss = np.full(epochs, np.nan)
-    loss[-1] = data_error(patterns, positions, final_probe[0], obj)
+    loss[-1] = data_error(patterns, positions, final_probe, obj)
     return PtychoResult(obj, final_probe, positions.copy(), loss, seconds)
 
 

@@ -4,7 +4,10 @@
 probe are updated together (the probe from the second epoch on). Positions follow
 physics.py: probe centres in object pixels, window top-left ``round(centre - n/2)``, the
 sub-pixel rest applied as a Fourier shift of the probe (exact, costs two FFTs per position;
-``subpixel=False`` rounds the positions instead). Optional position refinement moves each
+``subpixel=False`` rounds the positions instead). A probe of several modes (modes, n, n) is a
+partially coherent beam: the modes' intensities add, each mode is updated from its own exit
+waves, and after every epoch the modes are orthogonalised (the eigenvectors of their overlap
+matrix, strongest first), as PtychoShelves and Pty-chi do. Optional position refinement moves each
 position by the least-squares shift that best explains its exit-wave correction
 (sweeps.position_shift), at most ``max_shift_px`` per epoch, the mean shift removed.
 """
@@ -83,8 +86,10 @@ def _check_inputs(
     if patterns.min() < 0:
         raise BadInputError(f"patterns must be non-negative intensities, min is {float(patterns.min())!r}")
     n = patterns.shape[-1]
-    if probe.shape[-2:] != (n, n) or probe.ndim not in (2, 3) or (probe.ndim == 3 and probe.shape[0] != 1):
-        raise BadInputError(f"probe must be (n, n) or (1, n, n) with n = the patterns' {n}, got shape {probe.shape!r}")
+    if probe.shape[-2:] != (n, n) or probe.ndim not in (2, 3) or (probe.ndim == 3 and len(probe) == 0):
+        raise BadInputError(
+            f"probe must be (n, n) or (modes, n, n) with n = the patterns' {n}, got shape {probe.shape!r}"
+        )
     if not np.all(np.isfinite(probe)) or not np.any(probe):
         raise BadInputError("probe must be finite and not all zero")
     if positions.shape != (len(patterns), 2):
@@ -132,7 +137,8 @@ def reconstruct(
     ----------
     patterns, positions, probe
         Intensities (N, n, n); probe centres (N, 2) (row, col) in object pixels; the probe guess
-        (n, n) or (1, n, n), rescaled to the data's mean photon count.
+        (n, n) or (modes, n, n) (``physics.add_probe_modes`` makes modes from one), rescaled to the
+        data's mean photon count over all its modes.
     method
         ``"epie"`` (rPIE with alpha = 1), ``"rpie"`` (alpha 0.1) or ``"lsq"`` (least-squares
         mini-batch with optimal step sizes). ``alpha`` overrides the object's rPIE alpha;
@@ -179,7 +185,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     n = patterns.shape[-1]
     geom = _Geometry(positions, n, shape, dev, subpixel)
     amp = torch.as_tensor(np.sqrt(np.fft.ifftshift(patterns.astype(np.float32), axes=(-2, -1))), device=dev)
-    p0 = probe.reshape(n, n).astype(np.complex64)
+    p0 = probe.reshape(-1, n, n).astype(np.complex64)
     p0 = p0 * np.float32(np.sqrt(float(patterns.sum(axis=(1, 2)).mean()) / (n * n * float(np.sum(np.abs(p0) ** 2)))))
     prb = torch.as_tensor(p0, device=dev)
     obj = _initial_object(object_init, shape, dev)
@@ -193,7 +199,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     times: list[float] = []
 
     def result() -> PtychoResult:
-        return PtychoResult(obj.cpu().numpy().copy(), prb.cpu().numpy()[None].copy(), geom.positions.copy(),
+        return PtychoResult(obj.cpu().numpy().copy(), prb.cpu().numpy().copy(), geom.positions.copy(),
                             np.asarray(losses), float(np.median(times)) if times else float("nan"))  # fmt: skip
 
     for epoch in range(epochs):
@@ -218,6 +224,8 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
                 shifts[sel] = sweeps.position_shift(out, grads, batch).float()
         if snap is not None:
             velocity = _momentum_(obj, snap, velocity, momentum)
+        if upd_probe and len(prb) > 1:
+            prb = orthogonal_modes(prb)
         if grads is not None and shifts is not None:
             step = shifts.cpu().numpy().astype(np.float64)
             step = np.clip(np.nan_to_num(step), -max_shift_px, max_shift_px)
@@ -231,6 +239,14 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     return result()
 
 
+def orthogonal_modes(probe: torch.Tensor) -> torch.Tensor:
+    """Probe modes (modes, n, n) made orthogonal, strongest first, spanning the same space and
+    keeping the summed intensity ``sum_k |P_k|^2`` (the eigenvectors of the modes' overlap matrix)."""
+    flat = probe.reshape(len(probe), -1)
+    _, vectors = torch.linalg.eigh(flat @ flat.conj().T)
+    return (vectors.flip(1).conj().T @ flat).reshape(probe.shape)
+
+
 def data_error(
     patterns: np.ndarray, positions: np.ndarray, probe: np.ndarray, obj: np.ndarray, *, batch_size: int = 64
 ) -> float:
@@ -241,7 +257,7 @@ def data_error(
     geom = _Geometry(np.asarray(positions, dtype=np.float64), n, obj.shape, dev, True)
     amp = torch.as_tensor(np.sqrt(np.fft.ifftshift(patterns.astype(np.float32), axes=(-2, -1))))
     obj_flat = torch.as_tensor(np.ascontiguousarray(obj, dtype=np.complex64)).view(-1)
-    prb = torch.as_tensor(np.asarray(probe, dtype=np.complex64).reshape(n, n))
+    prb = torch.as_tensor(np.asarray(probe, dtype=np.complex64).reshape(-1, n, n))
     err = sum(
         float(sweeps.project(obj_flat, prb, geom.batch(torch.arange(i, min(i + batch_size, len(amp))), amp)).err)
         for i in range(0, len(amp), batch_size)

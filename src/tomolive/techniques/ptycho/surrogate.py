@@ -167,7 +167,8 @@ def training_set(
 
     ``patterns``/``positions`` are the measured scan, ``obj``/``probe`` the iterative solver's
     result. ``extra`` more pairs are simulated from ``obj`` and ``probe`` (Poisson, the scan's
-    flux) at new positions in the solved area: exact physics, still no ground truth.
+    flux) at new positions in the solved area: exact physics, still no ground truth. Labels are
+    cut under the probe's first (strongest) mode; new patterns are lit by all its modes.
     """
     positions = np.asarray(positions, dtype=np.float64)
     prb = _probe2d(probe)
@@ -177,7 +178,7 @@ def training_set(
     if extra > 0:
         new = extra_positions(positions, n, obj.shape, extra, rng)
         flux = float(np.mean(pats[0].sum(axis=(1, 2))))
-        intensity = physics.far_field(obj, prb, new)
+        intensity = physics.far_field(obj, np.asarray(probe), new)  # every mode: the beam as solved
         intensity *= flux / float(np.mean(intensity.sum(axis=(1, 2))))
         pats.append(np.random.default_rng(rng).poisson(intensity).astype(np.float32))
         pos.append(new)

@@ -3,7 +3,9 @@
 The object lives flattened (``H*W`` complex64) so a batch's windows are one ``index_select``
 and their updates one ``index_add_`` (overlaps sum). Sub-pixel positions shift the probe by
 a Fourier phase ramp built per batch as the outer product of two 1D ramps (see physics.py).
-Measured amplitudes are stored ``ifftshift``-ed so no shift is needed per sweep.
+Measured amplitudes are stored ``ifftshift``-ed so no shift is needed per sweep. The probe is
+(modes, n, n): incoherent modes whose intensities add in the far field; exit waves and their
+corrections carry a mode axis, (B, modes, n, n).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ class BatchOut:
     """What a modulus projection leaves: windows, shifted probes, exit waves and their correction."""
 
     ob: torch.Tensor  # (B, n, n) object windows
-    ps: torch.Tensor  # (B, n, n) probe as seen at each position (shifted)
-    chi: torch.Tensor  # (B, n, n) corrected minus modelled exit wave
+    ps: torch.Tensor  # (B, modes, n, n) probe modes as seen at each position (shifted)
+    chi: torch.Tensor  # (B, modes, n, n) corrected minus modelled exit waves
     err: torch.Tensor  # scalar: sum of squared amplitude misfit
 
 
@@ -46,28 +48,35 @@ def scale_(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.mul_(w)
 
 
+def mode_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the mode axis (1) of (B, modes, ...); a free view for one mode."""
+    return x[:, 0] if x.shape[1] == 1 else x.sum(1)
+
+
 def project(obj_flat: torch.Tensor, probe: torch.Tensor, batch: Batch) -> BatchOut:
-    """Forward model and modulus projection of one batch: chi = P_M(psi) - psi."""
-    n = probe.shape[-1]
+    """Forward model and modulus projection of one batch: chi = P_M(psi) - psi, every mode
+    scaled by the one factor that makes the modes' summed intensity match the measurement."""
+    modes, n = probe.shape[0], probe.shape[-1]
     ob = obj_flat.index_select(0, batch.idx).view(-1, n, n)
     if batch.ramp is not None:
-        ps = torch.fft.ifft2(torch.fft.fft2(probe) * batch.ramp)
+        ps = torch.fft.ifft2(torch.fft.fft2(probe) * batch.ramp[:, None])
     else:
-        ps = probe.expand_as(ob)
-    psi = ps * ob
+        ps = probe.expand(ob.shape[0], modes, n, n)
+    psi = ps * ob[:, None]
     spec = torch.fft.fft2(psi)
-    mag = abs2(spec).sqrt_()
+    mag = mode_sum(abs2(spec)).sqrt_()
     err = (mag - batch.amp).square_().sum()
-    scale_(spec, batch.amp / mag.add_(EPS))
+    scale_(spec, (batch.amp / mag.add_(EPS))[:, None])
     chi = torch.fft.ifft2(spec).sub_(psi)
     return BatchOut(ob, ps, chi, err)
 
 
 def unshift_sum(g: torch.Tensor, ramp: torch.Tensor | None) -> torch.Tensor:
-    """Sum over the batch of per-position probe-frame terms, each shifted back by its sub-pixel ramp."""
+    """Sum over the batch of per-position probe-frame terms (B, modes, n, n), each shifted back by
+    its sub-pixel ramp: (modes, n, n)."""
     if ramp is None:
         return g.sum(0)
-    return torch.fft.ifft2((torch.fft.fft2(g) * ramp.conj()).sum(0))
+    return torch.fft.ifft2((torch.fft.fft2(g) * ramp.conj()[:, None]).sum(0))
 
 
 def pie_update(
@@ -89,18 +98,19 @@ def pie_update(
     illumination: two overlapping windows in a random batch would halve every window's step
     (the batched ePIE lagged sequential ePIE ~3x in phase error for it). ``work`` is a complex
     and a real object-sized scratch buffer, zero outside the batch (see :func:`_footprint_sums`).
-    Probe: the batch's mean ePIE/rPIE step, beta.
+    Probe: the batch's mean ePIE/rPIE step, beta, for every mode. ``|P|^2`` and ``conj(P) chi``
+    are summed over the modes.
     """
     out = project(obj_flat, probe, batch)
-    p2 = abs2(out.ps)
-    num, illum = _footprint_sums(work, batch.idx, out.chi * out.ps.conj(), p2)
+    p2 = mode_sum(abs2(out.ps))
+    num, illum = _footprint_sums(work, batch.idx, mode_sum(out.chi * out.ps.conj()), p2)
     denom = torch.maximum(illum, p2.amax())
     if alpha != 1.0:
         denom.mul_(alpha).add_(illum, alpha=1.0 - alpha)
     obj_flat.index_copy_(0, batch.idx, out.ob.reshape(-1) + scale_(num, denom.reciprocal_()))
     if update_probe:
         o2 = abs2(out.ob).sum(0)
-        grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
+        grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
         probe = probe + scale_(grad, 1.0 / ((1.0 - beta) * o2 + beta * o2.max()))
     return probe, out
 
@@ -144,18 +154,19 @@ def lsq_update(
     """Least-squares (LSQML-like) mini-batch step: preconditioned directions, optimal step sizes.
 
     Directions ``dO = sum conj(P) chi / (sum |P|^2 + delta)`` and ``dP = sum conj(O) chi / (sum |O|^2 + delta)``;
-    the step sizes ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch (a 2x2 normal system),
-    clamped to [0, 1.5]. ``work`` is a complex and a real object-sized scratch buffer.
+    the step sizes ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch and the modes
+    (a 2x2 normal system), clamped to [0, 1.5]. ``work`` is a complex and a real object-sized scratch buffer.
     """
     n = probe.shape[-1]
     out = project(obj_flat, probe, batch)
-    num, illum = _footprint_sums(work, batch.idx, out.chi * out.ps.conj(), abs2(out.ps))
+    num, illum = _footprint_sums(work, batch.idx, mode_sum(out.chi * out.ps.conj()), mode_sum(abs2(out.ps)))
     d_obj = scale_(num, 1.0 / (illum + LSQ_DELTA * illum.max()))  # at every window pixel of the batch
-    u = out.ps * d_obj.view(-1, n, n)
+    u = out.ps * d_obj.view(-1, 1, n, n)
     if update_probe:
         o2 = abs2(out.ob).sum(0)
-        d_probe = scale_(unshift_sum(out.chi * out.ob.conj(), batch.ramp), 1.0 / (o2 + LSQ_DELTA * o2.max()))
-        v = d_probe * out.ob
+        grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
+        d_probe = scale_(grad, 1.0 / (o2 + LSQ_DELTA * o2.max()))
+        v = d_probe * out.ob[:, None]
         a11, a12, a22 = _dot(u, u), _dot(u, v), _dot(v, v)
         a11, a22 = a11 * (1 + LSQ_DAMPING), a22 * (1 + LSQ_DAMPING)
         b1, b2 = _dot(u, out.chi), _dot(v, out.chi)
@@ -185,8 +196,8 @@ def position_shift(out: BatchOut, grads: tuple[torch.Tensor, torch.Tensor], batc
     per position from the exit-wave correction ``chi`` (one 2x2 system each).
     """
     n = out.ob.shape[-1]
-    gr = out.ps * grads[0].index_select(0, batch.idx).view(-1, n, n)
-    gc = out.ps * grads[1].index_select(0, batch.idx).view(-1, n, n)
+    gr = out.ps * grads[0].index_select(0, batch.idx).view(-1, 1, n, n)
+    gc = out.ps * grads[1].index_select(0, batch.idx).view(-1, 1, n, n)
     rr, cc, rc = (_dots(gr, gr), _dots(gc, gc), _dots(gr, gc))
     br, bc = _dots(gr, out.chi), _dots(gc, out.chi)
     det = rr * cc - rc * rc
@@ -195,5 +206,5 @@ def position_shift(out: BatchOut, grads: tuple[torch.Tensor, torch.Tensor], batc
 
 
 def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Re sum conj(a) b per batch element, (B,)."""
-    return (torch.view_as_real(a) * torch.view_as_real(b)).sum((1, 2, 3))
+    """Re sum conj(a) b per batch element (over its modes and pixels), (B,)."""
+    return (torch.view_as_real(a) * torch.view_as_real(b)).flatten(1).sum(1)
