@@ -16,6 +16,7 @@ from tomolive.techniques.ptycho import metrics, physics
 from tomolive.techniques.ptycho.params import PtychoParams
 from tomolive.techniques.ptycho.solver import data_error, orthogonal_modes, reconstruct
 from tomolive.techniques.ptycho.stages import flattened_phase, quality_alerts
+from tomolive.techniques.ptycho.sweeps import separated_batches
 
 N, NP, APERTURE = 96, 32, 12
 
@@ -124,9 +125,9 @@ def test_overlap_and_mask():
     assert np.array_equal(metrics.scanned_mask((100, 100), grid, 64, radius_px=16.0), mask)
 
 
-@pytest.mark.parametrize(("method", "batch", "floor"), [("epie", 8, 0.014), ("lsq", 16, 0.03), ("rpie", 8, 0.016)])
+@pytest.mark.parametrize(("method", "batch", "floor"), [("epie", 8, 0.014), ("lsq", 16, 0.023), ("rpie", 8, 0.016)])
 def test_reconstruction_reaches_phase_floor(scan, method, batch, floor):
-    """Flat object, aperture-only probe: object phase and probe recovered (floors ~1.35x the measured: 0.010, 0.023, 0.012).
+    """Flat object, aperture-only probe: object phase and probe recovered (floors ~1.35x the measured: 0.010, 0.017, 0.012).
 
     Scored where the probe illuminates (within its radius, 6.1 px, of a position); with the old
     32 / 4 = 8 px mask, which takes in never-lit pixels, the same runs measure 0.045, 0.050, 0.044.
@@ -197,6 +198,20 @@ def test_bad_input_names_the_input(scan):
         reconstruct(scan["patterns"], scan["positions"], scan["guess"], object_shape=(N, N), method="dm")
 
 
+@pytest.mark.parametrize(("n_points", "batch"), [(420, 16), (420, 64), (40, 16)])
+def test_batches_hold_every_position_once_a_probe_diameter_apart(n_points, batch):
+    positions = physics.fermat_positions(n_points, 8.1, centre=(128.0, 128.0))
+    batches = separated_batches(positions, 22.0, batch, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(n_points))
+    assert max(len(b) for b in batches) <= batch
+    for members in batches:
+        gaps = np.hypot(*(positions[members, None] - positions[None, members]).transpose(2, 0, 1))
+        assert np.all(gaps[~np.eye(len(members), dtype=bool)] >= 22.0)
+    # a spiral of 420 has room for full batches of 16: few more batches than the minimum
+    if (n_points, batch) == (420, 16):
+        assert len(batches) <= 30
+
+
 def test_added_probe_modes_are_orthogonal_and_keep_the_power():
     probe = physics.make_probe(NP, aperture_px=APERTURE, defocus_phase_rad=2.0)
     modes = physics.add_probe_modes(probe, 4, fraction=0.2)
@@ -240,8 +255,8 @@ def partially_coherent_scan(scan):
 def test_probe_modes_reconstruct_a_partially_coherent_beam(partially_coherent_scan, method):
     """One mode cannot fit a partially coherent beam's patterns; two modes fit them and find its power split.
 
-    Measured (60 epochs, 1 thread): ePIE 1 mode NRMSE 0.056 / loss 9.4e-4, 2 modes 0.025 / 4.4e-4,
-    second mode 28 % of the power; LSQ 0.082 / 1.5e-3 against 0.034 / 5.6e-4, 27 %.
+    Measured (60 epochs, 1 thread): ePIE 1 mode NRMSE 0.050 / loss 1.0e-3, 2 modes 0.020 / 4.0e-4,
+    second mode 29 % of the power; LSQ 0.074 / 1.5e-3 against 0.026 / 4.8e-4, 28 %.
     """
     scan = partially_coherent_scan
     kw = {"object_shape": (N, N), "method": method, "epochs": 60, "threads": 1}
@@ -250,7 +265,7 @@ def test_probe_modes_reconstruct_a_partially_coherent_beam(partially_coherent_sc
     assert two.probe.shape == (2, NP, NP) and one.probe.shape == (1, NP, NP)
     nrmse_one = metrics.phase_nrmse(one.object, scan["obj"], scan["mask"])
     nrmse_two = metrics.phase_nrmse(two.object, scan["obj"], scan["mask"])
-    assert nrmse_two < 0.045 and nrmse_two < 0.7 * nrmse_one
+    assert nrmse_two < 0.035 and nrmse_two < 0.6 * nrmse_one
     assert two.loss[-1] < 0.6 * one.loss[-1]
     power = np.sum(np.abs(two.probe) ** 2, axis=(1, 2))
     assert 0.2 < power[1] / power.sum() < 0.4  # the beam's 30 %, from a 10 % start

@@ -25,7 +25,8 @@ class PtychoParams:
     epochs : int
         Sweeps over every pattern of a view in the final reconstruction.
     batch_size : int
-        Patterns updated together (mini-batch).
+        Patterns updated together at most (mini-batch); tomolive's solvers batch only positions
+        a probe diameter apart, so a dense or small scan gives smaller batches.
     probe_modes : int
         Incoherent probe modes to reconstruct (1 to 8): more than one models a partially
         coherent beam, whose patterns a single mode cannot fit (blurred speckle, a data error

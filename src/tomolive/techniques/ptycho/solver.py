@@ -1,6 +1,8 @@
 """Batched iterative ptychography in torch (complex64, CPU or CUDA): ePIE, rPIE and least squares.
 
-``reconstruct`` sweeps mini-batches of positions in a random order each epoch; object and
+``reconstruct`` sweeps mini-batches of positions whose members lie a probe diameter apart
+(``sweeps.separated_batches``, built once, visited in a random order each epoch), so a batch's
+updates touch disjoint lit areas and each steps as far as sequential ePIE would; object and
 probe are updated together (the probe from the second epoch on). Positions follow
 physics.py: probe centres in object pixels, window top-left ``round(centre - n/2)``, the
 sub-pixel rest applied as a Fourier shift of the probe (exact, costs two FFTs per position;
@@ -23,7 +25,7 @@ import torch
 
 from tomolive.errors import BadInputError
 
-from . import physics, sweeps
+from . import metrics, physics, sweeps
 
 METHODS = ("epie", "rpie", "lsq")
 _DEFAULT_ALPHA = {"epie": 1.0, "rpie": 0.1, "lsq": 1.0}
@@ -67,9 +69,11 @@ class _Geometry:
         return np.clip(positions, lo, hi)
 
     def batch(self, sel: torch.Tensor, amp: torch.Tensor) -> sweeps.Batch:
-        idx = (self.base[sel, None] + self.offsets[None, :]).view(-1)
-        ramp = self.ramp_r[sel, :, None] * self.ramp_c[sel, None, :] if self.subpixel else None
-        return sweeps.Batch(idx=idx, amp=amp[sel], ramp=ramp)
+        idx = (self.base.index_select(0, sel)[:, None] + self.offsets[None, :]).view(-1)
+        ramp = None
+        if self.subpixel:
+            ramp = self.ramp_r.index_select(0, sel)[:, :, None] * self.ramp_c.index_select(0, sel)[:, None, :]
+        return sweeps.Batch(idx=idx, amp=amp.index_select(0, sel), ramp=ramp)
 
 
 def _check_inputs(
@@ -190,7 +194,9 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     prb = torch.as_tensor(p0, device=dev)
     obj = _initial_object(object_init, shape, dev)
     obj_flat = obj.view(-1)
-    work = (torch.zeros_like(obj_flat), torch.zeros(obj_flat.shape, dtype=torch.float32, device=dev))
+    rng = np.random.default_rng(seed)
+    batches = [torch.as_tensor(b, device=dev) for b in
+               sweeps.separated_batches(positions, metrics.probe_diameter(p0), batch_size, rng)]  # fmt: skip
     total = float((amp.double() ** 2).sum())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     refine_from = max(2, epochs // 5)
@@ -204,21 +210,19 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
 
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        order = torch.randperm(len(patterns), generator=gen).to(dev)
+        order = torch.randperm(len(batches), generator=gen).tolist()
         upd_probe = epoch >= probe_from
         shifts = torch.zeros((len(patterns), 2), dtype=torch.float32, device=dev) if refine else None
         grads = sweeps.object_gradients(obj) if refine and epoch >= refine_from else None
         err = torch.zeros((), device=dev)
         snap = obj.clone() if momentum > 0 else None
-        for start in range(0, len(order), batch_size):
-            sel = order[start : start + batch_size]
+        for k in order:
+            sel = batches[k]
             batch = geom.batch(sel, amp)
             if method == "lsq":
-                prb, out = sweeps.lsq_update(obj_flat, prb, batch, work=work, update_probe=upd_probe)
+                prb, out = sweeps.lsq_update(obj_flat, prb, batch, update_probe=upd_probe)
             else:
-                prb, out = sweeps.pie_update(
-                    obj_flat, prb, batch, alpha=alpha, beta=beta, update_probe=upd_probe, work=work
-                )
+                prb, out = sweeps.pie_update(obj_flat, prb, batch, alpha=alpha, beta=beta, update_probe=upd_probe)
             err += out.err
             if grads is not None and shifts is not None:
                 shifts[sel] = sweeps.position_shift(out, grads, batch).float()

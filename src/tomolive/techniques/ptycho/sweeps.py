@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 EPS = 1e-6
-LSQ_DELTA = 0.1  # preconditioner floor, relative to the illumination maximum
+LSQ_DELTA = 0.3  # preconditioner floor, relative to the illumination maximum (0.1 with batch-summed illumination)
 LSQ_DAMPING = 0.1  # relative Tikhonov damping of the 2x2 step-size system (object and probe steps correlate)
 
 
@@ -87,27 +89,24 @@ def pie_update(
     alpha: float,
     beta: float,
     update_probe: bool,
-    work: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[torch.Tensor, BatchOut]:
     """rPIE update of object (in place) and probe; returns (new probe, the batch's projection).
 
-    Object: ``sum conj(P) chi / ((1 - alpha) sum |P|^2 + alpha max(sum |P|^2, max |P|^2))``, the
-    sums over the batch's windows at each pixel, ``max |P|^2`` the peak of one window (alpha = 1
-    is ePIE's ``conj(P) chi / max |P|^2`` wherever windows of the batch do not overlap; where they
-    do, the pixelwise sum keeps them from over-stepping). The peak is NOT that of the summed
-    illumination: two overlapping windows in a random batch would halve every window's step
-    (the batched ePIE lagged sequential ePIE ~3x in phase error for it). ``work`` is a complex
-    and a real object-sized scratch buffer, zero outside the batch (see :func:`_footprint_sums`).
-    Probe: the batch's mean ePIE/rPIE step, beta, for every mode. ``|P|^2`` and ``conj(P) chi``
-    are summed over the modes.
+    Object, at each window: ``conj(P) chi / ((1 - alpha) |P|^2 + alpha max |P|^2)`` (alpha = 1 is
+    ePIE), added into the object (``index_add_``). The batch's positions lie a probe diameter
+    apart (:func:`separated_batches`), so their updates do not interact and the batch steps as
+    far as sequential ePIE would. Probe: the batch's mean ePIE/rPIE step, beta, for every mode.
+    ``|P|^2`` and ``conj(P) chi`` are summed over the modes.
     """
     out = project(obj_flat, probe, batch)
-    p2 = mode_sum(abs2(out.ps))
-    num, illum = _footprint_sums(work, batch.idx, mode_sum(out.chi * out.ps.conj()), p2)
-    denom = torch.maximum(illum, p2.amax())
-    if alpha != 1.0:
-        denom.mul_(alpha).add_(illum, alpha=1.0 - alpha)
-    obj_flat.index_copy_(0, batch.idx, out.ob.reshape(-1) + scale_(num, denom.reciprocal_()))
+    step = mode_sum(out.chi * out.ps.conj())
+    if alpha == 1.0:  # the peak of the (unshifted) probe's intensity: one window's worth of work
+        step.mul_(1.0 / abs2(probe).sum(0).amax())
+    else:
+        p2 = mode_sum(abs2(out.ps))
+        peak = p2.amax()
+        scale_(step, p2.mul_(1.0 - alpha).add_(alpha * peak).reciprocal_())
+    obj_flat.index_add_(0, batch.idx, step.view(-1))
     if update_probe:
         o2 = abs2(out.ob).sum(0)
         grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
@@ -115,26 +114,31 @@ def pie_update(
     return probe, out
 
 
-def _footprint_sums(
-    work: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor, values: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-window sums over the batch's overlapping windows, read back at every window pixel.
+def separated_batches(
+    positions: np.ndarray, distance: float, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Positions (indices) in batches of at most ``batch_size`` whose members lie ``distance`` or more apart.
 
-    ``work`` (complex, real) object-sized buffers are zero on entry and left zero: cleared
-    whole (a memset) unless the object exceeds 4x the batch's windows, then only under them
-    (an index fill costs more per pixel; whole-object passes over a large object dominate).
+    Greedy first fit in a random order: each position joins the first batch with room and no
+    member nearer than ``distance`` (a probe diameter: the updates of one batch then touch
+    disjoint lit areas). Dense or small scans give smaller batches, never closer ones.
     """
-    num, illum = work
-    num.index_add_(0, idx, values.reshape(-1))
-    illum.index_add_(0, idx, weights.reshape(-1))
-    sums = num.index_select(0, idx), illum.index_select(0, idx)
-    if num.numel() <= 4 * idx.numel():
-        num.zero_()
-        illum.zero_()
-    else:
-        num.index_fill_(0, idx, 0)
-        illum.index_fill_(0, idx, 0)
-    return sums
+    pairs = cKDTree(positions).query_pairs(distance, output_type="ndarray")
+    neighbours: list[list[int]] = [[] for _ in range(len(positions))]
+    for a, b in pairs:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    batch_of = np.full(len(positions), -1)
+    batches: list[list[int]] = []
+    for index in rng.permutation(len(positions)):
+        taken = {batch_of[j] for j in neighbours[index]}
+        home = next((k for k, members in enumerate(batches) if len(members) < batch_size and k not in taken), None)
+        if home is None:
+            home = len(batches)
+            batches.append([])
+        batches[home].append(int(index))
+        batch_of[index] = home
+    return [np.asarray(members) for members in batches]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -148,20 +152,19 @@ def lsq_update(
     probe: torch.Tensor,
     batch: Batch,
     *,
-    work: tuple[torch.Tensor, torch.Tensor],
     update_probe: bool,
 ) -> tuple[torch.Tensor, BatchOut]:
     """Least-squares (LSQML-like) mini-batch step: preconditioned directions, optimal step sizes.
 
-    Directions ``dO = sum conj(P) chi / (sum |P|^2 + delta)`` and ``dP = sum conj(O) chi / (sum |O|^2 + delta)``;
-    the step sizes ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over the batch and the modes
-    (a 2x2 normal system), clamped to [0, 1.5]. ``work`` is a complex and a real object-sized scratch buffer.
+    Directions ``dO = conj(P) chi / (|P|^2 + delta)`` at each window and ``dP = sum conj(O) chi /
+    (sum |O|^2 + delta)``; the step sizes ``(a, b)`` minimise ``|| chi - a P dO - b dP O ||^2`` over
+    the batch and the modes (a 2x2 normal system), clamped to [0, 1.5]. The batch's positions lie
+    a probe diameter apart (:func:`separated_batches`), so ``a dO`` is added into the object as is.
     """
-    n = probe.shape[-1]
     out = project(obj_flat, probe, batch)
-    num, illum = _footprint_sums(work, batch.idx, mode_sum(out.chi * out.ps.conj()), mode_sum(abs2(out.ps)))
-    d_obj = scale_(num, 1.0 / (illum + LSQ_DELTA * illum.max()))  # at every window pixel of the batch
-    u = out.ps * d_obj.view(-1, 1, n, n)
+    p2 = mode_sum(abs2(out.ps))
+    d_obj = scale_(mode_sum(out.chi * out.ps.conj()), p2.add_(LSQ_DELTA * p2.amax()).reciprocal_())
+    u = out.ps * d_obj[:, None]
     if update_probe:
         o2 = abs2(out.ob).sum(0)
         grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
@@ -176,7 +179,7 @@ def lsq_update(
         probe = probe + step_p * d_probe
     else:
         step_o = (_dot(u, out.chi) / (_dot(u, u) + 1e-20)).clamp(0.0, 1.5)
-    obj_flat.index_copy_(0, batch.idx, out.ob.reshape(-1) + d_obj.mul_(step_o))
+    obj_flat.index_add_(0, batch.idx, d_obj.mul_(step_o).view(-1))
     return probe, out
 
 
