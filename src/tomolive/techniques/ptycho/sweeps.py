@@ -110,7 +110,12 @@ def pie_update(
     if update_probe:
         o2 = abs2(out.ob).sum(0)
         grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
-        probe = probe + scale_(grad, 1.0 / ((1.0 - beta) * o2 + beta * o2.max()))
+        if beta == 1.0:
+            grad.div_(o2.max())
+        else:
+            peak = o2.max()
+            scale_(grad, o2.mul_(1.0 - beta).add_(beta * peak).reciprocal_())
+        probe = probe + grad
     return probe, out
 
 
