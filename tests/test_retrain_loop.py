@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -284,6 +285,19 @@ def test_rollback_to_a_version(deployed_v1):
         (2, "published from parent 1"),
         (1, "v2 misbehaves"),
     ]
+
+
+def test_deployments_from_many_threads_are_all_recorded(deployed_v1):
+    """Eight threads (two loops' worth) deploy at once: every deployment lands in the history."""
+    registry, _ = deployed_v1
+    registry.publish(registry.load(1), parent=1, metrics={"held_out": 0.0}, deploy=False)
+    threads = [threading.Thread(target=registry.rollback, args=(1 + i % 2,), kwargs={"why": f"t{i}"}) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    whys = [d["why"] for d in registry.deployments()]
+    assert sorted(whys[1:]) == [f"t{i}" for i in range(8)], whys
 
 
 def test_cost_model_chooses_the_fit_for_small_scans_and_the_surrogate_for_large_ones():

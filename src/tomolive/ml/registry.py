@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,9 @@ from .model_store import MODELS, sha256, verify_sha256
 SERIES_SPEC = Spec("tomolive-model-series", version="1")
 VERSION_SPEC = Spec("tomolive-model-version", version="1")
 STATE_FORMAT = "tomolive-state-dict/1"
+_DEPLOY_LOCK = threading.Lock()
+"""Held while a series' deployment record is read and rewritten (Tiled has no compare-and-set):
+two loops of one process deploying at once each keep their entry. Processes apart are not covered."""
 
 
 class RegistryPermissionError(TomoliveError, PermissionError):
@@ -239,10 +243,11 @@ class ModelRegistry:
         return version
 
     def _set_deployed(self, version: int, why: str) -> None:
-        series = self._series()
-        history = [*(series.metadata.get("deployments") or []), {"version": version, "at": now(), "why": why}]
-        with self._writing(f"deploy version {version}"):
-            series.update_metadata(metadata={"deployed": version, "deployments": history})
+        with _DEPLOY_LOCK:  # read-modify-write of the history: two threads' deployments must both be kept
+            series = self._series()
+            history = [*(series.metadata.get("deployments") or []), {"version": version, "at": now(), "why": why}]
+            with self._writing(f"deploy version {version}"):
+                series.update_metadata(metadata={"deployed": version, "deployments": history})
 
     def rollback(self, to: int, slot: ModelSlot[Any] | None = None, why: str = "rollback") -> nn.Module:
         """Deploy the earlier version ``to`` again (after its hash check); swap it into ``slot`` if given."""
