@@ -29,6 +29,9 @@ from . import metrics, physics, sweeps
 
 METHODS = ("epie", "rpie", "lsq")
 _DEFAULT_ALPHA = {"epie": 1.0, "rpie": 0.1, "lsq": 1.0}
+KEEP_BATCHES_BYTES = 64 * 2**20
+"""Batches (window indices, amplitudes, sub-pixel ramps: 20 bytes per pattern pixel) are built
+once per view when they fit in this, else for every sweep (about 5 % of an epoch)."""
 
 
 @dataclass
@@ -72,8 +75,10 @@ class _Geometry:
         idx = (self.base.index_select(0, sel)[:, None] + self.offsets[None, :]).view(-1)
         ramp = None
         if self.subpixel:
-            ramp = self.ramp_r.index_select(0, sel)[:, :, None] * self.ramp_c.index_select(0, sel)[:, None, :]
-        return sweeps.Batch(idx=idx, amp=amp.index_select(0, sel), ramp=ramp)
+            ramp = (
+                self.ramp_r.index_select(0, sel)[:, None, :, None] * self.ramp_c.index_select(0, sel)[:, None, None, :]
+            )
+        return sweeps.Batch(idx=idx, amp=amp.index_select(0, sel)[:, None], ramp=ramp)
 
 
 def _check_inputs(
@@ -197,6 +202,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     rng = np.random.default_rng(seed)
     batches = [torch.as_tensor(b, device=dev) for b in
                sweeps.separated_batches(positions, metrics.probe_diameter(p0), batch_size, rng)]  # fmt: skip
+    kept = [geom.batch(sel, amp) for sel in batches] if amp.numel() * 20 <= KEEP_BATCHES_BYTES else []
     total = float((amp.double() ** 2).sum())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     refine_from = max(2, epochs // 5)
@@ -218,7 +224,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
         snap = obj.clone() if momentum > 0 else None
         for k in order:
             sel = batches[k]
-            batch = geom.batch(sel, amp)
+            batch = kept[k] if kept else geom.batch(sel, amp)
             if method == "lsq":
                 prb, out = sweeps.lsq_update(obj_flat, prb, batch, update_probe=upd_probe)
             else:
@@ -234,6 +240,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
             step = shifts.cpu().numpy().astype(np.float64)
             step = np.clip(np.nan_to_num(step), -max_shift_px, max_shift_px)
             geom.set_positions(geom.clamp(geom.positions + step - step.mean(axis=0)))
+            kept = [geom.batch(sel, amp) for sel in batches] if kept else []
         losses.append(float(err) / total)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

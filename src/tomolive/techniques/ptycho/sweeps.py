@@ -26,15 +26,15 @@ class Batch:
     """Everything a sweep needs about one mini-batch of positions."""
 
     idx: torch.Tensor  # (B*n*n,) int64 flat object indices of the windows
-    amp: torch.Tensor  # (B, n, n) float32 measured amplitudes, DC at [0, 0]
-    ramp: torch.Tensor | None  # (B, n, n) complex64 sub-pixel shift ramps, or None (no sub-pixel shift)
+    amp: torch.Tensor  # (B, 1, n, n) float32 measured amplitudes, DC at [0, 0]
+    ramp: torch.Tensor | None  # (B, 1, n, n) complex64 sub-pixel shift ramps, or None (no sub-pixel shift)
 
 
 @dataclass
 class BatchOut:
     """What a modulus projection leaves: windows, shifted probes, exit waves and their correction."""
 
-    ob: torch.Tensor  # (B, n, n) object windows
+    ob: torch.Tensor  # (B, 1, n, n) object windows
     ps: torch.Tensor  # (B, modes, n, n) probe modes as seen at each position (shifted)
     chi: torch.Tensor  # (B, modes, n, n) corrected minus modelled exit waves
     err: torch.Tensor  # scalar: sum of squared amplitude misfit
@@ -51,24 +51,24 @@ def scale_(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def mode_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the mode axis (1) of (B, modes, ...); a free view for one mode."""
-    return x[:, 0] if x.shape[1] == 1 else x.sum(1)
+    """Sum over the mode axis (1) of (B, modes, ...), kept as length 1; ``x`` itself for one mode."""
+    return x if x.shape[1] == 1 else x.sum(1, keepdim=True)
 
 
 def project(obj_flat: torch.Tensor, probe: torch.Tensor, batch: Batch) -> BatchOut:
     """Forward model and modulus projection of one batch: chi = P_M(psi) - psi, every mode
     scaled by the one factor that makes the modes' summed intensity match the measurement."""
     modes, n = probe.shape[0], probe.shape[-1]
-    ob = obj_flat.index_select(0, batch.idx).view(-1, n, n)
+    ob = obj_flat.index_select(0, batch.idx).view(-1, 1, n, n)
     if batch.ramp is not None:
-        ps = torch.fft.ifft2(torch.fft.fft2(probe) * batch.ramp[:, None])
+        ps = torch.fft.ifft2(torch.fft.fft2(probe) * batch.ramp)
     else:
         ps = probe.expand(ob.shape[0], modes, n, n)
-    psi = ps * ob[:, None]
+    psi = ps * ob
     spec = torch.fft.fft2(psi)
     mag = mode_sum(abs2(spec)).sqrt_()
     err = (mag - batch.amp).square_().sum()
-    scale_(spec, (batch.amp / mag.add_(EPS))[:, None])
+    scale_(spec, batch.amp / mag.add_(EPS))
     chi = torch.fft.ifft2(spec).sub_(psi)
     return BatchOut(ob, ps, chi, err)
 
@@ -78,7 +78,7 @@ def unshift_sum(g: torch.Tensor, ramp: torch.Tensor | None) -> torch.Tensor:
     its sub-pixel ramp: (modes, n, n)."""
     if ramp is None:
         return g.sum(0)
-    return torch.fft.ifft2((torch.fft.fft2(g) * ramp.conj()[:, None]).sum(0))
+    return torch.fft.ifft2((torch.fft.fft2(g) * ramp.conj()).sum(0))
 
 
 def pie_update(
@@ -101,7 +101,7 @@ def pie_update(
     out = project(obj_flat, probe, batch)
     step = mode_sum(out.chi * out.ps.conj())
     if alpha == 1.0:  # the peak of the (unshifted) probe's intensity: one window's worth of work
-        step.mul_(1.0 / abs2(probe).sum(0).amax())
+        step.div_(abs2(probe).sum(0).amax())
     else:
         p2 = mode_sum(abs2(out.ps))
         peak = p2.amax()
@@ -109,7 +109,7 @@ def pie_update(
     obj_flat.index_add_(0, batch.idx, step.view(-1))
     if update_probe:
         o2 = abs2(out.ob).sum(0)
-        grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
+        grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
         if beta == 1.0:
             grad.div_(o2.max())
         else:
@@ -169,12 +169,12 @@ def lsq_update(
     out = project(obj_flat, probe, batch)
     p2 = mode_sum(abs2(out.ps))
     d_obj = scale_(mode_sum(out.chi * out.ps.conj()), p2.add_(LSQ_DELTA * p2.amax()).reciprocal_())
-    u = out.ps * d_obj[:, None]
+    u = out.ps * d_obj
     if update_probe:
         o2 = abs2(out.ob).sum(0)
-        grad = unshift_sum(out.chi * out.ob.conj()[:, None], batch.ramp)
+        grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
         d_probe = scale_(grad, 1.0 / (o2 + LSQ_DELTA * o2.max()))
-        v = d_probe * out.ob[:, None]
+        v = d_probe * out.ob
         a11, a12, a22 = _dot(u, u), _dot(u, v), _dot(v, v)
         a11, a22 = a11 * (1 + LSQ_DAMPING), a22 * (1 + LSQ_DAMPING)
         b1, b2 = _dot(u, out.chi), _dot(v, out.chi)
