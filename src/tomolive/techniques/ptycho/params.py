@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from ...errors import BadInputError
+from .physics import MAX_PROBE_MODES
 
 METHODS = ("epie", "rpie", "lsq", "ptychi-epie", "ptychi-lsqml")
 SURROGATE = ("auto", "on", "off")
-MAX_PROBE_MODES = 8
 
 
 @dataclass(frozen=True)

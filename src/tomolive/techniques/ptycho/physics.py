@@ -71,6 +71,21 @@ def make_probe(n: int, *, aperture_px: float, defocus_phase_rad: float = 0.0, ki
     return (amp * np.exp(1j * phase)).astype(np.complex64)
 
 
+_MODE_POLYNOMIALS = (
+    lambda x, y: x,
+    lambda x, y: y,
+    lambda x, y: x * y,
+    lambda x, y: x**2 - 1.0,
+    lambda x, y: y**2 - 1.0,
+    lambda x, y: x**2 * y,
+    lambda x, y: x * y**2,
+)
+
+
+MAX_PROBE_MODES = len(_MODE_POLYNOMIALS) + 1
+"""The most modes :func:`add_probe_modes` can make (one per polynomial, after the first)."""
+
+
 def add_probe_modes(probe: np.ndarray, modes: int, *, fraction: float = 0.1) -> np.ndarray:
     """``probe`` (n, n) or (m, n, n) grown to ``modes`` incoherent modes (modes, n, n) complex64.
 
@@ -85,9 +100,9 @@ def add_probe_modes(probe: np.ndarray, modes: int, *, fraction: float = 0.1) -> 
     if given.ndim != 3 or given.shape[-1] != given.shape[-2]:
         raise BadInputError(f"probe must be (n, n) or (modes, n, n), got shape {probe.shape!r}")
     n, have = given.shape[-1], given.shape[0]
-    if not 1 <= modes <= len(_MODE_POLYNOMIALS) + 1 or modes < have:
+    if not 1 <= modes <= MAX_PROBE_MODES or modes < have:
         raise BadInputError(
-            f"modes must be in [{have}, {len(_MODE_POLYNOMIALS) + 1}] for a probe of {have} mode(s), got {modes!r}"
+            f"modes must be in [{have}, {MAX_PROBE_MODES}] for a probe of {have} mode(s), got {modes!r}"
         )
     if not 0.0 < fraction < 1.0:
         raise BadInputError(f"fraction must be in (0, 1), got {fraction!r}")
@@ -110,17 +125,6 @@ def add_probe_modes(probe: np.ndarray, modes: int, *, fraction: float = 0.1) -> 
         new.append(mode / np.sqrt(np.sum(np.abs(mode) ** 2)) * np.sqrt(share * power))
     out = np.concatenate([out * np.sqrt(1.0 - fraction), np.stack(new)])
     return out.astype(np.complex64)
-
-
-_MODE_POLYNOMIALS = (
-    lambda x, y: x,
-    lambda x, y: y,
-    lambda x, y: x * y,
-    lambda x, y: x**2 - 1.0,
-    lambda x, y: y**2 - 1.0,
-    lambda x, y: x**2 * y,
-    lambda x, y: x * y**2,
-)
 
 
 def complex_object(amplitude: np.ndarray, phase: np.ndarray, *, phase_range_rad: float) -> np.ndarray:

@@ -202,7 +202,12 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
     rng = np.random.default_rng(seed)
     batches = [torch.as_tensor(b, device=dev) for b in
                sweeps.separated_batches(positions, metrics.probe_diameter(p0), batch_size, rng)]  # fmt: skip
-    kept = [geom.batch(sel, amp) for sel in batches] if amp.numel() * 20 <= KEEP_BATCHES_BYTES else []
+
+    def built() -> list[sweeps.Batch]:
+        """Every batch of the view, when they fit in KEEP_BATCHES_BYTES; else none (built per sweep)."""
+        return [geom.batch(sel, amp) for sel in batches] if amp.numel() * 20 <= KEEP_BATCHES_BYTES else []
+
+    kept = built()
     total = float((amp.double() ** 2).sum())
     gen = torch.Generator(device="cpu").manual_seed(seed)
     refine_from = max(2, epochs // 5)
@@ -240,7 +245,7 @@ def _run(patterns, positions, probe, shape, method, epochs, batch_size, refine, 
             step = shifts.cpu().numpy().astype(np.float64)
             step = np.clip(np.nan_to_num(step), -max_shift_px, max_shift_px)
             geom.set_positions(geom.clamp(geom.positions + step - step.mean(axis=0)))
-            kept = [geom.batch(sel, amp) for sel in batches] if kept else []
+            kept = built()
         losses.append(float(err) / total)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

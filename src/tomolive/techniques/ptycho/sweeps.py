@@ -100,23 +100,29 @@ def pie_update(
     """
     out = project(obj_flat, probe, batch)
     step = mode_sum(out.chi * out.ps.conj())
-    if alpha == 1.0:  # the peak of the (unshifted) probe's intensity: one window's worth of work
-        step.div_(abs2(probe).sum(0).amax())
+    if alpha == 1.0:  # ePIE needs only the peak: the probe's own, one window's worth of work
+        _rpie_divide_(step, None, abs2(probe).sum(0).amax(), alpha)
     else:
-        p2 = mode_sum(abs2(out.ps))
-        peak = p2.amax()
-        scale_(step, p2.mul_(1.0 - alpha).add_(alpha * peak).reciprocal_())
+        illumination = mode_sum(abs2(out.ps))
+        _rpie_divide_(step, illumination, illumination.amax(), alpha)
     obj_flat.index_add_(0, batch.idx, step.view(-1))
     if update_probe:
-        o2 = abs2(out.ob).sum(0)
-        grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
-        if beta == 1.0:
-            grad.div_(o2.max())
-        else:
-            peak = o2.max()
-            scale_(grad, o2.mul_(1.0 - beta).add_(beta * peak).reciprocal_())
-        probe = probe + grad
+        grad, o2 = probe_gradient(out, batch.ramp)
+        probe = probe + _rpie_divide_(grad, o2, o2.max(), beta)
     return probe, out
+
+
+def _rpie_divide_(step: torch.Tensor, weight: torch.Tensor | None, peak: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``step / ((1 - alpha) weight + alpha peak)`` in place (``weight`` is unused, and may be None, at alpha = 1)."""
+    if alpha == 1.0 or weight is None:
+        return step.div_(peak)
+    return scale_(step, weight.mul_(1.0 - alpha).add_(alpha * peak).reciprocal_())
+
+
+def probe_gradient(out: BatchOut, ramp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum conj(O) chi`` over the batch, shifted back to the probe's frame (modes, n, n), and
+    ``sum |O|^2`` (1, n, n), the probe step's preconditioner."""
+    return unshift_sum(out.chi * out.ob.conj(), ramp), abs2(out.ob).sum(0)
 
 
 def separated_batches(
@@ -171,8 +177,7 @@ def lsq_update(
     d_obj = scale_(mode_sum(out.chi * out.ps.conj()), p2.add_(LSQ_DELTA * p2.amax()).reciprocal_())
     u = out.ps * d_obj
     if update_probe:
-        o2 = abs2(out.ob).sum(0)
-        grad = unshift_sum(out.chi * out.ob.conj(), batch.ramp)
+        grad, o2 = probe_gradient(out, batch.ramp)
         d_probe = scale_(grad, 1.0 / (o2 + LSQ_DELTA * o2.max()))
         v = d_probe * out.ob
         a11, a12, a22 = _dot(u, u), _dot(u, v), _dot(v, v)
