@@ -8,6 +8,8 @@ overlap, 1e6 photons per pattern (Poisson), flat-object start and an aperture-on
 area the probe illuminates (metrics.illuminated_mask: within the true probe's radius of a position),
 over the true phase range there.
 
+Ours runs its CPU FFTs through FFTW where pyfftw imports (fourier.py); one more run of ours
+(ePIE batch 32) with torch's own FFT shows how much of the lead is the FFT library.
 Peers: a plain numpy ePIE loop (complex64, one position at a time, the same sub-pixel probe
 shift), always; Pty-chi (``ptychi``) ePIE batch 16 and LSQML batch 64 when it imports (its
 torchvision needs the CUDA torch: on a CPU-only torch it is skipped with the reason). Our
@@ -32,7 +34,7 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 from skimage.transform import resize
 
-from tomolive.techniques.ptycho import metrics, physics
+from tomolive.techniques.ptycho import fourier, metrics, physics
 from tomolive.techniques.ptycho.solver import reconstruct
 
 try:  # the house's machine record; a GPU box without tiled/bluesky gets a reduced one
@@ -220,9 +222,15 @@ def main() -> int:
     print(f"case: {N}^2 object, {NP}^2 probe, {len(case['positions'])} positions, overlap {case['overlap']:.2f}, "
           f"1e6 photons, {args.object} object, phase range {args.phase_range:.3f} rad, {epochs} epochs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     rows, notes = [], []
+    plain_fft = None
     for method, batch in (("epie", 16), ("epie", 32), ("lsq", 64)):
         rows.append(run_ours(case, method, batch, epochs, args.threads, args.device, repeats))
         print(rows[-1], flush=True)
+    if args.device == "cpu" and fourier.fftw_available():  # how much of our lead is the FFT library
+        with fourier.torch_fft_only():
+            plain_fft = run_ours(case, "epie", 32, epochs, args.threads, args.device, repeats)
+        plain_fft["method"] += " with torch.fft"
+        print(plain_fft, flush=True)
     if not args.no_numpy and args.modes == 1:
         rows.append(run_numpy(case, epochs))
         print(rows[-1], flush=True)
@@ -234,7 +242,7 @@ def main() -> int:
                 rows.append(row)
             elif note not in notes:
                 notes.append(note)
-    ours = [r for r in rows if r["method"].startswith("tomolive")]
+    ours = [r for r in rows if r["method"].startswith("tomolive")]  # FFTW where it imports
     best = min(ours, key=lambda r: r["s_per_epoch"])
     ratios = {
         r["method"]: {"speed_per_epoch": round(r["s_per_epoch"] / best["s_per_epoch"], 2),
@@ -251,14 +259,21 @@ def main() -> int:
                                          "speed_per_epoch": round(peer["s_per_epoch"] / best["s_per_epoch"], 2)}  # fmt: skip
         print(f"  vs Pty-chi's fastest setting reaching NRMSE 0.03 ({peer['method']}, {peer['threads']} threads): "
               f"{ratios['best_ptychi_at_0.03']['speed_per_epoch']}x")  # fmt: skip
-    machine = machine_info("torch", "ptychi")
+        if plain_fft is not None:
+            ratios["best_ptychi_at_0.03"]["speed_per_epoch_ours_with_torch_fft"] = round(
+                peer["s_per_epoch"] / plain_fft["s_per_epoch"], 2
+            )
+            print(f"    ours with torch.fft ({plain_fft['s_per_epoch']} s/epoch): "
+                  f"{ratios['best_ptychi_at_0.03']['speed_per_epoch_ours_with_torch_fft']}x")  # fmt: skip
+    machine = machine_info("torch", "ptychi", "pyfftw")
     machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     machine["torch_threads"] = args.threads
     machine["device"] = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    machine["our_cpu_fft"] = "fftw (pyfftw)" if fourier.fftw_available() else "torch.fft"
     record = {"bench": "ptycho", "quick": args.quick, "machine": machine,
               "case": {"object": N, "probe": NP, "positions": len(case["positions"]), "overlap": round(case["overlap"], 3),
                        "photons": 1e6, "object_kind": args.object, "beam_incoherent": args.incoherent, "probe_modes": args.modes, "phase_range_rad": round(args.phase_range, 4), "epochs": epochs},
-              "results": rows, "ratios": ratios, "notes": notes}  # fmt: skip
+              "results": rows, "ours_with_torch_fft": plain_fft, "ratios": ratios, "notes": notes}  # fmt: skip
     print("appended to", append_result("ptycho", record))
     return 0
 

@@ -168,11 +168,16 @@ def split_positions(positions: np.ndarray, n: int, object_shape: tuple[int, int]
     return top, corner - top
 
 
+def axis_ramps(frac: np.ndarray, n: int) -> np.ndarray:
+    """1D Fourier ramps (N, 2, n) complex128, ``exp(-2 pi i f k)`` (k: ``fftfreq``) per axis, that
+    shift by ``frac`` (N, 2) pixels; a 2D shift's ramp is the outer product of the two."""
+    return np.exp(-2j * np.pi * frac[:, :, None] * np.fft.fftfreq(n)[None, None, :])
+
+
 def shift_ramps(frac: np.ndarray, n: int) -> np.ndarray:
-    """Fourier phase ramps (N, n, n) complex64 that shift an (n, n) array by ``frac`` (N, 2) pixels."""
-    k = np.fft.fftfreq(n)
-    ph = frac[:, 0, None, None] * k[None, :, None] + frac[:, 1, None, None] * k[None, None, :]
-    return np.exp(-2j * np.pi * ph).astype(np.complex64)
+    """Fourier ramps (N, n, n) complex64 that shift an (n, n) array by ``frac`` (N, 2) pixels (:func:`axis_ramps`)."""
+    ramps = axis_ramps(frac, n)
+    return (ramps[:, 0, :, None] * ramps[:, 1, None, :]).astype(np.complex64)
 
 
 def shifted_probes(probe: np.ndarray, frac: np.ndarray) -> np.ndarray:

@@ -53,7 +53,6 @@ class _Geometry:
         self.n, self.shape, self.device, self.subpixel = n, shape, device, subpixel
         ar = torch.arange(n, device=device)
         self.offsets = (ar[:, None] * shape[1] + ar[None, :]).view(-1)
-        self.freq = torch.fft.fftfreq(n, device=device, dtype=torch.float64)
         self.set_positions(positions)
 
     def set_positions(self, positions: np.ndarray) -> None:
@@ -61,9 +60,10 @@ class _Geometry:
         self.positions = np.asarray(positions, dtype=np.float64).copy()
         t = torch.as_tensor(top, device=self.device)
         self.base = t[:, 0] * self.shape[1] + t[:, 1]
-        f = torch.as_tensor(frac, device=self.device)
-        ramps = torch.exp(-2j * torch.pi * f[:, :, None] * self.freq[None, None, :]).to(torch.complex64)
-        self.ramp_r, self.ramp_c = ramps[:, 0], ramps[:, 1]
+        ramps = physics.axis_ramps(frac, self.n)
+        ramps[:, 0] /= self.n * self.n  # the unnormalised inverse FFT's factor (sweeps.py)
+        self.ramp_r = torch.as_tensor(ramps[:, 0].astype(np.complex64), device=self.device)
+        self.ramp_c = torch.as_tensor(ramps[:, 1].astype(np.complex64), device=self.device)
 
     def clamp(self, positions: np.ndarray) -> np.ndarray:
         """Positions moved (if needed) so every window stays inside the object."""
@@ -73,12 +73,11 @@ class _Geometry:
 
     def batch(self, sel: torch.Tensor, amp: torch.Tensor) -> sweeps.Batch:
         idx = (self.base.index_select(0, sel)[:, None] + self.offsets[None, :]).view(-1)
-        ramp = None
-        if self.subpixel:
-            ramp = (
-                self.ramp_r.index_select(0, sel)[:, None, :, None] * self.ramp_c.index_select(0, sel)[:, None, None, :]
-            )
-        return sweeps.Batch(idx=idx, amp=amp.index_select(0, sel)[:, None], ramp=ramp)
+        if not self.subpixel:
+            return sweeps.Batch(idx=idx, amp=amp.index_select(0, sel)[:, None], ramp=None, ramp_axes=None)
+        rows = self.ramp_r.index_select(0, sel)[:, None, :, None]
+        cols = self.ramp_c.index_select(0, sel)[:, None, None, :]
+        return sweeps.Batch(idx=idx, amp=amp.index_select(0, sel)[:, None], ramp=rows * cols, ramp_axes=(rows, cols))
 
 
 def _check_inputs(

@@ -1,11 +1,12 @@
 """One mini-batch of a ptychographic sweep, in torch: PIE-family and least-squares updates.
 
 The object lives flattened (``H*W`` complex64) so a batch's windows are one ``index_select``
-and their updates one ``index_add_`` (overlaps sum). Sub-pixel positions shift the probe by
-a Fourier phase ramp built per batch as the outer product of two 1D ramps (see physics.py).
-Measured amplitudes are stored ``ifftshift``-ed so no shift is needed per sweep. The probe is
-(modes, n, n): incoherent modes whose intensities add in the far field; exit waves and their
-corrections carry a mode axis, (B, modes, n, n).
+and their updates one ``scatter_add_`` (overlaps sum; twice as fast as ``index_add_`` on CPU).
+Sub-pixel positions shift the probe by a Fourier phase ramp built per batch as the outer product
+of two 1D ramps (see physics.py). Measured amplitudes are stored ``ifftshift``-ed so no shift is
+needed per sweep. Inverse FFTs are unnormalised (fourier.py): their ``1/(n*n)`` rides on the
+ramps and on the modulus factor. The probe is (modes, n, n): incoherent modes whose intensities
+add in the far field; exit waves and their corrections carry a mode axis, (B, modes, n, n).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+
+from .fourier import fft2, ifft2_unnormalised
 
 EPS = 1e-6
 LSQ_DELTA = 0.3  # preconditioner floor, relative to the illumination maximum (0.1 with batch-summed illumination)
@@ -27,7 +30,8 @@ class Batch:
 
     idx: torch.Tensor  # (B*n*n,) int64 flat object indices of the windows
     amp: torch.Tensor  # (B, 1, n, n) float32 measured amplitudes, DC at [0, 0]
-    ramp: torch.Tensor | None  # (B, 1, n, n) complex64 sub-pixel shift ramps, or None (no sub-pixel shift)
+    ramp: torch.Tensor | None  # (B, 1, n, n) complex64 sub-pixel shift ramps / (n*n), or None (no sub-pixel shift)
+    ramp_axes: tuple[torch.Tensor, torch.Tensor] | None  # ramp's factors: rows (B, 1, n, 1), columns (B, 1, 1, n)
 
 
 @dataclass
@@ -41,8 +45,15 @@ class BatchOut:
 
 
 def abs2(x: torch.Tensor) -> torch.Tensor:
-    """|x|^2 of a complex tensor as float32 (faster than ``x.abs()**2`` on CPU)."""
-    return x.real.square().add_(x.imag.square())
+    """|x|^2 of a complex tensor as float32 (a third of the time of ``x.abs()**2`` on CPU)."""
+    parts = torch.view_as_real(x).square()
+    return torch.add(parts[..., 0], parts[..., 1])
+
+
+def abs2_sum(x: torch.Tensor) -> torch.Tensor:
+    """``sum |x|^2`` over axis 0, keeping it as length 1 (the squares summed before re and im meet)."""
+    parts = torch.view_as_real(x).square().sum(0, keepdim=True)
+    return torch.add(parts[..., 0], parts[..., 1])
 
 
 def scale_(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -61,24 +72,26 @@ def project(obj_flat: torch.Tensor, probe: torch.Tensor, batch: Batch) -> BatchO
     modes, n = probe.shape[0], probe.shape[-1]
     ob = obj_flat.index_select(0, batch.idx).view(-1, 1, n, n)
     if batch.ramp is not None:
-        ps = torch.fft.ifft2(torch.fft.fft2(probe) * batch.ramp)
+        ps = ifft2_unnormalised(fft2(probe) * batch.ramp, overwrite_x=True)
     else:
         ps = probe.expand(ob.shape[0], modes, n, n)
     psi = ps * ob
-    spec = torch.fft.fft2(psi)
+    spec = fft2(psi)
     mag = mode_sum(abs2(spec)).sqrt_()
     err = (mag - batch.amp).square_().sum()
-    scale_(spec, batch.amp / mag.add_(EPS))
-    chi = torch.fft.ifft2(spec).sub_(psi)
+    scale_(spec, batch.amp / mag.add_(EPS).mul_(n * n))
+    chi = ifft2_unnormalised(spec, overwrite_x=True).sub_(psi)
     return BatchOut(ob, ps, chi, err)
 
 
-def unshift_sum(g: torch.Tensor, ramp: torch.Tensor | None) -> torch.Tensor:
+def unshift_sum(g: torch.Tensor, ramp_axes: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """Sum over the batch of per-position probe-frame terms (B, modes, n, n), each shifted back by
-    its sub-pixel ramp: (modes, n, n)."""
-    if ramp is None:
+    its sub-pixel ramp (the adjoint of the shift in :func:`project`): (modes, n, n). ``g`` is
+    overwritten. The conjugate ramp is applied one axis at a time: no (B, n, n) conjugate is made."""
+    if ramp_axes is None:
         return g.sum(0)
-    return torch.fft.ifft2((torch.fft.fft2(g) * ramp.conj()).sum(0))
+    rows, cols = ramp_axes
+    return ifft2_unnormalised(fft2(g, overwrite_x=True).mul_(rows.conj()).mul_(cols.conj()).sum(0))
 
 
 def pie_update(
@@ -93,7 +106,7 @@ def pie_update(
     """rPIE update of object (in place) and probe; returns (new probe, the batch's projection).
 
     Object, at each window: ``conj(P) chi / ((1 - alpha) |P|^2 + alpha max |P|^2)`` (alpha = 1 is
-    ePIE), added into the object (``index_add_``). The batch's positions lie a probe diameter
+    ePIE), added into the object (``scatter_add_``). The batch's positions lie a probe diameter
     apart (:func:`separated_batches`), so their updates do not interact and the batch steps as
     far as sequential ePIE would. Probe: the batch's mean ePIE/rPIE step, beta, for every mode.
     ``|P|^2`` and ``conj(P) chi`` are summed over the modes.
@@ -101,13 +114,13 @@ def pie_update(
     out = project(obj_flat, probe, batch)
     step = mode_sum(out.chi * out.ps.conj())
     if alpha == 1.0:  # ePIE needs only the peak: the probe's own, one window's worth of work
-        _rpie_divide_(step, None, abs2(probe).sum(0).amax(), alpha)
+        _rpie_divide_(step, None, abs2_sum(probe).amax(), alpha)
     else:
         illumination = mode_sum(abs2(out.ps))
         _rpie_divide_(step, illumination, illumination.amax(), alpha)
-    obj_flat.index_add_(0, batch.idx, step.view(-1))
+    obj_flat.scatter_add_(0, batch.idx, step.view(-1))
     if update_probe:
-        grad, o2 = probe_gradient(out, batch.ramp)
+        grad, o2 = probe_gradient(out, batch.ramp_axes)
         probe = probe + _rpie_divide_(grad, o2, o2.max(), beta)
     return probe, out
 
@@ -115,14 +128,16 @@ def pie_update(
 def _rpie_divide_(step: torch.Tensor, weight: torch.Tensor | None, peak: torch.Tensor, alpha: float) -> torch.Tensor:
     """``step / ((1 - alpha) weight + alpha peak)`` in place (``weight`` is unused, and may be None, at alpha = 1)."""
     if alpha == 1.0 or weight is None:
-        return step.div_(peak)
+        return step.mul_(peak.reciprocal())  # complex div_ by a real scalar is 8x slower on CPU
     return scale_(step, weight.mul_(1.0 - alpha).add_(alpha * peak).reciprocal_())
 
 
-def probe_gradient(out: BatchOut, ramp: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_gradient(
+    out: BatchOut, ramp_axes: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``sum conj(O) chi`` over the batch, shifted back to the probe's frame (modes, n, n), and
     ``sum |O|^2`` (1, n, n), the probe step's preconditioner."""
-    return unshift_sum(out.chi * out.ob.conj(), ramp), abs2(out.ob).sum(0)
+    return unshift_sum(out.chi * out.ob.conj(), ramp_axes), abs2_sum(out.ob)[0]
 
 
 def separated_batches(
@@ -177,7 +192,7 @@ def lsq_update(
     d_obj = scale_(mode_sum(out.chi * out.ps.conj()), p2.add_(LSQ_DELTA * p2.amax()).reciprocal_())
     u = out.ps * d_obj
     if update_probe:
-        grad, o2 = probe_gradient(out, batch.ramp)
+        grad, o2 = probe_gradient(out, batch.ramp_axes)
         d_probe = scale_(grad, 1.0 / (o2 + LSQ_DELTA * o2.max()))
         v = d_probe * out.ob
         a11, a12, a22 = _dot(u, u), _dot(u, v), _dot(v, v)
@@ -189,7 +204,7 @@ def lsq_update(
         probe = probe + step_p * d_probe
     else:
         step_o = (_dot(u, out.chi) / (_dot(u, u) + 1e-20)).clamp(0.0, 1.5)
-    obj_flat.index_add_(0, batch.idx, d_obj.mul_(step_o).view(-1))
+    obj_flat.scatter_add_(0, batch.idx, d_obj.mul_(step_o).view(-1))
     return probe, out
 
 
