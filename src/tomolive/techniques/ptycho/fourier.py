@@ -1,9 +1,13 @@
 """2D FFTs over the last two axes of complex64 torch tensors: FFTW on the CPU, torch.fft elsewhere.
 
 On the CPU, where ``pyfftw`` imports, transforms run through FFTW plans (``FFTW_ESTIMATE``: no
-planning time, as fast here as measured plans), one cache per thread because a pyfftw plan object
-is not safe to share. torch's CPU FFT (MKL) takes about twice as long for the solver's 64^2
-batches on this project's AMD machines. CUDA tensors, other dtypes, or no pyfftw: ``torch.fft``.
+planning time, and as fast here as measured plans). torch's CPU FFT (MKL) takes about twice as
+long for the solver's 64^2 batches on this project's AMD machines. CUDA tensors, other dtypes, or
+no pyfftw: ``torch.fft``.
+
+A plan is made per shape and kept only inside :func:`kept_plans` (the solver wraps a
+reconstruction in it): the cache belongs to the calling thread, since a pyfftw plan object is
+not safe to share, and it goes, with the arrays its plans last saw, when the block ends.
 
 Both paths share one convention: ``fft2`` is unnormalised and so is ``ifft2_unnormalised`` (its
 result is ``n*n`` times the inverse), so callers fold the ``1/(n*n)`` into a factor they apply
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -25,8 +30,6 @@ except ImportError:  # torch.fft serves every call
     pyfftw = None
 
 _local = threading.local()
-
-
 _fftw_off = False
 
 
@@ -44,6 +47,19 @@ def torch_fft_only() -> Iterator[None]:
         yield
     finally:
         _fftw_off = before
+
+
+@contextlib.contextmanager
+def kept_plans() -> Iterator[None]:
+    """Within the block, this thread's FFTW plans are made once per shape and reused (nested blocks share one cache)."""
+    if getattr(_local, "plans", None) is not None:
+        yield
+        return
+    _local.plans = {}
+    try:
+        yield
+    finally:
+        _local.plans = None
 
 
 def fft2(x: torch.Tensor, *, overwrite_x: bool = False) -> torch.Tensor:
@@ -74,18 +90,16 @@ def _fftw(x: torch.Tensor, direction: str, overwrite_x: bool) -> torch.Tensor:
     return out
 
 
-def _plan(shape: tuple[int, ...], direction: str, in_place: bool):
-    """The calling thread's FFTW plan for this shape, direction and placement (made once)."""
+def _plan(shape: tuple[int, ...], direction: str, in_place: bool) -> Any:
+    """A plan for this shape, direction and placement: the thread's kept one, else a new one."""
     plans = getattr(_local, "plans", None)
-    if plans is None:
-        plans = _local.plans = {}
     threads = torch.get_num_threads()
     key = (shape, direction, in_place, threads)
-    plan = plans.get(key)
-    if plan is None:
-        src = pyfftw.empty_aligned(shape, dtype="complex64")
-        dst = src if in_place else pyfftw.empty_aligned(shape, dtype="complex64")
-        plan = plans[key] = pyfftw.FFTW(
-            src, dst, axes=(-2, -1), direction=direction, flags=("FFTW_ESTIMATE",), threads=threads
-        )
+    if plans is not None and key in plans:
+        return plans[key]
+    src = pyfftw.empty_aligned(shape, dtype="complex64")
+    dst = src if in_place else pyfftw.empty_aligned(shape, dtype="complex64")
+    plan = pyfftw.FFTW(src, dst, axes=(-2, -1), direction=direction, flags=("FFTW_ESTIMATE",), threads=threads)
+    if plans is not None:
+        plans[key] = plan
     return plan

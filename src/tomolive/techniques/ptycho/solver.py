@@ -25,7 +25,7 @@ import torch
 
 from tomolive.errors import BadInputError
 
-from . import metrics, physics, sweeps
+from . import fourier, metrics, physics, sweeps
 
 METHODS = ("epie", "rpie", "lsq")
 _DEFAULT_ALPHA = {"epie": 1.0, "rpie": 0.1, "lsq": 1.0}
@@ -172,7 +172,8 @@ def reconstruct(
         torch.set_num_threads(int(threads))
     try:
         dev = torch.device(device)
-        return _run(patterns, positions, probe, shape, method, epochs, batch_size, refine_positions, dev,
+        with fourier.kept_plans():
+            return _run(patterns, positions, probe, shape, method, epochs, batch_size, refine_positions, dev,
                     object_init, callback, _DEFAULT_ALPHA[method] if alpha is None else alpha, beta, subpixel,
                     max_shift_px, probe_from_epoch, momentum, seed)  # fmt: skip
     finally:
@@ -273,8 +274,9 @@ def data_error(
     amp = torch.as_tensor(np.sqrt(np.fft.ifftshift(patterns.astype(np.float32), axes=(-2, -1))))
     obj_flat = torch.as_tensor(np.ascontiguousarray(obj, dtype=np.complex64)).view(-1)
     prb = torch.as_tensor(np.asarray(probe, dtype=np.complex64).reshape(-1, n, n))
-    err = sum(
-        float(sweeps.project(obj_flat, prb, geom.batch(torch.arange(i, min(i + batch_size, len(amp))), amp)).err)
-        for i in range(0, len(amp), batch_size)
-    )
+    with fourier.kept_plans():
+        err = sum(
+            float(sweeps.project(obj_flat, prb, geom.batch(torch.arange(i, min(i + batch_size, len(amp))), amp)).err)
+            for i in range(0, len(amp), batch_size)
+        )
     return err / float((amp.double() ** 2).sum())
